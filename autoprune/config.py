@@ -1,0 +1,241 @@
+"""One trial's full configuration: frozen dataclasses, validated on construction.
+
+A ``TrialConfig`` holds fixed values only; the search space (``space.py``) decides which of them are
+searched. Nothing here imports torch or ray, so configs are cheap to build, compare and pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+LR_SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
+PENALTIES = ("l1", "group_lasso", "none")
+LAMBDA_SCHEDULES = ("constant", "linear", "step", "cosine")
+CRITERIA = ("magnitude", "gradient", "taylor")
+ALLOCATIONS = ("per_layer", "global", "uniform")
+PRUNE_SCHEDULES = ("one_shot", "gradual")
+
+
+def _check_choice(where: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_number(
+    where: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> None:
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise ConfigError(f"{where} must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{where} must be finite, got {value!r}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ConfigError(f"{where} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (value >= high if high_open else value > high):
+        raise ConfigError(f"{where} must be {'<' if high_open else '<='} {high}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = "digits"  # fashion-mnist | digits | synthetic | module:function returning tensors
+    val_fraction: float = 0.1  # stratified share of the training set held out for selection
+    data_dir: str | None = None  # Fashion-MNIST IDX folder; None = $AUTOPRUNE_DATA_DIR or the Debian path
+    limit: int | None = None  # use only the first N training samples (quick runs); None = all
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"dataset.name must be a non-empty string, got {self.name!r}")
+        _check_number("dataset.val_fraction", self.val_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+        if self.limit is not None:
+            _check_number("dataset.limit", self.limit, low=1, integer=True)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lenet-300-100"  # registry name (see `models.MODELS`) or module:function
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"model.name must be a non-empty string, got {self.name!r}")
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    train_epochs: int = 10  # phase 1, sparse training
+    finetune_epochs: int = 5  # phase 3, masked finetuning
+    batch_size: int = 128
+    eval_batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        _check_number("budget.train_epochs", self.train_epochs, low=0, integer=True)
+        _check_number("budget.finetune_epochs", self.finetune_epochs, low=0, integer=True)
+        _check_number("budget.batch_size", self.batch_size, low=1, integer=True)
+        _check_number("budget.eval_batch_size", self.eval_batch_size, low=1, integer=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Phase 1: SGD sparse training. ``penalty: none`` with both clips off is plain SGD."""
+
+    enabled: bool = True  # False skips phase 1 (the model keeps its initial weights)
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"  # constant | step | cosine | cosine_restarts
+    lr_step_epochs: int = 3  # step: decay every this many epochs; cosine_restarts: first cycle length
+    lr_gamma: float = 0.1  # step: multiply the lr by this at each step
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # layer name -> lr factor
+    penalty: str = "l1"  # l1 (sum |w|) | group_lasso (per output unit) | none
+    lambda_max: float = 1.0e-4  # the penalty weight reached by the lambda schedule
+    lambda_schedule: str = "constant"  # constant | linear | step | cosine (ramps reach lambda_max at the end)
+    lambda_warmup: float = 0.0  # fraction of phase 1 with lambda = 0 before the schedule starts
+    lambda_steps: int = 3  # step schedule: number of equal stages, lambda_max * k / steps in stage k
+    weight_clip: float | None = None  # clamp weights to [-c, c] after each step; None = off
+    grad_clip: float | None = None  # clip the global gradient norm; None = off
+
+    def __post_init__(self) -> None:
+        _check_number("train.lr", self.lr, low=0.0, low_open=True)
+        _check_number("train.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _check_number("train.weight_decay", self.weight_decay, low=0.0)
+        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_number("train.lr_step_epochs", self.lr_step_epochs, low=1, integer=True)
+        _check_number("train.lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
+        for name, mult in self.lr_multipliers.items():
+            _check_number(f"train.lr_multipliers.{name}", mult, low=0.0)
+        _check_choice("train.penalty", self.penalty, PENALTIES)
+        _check_number("train.lambda_max", self.lambda_max, low=0.0)
+        _check_choice("train.lambda_schedule", self.lambda_schedule, LAMBDA_SCHEDULES)
+        _check_number("train.lambda_warmup", self.lambda_warmup, low=0.0, high=1.0, high_open=True)
+        _check_number("train.lambda_steps", self.lambda_steps, low=1, integer=True)
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("train.nesterov needs train.momentum > 0, got momentum 0")
+        if self.weight_clip is not None:
+            _check_number("train.weight_clip", self.weight_clip, low=0.0, low_open=True)
+        if self.grad_clip is not None:
+            _check_number("train.grad_clip", self.grad_clip, low=0.0, low_open=True)
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Phase 2: which weights to remove, how many, and when."""
+
+    enabled: bool = True  # False keeps the dense model (a baseline)
+    criterion: str = "magnitude"  # magnitude |w| | gradient |dL/dw| | taylor |w * dL/dw|
+    allocation: str = "per_layer"  # per_layer (sparsity[layer]) | global (amount, ranked across layers) | uniform
+    schedule: str = "one_shot"  # one_shot (before finetuning) | gradual (cubic ramp during finetuning)
+    sparsity: dict[str, float] = field(default_factory=dict)  # per_layer: layer -> fraction of zeros
+    amount: float = 0.9  # global and uniform: the overall fraction of prunable weights to remove
+    structured: bool = False  # remove whole output units (neurons/channels): a physically smaller model
+    grad_batches: int = 8  # batches to accumulate gradients over for gradient/taylor importance
+    gradual_end: float = 0.75  # gradual: fraction of finetuning by which the target sparsity is reached
+    gradual_steps: int = 10  # gradual: number of pruning steps
+
+    def __post_init__(self) -> None:
+        _check_choice("prune.criterion", self.criterion, CRITERIA)
+        _check_choice("prune.allocation", self.allocation, ALLOCATIONS)
+        _check_choice("prune.schedule", self.schedule, PRUNE_SCHEDULES)
+        for name, rate in self.sparsity.items():
+            _check_number(f"prune.sparsity.{name}", rate, low=0.0, high=1.0, high_open=True)
+        _check_number("prune.amount", self.amount, low=0.0, high=1.0, high_open=True)
+        _check_number("prune.grad_batches", self.grad_batches, low=1, integer=True)
+        _check_number("prune.gradual_end", self.gradual_end, low=0.0, high=1.0, low_open=True)
+        _check_number("prune.gradual_steps", self.gradual_steps, low=1, integer=True)
+        if self.structured and self.allocation == "global":
+            raise ConfigError("prune.allocation 'global' is unstructured only; use per_layer or uniform with structured")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Phase 3: masked SGD finetuning (pruned weights stay exactly zero)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # constant | step | cosine | cosine_restarts
+    lr_step_epochs: int = 3
+    lr_gamma: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check_number("finetune.lr", self.lr, low=0.0, low_open=True)
+        _check_number("finetune.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _check_number("finetune.weight_decay", self.weight_decay, low=0.0)
+        _check_choice("finetune.schedule", self.schedule, LR_SCHEDULES)
+        _check_number("finetune.lr_step_epochs", self.lr_step_epochs, low=1, integer=True)
+        _check_number("finetune.lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("finetune.nesterov needs finetune.momentum > 0, got momentum 0")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one pipeline run needs. ``TrialConfig.from_dict(cfg.to_dict()) == cfg``."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    seed: int = 0  # seeds the split, the initial weights and the batch order
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+
+    def __post_init__(self) -> None:
+        _check_number("seed", self.seed, low=0, integer=True)
+        if not isinstance(self.device, str) or not (
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
+        ):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> TrialConfig:
+        """Build from a nested dict; unknown keys are rejected with their dotted path."""
+        return _from_dict(cls, data, where)
+
+
+def _from_dict(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        prefix = "" if where == "config" else f"{where}."
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]}; known keys here: {', '.join(known)}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        sub = _SECTIONS.get(name) if cls is TrialConfig else None
+        child = name if where == "config" else f"{where}.{name}"
+        kwargs[name] = _from_dict(sub, value, child) if sub is not None else value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a wrong type for a field that is itself a mapping
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+_SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig,
+    "model": ModelConfig,
+    "budget": BudgetConfig,
+    "train": TrainConfig,
+    "prune": PruneConfig,
+    "finetune": FinetuneConfig,
+}

@@ -1,0 +1,40 @@
+"""The exceptions autoprune raises. Every user-facing failure is an ``AutoPruneError``.
+
+The command line turns any ``AutoPruneError`` into one line on stderr and a non-zero exit, so the
+message must stand alone: say what is wrong, the offending value, and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class AutoPruneError(Exception):
+    """Base class of every error autoprune reports to a user."""
+
+
+class ConfigError(AutoPruneError):
+    """A search-space file, a ``--set`` override or a trial configuration is invalid."""
+
+
+class DataError(AutoPruneError):
+    """A dataset cannot be found, read or validated."""
+
+
+class ModelError(AutoPruneError):
+    """A model cannot be built, discovered, exported or loaded."""
+
+
+class DivergedError(AutoPruneError):
+    """Training produced a non-finite loss. ``phase`` and ``step`` say where."""
+
+    def __init__(self, phase: str, step: int, detail: str = "") -> None:
+        self.phase = phase
+        self.step = step
+        msg = f"non-finite loss in phase '{phase}' at step {step}"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+
+    def __reduce__(self):  # keep the fields when Ray pickles the error across processes
+        return (type(self), (self.phase, self.step))
+
+
+class SearchError(AutoPruneError):
+    """A search cannot be started, resumed, reported or picked from."""

@@ -1,0 +1,158 @@
+"""Model registry and discovery of prunable layers.
+
+Built-in models are ``nn.Sequential`` with named children (``fc1``, ``conv2``, ...): the names are stable,
+so a space file can refer to them, and the chain shape is what structured pruning and the self-describing
+export rely on. A user model comes from ``module:function``; any ``nn.Module`` works for unstructured pruning.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import OrderedDict
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from ._imports import import_callable
+from .errors import ModelError
+
+ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+MODELS: dict[str, ModelFactory] = {}
+
+
+def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
+    """Register ``factory(input_shape, num_classes) -> nn.Module`` under ``name``."""
+
+    def deco(factory: ModelFactory) -> ModelFactory:
+        MODELS[name] = factory
+        return factory
+
+    return deco
+
+
+def _flat(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+@register_model("lenet-300-100")
+def lenet_300_100(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """LeNet-300-100: two hidden fully connected layers (266,610 parameters on 28x28 inputs)."""
+    return nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(_flat(input_shape), 300),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(300, 100),
+            relu2=nn.ReLU(),
+            fc3=nn.Linear(100, num_classes),
+        )
+    )
+
+
+@register_model("lenet-5")
+def lenet_5(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """LeNet-5, Caffe variant: conv20-conv50-fc500-fc10 (431,080 parameters on 28x28 inputs)."""
+    channels, height, width = _image_shape("lenet-5", input_shape)
+    if min(height, width) < 16:
+        raise ModelError(f"lenet-5 needs images of at least 16x16, got {height}x{width}; use lenet-300-100 or bn-cnn")
+    h, w = ((height - 4) // 2 - 4) // 2, ((width - 4) // 2 - 4) // 2
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(channels, 20, 5),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(20, 50, 5),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(50 * h * w, 500),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(500, num_classes),
+        )
+    )
+
+
+@register_model("bn-cnn")
+def bn_cnn(input_shape: tuple[int, ...], num_classes: int) -> nn.Sequential:
+    """A small CNN with BatchNorm, made for structured (channel) pruning."""
+    channels, height, width = _image_shape("bn-cnn", input_shape)
+    if min(height, width) < 4:
+        raise ModelError(f"bn-cnn needs images of at least 4x4, got {height}x{width}")
+    h, w = height // 4, width // 4
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(channels, 32, 3, padding=1),
+            bn1=nn.BatchNorm2d(32),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(32, 64, 3, padding=1),
+            bn2=nn.BatchNorm2d(64),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(64 * h * w, 128),
+            relu3=nn.ReLU(),
+            fc2=nn.Linear(128, num_classes),
+        )
+    )
+
+
+def _image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ModelError(f"{model} needs image inputs shaped (channels, height, width), got {tuple(input_shape)}")
+    return input_shape[0], input_shape[1], input_shape[2]
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build a registry model or a user model from ``module:function``.
+
+    A user function may take ``(input_shape, num_classes)`` or no arguments.
+    """
+    if ":" in name:
+        factory = import_callable(name, what="model")
+        try:
+            params = inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            params = {}
+        model = factory(tuple(input_shape), num_classes) if len(params) >= 2 else factory()
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"model factory {name} returned {type(model).__name__}, expected a torch.nn.Module")
+        return model
+    if name not in MODELS:
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or module:function")
+    return MODELS[name](tuple(input_shape), num_classes)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every ``nn.Linear`` and ``nn.Conv2d`` by its module path, in definition order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """How many output positions each prunable layer computes per sample (H*W for a conv, 1 for a linear).
+
+    A weight contributes one multiply-accumulate per position, so MACs = nonzero weights * positions.
+    """
+    positions: dict[str, int] = {}
+    hooks = []
+    for name, layer in prunable_layers(model).items():
+
+        def hook(mod: nn.Module, args: object, out: torch.Tensor, name: str = name) -> None:
+            positions[name] = _flat(tuple(out.shape[2:])) if out.dim() > 2 else 1
+
+        hooks.append(layer.register_forward_hook(hook))
+    was_training = model.training
+    try:
+        model.eval()
+        param = next(model.parameters())
+        with torch.inference_mode():
+            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return positions
