@@ -154,7 +154,9 @@ class PruneConfig:
         _check_number("prune.gradual_end", self.gradual_end, low=0.0, high=1.0, low_open=True)
         _check_number("prune.gradual_steps", self.gradual_steps, low=1, integer=True)
         if self.structured and self.allocation == "global":
-            raise ConfigError("prune.allocation 'global' is unstructured only; use per_layer or uniform with structured")
+            raise ConfigError(
+                "prune.allocation 'global' is unstructured only; use per_layer or uniform with structured"
+            )
 
 
 @dataclass(frozen=True)
@@ -217,9 +219,7 @@ def _from_dict(cls: type, data: Any, where: str) -> Any:
     unknown = sorted(set(data) - set(known))
     if unknown:
         prefix = "" if where == "config" else f"{where}."
-        raise ConfigError(
-            f"unknown key {prefix}{unknown[0]}; known keys here: {', '.join(known)}"
-        )
+        raise ConfigError(f"unknown key {prefix}{unknown[0]}; known keys here: {', '.join(known)}")
     kwargs = {}
     for name, value in data.items():
         sub = _SECTIONS.get(name) if cls is TrialConfig else None

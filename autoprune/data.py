@@ -1,0 +1,484 @@
+"""Datasets as resident tensors: a registry, the Fashion-MNIST IDX reader, the stratified split, index batches.
+
+A trial gets a ``Datasets`` whose tensors already live on its device. Batches are index tensors into them
+(``x[idx]``), so an epoch costs no per-sample Python and no DataLoader workers.
+
+Tensors are cached per process (one worker runs many trials in a row): decoded IDX files per path and
+modification time, and the final device tensors for the two most recent ``(config, seed, device)`` keys.
+Every tensor handed out may therefore be shared with a later trial: callers must never modify it in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import os
+import pathlib
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from ._imports import import_callable
+from .config import DatasetConfig
+from .errors import DataError
+
+DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MEAN = 0.2860
+FASHION_STD = 0.3530
+FASHION_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_FASHION_FIX = (
+    "install it with `apt-get install -y dataset-fashion-mnist` or set AUTOPRUNE_DATA_DIR "
+    "to a folder with the four IDX files"
+)
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_TEST_SEED = 0  # fixed, so every trial is tested on the same held-out digits whatever its own seed
+SYNTHETIC_SEED = 20240501
+
+# IDX type codes (third byte of the magic number) -> big-endian numpy dtype
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """Train / validation / test tensors of one trial, all on the same device.
+
+    ``*_x`` are float32 shaped ``(N, *input_shape)``, ``*_y`` int64 class indices in ``[0, num_classes)``.
+    The tensors may be shared through the per-process cache: never modify them in place.
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+    name: str
+
+    def to(self, device: torch.device | str) -> Datasets:
+        """A copy with every tensor on ``device`` (asynchronous where the source memory allows it)."""
+        dev = torch.device(device)
+        moved = {f: getattr(self, f).to(dev, non_blocking=True) for f in _TENSOR_FIELDS}
+        return dataclasses.replace(self, **moved)
+
+
+_TENSOR_FIELDS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+
+
+class RawSplits(NamedTuple):
+    """What a dataset loader returns: normalized CPU tensors before the validation split."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+
+
+DatasetLoader = Callable[[DatasetConfig], RawSplits]
+DATASETS: dict[str, DatasetLoader] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Register ``loader(cfg: DatasetConfig) -> RawSplits`` under ``name``."""
+
+    def deco(loader: DatasetLoader) -> DatasetLoader:
+        DATASETS[name] = loader
+        return loader
+
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------------------
+# IDX files
+
+
+def read_idx(path: str | os.PathLike[str], *, magic: int | None = None) -> torch.Tensor:
+    """Read an IDX file (gzip-compressed or raw) into a tensor shaped by its header.
+
+    The header, the element type and the payload length are checked; with ``magic`` the file must also
+    carry exactly that magic number (``0x00000803`` for ubyte images, ``0x00000801`` for ubyte labels).
+    Decoded files are cached per process by resolved path and modification time: do not modify the
+    returned tensor in place.
+    """
+    p = pathlib.Path(path)
+    try:
+        st = p.stat()
+    except OSError as exc:
+        raise DataError(f"IDX file {p} cannot be read ({exc.strerror or exc}); check the path") from None
+    found, tensor = _decode_idx(str(p.resolve()), st.st_mtime_ns, st.st_size)
+    if magic is not None and found != magic:
+        raise DataError(
+            f"IDX file {p} has magic number 0x{found:08X}, expected 0x{magic:08X}; "
+            "the file is of the wrong kind (images vs labels) or mislabelled"
+        )
+    return tensor
+
+
+@functools.lru_cache(maxsize=8)
+def _decode_idx(resolved: str, mtime_ns: int, size: int) -> tuple[int, torch.Tensor]:
+    # mtime_ns and size are only part of the cache key: a rewritten file is decoded again
+    path = pathlib.Path(resolved)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"IDX file {path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+    if data[:2] == b"\x1f\x8b":  # gzip magic; also accepts a compressed file without the .gz suffix
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(
+                f"IDX file {path} is a corrupt or truncated gzip file ({exc}); replace it with an intact copy"
+            ) from None
+    if len(data) < 4:
+        raise DataError(f"IDX file {path} is truncated: {len(data)} bytes, shorter than the 4-byte magic number")
+    magic = int.from_bytes(data[:4], "big")
+    code, ndim = data[2], data[3]
+    if data[0] != 0 or data[1] != 0 or code not in _IDX_DTYPES or ndim == 0:
+        raise DataError(
+            f"IDX file {path} has an invalid magic number 0x{magic:08X} (expected 0x0000TTDD with type TT in "
+            f"{', '.join(f'{c:02X}' for c in _IDX_DTYPES)} and DD >= 1 dimensions); it is not an IDX file"
+        )
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"IDX file {path} is truncated inside its header ({len(data)} of {header} bytes)")
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = _IDX_DTYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    actual = len(data) - header
+    if actual != expected:
+        what = "truncated" if actual < expected else "longer than its header says"
+        raise DataError(
+            f"IDX file {path} is {what}: header dims {'x'.join(map(str, dims))} need {expected} payload bytes, "
+            f"found {actual}; replace it with an intact copy"
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    # astype copies into native byte order and a writable buffer, which torch.from_numpy needs
+    return magic, torch.from_numpy(array.astype(dtype.newbyteorder("="), copy=True))
+
+
+def fashion_mnist_dir(cfg_dir: str | None = None) -> pathlib.Path:
+    """The Fashion-MNIST folder: ``cfg_dir``, else ``$AUTOPRUNE_DATA_DIR``, else the Debian package's path."""
+    chosen = cfg_dir or os.environ.get("AUTOPRUNE_DATA_DIR") or DEFAULT_FASHION_DIR
+    return pathlib.Path(chosen).expanduser()
+
+
+def _fashion_files(cfg_dir: str | None) -> dict[str, pathlib.Path]:
+    folder = fashion_mnist_dir(cfg_dir)
+    if not folder.is_dir():
+        raise DataError(f"Fashion-MNIST folder {folder} does not exist; {_FASHION_FIX}")
+    files = {}
+    for key, stem in FASHION_FILES.items():
+        for candidate in (folder / f"{stem}.gz", folder / stem):
+            if candidate.is_file():
+                files[key] = candidate
+                break
+        else:
+            raise DataError(f"Fashion-MNIST file {stem}.gz (or {stem}) is missing in {folder}; {_FASHION_FIX}")
+    return files
+
+
+def _fashion_pair(images_path: pathlib.Path, labels_path: pathlib.Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images = read_idx(images_path, magic=0x00000803)
+    labels = read_idx(labels_path, magic=0x00000801)
+    if tuple(images.shape[1:]) != (28, 28):
+        raise DataError(
+            f"IDX file {images_path} holds {images.shape[1]}x{images.shape[2]} images, Fashion-MNIST needs 28x28"
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise DataError(
+            f"IDX files {images_path} ({images.shape[0]} images) and {labels_path} ({labels.shape[0]} labels) "
+            "disagree on the sample count; use files from the same release"
+        )
+    if images.shape[0] == 0:
+        raise DataError(f"IDX file {images_path} holds no images")
+    top = int(labels.max())
+    if top > 9:
+        raise DataError(f"IDX file {labels_path} holds label {top}, Fashion-MNIST labels are 0..9")
+    return images, labels
+
+
+def _fashion_normalize(images: torch.Tensor) -> torch.Tensor:
+    # (x / 255 - mean) / std in one scale and one shift over the whole block
+    x = images.to(torch.float32).unsqueeze(1)
+    return x.mul_(1.0 / (255.0 * FASHION_STD)).sub_(FASHION_MEAN / FASHION_STD)
+
+
+@register_dataset("fashion-mnist")
+def fashion_mnist(cfg: DatasetConfig) -> RawSplits:
+    """Fashion-MNIST from its four IDX files, scaled to [0, 1] and normalized with mean 0.2860 / std 0.3530."""
+    files = _fashion_files(cfg.data_dir)
+    train_images, train_labels = _fashion_pair(files["train_images"], files["train_labels"])
+    test_images, test_labels = _fashion_pair(files["test_images"], files["test_labels"])
+    return RawSplits(
+        _fashion_normalize(train_images),
+        train_labels.to(torch.int64),
+        _fashion_normalize(test_images),
+        test_labels.to(torch.int64),
+        10,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small built-in datasets
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits  # late: sklearn costs start-up time for every other dataset
+
+    bunch = load_digits()
+    return bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+
+
+@register_dataset("digits")
+def digits(cfg: DatasetConfig) -> RawSplits:
+    """scikit-learn's 1797 8x8 digits with a fixed stratified 20% test split, standardized by training statistics."""
+    images, target = _digits_arrays()
+    x = torch.from_numpy(images).div(16.0).unsqueeze(1)
+    y = torch.from_numpy(target)
+    train_idx, test_idx = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
+    train_x, test_x = x[train_idx], x[test_idx]
+    mean, std = train_x.mean(), train_x.std()
+    return RawSplits((train_x - mean) / std, y[train_idx], (test_x - mean) / std, y[test_idx], 10)
+
+
+@register_dataset("synthetic")
+def synthetic(cfg: DatasetConfig) -> RawSplits:
+    """A fixed, learnable 4-class set of 8x8 inputs: random class prototypes plus gaussian noise."""
+    gen = torch.Generator().manual_seed(SYNTHETIC_SEED)
+    num_classes, n_train, n_test = 4, 1200, 300
+    # a prototype scale of 0.4 against unit noise leaves a few percent of Bayes error: learnable, not trivial
+    prototypes = 0.4 * torch.randn(num_classes, 1, 8, 8, generator=gen)
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(n, dtype=torch.int64).remainder_(num_classes)[torch.randperm(n, generator=gen)]
+        return prototypes[y] + torch.randn(n, 1, 8, 8, generator=gen), y
+
+    train_x, train_y = draw(n_train)
+    test_x, test_y = draw(n_test)
+    return RawSplits(train_x, train_y, test_x, test_y, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# User datasets
+
+
+def _user_dataset(spec: str) -> RawSplits:
+    factory = import_callable(spec, what="dataset")
+    try:
+        out = factory()
+    except Exception as exc:  # user code: report it in one line rather than a traceback from inside autoprune
+        raise DataError(f"dataset {spec!r} raised {type(exc).__name__}: {exc}") from None
+    keys = ("train_x", "train_y", "test_x", "test_y")
+    num_classes: Any = None
+    if isinstance(out, dict):
+        missing = [k for k in keys if k not in out]
+        if missing:
+            raise DataError(
+                f"dataset {spec!r} returned a dict without {', '.join(missing)}; it needs {', '.join(keys)}"
+            )
+        parts = [out[k] for k in keys]
+        num_classes = out.get("num_classes")
+    elif isinstance(out, (tuple, list)) and len(out) == 4:
+        parts = list(out)
+    else:
+        raise DataError(
+            f"dataset {spec!r} returned {type(out).__name__}; return a dict with {', '.join(keys)} "
+            "(and optionally num_classes) or a 4-tuple in that order"
+        )
+    tensors = {k: _as_tensor(spec, k, v) for k, v in zip(keys, parts, strict=True)}
+    for split in ("train", "test"):
+        x, y = tensors[f"{split}_x"], tensors[f"{split}_y"]
+        if x.dim() < 2 or x.shape[0] == 0:
+            raise DataError(
+                f"dataset {spec!r}: {split}_x must be shaped (N, features...) with N >= 1, got {tuple(x.shape)}"
+            )
+        if x.is_complex() or x.dtype == torch.bool:
+            raise DataError(f"dataset {spec!r}: {split}_x must be real numbers, got dtype {x.dtype}")
+        if y.dim() != 1 or y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
+            raise DataError(
+                f"dataset {spec!r}: {split}_y must be a 1-D integer tensor of class indices, got dtype {y.dtype} "
+                f"shape {tuple(y.shape)}; convert with .long()"
+            )
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"dataset {spec!r}: {split}_x has {x.shape[0]} samples but {split}_y has {y.shape[0]}")
+    if tensors["train_x"].shape[1:] != tensors["test_x"].shape[1:]:
+        raise DataError(
+            f"dataset {spec!r}: train_x samples are shaped {tuple(tensors['train_x'].shape[1:])} but test_x "
+            f"samples {tuple(tensors['test_x'].shape[1:])}"
+        )
+    train_x, test_x = tensors["train_x"].to(torch.float32), tensors["test_x"].to(torch.float32)
+    train_y, test_y = tensors["train_y"].to(torch.int64), tensors["test_y"].to(torch.int64)
+    for split, x in (("train", train_x), ("test", test_x)):
+        if not bool(torch.isfinite(x).all()):
+            raise DataError(f"dataset {spec!r}: {split}_x holds NaN or infinite values")
+    low = int(min(train_y.min(), test_y.min()))
+    high = int(max(train_y.max(), test_y.max()))
+    if num_classes is None:
+        num_classes = high + 1
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise DataError(f"dataset {spec!r}: num_classes must be an integer >= 2, got {num_classes!r}")
+    num_classes = int(num_classes)
+    if low < 0 or high >= num_classes:
+        raise DataError(
+            f"dataset {spec!r}: labels must lie in [0, {num_classes}), found {low}..{high}; "
+            "map them to class indices 0..K-1 (or return a larger num_classes)"
+        )
+    if num_classes < 2:
+        raise DataError(f"dataset {spec!r}: labels hold a single class {high}; classification needs at least 2")
+    return RawSplits(train_x, train_y, test_x, test_y, num_classes)
+
+
+def _as_tensor(spec: str, key: str, value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise DataError(f"dataset {spec!r}: {key} is a numpy array of Python objects; give a numeric array")
+        return torch.from_numpy(np.ascontiguousarray(value))
+    raise DataError(f"dataset {spec!r}: {key} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Splits and batches
+
+
+def stratified_split(labels: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split sample indices into ``(train_idx, val_idx)``, both sorted int64, disjoint and together complete.
+
+    Every class puts ``round(n_c * val_fraction)`` of its ``n_c`` samples into validation, but a class with
+    at least two samples always keeps one in training (and a single-sample class stays in training).
+    The choice within each class is random but fixed by ``seed``.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction!r}")
+    if labels.dim() != 1:
+        raise DataError(f"labels must be a 1-D tensor, got shape {tuple(labels.shape)}")
+    labels = labels.detach().cpu()
+    n = labels.shape[0]
+    _, classes = torch.unique(labels, return_inverse=True)
+    gen = torch.Generator().manual_seed(int(seed))
+    # a random order, then a stable sort by class: each class's samples end up contiguous and shuffled
+    order = torch.randperm(n, generator=gen)
+    order = order[torch.sort(classes[order], stable=True).indices]
+    counts = torch.bincount(classes)
+    starts = torch.cumsum(counts, 0) - counts
+    n_val = torch.floor(counts.to(torch.float64) * val_fraction + 0.5).to(torch.int64)
+    n_val = torch.minimum(n_val, (counts - 1).clamp_min(0))
+    sorted_classes = classes[order]
+    rank = torch.arange(n) - starts[sorted_classes]
+    is_val = rank < n_val[sorted_classes]
+    return torch.sort(order[~is_val]).values, torch.sort(order[is_val]).values
+
+
+def batch_indices(
+    n: int, batch_size: int, *, generator: torch.Generator, device: torch.device | str
+) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches over ``range(n)``; the last batch may be smaller.
+
+    The permutation is drawn with ``generator`` on the generator's device, then moved to ``device``.
+    """
+    if n < 0 or batch_size < 1:
+        raise DataError(f"batch_indices needs n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    if n == 0:
+        return []  # split() would yield one empty batch
+    perm = torch.randperm(n, generator=generator, device=generator.device)
+    return list(perm.to(device, non_blocking=True).split(batch_size))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_datasets(cfg: DatasetConfig, *, seed: int, device: torch.device | str = "cpu") -> Datasets:
+    """Load ``cfg.name``, hold out a stratified validation split chosen by ``seed``, and place it on ``device``.
+
+    The test split comes from the dataset itself and never enters the validation split. Results are cached
+    for the two most recent ``(cfg, seed, device)`` keys: treat the returned tensors as read-only.
+    """
+    dev = _resolve_device(device)
+    return _load_cached(cfg, int(seed), str(dev), _source_key(cfg))
+
+
+def _resolve_device(device: torch.device | str) -> torch.device:
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise DataError(f"invalid device {device!r} ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())  # "cuda" and "cuda:0" share one cache entry
+    return dev
+
+
+def _source_key(cfg: DatasetConfig) -> tuple[Any, ...] | None:
+    # the folder may come from the environment and the files may change: both belong in the cache key
+    if cfg.name != "fashion-mnist":
+        return None
+    key = []
+    for path in _fashion_files(cfg.data_dir).values():
+        st = path.stat()
+        key.append((str(path.resolve()), st.st_mtime_ns, st.st_size))
+    return tuple(key)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(cfg: DatasetConfig, seed: int, device: str, source_key: tuple[Any, ...] | None) -> Datasets:
+    raw = _load_raw(cfg)
+    train_x, train_y = raw.train_x, raw.train_y
+    if cfg.limit is not None:
+        train_x, train_y = train_x[: cfg.limit], train_y[: cfg.limit]
+    train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, seed)
+    if val_idx.numel() == 0:
+        raise DataError(
+            f"dataset {cfg.name!r}: val_fraction {cfg.val_fraction} of {train_y.shape[0]} training samples leaves "
+            "an empty validation split; raise dataset.val_fraction or dataset.limit"
+        )
+    parts = {
+        "train_x": train_x[train_idx],
+        "train_y": train_y[train_idx],
+        "val_x": train_x[val_idx],
+        "val_y": train_y[val_idx],
+        "test_x": raw.test_x,
+        "test_y": raw.test_y,
+    }
+    dev = torch.device(device)
+    for key, tensor in parts.items():
+        tensor = tensor.contiguous()
+        if dev.type == "cuda":
+            tensor = tensor.pin_memory()  # lets the copy below run asynchronously
+        parts[key] = tensor.to(dev, non_blocking=True)
+    return Datasets(
+        **parts,
+        num_classes=raw.num_classes,
+        input_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
+        name=cfg.name,
+    )
+
+
+def _load_raw(cfg: DatasetConfig) -> RawSplits:
+    if cfg.name in DATASETS:
+        return DATASETS[cfg.name](cfg)
+    if ":" in cfg.name:
+        return _user_dataset(cfg.name)
+    raise DataError(f"unknown dataset {cfg.name!r}; known datasets: {', '.join(sorted(DATASETS))}, or module:function")

@@ -1,0 +1,404 @@
+"""Search-space files: YAML → validated ``SearchSpace`` → Optuna define-by-run → ``TrialConfig``.
+
+Every leaf of a space file is either a fixed value or a searched one: ``{low, high, log?, step?, default?}`` for
+numbers, ``{choices: [...], default?}`` for categories. ``prune.sparsity: auto`` searches one rate per prunable layer.
+A searched leaf left unset (``autoprune trial``) takes its ``default`` when given, else the middle of its range
+(the geometric middle for ``log`` ranges, snapped to ``step``), else its first choice.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from .config import _SECTIONS, TrialConfig
+from .errors import AutoPruneError, ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+_TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp")
+_SEARCH_KEYS = ("trials", "sampler")
+_RANGE_KEYS = {"low", "high", "log", "step", "default"}
+_CHOICE_KEYS = {"choices", "default"}
+# Leaves whose value is itself a mapping keyed by layer name.
+_LAYER_MAPS = ("prune.sparsity", "train.lr_multipliers")
+AUTO_SPARSITY = (0.0, 0.95)  # the range `prune.sparsity: auto` searches for every prunable layer
+# Image shapes of the built-in datasets, so layer names validate without loading any data.
+_INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic": (1, 8, 8)}
+_NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
+DEFAULT_SPACE = "digits_quick"
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched dimension. ``path`` is the dotted key, also the Optuna parameter name."""
+
+    path: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] | None = None
+    default: Any = None
+
+    @property
+    def is_int(self) -> bool:
+        return self.choices is None and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1)
+        )
+
+    def midpoint(self) -> Any:
+        """The value a trial uses when nothing fixes this dimension."""
+        if self.default is not None:
+            return self.default
+        if self.choices is not None:
+            return self.choices[0]
+        assert self.low is not None and self.high is not None
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        if self.step:
+            mid = self.low + round((mid - self.low) / self.step) * self.step
+        return round(mid) if self.is_int else float(mid)
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.path, list(self.choices))
+        if self.is_int:
+            return trial.suggest_int(self.path, self.low, self.high, step=self.step or 1, log=self.log)
+        return trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.log)
+
+
+def define_by_run(trial: optuna.Trial, dims: tuple[Dim, ...]) -> None:
+    """Optuna define-by-run space: suggest every searched dimension under its dotted path.
+
+    Module level on purpose: bound with ``functools.partial(define_by_run, dims=space.dims)`` it pickles by
+    reference, which Ray Tune needs to restore a search.
+    """
+    for dim in dims:
+        dim.suggest(trial)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated space file: fixed values in ``base``, searched ones in ``dims``."""
+
+    source: str  # the file it came from (for messages)
+    document: dict[str, Any]  # the file's content after --set overrides (what a run directory freezes)
+    base: dict[str, Any]  # nested TrialConfig dict with every searched leaf removed
+    dims: tuple[Dim, ...]
+    layers: tuple[str, ...]  # prunable layers of the model, in order
+    trials: int | None = None  # `search.trials` in the file: the default number of trials
+    sampler: str | None = None  # `search.sampler` in the file
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the canonical document: what `resume` compares against the frozen copy."""
+        return document_digest(self.document)
+
+    def config_for(self, params: Mapping[str, Any]) -> TrialConfig:
+        """The trial configuration for values of the searched dimensions (missing ones take their midpoint)."""
+        tree = copy.deepcopy(self.base)
+        for dim in self.dims:
+            _set_path(tree, dim.path, params[dim.path] if dim.path in params else dim.midpoint())
+        unknown = sorted(set(params) - {d.path for d in self.dims})
+        if unknown:
+            raise ConfigError(f"{self.source}: {unknown[0]} is not a searched dimension of this space")
+        try:
+            return TrialConfig.from_dict(tree)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.source}: {exc}") from None
+
+    def default_config(self) -> TrialConfig:
+        return self.config_for({})
+
+
+def document_digest(document: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def builtin_spaces() -> dict[str, Path]:
+    """The space files shipped inside the package, by name (file stem)."""
+    folder = Path(__file__).parent / "spaces"
+    return {p.stem: p for p in sorted(folder.glob("*.y*ml"))}
+
+
+def resolve_space_path(spec: str | Path | None) -> Path:
+    """A path to a space file, or the name of a shipped one (``digits_quick``); None means the default."""
+    if spec is None:
+        spec = DEFAULT_SPACE
+    path = Path(spec)
+    if path.is_file():
+        return path
+    shipped = builtin_spaces()
+    if str(spec) in shipped:
+        return shipped[str(spec)]
+    if path.exists():
+        raise ConfigError(f"space file {str(spec)!r} is not a regular file")
+    raise ConfigError(
+        f"space file {str(spec)!r} not found; "
+        f"give a path to a YAML file or a shipped space: {', '.join(sorted(shipped))}"
+    )
+
+
+def load_space(path: str | Path | None, overrides: Iterable[str] = ()) -> SearchSpace:
+    """Read, override (``KEY=VALUE``, dotted keys, YAML scalar values) and validate a space file."""
+    file = resolve_space_path(path)
+    source = str(path if path is not None else file)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read space file {source}: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{source}: a space file must be a YAML mapping, got {type(document).__name__}")
+    for item in overrides:
+        _apply_override(document, item)
+    return parse_space(document, source=source)
+
+
+def _apply_override(document: dict[str, Any], item: str) -> None:
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. prune.sparsity.fc1=0.9")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"
+        ) from None
+    parts = key.split(".")
+    _check_known_path(parts, where=f"--set {key}")
+    node = document
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):  # `auto` or a fixed value is replaced by a mapping being filled in
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def _check_known_path(parts: list[str], *, where: str) -> None:
+    if parts[0] not in _TOP_LEVEL:
+        raise ConfigError(f"{where}: unknown key {parts[0]!r}; top-level keys: {', '.join(_TOP_LEVEL)}")
+    if len(parts) == 1:
+        return
+    if parts[0] in ("seed", "device", "amp"):
+        raise ConfigError(f"{where}: {parts[0]} takes a value, not sub-keys")
+    known = _SEARCH_KEYS if parts[0] == "search" else tuple(f.name for f in dataclasses.fields(_SECTIONS[parts[0]]))
+    if parts[1] not in known:
+        raise ConfigError(f"{where}: unknown key {parts[0]}.{parts[1]}; known keys: {', '.join(known)}")
+    if len(parts) > 2 and ".".join(parts[:2]) not in _LAYER_MAPS:
+        raise ConfigError(f"{where}: {parts[0]}.{parts[1]} takes a value, not sub-keys")
+    if len(parts) > 3:
+        raise ConfigError(f"{where}: too many parts in the key; layer maps take {parts[0]}.{parts[1]}.LAYER")
+
+
+def _is_searched(value: Any) -> bool:
+    return isinstance(value, dict) and (
+        ("choices" in value and set(value) <= _CHOICE_KEYS)
+        or ({"low", "high"} <= set(value) and set(value) <= _RANGE_KEYS)
+    )
+
+
+def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchSpace:
+    """Validate a space document (already loaded) into a ``SearchSpace``."""
+
+    def fail(msg: str) -> ConfigError:
+        return ConfigError(f"{source}: {msg}")
+
+    document = copy.deepcopy(document)
+    for key in document:
+        if key not in _TOP_LEVEL:
+            raise fail(f"unknown key {key!r}; top-level keys: {', '.join(_TOP_LEVEL)}")
+    search = document.get("search") or {}
+    if not isinstance(search, dict) or set(search) - set(_SEARCH_KEYS):
+        raise fail(f"search must be a mapping with keys {', '.join(_SEARCH_KEYS)}, got {search!r}")
+
+    base: dict[str, Any] = {}
+    dims: list[Dim] = []
+    for key, value in document.items():
+        if key == "search":
+            continue
+        if key in ("seed", "device", "amp"):
+            if _is_searched(value):
+                raise fail(f"{key} cannot be searched")
+            base[key] = value
+            continue
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise fail(f"{key} must be a mapping, got {value!r}")
+        known = {f.name for f in dataclasses.fields(_SECTIONS[key])}
+        section: dict[str, Any] = {}
+        for name, leaf in value.items():
+            path = f"{key}.{name}"
+            if name not in known:
+                raise fail(f"unknown key {path}; known keys: {', '.join(sorted(known))}")
+            if path in _LAYER_MAPS:
+                if leaf == "auto" and path == "prune.sparsity":
+                    section[name] = "auto"
+                    continue
+                if leaf is None:
+                    continue
+                if not isinstance(leaf, dict):
+                    raise fail(f"{path} must map layer names to values{' or be auto' if name == 'sparsity' else ''}")
+                section[name] = {}
+                for layer, sub in leaf.items():
+                    _collect(f"{path}.{layer}", sub, section[name], str(layer), dims, fail)
+                continue
+            _collect(path, leaf, section, name, dims, fail)
+        base[key] = section
+
+    layers = _model_layers(base, fail)
+    prune = base.setdefault("prune", {})
+    structured = prune.get("structured", False)
+    if prune.get("sparsity") == "auto":
+        prune["sparsity"] = {}
+        targets = layers[:-1] if structured else layers
+        dims.extend(
+            Dim(path=f"prune.sparsity.{layer}", low=AUTO_SPARSITY[0], high=AUTO_SPARSITY[1]) for layer in targets
+        )
+    for dim in dims:
+        parts = dim.path.split(".")
+        if dim.path.rsplit(".", 1)[0] in _LAYER_MAPS and parts[-1] not in layers:
+            raise fail(f"{dim.path}: unknown layer {parts[-1]!r}; prunable layers: {', '.join(layers)}")
+    for mapping in _LAYER_MAPS:
+        sec, name = mapping.split(".")
+        for layer in base.get(sec, {}).get(name, {}) or {}:
+            if layer not in layers:
+                raise fail(f"{mapping}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(layers)}")
+    if (
+        structured
+        and layers
+        and (f"prune.sparsity.{layers[-1]}" in {d.path for d in dims} or prune.get("sparsity", {}).get(layers[-1]))
+    ):
+        raise fail(
+            f"prune.sparsity.{layers[-1]}: the output layer cannot lose units under structured pruning; remove it"
+        )
+
+    space = SearchSpace(
+        source=source,
+        document=document,
+        base=base,
+        dims=tuple(dims),
+        layers=tuple(layers),
+        trials=search.get("trials"),
+        sampler=search.get("sampler"),
+    )
+    _validate_values(space, fail)
+    if space.trials is not None and (
+        not isinstance(space.trials, int) or isinstance(space.trials, bool) or space.trials < 1
+    ):
+        raise fail(f"search.trials must be a positive integer, got {space.trials!r}")
+    if space.sampler is not None and space.sampler not in ("tpe", "nsga2", "random"):
+        raise fail(f"search.sampler must be one of tpe, nsga2, random, got {space.sampler!r}")
+    return space
+
+
+def _collect(path: str, leaf: Any, section: dict[str, Any], name: str, dims: list[Dim], fail: Any) -> None:
+    """File a leaf as fixed (into ``section``) or searched (into ``dims``), checking the range itself."""
+    if isinstance(leaf, dict) and not _is_searched(leaf):
+        if "choices" in leaf or "low" in leaf or "high" in leaf:
+            extra = sorted(set(leaf) - (_CHOICE_KEYS if "choices" in leaf else _RANGE_KEYS))
+            missing = "" if "choices" in leaf or {"low", "high"} <= set(leaf) else " (a range needs both low and high)"
+            detail = f"unknown key {extra[0]!r}" if extra else "incomplete range"
+            raise fail(f"{path}: {detail}{missing}; a searched value is {{low, high, log, step}} or {{choices: [...]}}")
+        raise fail(f"{path}: unexpected mapping {leaf!r}; give a value, {{low, high, ...}} or {{choices: [...]}}")
+    if not _is_searched(leaf):
+        section[name] = leaf
+        return
+    default = leaf.get("default")
+    if "choices" in leaf:
+        choices = leaf["choices"]
+        if not isinstance(choices, list) or not choices:
+            raise fail(f"{path}: choices must be a non-empty list, got {choices!r}")
+        if len(choices) == 1:  # a single choice is a fixed value
+            section[name] = choices[0]
+            return
+        if default is not None and default not in choices:
+            raise fail(f"{path}: default {default!r} is not one of the choices {choices}")
+        dims.append(Dim(path=path, choices=tuple(choices), default=default))
+        return
+    low, high, log, step = leaf["low"], leaf["high"], leaf.get("log", False), leaf.get("step")
+    for label, v in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise fail(f"{path}.{label} must be a finite number, got {v!r}")
+    if not isinstance(log, bool):
+        raise fail(f"{path}.log must be true or false, got {log!r}")
+    if low > high:
+        raise fail(f"{path}: inverted range, low={low} > high={high}; swap them")
+    if low == high:
+        raise fail(f"{path}: empty range, low == high == {low}; give a fixed value instead")
+    if log and low <= 0:
+        raise fail(f"{path}: a log range needs low > 0, got low={low}")
+    if step is not None and (step <= 0 or log):
+        raise fail(f"{path}: step must be > 0 and cannot be combined with log, got step={step}")
+    if default is not None and not (low <= default <= high):
+        raise fail(f"{path}: default {default!r} is outside [{low}, {high}]")
+    dims.append(Dim(path=path, low=low, high=high, log=log, step=step, default=default))
+
+
+def _model_layers(base: dict[str, Any], fail: Any) -> list[str]:
+    """Prunable layer names of the configured model, building it on the CPU (cheap: no data is loaded)."""
+    from .models import build_model, prunable_layers  # torch is needed only here
+
+    dataset = base.get("dataset", {}).get("name", "digits")
+    model = base.get("model", {}).get("name", "lenet-300-100")
+    if isinstance(dataset, dict) or isinstance(model, dict):
+        raise fail("dataset.name and model.name must be fixed values, not searched")
+    if dataset in _INPUT_SHAPES:
+        shape, classes = _INPUT_SHAPES[dataset], _NUM_CLASSES[dataset]
+    else:  # a user dataset: its shape is known only by loading it
+        from .config import DatasetConfig
+        from .data import load_datasets
+
+        try:
+            data = load_datasets(DatasetConfig(**base.get("dataset", {})), seed=0, device="cpu")
+        except (AutoPruneError, TypeError) as exc:
+            raise fail(str(exc)) from None
+        shape, classes = data.input_shape, data.num_classes
+    try:
+        return list(prunable_layers(build_model(model, shape, classes)))
+    except AutoPruneError as exc:
+        raise fail(str(exc)) from None
+
+
+def _validate_values(space: SearchSpace, fail: Any) -> None:
+    """Build a config at every end of every range (others at their midpoint): the dataclasses check the values."""
+    probes: list[dict[str, Any]] = [{}]
+    for dim in space.dims:
+        ends = dim.choices if dim.choices is not None else (dim.low, dim.high)
+        probes.extend({dim.path: v} for v in ends)
+    for probe in probes:
+        try:
+            space.config_for(probe)
+        except ConfigError as exc:
+            msg = str(exc).removeprefix(f"{space.source}: ")
+            raise fail(msg) from None
+
+
+def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value

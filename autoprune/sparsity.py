@@ -1,0 +1,118 @@
+"""Regularizers, schedules and clipping for sparse training, as small pure functions.
+
+The penalty λ·R(w) enters training through its (sub)gradient, added to ``w.grad`` in place after the loss's
+backward pass. That is exact for SGD (the update sees ∇L + λ∇R, as it would through autograd) and avoids
+building an autograd graph over every weight, which costs about a quarter of a LeNet-300-100 step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+# ---------------------------------------------------------------------------------------------------- schedules
+
+
+def lambda_at(schedule: str, lambda_max: float, progress: float, *, warmup: float = 0.0, steps: int = 3) -> float:
+    """λ at ``progress`` ∈ [0, 1] of sparse training.
+
+    λ is 0 during the first ``warmup`` fraction; then over the remaining fraction u ∈ [0, 1]:
+    ``constant`` λ_max; ``linear`` λ_max·u; ``step`` λ_max·k/steps in stage k = 1..steps (small early, larger
+    later); ``cosine`` λ_max·(1 − cos πu)/2. The ramps reach λ_max at the end of training.
+    """
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < warmup:
+        return 0.0
+    u = (progress - warmup) / (1.0 - warmup) if warmup < 1.0 else 1.0
+    if schedule == "constant":
+        return lambda_max
+    if schedule == "linear":
+        return lambda_max * u
+    if schedule == "step":
+        return lambda_max * min(math.floor(u * steps) + 1, steps) / steps
+    if schedule == "cosine":
+        return lambda_max * (1.0 - math.cos(math.pi * u)) / 2.0
+    raise ValueError(f"unknown lambda schedule {schedule!r}")
+
+
+def lr_at(
+    schedule: str,
+    base_lr: float,
+    step: int,
+    total_steps: int,
+    *,
+    steps_per_epoch: int,
+    step_epochs: int = 3,
+    gamma: float = 0.1,
+) -> float:
+    """Learning rate at optimizer step ``step`` (0-based) of ``total_steps``.
+
+    ``constant``; ``step`` multiplies by ``gamma`` every ``step_epochs`` epochs; ``cosine`` anneals from
+    ``base_lr`` to 0 over the phase; ``cosine_restarts`` (SGDR) anneals over cycles of ``step_epochs`` epochs,
+    each cycle twice as long as the one before.
+    """
+    if schedule == "constant":
+        return base_lr
+    if schedule == "step":
+        return base_lr * gamma ** (step // max(steps_per_epoch * step_epochs, 1))
+    if schedule == "cosine":
+        t = step / max(total_steps, 1)
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+    if schedule == "cosine_restarts":
+        cycle = max(steps_per_epoch * step_epochs, 1)
+        pos = step
+        while pos >= cycle:
+            pos -= cycle
+            cycle *= 2
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * pos / cycle))
+    raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
+# ------------------------------------------------------------------------------------------------- regularizers
+
+
+def l1_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ|w| over ``weights`` (for reporting and tests; training uses ``add_l1_grad_``)."""
+    return torch.stack([w.abs().sum() for w in weights]).sum()
+
+
+def group_lasso_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ over output units of ‖w_unit‖₂ (a Linear row, a Conv2d output channel)."""
+    return torch.stack([w.flatten(1).norm(dim=1).sum() for w in weights]).sum()
+
+
+@torch.no_grad()
+def add_l1_grad_(weights: Sequence[torch.Tensor], lam: float) -> None:
+    """``w.grad += λ·sign(w)``: the subgradient of λ·Σ|w| (0 at w = 0), in place, with no autograd graph."""
+    if lam == 0.0 or not weights:
+        return
+    grads = [w.grad for w in weights]
+    torch._foreach_add_(grads, torch._foreach_sign(list(weights)), alpha=lam)
+
+
+@torch.no_grad()
+def add_group_lasso_grad_(weights: Sequence[torch.Tensor], lam: float, eps: float = 1e-12) -> None:
+    """``w.grad += λ·w_g/‖w_g‖`` for every output unit g (0 for an all-zero unit), in place."""
+    if lam == 0.0:
+        return
+    for w in weights:
+        norms = w.flatten(1).norm(dim=1).clamp_min(eps)
+        w.grad.add_(w / norms.view(-1, *([1] * (w.dim() - 1))), alpha=lam)
+
+
+# ---------------------------------------------------------------------------------------------------- clipping
+
+
+@torch.no_grad()
+def clip_weights_(weights: Sequence[torch.Tensor], threshold: float) -> None:
+    """Clamp every weight to [−threshold, threshold] in place."""
+    weights = list(weights)
+    torch._foreach_clamp_max_(weights, threshold)
+    torch._foreach_clamp_min_(weights, -threshold)
+
+
+def clip_grad_norm_(params: Sequence[torch.Tensor], threshold: float) -> None:
+    """Scale the gradients so their global L2 norm is at most ``threshold``; no host synchronisation."""
+    torch.nn.utils.clip_grad_norm_(params, threshold, foreach=True)

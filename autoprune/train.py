@@ -1,0 +1,210 @@
+"""The SGD loop shared by sparse training and masked finetuning, and evaluation.
+
+The loop never synchronises with the device per step: losses accumulate on the device and are checked for
+non-finite values every ``CHECK_EVERY`` steps; schedules are plain floats computed on the host; the penalty
+gradient, clipping and masks are applied in place with foreach kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import batch_indices
+from .errors import DivergedError
+from .models import prunable_layers
+from .sparsity import add_group_lasso_grad_, add_l1_grad_, clip_grad_norm_, clip_weights_, lambda_at, lr_at
+
+CHECK_EVERY = 32  # steps between non-finite checks (one host sync each)
+
+
+class MaskSet:
+    """Parameter masks (1 keeps, 0 prunes), applied in place to weights, gradients and momentum buffers."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        unknown = sorted(set(masks) - set(params))
+        if unknown:
+            raise KeyError(f"masks name unknown parameters: {unknown}")
+        self.masks = dict(masks)
+        self.params = [params[name] for name in self.masks]
+        self.values = [
+            m.to(device=p.device, dtype=p.dtype) for m, p in zip(self.masks.values(), self.params, strict=True)
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.params)
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.values)
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
+        pairs = [(p.grad, m) for p, m in zip(self.params, self.values, strict=True) if p.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def mask_momentum_(self, optimizer: torch.optim.Optimizer) -> None:
+        for p, m in zip(self.params, self.values, strict=True):
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.mul_(m)
+
+
+@dataclass(frozen=True)
+class PhaseSettings:
+    """What one SGD phase does; built by the pipeline from TrainConfig or FinetuneConfig."""
+
+    name: str  # "train" or "finetune": appears in DivergedError
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_step_epochs: int = 3
+    lr_gamma: float = 0.1
+    lr_multipliers: Mapping[str, float] = field(default_factory=dict)
+    penalty: str = "none"  # l1 | group_lasso | none
+    lambda_max: float = 0.0
+    lambda_schedule: str = "constant"
+    lambda_warmup: float = 0.0
+    lambda_steps: int = 3
+    weight_clip: float | None = None
+    grad_clip: float | None = None
+
+
+def make_optimizer(model: nn.Module, s: PhaseSettings) -> torch.optim.SGD:
+    """SGD with one parameter group per layer that has an lr multiplier; the rest share one group."""
+    groups: list[dict] = []
+    taken: set[int] = set()
+    modules = dict(model.named_modules())
+    for layer, mult in s.lr_multipliers.items():
+        params = list(modules[layer].parameters())
+        taken.update(id(p) for p in params)
+        groups.append({"params": params, "lr_mult": mult})
+    rest = [p for p in model.parameters() if id(p) not in taken]
+    groups.insert(0, {"params": rest, "lr_mult": 1.0})
+    for g in groups:
+        g["lr"] = s.lr * g["lr_mult"]
+    return torch.optim.SGD(
+        groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay, foreach=True
+    )
+
+
+def run_phase(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    s: PhaseSettings,
+    *,
+    generator: torch.Generator,
+    masks: MaskSet | None = None,
+    prune_events: Mapping[int, Callable[[], MaskSet]] | None = None,
+    amp: bool = False,
+) -> tuple[int, MaskSet | None]:
+    """Run ``s.epochs`` epochs of SGD on resident tensors ``x``/``y``.
+
+    ``prune_events`` maps a step number to a function returning new (tighter) masks: gradual pruning. The
+    current masks are enforced on weights after every step, on gradients before it, and on momentum buffers
+    whenever they change. Returns the number of steps taken and the final masks.
+    """
+    if s.epochs == 0 or len(x) == 0:
+        return 0, masks
+    model.train()
+    opt = make_optimizer(model, s)
+    weights = [m.weight for m in prunable_layers(model).values()]
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps_per_epoch = -(-len(x) // s.batch_size)
+    total = steps_per_epoch * s.epochs
+    events = dict(prune_events or {})
+    penalty_grad = {"l1": add_l1_grad_, "group_lasso": add_group_lasso_grad_}.get(s.penalty)
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if amp and x.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    loss_sum = torch.zeros((), device=x.device)
+    if masks:
+        masks.apply_()
+    step = 0
+    for _epoch in range(s.epochs):
+        for idx in batch_indices(len(x), s.batch_size, generator=generator, device=x.device):
+            if step in events:
+                masks = events.pop(step)()
+                masks.apply_()
+                masks.mask_momentum_(opt)
+            lr = lr_at(
+                s.lr_schedule, s.lr, step, total,
+                steps_per_epoch=steps_per_epoch, step_epochs=s.lr_step_epochs, gamma=s.lr_gamma,
+            )  # fmt: skip
+            for g in opt.param_groups:
+                g["lr"] = lr * g["lr_mult"]
+            opt.zero_grad()
+            with autocast:
+                loss = F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            if penalty_grad is not None:
+                lam = lambda_at(
+                    s.lambda_schedule, s.lambda_max, step / total, warmup=s.lambda_warmup, steps=s.lambda_steps
+                )
+                penalty_grad(weights, lam)
+            if masks:
+                masks.mask_grads_()
+            if s.grad_clip is not None:
+                clip_grad_norm_(params, s.grad_clip)
+            opt.step()
+            if s.weight_clip is not None:
+                clip_weights_(weights, s.weight_clip)
+            if masks:
+                masks.apply_()
+            loss_sum += loss.detach().float()
+            step += 1
+            if step % CHECK_EVERY == 0 or step == total:
+                _check_finite(loss_sum, s.name, step)
+                loss_sum.zero_()
+    return step, masks
+
+
+def _check_finite(loss_sum: torch.Tensor, phase: str, step: int) -> None:
+    if not bool(torch.isfinite(loss_sum)):  # the one host sync every CHECK_EVERY steps
+        first = max(step - CHECK_EVERY + 1, 1)
+        raise DivergedError(phase, step, f"the loss became NaN or infinite within steps {first}–{step}")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: int = 4096, amp: bool = False) -> float:
+    """Top-1 accuracy in large batches, counted on the device, one host sync."""
+    if len(x) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=x.device)
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if amp and x.device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    with autocast:
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start : start + batch_size])
+            correct += (logits.argmax(dim=1) == y[start : start + batch_size]).sum()
+    model.train(was_training)
+    return correct.item() / len(x)
+
+
+def batches_for_statistics(
+    x: torch.Tensor, y: torch.Tensor, *, batch_size: int, count: int, generator: torch.Generator
+) -> Sequence[tuple[torch.Tensor, torch.Tensor]]:
+    """The first ``count`` shuffled batches: what gradient-based importance averages over."""
+    idx = batch_indices(len(x), batch_size, generator=generator, device=x.device)[:count]
+    return [(x[i], y[i]) for i in idx]

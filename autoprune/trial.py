@@ -1,0 +1,270 @@
+"""``run_trial``: the whole pipeline for one fixed configuration, in plain PyTorch (no Ray).
+
+1. sparse train: SGD(+momentum) with λ(t)·L1 or group lasso, weight clipping, gradient-norm clipping
+2. prune: importance → per-layer amounts → masks, one-shot or gradual (during finetuning); structured pruning
+   removes whole units and ends with a physically smaller model
+3. finetune: masked SGD with its own lr schedule (pruned weights, their gradients and momentum stay zero)
+4. evaluate: validation and test accuracy, parameters, FLOPs
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import FinetuneConfig, TrialConfig
+from .data import Datasets, load_datasets
+from .errors import ConfigError
+from .models import build_model, layer_positions, prunable_layers
+from .pruning import (
+    agp_sparsity,
+    compute_masks,
+    count_params,
+    gradient_statistics,
+    gradual_event_steps,
+    gradual_plan,
+    shrink_sequential,
+)
+from .train import MaskSet, PhaseSettings, batches_for_statistics, evaluate, run_phase
+
+
+@dataclass
+class TrialResult:
+    """What one pipeline run measured, and the model it produced."""
+
+    val_accuracy: float  # after finetuning: what the search optimizes
+    test_accuracy: float  # reported, never used to choose
+    params_nonzero: int  # nonzero parameters of the final model (weights, biases, BatchNorm)
+    params_total: int  # parameters of the dense model
+    layer_sparsity: dict[str, float]  # prunable layer -> fraction of its dense weights that are zero or removed
+    val_accuracy_trained: float  # after phase 1
+    val_accuracy_pruned: float | None  # right after one-shot pruning, before finetuning; None for gradual
+    flops_dense: int  # multiply-accumulates per sample of the prunable layers, dense
+    flops_effective: int  # the same, counting only nonzero weights
+    seconds: dict[str, float]  # wall time per phase
+    config: dict[str, Any]  # the full TrialConfig as a dict
+    device: str
+    model: nn.Module = field(repr=False)  # the final model (physically smaller when structured)
+    masks: dict[str, torch.Tensor] = field(repr=False)  # parameter name -> 0/1 mask of the final model
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """The JSON trial record (DESIGN.md field names)."""
+        return {
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "params_nonzero": self.params_nonzero,
+            "params_total": self.params_total,
+            "layer_sparsity": dict(self.layer_sparsity),
+            "val_accuracy_trained": self.val_accuracy_trained,
+            "val_accuracy_pruned": self.val_accuracy_pruned,
+            "flops_dense": self.flops_dense,
+            "flops_effective": self.flops_effective,
+            "seconds": dict(self.seconds),
+            "device": self.device,
+            "config": self.config,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Export the model as a self-describing file (see ``autoprune.export``)."""
+        from .export import save_model
+
+        return save_model(
+            path,
+            self.model,
+            masks=self.masks,
+            config=self.config,
+            metrics=self.record(),
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+        )
+
+
+def resolve_device(spec: str | torch.device | None) -> torch.device:
+    """``auto``/None → cuda when available, else cpu; an unavailable cuda request is a ConfigError."""
+    if spec is None or str(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(spec)!r} requested but CUDA is not available here; use --device cpu")
+    return device
+
+
+def run_trial(
+    cfg: TrialConfig,
+    *,
+    data: Datasets | None = None,
+    device: str | torch.device | None = None,
+    threads: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrialResult:
+    """Run the full pipeline for ``cfg``. Same seed, same device and thread count → same result.
+
+    Raises ``DivergedError`` (phase, step) on a non-finite loss and ``ConfigError`` on a configuration that does
+    not fit the model (e.g. a sparsity for a layer it does not have).
+    """
+    say = log or (lambda _msg: None)
+    dev = resolve_device(device if device is not None else cfg.device)
+    if threads is not None and dev.type == "cpu":
+        torch.set_num_threads(max(1, int(threads)))
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    data = load_datasets(cfg.dataset, seed=cfg.seed, device=dev) if data is None else data.to(dev)
+    seconds["data"] = time.perf_counter() - t0
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, data.input_shape, data.num_classes).to(dev)
+    layers = prunable_layers(model)
+    _check_layers(cfg, layers)
+    positions = layer_positions(model, data.input_shape)
+    dense_numel = {name: m.weight.numel() for name, m in layers.items()}
+    _, params_total = count_params(model)
+    flops_dense = sum(dense_numel[n] * positions[n] for n in layers)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
+
+    # 1. sparse training
+    t0 = time.perf_counter()
+    if cfg.train.enabled and cfg.budget.train_epochs > 0:
+        tc = cfg.train
+        settings = PhaseSettings(
+            name="train", epochs=cfg.budget.train_epochs, batch_size=bs, lr=tc.lr, momentum=tc.momentum,
+            nesterov=tc.nesterov, weight_decay=tc.weight_decay, lr_schedule=tc.lr_schedule,
+            lr_step_epochs=tc.lr_step_epochs, lr_gamma=tc.lr_gamma, lr_multipliers=tc.lr_multipliers,
+            penalty=tc.penalty, lambda_max=tc.lambda_max, lambda_schedule=tc.lambda_schedule,
+            lambda_warmup=tc.lambda_warmup, lambda_steps=tc.lambda_steps, weight_clip=tc.weight_clip,
+            grad_clip=tc.grad_clip,
+        )  # fmt: skip
+        run_phase(model, data.train_x, data.train_y, settings, generator=gen, amp=cfg.amp)
+    val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
+    seconds["train"] = time.perf_counter() - t0
+    say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
+
+    # 2. pruning (one-shot now; gradual as events during finetuning) and 3. finetuning
+    pc = cfg.prune
+    ft = _finetune_settings(cfg.finetune, cfg.budget.finetune_epochs, bs)
+    steps_per_epoch = -(-len(data.train_x) // bs)
+    ft_steps = steps_per_epoch * ft.epochs
+    gradual = pc.enabled and pc.schedule == "gradual" and ft_steps > 0
+
+    def prune_to(rates: dict[str, float] | None, amount: float | None, current: MaskSet | None) -> MaskSet:
+        grads = None
+        if pc.criterion != "magnitude":
+            batches = batches_for_statistics(
+                data.train_x, data.train_y, batch_size=bs, count=pc.grad_batches, generator=gen
+            )
+            grads = gradient_statistics(model, batches, layers=list(layers))
+        current_masks = current.masks if current is not None else None
+        return MaskSet(model, compute_masks(model, pc, rates=rates, amount=amount, grads=grads, current=current_masks))
+
+    rates = dict(pc.sparsity) if pc.allocation == "per_layer" else None
+    t0 = time.perf_counter()
+    masks: MaskSet | None = None
+    events: dict[int, Callable[[], MaskSet]] = {}
+    if pc.enabled and not gradual:
+        masks = prune_to(rates, pc.amount, None)
+        masks.apply_()
+    elif gradual:  # AGP: the cubic ramp of Zhu & Gupta, one event per step of the plan
+        plan = gradual_plan(rates, pc.gradual_steps) if rates is not None else None
+        at_steps = gradual_event_steps(ft_steps, pc.gradual_steps, pc.gradual_end)
+        state: dict[str, MaskSet | None] = {"masks": None}
+        for k, at in enumerate(at_steps):
+
+            def event(k: int = k) -> MaskSet:
+                amount = agp_sparsity(k + 1, pc.gradual_steps, pc.amount)
+                state["masks"] = prune_to(plan[k] if plan is not None else None, amount, state["masks"])
+                return state["masks"]
+
+            events[at] = event  # when two events share a step, the later (tighter) one wins
+    val_pruned: float | None = (
+        evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp) if masks else val_trained
+    )
+    seconds["prune"] = time.perf_counter() - t0
+    if pc.enabled and not gradual:
+        say(f"pruned: val accuracy {val_pruned:.4f}")
+
+    t0 = time.perf_counter()
+    if gradual:  # pruning happens inside finetuning: there is no pruned-but-not-finetuned model to measure
+        _, masks = run_phase(
+            model, data.train_x, data.train_y, ft, generator=gen, masks=masks, prune_events=events, amp=cfg.amp
+        )
+        val_pruned = None
+    else:
+        run_phase(model, data.train_x, data.train_y, ft, generator=gen, masks=masks, amp=cfg.amp)
+    seconds["finetune"] = time.perf_counter() - t0
+
+    # 4. evaluation (structured: on the physically smaller model, whose outputs equal the masked model's)
+    t0 = time.perf_counter()
+    final_masks = dict(masks.masks) if masks else {}
+    if pc.structured and masks:
+        model = shrink_sequential(model, _kept_units(masks, layers))
+        final_masks = {}
+    val_acc = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
+    test_acc = evaluate(model, data.test_x, data.test_y, batch_size=ebs, amp=cfg.amp)
+    params_nonzero, _ = count_params(model)
+    nonzero = {n: int(torch.count_nonzero(m.weight)) for n, m in prunable_layers(model).items()}
+    layer_sparsity = {n: 1.0 - nonzero[n] / dense_numel[n] for n in dense_numel}
+    flops_effective = sum(nonzero[n] * positions[n] for n in dense_numel)
+    seconds["eval"] = time.perf_counter() - t0
+    say(f"finetuned: val accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}, {params_nonzero}/{params_total} params")
+
+    return TrialResult(
+        val_accuracy=val_acc,
+        test_accuracy=test_acc,
+        params_nonzero=params_nonzero,
+        params_total=params_total,
+        layer_sparsity=layer_sparsity,
+        val_accuracy_trained=val_trained,
+        val_accuracy_pruned=val_pruned,
+        flops_dense=flops_dense,
+        flops_effective=flops_effective,
+        seconds=seconds,
+        config=cfg.to_dict(),
+        device=str(dev),
+        model=model,
+        masks={k: v.detach().to("cpu", torch.bool) for k, v in final_masks.items()},
+        input_shape=tuple(data.input_shape),
+        num_classes=data.num_classes,
+    )
+
+
+def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Output units each layer keeps under structured masks (only layers that lost some)."""
+    keep = {}
+    for name in layers:
+        alive = masks.masks[f"{name}.weight"].flatten(1).any(dim=1)
+        if not bool(alive.all()):
+            keep[name] = alive.nonzero().flatten()
+    return keep
+
+
+def _finetune_settings(fc: FinetuneConfig, epochs: int, batch_size: int) -> PhaseSettings:
+    return PhaseSettings(
+        name="finetune", epochs=epochs, batch_size=batch_size, lr=fc.lr, momentum=fc.momentum,
+        nesterov=fc.nesterov, weight_decay=fc.weight_decay, lr_schedule=fc.schedule,
+        lr_step_epochs=fc.lr_step_epochs, lr_gamma=fc.lr_gamma,
+    )  # fmt: skip
+
+
+def _check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
+    names = list(layers)
+    for where, mapping in (("prune.sparsity", cfg.prune.sparsity), ("train.lr_multipliers", cfg.train.lr_multipliers)):
+        for layer in mapping:
+            if layer not in layers:
+                raise ConfigError(f"{where}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(names)}")
+    if cfg.prune.enabled and cfg.prune.structured:
+        if cfg.prune.sparsity.get(names[-1]):
+            raise ConfigError(
+                f"prune.sparsity.{names[-1]}: the output layer cannot lose units under structured pruning; remove it"
+            )

@@ -1,0 +1,447 @@
+from __future__ import annotations
+
+import copy
+import itertools
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from autoprune.config import PruneConfig
+from autoprune.errors import AutoPruneError, ConfigError, ModelError
+from autoprune.models import build_model, prunable_layers
+from autoprune.pruning import (
+    CRITERIA,
+    agp_sparsity,
+    apply_masks,
+    compute_masks,
+    count_params,
+    global_masks,
+    gradient_importance,
+    gradient_statistics,
+    gradual_event_steps,
+    gradual_plan,
+    layer_scores,
+    layer_sparsity,
+    magnitude_importance,
+    per_layer_masks,
+    shrink_sequential,
+    structured_keep,
+    structured_param_masks,
+    taylor_importance,
+    uniform_masks,
+    unit_scores,
+)
+
+
+def zeros_at(mask: torch.Tensor) -> set[int]:
+    return set(torch.nonzero(mask.reshape(-1) == 0).reshape(-1).tolist())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# criteria
+
+
+def test_magnitude_removes_smallest_absolute_values():
+    w = torch.tensor([[0.5, -0.1], [-2.0, 0.05]])
+    score = magnitude_importance(w)
+    assert torch.equal(score, w.abs())
+    masks = per_layer_masks({"l": score}, {"l": 0.5})
+    assert zeros_at(masks["l"]) == {1, 3}
+
+
+def test_gradient_and_taylor_rank_differently_from_magnitude():
+    w = torch.tensor([1.0, 0.1, -2.0, 0.5])
+    g = torch.tensor([0.01, 3.0, 0.2, 0.3])
+    grad_mask = per_layer_masks({"l": gradient_importance(w, g)}, {"l": 0.5})["l"]
+    taylor = taylor_importance(w, g)
+    assert torch.allclose(taylor, torch.tensor([0.01, 0.3, 0.4, 0.15]))
+    taylor_mask = per_layer_masks({"l": taylor}, {"l": 0.5})["l"]
+    magnitude_mask = per_layer_masks({"l": magnitude_importance(w)}, {"l": 0.5})["l"]
+    assert zeros_at(grad_mask) == {0, 2}
+    assert zeros_at(taylor_mask) == {0, 3}
+    assert zeros_at(magnitude_mask) == {1, 3}
+
+
+@pytest.mark.parametrize("name", ["gradient", "taylor"])
+def test_gradient_criteria_need_gradient_statistics(name):
+    with pytest.raises(AutoPruneError, match="gradient statistics"):
+        CRITERIA[name](torch.ones(3), None)
+    with pytest.raises(ModelError, match="shape"):
+        CRITERIA[name](torch.ones(3), torch.ones(4))
+
+
+def test_layer_scores_names_layer_when_grads_missing():
+    model = build_model("lenet-300-100", (1, 4, 4), 3)
+    scores = layer_scores(model, "magnitude", None)
+    assert list(scores) == ["fc1", "fc2", "fc3"]
+    assert torch.equal(scores["fc2"], model.fc2.weight.detach().abs())
+    with pytest.raises(AutoPruneError, match=r"'fc3'.*gradient statistics"):
+        layer_scores(model, "taylor", {"fc1": torch.ones(300, 16), "fc2": torch.ones(100, 300)})
+    with pytest.raises(ConfigError, match="unknown pruning criterion"):
+        layer_scores(model, "random", None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gradient statistics
+
+
+def test_gradient_statistics_matches_hand_computed_softmax_gradient():
+    torch.manual_seed(0)
+    model = nn.Sequential(OrderedDict(fc=nn.Linear(5, 3)))
+    model.train()
+    before = copy.deepcopy(model.state_dict())
+    batches = [(torch.randn(4, 5), torch.tensor([0, 2, 1, 2])), (torch.randn(6, 5), torch.tensor([1, 1, 0, 2, 0, 1]))]
+
+    stats = gradient_statistics(model, batches)
+
+    # d/dW of mean cross-entropy for a linear layer: (softmax(xW^T + b) - onehot)^T x / batch_size
+    expected = torch.zeros(3, 5)
+    w, b = before["fc.weight"], before["fc.bias"]
+    for x, y in batches:
+        p = torch.softmax(x @ w.T + b, dim=1)
+        grad = (p - torch.eye(3)[y]).T @ x / len(y)
+        expected += grad.abs()
+    expected /= len(batches)
+    assert list(stats) == ["fc"]
+    assert torch.allclose(stats["fc"], expected, atol=1e-6)
+    assert model.training
+    assert all(p.grad is None for p in model.parameters())
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_gradient_statistics_leaves_batchnorm_stats_and_mode_alone():
+    torch.manual_seed(0)
+    model = build_model("bn-cnn", (1, 8, 8), 10)
+    model.eval()
+    before = copy.deepcopy(model.state_dict())
+    batches = [(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))]
+    stats = gradient_statistics(model, batches, layers=["conv2", "fc2"])
+    assert list(stats) == ["conv2", "fc2"]
+    assert stats["conv2"].shape == model.conv2.weight.shape
+    assert (stats["fc2"] > 0).any()
+    assert not model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key])
+    with pytest.raises(ModelError, match="no prunable layer named 'fc9'"):
+        gradient_statistics(model, batches, layers=["fc9"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# allocation
+
+
+def test_per_layer_exact_zero_counts_and_absent_layers_untouched():
+    torch.manual_seed(0)
+    scores = {"a": torch.rand(10, 7), "b": torch.rand(33), "c": torch.rand(4, 4)}
+    masks = per_layer_masks(scores, {"a": 0.3, "b": 0.5})
+    assert int((masks["a"] == 0).sum()) == round(0.3 * 70)
+    assert int((masks["b"] == 0).sum()) == round(0.5 * 33)
+    assert int((masks["c"] == 0).sum()) == 0
+    # the removed entries are exactly the lowest scores
+    kept_min = scores["a"][masks["a"] == 1].min()
+    removed_max = scores["a"][masks["a"] == 0].max()
+    assert removed_max < kept_min
+    with pytest.raises(ConfigError, match="unknown layer 'd'"):
+        per_layer_masks(scores, {"d": 0.5})
+    with pytest.raises(ConfigError, match="fraction"):
+        per_layer_masks(scores, {"a": 1.5})
+
+
+def test_ties_are_broken_deterministically_with_exact_count():
+    scores = {"l": torch.zeros(10)}
+    first = per_layer_masks(scores, {"l": 0.35})["l"]
+    assert int((first == 0).sum()) == round(3.5)
+    assert torch.equal(first, per_layer_masks(scores, {"l": 0.35})["l"])
+
+
+def test_global_ranking_takes_more_from_the_layer_with_smaller_scores():
+    torch.manual_seed(0)
+    scores = {"small": torch.rand(200) * 0.5, "large": torch.rand(300) * 0.5 + 0.25}
+    masks = global_masks(scores, 0.4)
+    zeros = {name: int((m == 0).sum()) for name, m in masks.items()}
+    assert sum(zeros.values()) == round(0.4 * 500)
+    assert zeros["small"] > zeros["large"]
+    threshold = torch.cat([s[m == 1] for s, m in zip(scores.values(), masks.values(), strict=True)]).min()
+    removed = torch.cat([s[m == 0] for s, m in zip(scores.values(), masks.values(), strict=True)])
+    assert (removed <= threshold).all()
+
+
+def test_uniform_every_layer_at_amount():
+    torch.manual_seed(0)
+    scores = {"a": torch.rand(50), "b": torch.rand(8, 3, 3, 3)}
+    masks = uniform_masks(scores, 0.6)
+    assert int((masks["a"] == 0).sum()) == 30
+    assert int((masks["b"] == 0).sum()) == round(0.6 * 216)
+
+
+@pytest.mark.parametrize("alloc", ["per_layer", "global", "uniform"])
+def test_masks_are_monotone_with_current(alloc):
+    torch.manual_seed(0)
+    scores = {"a": torch.rand(40), "b": torch.rand(60)}
+
+    def masks_at(rate, current):
+        if alloc == "per_layer":
+            return per_layer_masks(scores, {"a": rate, "b": rate}, current)
+        if alloc == "global":
+            return global_masks(scores, rate, current)
+        return uniform_masks(scores, rate, current)
+
+    # an arbitrary current mask that disagrees with the scores: it must still be kept pruned
+    current = {"a": (torch.arange(40) % 4 != 0).float(), "b": (torch.arange(60) % 5 != 0).float()}
+    raised = masks_at(0.5, current)
+    for name in scores:
+        assert bool(((current[name] == 0) <= (raised[name] == 0)).all())
+    assert sum(int((m == 0).sum()) for m in raised.values()) == 50
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# gradual schedule
+
+
+def test_agp_endpoints_shape_and_monotone():
+    assert agp_sparsity(0, 10, 0.9) == 0.0
+    assert agp_sparsity(10, 10, 0.9) == 0.9
+    assert agp_sparsity(-3, 10, 0.9) == 0.0
+    assert agp_sparsity(25, 10, 0.9) == 0.9
+    assert agp_sparsity(5, 10, 0.8) == pytest.approx(0.8 * (1 - 0.5**3))
+    assert agp_sparsity(5, 10, 0.8, initial=0.2) == pytest.approx(0.8 - 0.6 * 0.125)
+    values = [agp_sparsity(t, 20, 0.95) for t in range(21)]
+    assert all(a <= b for a, b in itertools.pairwise(values))
+    # cubic: the first half of the steps prunes most of the way
+    assert values[10] > 0.95 * 0.8
+
+
+def test_gradual_plan_ends_at_final_and_is_monotone():
+    final = {"fc1": 0.9, "fc2": 0.5, "fc3": 0.0}
+    plan = gradual_plan(final, 6)
+    assert len(plan) == 6
+    assert plan[-1] == final
+    assert plan[0]["fc1"] > 0
+    for name in final:
+        seq = [p[name] for p in plan]
+        assert all(a <= b for a, b in itertools.pairwise(seq))
+    with pytest.raises(ConfigError):
+        gradual_plan(final, 0)
+
+
+def test_gradual_event_steps():
+    steps = gradual_event_steps(100, 5, 0.8)
+    assert steps == [0, 20, 40, 60, 80]
+    assert gradual_event_steps(10, 3, 1.0) == [0, 4, 9]
+    assert gradual_event_steps(50, 1, 0.5) == [25]
+
+
+def test_gradual_compute_masks_keeps_pruned_weights_pruned():
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100", (1, 4, 4), 3)
+    cfg = PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.6})
+    current = None
+    previous_zeros = 0
+    for rates in gradual_plan(cfg.sparsity, 4):
+        masks = compute_masks(model, cfg, rates=rates, current=current)
+        with torch.no_grad():  # weights move between events, as during masked finetuning
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        apply_masks(model, masks)
+        if current is not None:
+            for name, mask in current.items():
+                assert bool(((mask == 0) <= (masks[name] == 0)).all())
+        zeros = sum(int((m == 0).sum()) for m in masks.values())
+        assert zeros >= previous_zeros
+        previous_zeros, current = zeros, masks
+    assert layer_sparsity(model) == {"fc1": pytest.approx(0.8), "fc2": pytest.approx(0.6), "fc3": 0.0}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# compute_masks / apply_masks / counting
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "gradient", "taylor"])
+@pytest.mark.parametrize("allocation", ["per_layer", "global", "uniform"])
+def test_compute_masks_parameter_names_and_counts(criterion, allocation):
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100", (1, 4, 4), 3)
+    cfg = PruneConfig(criterion=criterion, allocation=allocation, sparsity={"fc1": 0.7, "fc2": 0.4}, amount=0.5)
+    grads = None
+    if criterion != "magnitude":
+        grads = gradient_statistics(model, [(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))])
+    masks = compute_masks(model, cfg, grads=grads)
+    assert list(masks) == ["fc1.weight", "fc2.weight", "fc3.weight"]
+    for name, mask in masks.items():
+        param = dict(model.named_parameters())[name]
+        assert mask.shape == param.shape and mask.dtype == param.dtype and mask.device == param.device
+    zeros = {name: int((m == 0).sum()) for name, m in masks.items()}
+    if allocation == "per_layer":
+        assert zeros == {"fc1.weight": round(0.7 * 4800), "fc2.weight": round(0.4 * 30000), "fc3.weight": 0}
+    elif allocation == "uniform":
+        assert zeros == {"fc1.weight": 2400, "fc2.weight": 15000, "fc3.weight": 150}
+    else:
+        assert sum(zeros.values()) == round(0.5 * (4800 + 30000 + 300))
+
+
+def test_compute_masks_gradient_criterion_without_grads_fails():
+    model = build_model("lenet-300-100", (1, 4, 4), 3)
+    with pytest.raises(AutoPruneError, match="gradient statistics"):
+        compute_masks(model, PruneConfig(criterion="gradient", sparsity={"fc1": 0.5}))
+
+
+def test_apply_masks_layer_sparsity_and_count_params():
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(4, 3), bn=nn.BatchNorm1d(3), fc2=nn.Linear(3, 2)))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+    mask1 = torch.ones(3, 4)
+    mask1[0, :3] = 0  # 3 of 12
+    mask2 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 4 of 6
+    bn_mask = torch.tensor([1.0, 0.0, 1.0])
+    apply_masks(model, {"fc1.weight": mask1, "fc2.weight": mask2, "bn.bias": bn_mask})
+    assert layer_sparsity(model) == {"fc1": 0.25, "fc2": pytest.approx(4 / 6)}
+    total = 12 + 3 + 3 + 3 + 6 + 2
+    assert count_params(model) == (total - 3 - 4 - 1, total)
+    with pytest.raises(ModelError, match="unknown parameter"):
+        apply_masks(model, {"fc9.weight": mask1})
+    with pytest.raises(ModelError, match="shape"):
+        apply_masks(model, {"fc1.weight": mask2})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# structured
+
+
+def test_unit_scores_and_structured_keep():
+    score = torch.tensor([[3.0, 4.0], [0.0, 1.0], [1.0, 1.0], [6.0, 8.0]])
+    assert torch.allclose(unit_scores(score), torch.tensor([5.0, 1.0, 2**0.5, 10.0]))
+    keep = structured_keep({"l": score, "m": torch.ones(3, 2)}, {"l": 0.5})
+    assert keep["l"].tolist() == [0, 3]
+    assert keep["m"].tolist() == [0, 1, 2]
+    # never removes every unit
+    assert structured_keep({"l": score}, {"l": 0.99})["l"].tolist() == [3]
+    # a unit whose weights are all masked goes first
+    current = {"l": torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])}
+    assert structured_keep({"l": score}, {"l": 0.25}, current)["l"].tolist() == [0, 1, 2]
+
+
+def _randomize_bn(model: nn.Module) -> None:
+    """Non-trivial affine parameters and running statistics, then eval mode."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+
+
+def _check_masked_equals_shrunk(model: nn.Sequential, keep: dict[str, torch.Tensor], x: torch.Tensor) -> nn.Sequential:
+    original = copy.deepcopy(model.state_dict())
+    shrunk = shrink_sequential(model, keep)
+    for key, value in model.state_dict().items():  # the input model is untouched
+        assert torch.equal(value, original[key])
+    masked = copy.deepcopy(model)
+    apply_masks(masked, structured_param_masks(masked, keep))
+    masked.eval()
+    shrunk.eval()
+    with torch.no_grad():
+        assert torch.allclose(masked(x), shrunk(x), atol=1e-5)
+    # the masked model's nonzero parameters are exactly the shrunk model's parameters
+    assert count_params(masked)[0] == count_params(shrunk)[1]
+    assert list(dict(shrunk.named_children())) == list(dict(model.named_children()))
+    return shrunk
+
+
+def test_structured_bn_cnn_masked_equals_shrunk():
+    torch.manual_seed(0)
+    model = build_model("bn-cnn", (1, 8, 8), 10)
+    _randomize_bn(model)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 1, 8, 8) * 2 + 1)
+    model.eval()
+    assert not torch.allclose(model.bn1.running_mean, torch.zeros(32))
+
+    rates = {"conv1": 0.25, "conv2": 0.5, "fc1": 0.3}
+    keep = structured_keep(layer_scores(model, "magnitude", None), rates)
+    c1, c2, f1 = 32 - 8, 64 - 32, 128 - round(0.3 * 128)
+    assert [len(keep[n]) for n in ("conv1", "conv2", "fc1")] == [c1, c2, f1]
+    assert len(keep["fc2"]) == 10
+
+    shrunk = _check_masked_equals_shrunk(model, keep, torch.randn(5, 1, 8, 8))
+    expected = (c1 * 9 + c1) + 2 * c1 + (c2 * c1 * 9 + c2) + 2 * c2 + (f1 * c2 * 4 + f1) + (10 * f1 + 10)
+    assert count_params(shrunk) == (expected, expected)
+    assert count_params(shrunk)[1] < count_params(model)[1]
+    assert shrunk.bn2.num_features == c2 and shrunk.bn2.running_var.shape == (c2,)
+    assert torch.equal(shrunk.bn1.running_mean, model.bn1.running_mean[keep["conv1"]])
+    assert torch.equal(shrunk.conv2.weight, model.conv2.weight[keep["conv2"]][:, keep["conv1"]])
+
+
+def test_structured_lenet_300_100_masked_equals_shrunk():
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100", (1, 6, 6), 10)
+    keep = structured_keep(layer_scores(model, "magnitude", None), {"fc1": 0.9, "fc2": 0.5})
+    assert len(keep["fc1"]) == 30 and len(keep["fc2"]) == 50
+    shrunk = _check_masked_equals_shrunk(model, keep, torch.randn(7, 1, 6, 6))
+    expected = (36 * 30 + 30) + (30 * 50 + 50) + (50 * 10 + 10)
+    assert count_params(shrunk) == (expected, expected)
+
+
+def test_structured_conv_flatten_linear_maps_channel_blocks():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(2, 4, 3, padding=1),
+            act=nn.ReLU(),
+            pool=nn.AvgPool2d(2),
+            drop=nn.Dropout(0.5),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(16, 5),
+            out=nn.Linear(5, 3),
+        )
+    )
+    keep = {"conv": torch.tensor([2, 0])}
+    shrunk = _check_masked_equals_shrunk(model, keep, torch.randn(3, 2, 4, 4))
+    assert shrunk.conv.out_channels == 2 and shrunk.fc.in_features == 8
+    assert torch.equal(shrunk.fc.weight, model.fc.weight[:, [0, 1, 2, 3, 8, 9, 10, 11]])
+    assert count_params(shrunk)[1] == (2 * 2 * 9 + 2) + (8 * 5 + 5) + (5 * 3 + 3)
+
+
+def test_classifier_cannot_lose_units():
+    model = build_model("bn-cnn", (1, 8, 8), 10)
+    keep = {"fc2": torch.arange(5)}
+    with pytest.raises(ConfigError, match="classifier"):
+        shrink_sequential(model, keep)
+    with pytest.raises(ConfigError, match="classifier"):
+        structured_param_masks(model, keep)
+    with pytest.raises(ConfigError, match="classifier"):
+        compute_masks(model, PruneConfig(structured=True, sparsity={"fc2": 0.5}))
+
+
+def test_structured_compute_masks_uniform_spares_classifier():
+    torch.manual_seed(0)
+    model = build_model("bn-cnn", (1, 8, 8), 10)
+    masks = compute_masks(model, PruneConfig(structured=True, allocation="uniform", amount=0.5))
+    rows_alive = {
+        n: int((masks[f"{n}.weight"].reshape(masks[f"{n}.weight"].shape[0], -1) != 0).any(1).sum())
+        for n in ("conv1", "conv2", "fc1", "fc2")
+    }
+    assert rows_alive == {"conv1": 16, "conv2": 32, "fc1": 64, "fc2": 10}
+    assert int((masks["bn1.weight"] == 0).sum()) == 16
+
+
+def test_structured_rejects_unsupported_chains():
+    grouped = nn.Sequential(OrderedDict(c1=nn.Conv2d(4, 4, 3), c2=nn.Conv2d(4, 4, 3, groups=2), f=nn.Flatten()))
+    with pytest.raises(ModelError, match="grouped"):
+        shrink_sequential(grouped, {"c1": torch.tensor([0, 1])})
+    with_norm = nn.Sequential(OrderedDict(a=nn.Linear(4, 4), ln=nn.LayerNorm(4), b=nn.Linear(4, 2)))
+    with pytest.raises(ModelError, match="Sequential chains"):
+        shrink_sequential(with_norm, {"a": torch.tensor([0, 1])})
+
+    class Wrapper(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+    with pytest.raises(ModelError, match="Sequential chains"):
+        shrink_sequential(Wrapper(), {})  # type: ignore[arg-type]
+    assert set(prunable_layers(with_norm)) == {"a", "b"}

@@ -1,0 +1,200 @@
+from __future__ import annotations
+
+import pickle
+from functools import partial
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from autoprune.config import TrialConfig
+from autoprune.errors import ConfigError
+from autoprune.space import builtin_spaces, define_by_run, load_space, parse_space
+
+SHIPPED = sorted(builtin_spaces())
+
+
+def write(tmp_path: Path, doc: dict | str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+BASE = {
+    "dataset": {"name": "synthetic"},
+    "model": {"name": "lenet-300-100"},
+    "budget": {"train_epochs": 1, "finetune_epochs": 1, "batch_size": 64},
+    "train": {"lambda_max": {"low": 1e-6, "high": 1e-3, "log": True}},
+    "prune": {"sparsity": {"fc1": {"low": 0.5, "high": 0.9}, "fc2": 0.5}},
+    "finetune": {"lr": {"choices": [0.01, 0.1]}},
+}
+
+
+def with_(path: str, value: object) -> dict:
+    import copy
+
+    doc = copy.deepcopy(BASE)
+    node = doc
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return doc
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_space_validates_and_gives_a_default_config(name: str) -> None:
+    space = load_space(name)
+    cfg = space.default_config()
+    assert isinstance(cfg, TrialConfig)
+    assert space.dims, "shipped spaces search something"
+    assert set(cfg.prune.sparsity) <= set(space.layers)
+
+
+def test_search_spaces_folder_holds_the_shipped_spaces() -> None:
+    folder = Path(__file__).resolve().parents[1] / "search_spaces"
+    assert {p.stem for p in folder.glob("*.yaml")} >= {"lenet300_fashion", "lenet5_fashion", "digits_quick"}
+
+
+def test_fixed_and_searched_leaves_are_separated(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, BASE))
+    assert [d.path for d in space.dims] == ["train.lambda_max", "prune.sparsity.fc1", "finetune.lr"]
+    cfg = space.config_for({"train.lambda_max": 1e-4, "prune.sparsity.fc1": 0.7, "finetune.lr": 0.1})
+    assert cfg.train.lambda_max == 1e-4
+    assert cfg.prune.sparsity == {"fc1": 0.7, "fc2": 0.5}
+    assert cfg.finetune.lr == 0.1
+
+
+def test_unset_dimensions_take_documented_defaults(tmp_path: Path) -> None:
+    doc = with_("train.grad_clip", {"low": 1.0, "high": 9.0, "default": 2.0})
+    cfg = load_space(write(tmp_path, doc)).default_config()
+    assert cfg.train.grad_clip == 2.0  # explicit default
+    assert cfg.train.lambda_max == pytest.approx((1e-6 * 1e-3) ** 0.5)  # geometric middle of a log range
+    assert cfg.prune.sparsity["fc1"] == pytest.approx(0.7)  # middle
+    assert cfg.finetune.lr == 0.01  # first choice
+
+
+def test_set_overrides_fix_searched_and_fixed_leaves(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    space = load_space(path, ["prune.sparsity.fc1=0.95", "train.weight_clip=null", "finetune.lr=0.05", "seed=3"])
+    assert [d.path for d in space.dims] == ["train.lambda_max"]
+    cfg = space.default_config()
+    assert cfg.prune.sparsity["fc1"] == 0.95
+    assert cfg.train.weight_clip is None
+    assert cfg.seed == 3
+
+
+def test_sparsity_auto_searches_every_prunable_layer(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, with_("prune.sparsity", "auto")))
+    assert [d.path for d in space.dims if d.path.startswith("prune.sparsity")] == [
+        "prune.sparsity.fc1",
+        "prune.sparsity.fc2",
+        "prune.sparsity.fc3",
+    ]
+
+
+def test_define_by_run_suggests_every_dimension_and_pickles(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, BASE))
+    fn = partial(define_by_run, dims=space.dims)
+    fn = pickle.loads(pickle.dumps(fn))  # Ray pickles the searcher, this function included
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    fn(trial)
+    assert set(trial.params) == {"train.lambda_max", "prune.sparsity.fc1", "finetune.lr"}
+    cfg = space.config_for(trial.params)
+    assert 0.5 <= cfg.prune.sparsity["fc1"] <= 0.9
+    assert cfg.finetune.lr in (0.01, 0.1)
+
+
+def test_int_ranges_suggest_ints(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, with_("budget.train_epochs", {"low": 1, "high": 4})))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    define_by_run(trial, space.dims)
+    assert isinstance(trial.params["budget.train_epochs"], int)
+
+
+# ------------------------------------------------------------------------------------------------- validation
+
+BAD = [
+    (with_("train.lamda_max", 0.1), "unknown key train.lamda_max"),
+    ({**BASE, "trian": {}}, "unknown key 'trian'"),
+    (with_("prune.sparsity.fc9", 0.5), "unknown layer 'fc9'; prunable layers: fc1, fc2, fc3"),
+    (with_("prune.sparsity.fc9", {"low": 0.1, "high": 0.2}), "prunable layers: fc1, fc2, fc3"),
+    (with_("train.lr_multipliers", {"conv7": 2.0}), "unknown layer 'conv7'"),
+    (with_("prune.sparsity.fc1", {"low": 0.9, "high": 0.5}), "prune.sparsity.fc1: inverted range, low=0.9 > high=0.5"),
+    (with_("finetune.lr", {"low": 0.1, "high": 0.1}), "finetune.lr: empty range"),
+    (with_("finetune.lr", {"choices": []}), "finetune.lr: choices must be a non-empty list"),
+    (with_("prune.sparsity.fc1", {"low": 0.5, "high": 1.0}), "prune.sparsity.fc1 must be < 1.0, got 1.0"),
+    (with_("prune.sparsity.fc2", 1.2), "prune.sparsity.fc2 must be < 1.0, got 1.2"),
+    (with_("prune.sparsity.fc2", -0.1), "prune.sparsity.fc2 must be >= 0.0, got -0.1"),
+    (with_("train.lambda_max", -1e-3), "train.lambda_max must be >= 0.0, got -0.001"),
+    (with_("train.lambda_max", {"low": -1e-3, "high": 1e-3}), "train.lambda_max must be >= 0.0"),
+    (with_("train.lambda_max", {"low": 0.0, "high": 1e-3, "log": True}), "a log range needs low > 0"),
+    (with_("train.penalty", "l3"), "train.penalty must be one of l1, group_lasso, none, got 'l3'"),
+    (with_("prune.criterion", {"choices": ["magnitude", "size"]}), "prune.criterion must be one of"),
+    (with_("train.lr", {"low": 0.1}), "a range needs both low and high"),
+    (with_("train.lr", {"low": 0.1, "high": 0.2, "lg": True}), "unknown key 'lg'"),
+    (with_("model.name", "resnet-9000"), "unknown model 'resnet-9000'; known models:"),
+    (with_("budget.batch_size", 0), "budget.batch_size must be >= 1, got 0"),
+]
+
+
+@pytest.mark.parametrize(("doc", "message"), BAD, ids=[m[:40] for _, m in BAD])
+def test_validation_errors_name_the_file_the_key_and_the_rule(tmp_path: Path, doc: dict, message: str) -> None:
+    path = write(tmp_path, doc)
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    text = str(info.value)
+    assert text.startswith(str(path)), text
+    assert message in text
+    assert "\n" not in text
+
+
+def test_bad_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "dataset:\n  name: digits\nmodel: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"^{path}:\d+: invalid YAML"):
+        load_space(path)
+
+
+def test_missing_space_file_lists_shipped_ones(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"not found; give a path to a YAML file or a shipped space: .*digits_quick"):
+        load_space(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("prune.sparsty.fc1=0.5", "--set prune.sparsty.fc1: unknown key prune.sparsty"),
+        ("nothing=1", "--set nothing: unknown key 'nothing'"),
+        ("train.lr", "expected KEY=VALUE"),
+        ("train.lr=[1, 2", "cannot parse"),
+        ("train.lr.x=1", "train.lr takes a value, not sub-keys"),
+        ("prune.sparsity.fc1=1.5", "prune.sparsity.fc1 must be < 1.0, got 1.5"),
+        ("prune.sparsity.fc8=0.5", "unknown layer 'fc8'"),
+    ],
+)
+def test_bad_set_overrides(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_space(write(tmp_path, BASE), [override])
+    assert message in str(info.value)
+
+
+def test_structured_pruning_refuses_to_remove_output_units() -> None:
+    doc = {
+        "dataset": {"name": "digits"},
+        "model": {"name": "bn-cnn"},
+        "prune": {"structured": True, "sparsity": {"fc2": 0.5}},
+    }
+    with pytest.raises(ConfigError, match="output layer cannot lose units"):
+        parse_space(doc)
+    auto = parse_space({**doc, "prune": {"structured": True, "sparsity": "auto"}})
+    assert "prune.sparsity.fc2" not in {d.path for d in auto.dims}
+
+
+def test_trial_config_round_trips_and_rejects_unknown_keys() -> None:
+    cfg = load_space("digits_quick").default_config()
+    assert TrialConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match=r"unknown key train.bogus"):
+        TrialConfig.from_dict({"train": {"bogus": 1}})

@@ -1,0 +1,117 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from autoprune.sparsity import (
+    add_group_lasso_grad_,
+    add_l1_grad_,
+    clip_grad_norm_,
+    clip_weights_,
+    group_lasso_penalty,
+    l1_penalty,
+    lambda_at,
+    lr_at,
+)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "linear", "step", "cosine"])
+def test_lambda_schedules_reach_lambda_max_and_never_exceed_it(schedule: str) -> None:
+    values = [lambda_at(schedule, 1e-3, t / 100) for t in range(101)]
+    assert values[-1] == pytest.approx(1e-3)
+    assert all(0.0 <= v <= 1e-3 + 1e-15 for v in values)
+    if schedule != "constant":
+        assert values == sorted(values), "ramps are non-decreasing"
+        assert values[0] < 1e-3
+
+
+def test_lambda_schedule_shapes() -> None:
+    assert lambda_at("linear", 2.0, 0.25) == pytest.approx(0.5)
+    assert lambda_at("cosine", 2.0, 0.5) == pytest.approx(1.0)
+    # step: three stages, small early and larger later
+    assert [lambda_at("step", 3.0, t, steps=3) for t in (0.0, 0.2, 0.4, 0.7, 1.0)] == pytest.approx(
+        [1.0, 1.0, 2.0, 3.0, 3.0]
+    )
+
+
+def test_lambda_warmup_keeps_lambda_zero_then_rescales_progress() -> None:
+    assert lambda_at("constant", 1.0, 0.19, warmup=0.2) == 0.0
+    assert lambda_at("constant", 1.0, 0.2, warmup=0.2) == 1.0
+    assert lambda_at("linear", 1.0, 0.6, warmup=0.2) == pytest.approx(0.5)
+
+
+def test_lr_schedules() -> None:
+    kw = {"steps_per_epoch": 10, "step_epochs": 2, "gamma": 0.5}
+    assert lr_at("constant", 0.1, 57, 100, **kw) == 0.1
+    assert [lr_at("step", 0.1, s, 100, **kw) for s in (0, 19, 20, 40, 99)] == pytest.approx(
+        [0.1, 0.1, 0.05, 0.025, 0.1 * 0.5**4]
+    )
+    assert lr_at("cosine", 0.1, 0, 100, **kw) == pytest.approx(0.1)
+    assert lr_at("cosine", 0.1, 50, 100, **kw) == pytest.approx(0.05)
+    assert lr_at("cosine", 0.1, 100, 100, **kw) == pytest.approx(0.0, abs=1e-12)
+    # restarts: cycles of 20, 40, 80 steps, each starting at the base lr
+    restarts = [lr_at("cosine_restarts", 0.1, s, 200, **kw) for s in (0, 10, 20, 40, 60)]
+    assert restarts == pytest.approx([0.1, 0.05, 0.1, 0.05, 0.1])
+    with pytest.raises(ValueError):
+        lr_at("linear", 0.1, 0, 10, steps_per_epoch=1)
+
+
+def _autograd_grad(weights: list[torch.Tensor], penalty) -> list[torch.Tensor]:
+    ws = [w.detach().clone().requires_grad_(True) for w in weights]
+    penalty(ws).backward()
+    return [w.grad for w in ws]
+
+
+def test_l1_gradient_in_place_equals_autograd_of_the_penalty() -> None:
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(5, 7, generator=g), torch.randn(3, 2, 3, 3, generator=g)]
+    expected = _autograd_grad(weights, l1_penalty)
+    params = [w.clone().requires_grad_(True) for w in weights]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    add_l1_grad_(params, 0.3)
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, 0.3 * e)
+
+
+def test_l1_gradient_is_zero_at_zero_weights() -> None:
+    p = torch.tensor([0.0, -2.0, 3.0], requires_grad=True)
+    p.grad = torch.ones(3)
+    add_l1_grad_([p], 0.5)
+    assert p.grad.tolist() == [1.0, 0.5, 1.5]
+
+
+def test_group_lasso_gradient_in_place_equals_autograd() -> None:
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.randn(4, 6, generator=g), torch.randn(3, 2, 3, 3, generator=g)]
+    expected = _autograd_grad(weights, group_lasso_penalty)
+    params = [w.clone().requires_grad_(True) for w in weights]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    add_group_lasso_grad_(params, 2.0)
+    for p, e in zip(params, expected, strict=True):
+        torch.testing.assert_close(p.grad, 2.0 * e)
+
+
+def test_group_lasso_leaves_a_zero_unit_alone() -> None:
+    w = torch.tensor([[0.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    w.grad = torch.zeros_like(w)
+    add_group_lasso_grad_([w], 1.0)
+    assert w.grad.tolist() == [[0.0, 0.0], pytest.approx([0.6, 0.8])]
+
+
+def test_weight_clipping_clamps_in_place() -> None:
+    w = torch.tensor([-3.0, -0.5, 0.2, 9.0])
+    clip_weights_([w], 1.0)
+    assert w.tolist() == pytest.approx([-1.0, -0.5, 0.2, 1.0])
+
+
+def test_grad_norm_clipping_scales_to_threshold_globally() -> None:
+    a, b = torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])  # global norm 5
+    clip_grad_norm_([a, b], 1.0)
+    total = math.sqrt(float(a.grad.pow(2).sum() + b.grad.pow(2).sum()))
+    assert total == pytest.approx(1.0, rel=1e-5)
+    assert a.grad[0] / b.grad[0] == pytest.approx(0.75)

@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autoprune.config import PruneConfig
+from autoprune.errors import DivergedError
+from autoprune.models import build_model
+from autoprune.pruning import compute_masks
+from autoprune.train import MaskSet, PhaseSettings, evaluate, make_optimizer, run_phase
+
+
+def blobs(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (n,), generator=g)
+    centers = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(99)) * 2
+    return centers[y] + torch.randn(n, 1, 8, 8, generator=g), y
+
+
+def tiny_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_model("lenet-300-100", (1, 8, 8), 4)
+
+
+def test_zeros_stay_zero_through_finetuning_in_weights_grads_and_momentum() -> None:
+    x, y = blobs()
+    model = tiny_model()
+    run_phase(model, x, y, PhaseSettings(name="train", epochs=1, batch_size=32, lr=0.05, momentum=0.9),
+              generator=torch.Generator().manual_seed(0))  # fmt: skip
+    masks = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.7, "fc3": 0.3})))
+    # momentum that already holds values (as a reused optimizer would) must be cleared where pruned
+    settings = PhaseSettings(name="finetune", epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3,
+                             nesterov=True, penalty="l1", lambda_max=1e-3, grad_clip=1.0, weight_clip=0.5)  # fmt: skip
+    opt = make_optimizer(model, settings)
+    F.cross_entropy(model(x[:32]), y[:32]).backward()
+    opt.step()
+    masks.apply_()
+    masks.mask_momentum_(opt)
+    for p, m in zip(masks.params, masks.values, strict=True):
+        assert torch.all(opt.state[p]["momentum_buffer"][m == 0] == 0)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    steps, _ = run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(1), masks=masks)
+    assert steps == 3 * 8
+    params = dict(model.named_parameters())
+    for name, mask in masks.masks.items():
+        w = params[name].detach()
+        assert torch.all(w[mask == 0] == 0), name
+        assert torch.count_nonzero(w[mask == 1]) == int(mask.sum())  # the kept weights are alive
+        assert not torch.equal(w, before[name]), "finetuning changed the kept weights"
+
+
+def test_masked_momentum_buffers_stay_zero_inside_the_phase() -> None:
+    x, y = blobs()
+    model = tiny_model()
+    masks = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.8})))
+    captured = {}
+
+    def event() -> MaskSet:  # a gradual event at step 5 tightens fc2 too
+        new = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.5}),
+                                           current=masks.masks))  # fmt: skip
+        captured["masks"] = new
+        return new
+
+    settings = PhaseSettings(name="finetune", epochs=2, batch_size=32, lr=0.05, momentum=0.9)
+    _, final = run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0), masks=masks,
+                         prune_events={5: event})  # fmt: skip
+    assert final is captured["masks"]
+    w = dict(model.named_parameters())
+    assert float((w["fc2.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
+    assert float((w["fc1.weight"] == 0).float().mean()) == pytest.approx(0.8, abs=1e-3)
+    assert torch.all(w["fc1.weight"][masks.masks["fc1.weight"] == 0] == 0), "earlier zeros stay zero"
+
+
+def test_training_learns_and_evaluate_counts_exactly() -> None:
+    x, y = blobs(512)
+    model = tiny_model()
+    before = evaluate(model, x, y)
+    run_phase(model, x, y, PhaseSettings(name="train", epochs=3, batch_size=64, lr=0.05, momentum=0.9,
+                                         lr_schedule="cosine"), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    after = evaluate(model, x, y, batch_size=100)  # a batch size that does not divide n
+    assert after > max(before, 0.9)
+    with torch.no_grad():
+        expected = (model(x).argmax(1) == y).float().mean().item()
+    assert after == pytest.approx(expected)
+
+
+def test_l1_penalty_drives_weights_toward_zero() -> None:
+    x, y = blobs()
+    norms = {}
+    for lam in (0.0, 3e-3):
+        model = tiny_model()
+        settings = PhaseSettings(name="train", epochs=3, batch_size=32, lr=0.05, momentum=0.9, penalty="l1",
+                                 lambda_max=lam)  # fmt: skip
+        run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0))
+        norms[lam] = float(model.fc1.weight.detach().abs().sum())
+    assert norms[3e-3] < 0.7 * norms[0.0]
+
+
+def test_weight_clipping_bounds_every_weight() -> None:
+    x, y = blobs()
+    model = tiny_model()
+    settings = PhaseSettings(name="train", epochs=1, batch_size=32, lr=0.5, momentum=0.9, weight_clip=0.05)
+    run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0))
+    for layer in (model.fc1, model.fc2, model.fc3):
+        assert float(layer.weight.abs().max()) <= 0.05 + 1e-7
+
+
+def test_a_diverging_run_raises_with_phase_and_step() -> None:
+    x, y = blobs()
+    model = tiny_model()
+    settings = PhaseSettings(name="train", epochs=20, batch_size=32, lr=1e6, momentum=0.9)
+    with pytest.raises(DivergedError) as info:
+        run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0))
+    assert info.value.phase == "train"
+    assert 0 < info.value.step <= 160
+    assert "phase 'train' at step" in str(info.value)
+
+
+def test_lr_multipliers_make_per_layer_groups() -> None:
+    model = tiny_model()
+    opt = make_optimizer(model, PhaseSettings(name="t", epochs=1, batch_size=1, lr=0.1, momentum=0.0,
+                                              lr_multipliers={"fc1": 0.5}))  # fmt: skip
+    lrs = sorted(g["lr"] for g in opt.param_groups)
+    assert lrs == pytest.approx([0.05, 0.1])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrainConfig, TrialConfig
+from autoprune.errors import ConfigError, DivergedError
+from autoprune.models import build_model, prunable_layers
+from autoprune.pruning import count_params
+from autoprune.trial import run_trial
+
+
+def cfg(**sections) -> TrialConfig:
+    base = {
+        "dataset": DatasetConfig(name="synthetic"),
+        "model": ModelConfig(name="lenet-300-100"),
+        "budget": BudgetConfig(train_epochs=2, finetune_epochs=1, batch_size=64),
+        "device": "cpu",
+    }
+    base.update(sections)
+    return TrialConfig(**base)
+
+
+SPARSITY = {"fc1": 0.95, "fc2": 0.9, "fc3": 0.5}
+
+
+def test_per_layer_sparsity_and_params_are_exact() -> None:
+    result = run_trial(cfg(prune=PruneConfig(sparsity=SPARSITY)))
+    for layer, rate in SPARSITY.items():
+        assert result.layer_sparsity[layer] == pytest.approx(rate, abs=0.002)
+    dense = build_model("lenet-300-100", (1, 8, 8), 4)
+    layers = prunable_layers(dense)
+    kept = sum(round(m.weight.numel() * (1 - SPARSITY[n])) for n, m in layers.items())
+    biases = sum(m.bias.numel() for m in layers.values())
+    assert result.params_nonzero == kept + biases
+    assert result.params_total == count_params(dense)[1]
+    assert result.flops_effective == kept  # linear layers: one MAC per weight
+    assert result.val_accuracy > 0.8  # synthetic data is learnable even at this sparsity
+    record = result.record()
+    json.dumps(record)  # a trial record is plain JSON
+    assert set(record) >= {"val_accuracy", "test_accuracy", "params_nonzero", "params_total", "layer_sparsity",
+                           "config"}  # fmt: skip
+    assert TrialConfig.from_dict(record["config"]) == result_config(result)
+
+
+def result_config(result) -> TrialConfig:
+    return TrialConfig.from_dict(result.config)
+
+
+def test_the_same_seed_gives_the_same_result_and_another_seed_does_not() -> None:
+    c = cfg(prune=PruneConfig(criterion="taylor", sparsity=SPARSITY),
+            train=TrainConfig(penalty="l1", lambda_max=1e-4, weight_clip=0.5, grad_clip=2.0))  # fmt: skip
+    a, b = run_trial(c), run_trial(c)
+    assert a.record() | {"seconds": None} == b.record() | {"seconds": None}
+    for (na, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), na
+    other = run_trial(TrialConfig.from_dict({**c.to_dict(), "seed": 1}))
+    assert not torch.equal(other.model.fc1.weight, a.model.fc1.weight)
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "gradient", "taylor"])
+def test_gradual_pruning_reaches_the_target_and_keeps_zeros(criterion: str) -> None:
+    result = run_trial(cfg(prune=PruneConfig(criterion=criterion, schedule="gradual", sparsity=SPARSITY,
+                                             gradual_steps=4),
+                           budget=BudgetConfig(train_epochs=1, finetune_epochs=2, batch_size=64)))  # fmt: skip
+    for layer, rate in SPARSITY.items():
+        assert result.layer_sparsity[layer] == pytest.approx(rate, abs=0.002)
+    assert result.val_accuracy_pruned is None
+    for name, mask in result.masks.items():
+        assert torch.all(dict(result.model.named_parameters())[name][~mask] == 0)
+
+
+@pytest.mark.parametrize("allocation", ["global", "uniform"])
+def test_global_and_uniform_allocations_hit_the_overall_amount(allocation: str) -> None:
+    result = run_trial(cfg(prune=PruneConfig(allocation=allocation, amount=0.8)))
+    layers = prunable_layers(build_model("lenet-300-100", (1, 8, 8), 4))
+    total = sum(m.weight.numel() for m in layers.values())
+    zeros = sum(result.layer_sparsity[n] * m.weight.numel() for n, m in layers.items())
+    assert zeros / total == pytest.approx(0.8, abs=1e-3)
+    if allocation == "uniform":
+        assert all(v == pytest.approx(0.8, abs=2e-3) for v in result.layer_sparsity.values())
+
+
+def test_structured_trial_returns_a_physically_smaller_model() -> None:
+    c = cfg(model=ModelConfig(name="bn-cnn"), dataset=DatasetConfig(name="digits"),
+            train=TrainConfig(penalty="group_lasso", lambda_max=1e-3),
+            prune=PruneConfig(structured=True, sparsity={"conv1": 0.5, "conv2": 0.5, "fc1": 0.75}))  # fmt: skip
+    result = run_trial(c)
+    model = result.model
+    assert model.conv1.out_channels == 16 and model.conv2.out_channels == 32 and model.fc1.out_features == 32
+    assert model.conv2.in_channels == 16 and model.fc1.in_features == 32 * 2 * 2
+    nonzero, total = count_params(model)
+    assert result.params_nonzero == nonzero == total  # no hidden zeros: the pruned units are gone
+    assert result.params_nonzero < 0.4 * result.params_total
+    assert result.masks == {}
+    assert result.val_accuracy > 0.8
+
+
+def test_dense_run_without_pruning_or_sparse_training() -> None:
+    result = run_trial(cfg(prune=PruneConfig(enabled=False), train=TrainConfig(penalty="none")))
+    assert result.params_nonzero == result.params_total
+    assert result.val_accuracy_pruned == result.val_accuracy_trained
+    assert all(v < 0.01 for v in result.layer_sparsity.values())
+
+
+def test_a_diverging_trial_raises_a_typed_error_naming_the_phase() -> None:
+    with pytest.raises(DivergedError, match="phase 'train' at step"):
+        run_trial(cfg(train=TrainConfig(lr=1e8, lr_schedule="constant")))
+
+
+def test_unknown_layer_in_the_config_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown layer 'conv9'; prunable layers: fc1, fc2, fc3"):
+        run_trial(cfg(prune=PruneConfig(sparsity={"conv9": 0.5})))
