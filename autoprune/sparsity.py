@@ -107,12 +107,29 @@ def add_group_lasso_grad_(weights: Sequence[torch.Tensor], lam: float, eps: floa
 
 @torch.no_grad()
 def clip_weights_(weights: Sequence[torch.Tensor], threshold: float) -> None:
-    """Clamp every weight to [−threshold, threshold] in place."""
-    weights = list(weights)
-    torch._foreach_clamp_max_(weights, threshold)
-    torch._foreach_clamp_min_(weights, -threshold)
+    """Clamp every weight to [−threshold, threshold] in place (one pass per tensor)."""
+    for w in weights:
+        w.clamp_(-threshold, threshold)
+
+
+@torch.no_grad()
+def grad_clip_scale(params: Sequence[torch.Tensor], threshold: float) -> float | torch.Tensor:
+    """The factor min(1, threshold / ‖g‖₂) that clips the global gradient norm, as ``clip_grad_norm_`` computes it.
+
+    On the CPU it is returned as a float (reading a CPU tensor costs nothing), so the optimizer can fold it into
+    its update; on a GPU it stays a device tensor, so that clipping never waits for the device.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 1.0
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    scale = torch.clamp(threshold / (total + 1e-6), max=1.0)
+    return float(scale) if scale.device.type == "cpu" else scale
 
 
 def clip_grad_norm_(params: Sequence[torch.Tensor], threshold: float) -> None:
-    """Scale the gradients so their global L2 norm is at most ``threshold``; no host synchronisation."""
-    torch.nn.utils.clip_grad_norm_(params, threshold, foreach=True)
+    """Scale the gradients in place so that their global L2 norm is at most ``threshold``."""
+    scale = grad_clip_scale(params, threshold)
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, scale)

@@ -18,7 +18,7 @@ from torch import nn
 from .data import batch_indices
 from .errors import DivergedError
 from .models import prunable_layers
-from .sparsity import add_group_lasso_grad_, add_l1_grad_, clip_grad_norm_, clip_weights_, lambda_at, lr_at
+from .sparsity import add_group_lasso_grad_, add_l1_grad_, clip_weights_, grad_clip_scale, lambda_at, lr_at
 
 CHECK_EVERY = 32  # steps between non-finite checks (one host sync each)
 
@@ -52,9 +52,9 @@ class MaskSet:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     @torch.no_grad()
-    def mask_momentum_(self, optimizer: torch.optim.Optimizer) -> None:
+    def mask_momentum_(self, optimizer: SGD) -> None:
         for p, m in zip(self.params, self.values, strict=True):
-            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            buf = optimizer.momentum_buffer(p)
             if buf is not None:
                 buf.mul_(m)
 
@@ -83,22 +83,75 @@ class PhaseSettings:
     grad_clip: float | None = None
 
 
-def make_optimizer(model: nn.Module, s: PhaseSettings) -> torch.optim.SGD:
-    """SGD with one parameter group per layer that has an lr multiplier; the rest share one group."""
-    groups: list[dict] = []
+class SGD:
+    """SGD with momentum (optionally Nesterov) and weight decay: the update of ``torch.optim.SGD``
+    (dampening 0), written with foreach kernels so that extra work costs as few passes over memory as possible.
+
+    ``step(lr, grad_scale)`` folds the gradient-norm clipping factor into the momentum update instead of
+    rescaling every gradient first. ``groups`` pairs parameter lists with lr multipliers.
+    """
+
+    def __init__(
+        self, groups: list[tuple[list[torch.Tensor], float]], *, momentum: float, nesterov: bool, weight_decay: float
+    ) -> None:
+        self.groups = [(params, mult) for params, mult in groups if params]
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self.buffers = [[torch.zeros_like(p) for p in params] if momentum else [] for params, _ in self.groups]
+        self._buffer_of = {id(p): b for (params, _), bufs in zip(self.groups, self.buffers, strict=True)
+                           for p, b in zip(params, bufs, strict=False)}  # fmt: skip
+
+    def momentum_buffer(self, param: torch.Tensor) -> torch.Tensor | None:
+        return self._buffer_of.get(id(param))
+
+    def zero_grad(self) -> None:
+        for params, _ in self.groups:
+            for p in params:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float, grad_scale: float | torch.Tensor = 1.0) -> None:
+        mu, wd = self.momentum, self.weight_decay
+        for (params, mult), bufs in zip(self.groups, self.buffers, strict=True):
+            pairs = [(p, p.grad, b) for p, b in zip(params, bufs or [None] * len(params), strict=True)
+                     if p.grad is not None]  # fmt: skip
+            if not pairs:
+                continue
+            ps, gs = [p for p, _, _ in pairs], [g for _, g, _ in pairs]
+            step_lr, scale = lr * mult, grad_scale
+            if isinstance(scale, torch.Tensor):  # a device tensor: scale in place rather than synchronise
+                torch._foreach_mul_(gs, scale)
+                scale = 1.0
+            if not mu:  # w -= lr * (scale * g + wd * w)
+                if wd:
+                    torch._foreach_mul_(ps, 1.0 - step_lr * wd)
+                torch._foreach_add_(ps, gs, alpha=-step_lr * scale)
+                continue
+            bs = [b for _, _, b in pairs]
+            torch._foreach_mul_(bs, mu)
+            torch._foreach_add_(bs, gs, alpha=scale)  # buf = mu * buf + scale * g (+ wd * w below)
+            if wd:
+                torch._foreach_add_(bs, ps, alpha=wd)
+            if self.nesterov:  # w -= lr * (scale * g + wd * w + mu * buf)
+                if wd:
+                    torch._foreach_mul_(ps, 1.0 - step_lr * wd)
+                torch._foreach_add_(ps, gs, alpha=-step_lr * scale)
+                torch._foreach_add_(ps, bs, alpha=-step_lr * mu)
+            else:
+                torch._foreach_add_(ps, bs, alpha=-step_lr)
+
+
+def make_optimizer(model: nn.Module, s: PhaseSettings) -> SGD:
+    """One parameter group per layer that has an lr multiplier; the rest share one group."""
+    groups: list[tuple[list[torch.Tensor], float]] = []
     taken: set[int] = set()
     modules = dict(model.named_modules())
     for layer, mult in s.lr_multipliers.items():
-        params = list(modules[layer].parameters())
+        params = [p for p in modules[layer].parameters() if p.requires_grad]
         taken.update(id(p) for p in params)
-        groups.append({"params": params, "lr_mult": mult})
-    rest = [p for p in model.parameters() if id(p) not in taken]
-    groups.insert(0, {"params": rest, "lr_mult": 1.0})
-    for g in groups:
-        g["lr"] = s.lr * g["lr_mult"]
-    return torch.optim.SGD(
-        groups, lr=s.lr, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay, foreach=True
-    )
+        groups.append((params, mult))
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    groups.insert(0, (rest, 1.0))
+    return SGD(groups, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay)
 
 
 def run_phase(
@@ -147,8 +200,6 @@ def run_phase(
                 s.lr_schedule, s.lr, step, total,
                 steps_per_epoch=steps_per_epoch, step_epochs=s.lr_step_epochs, gamma=s.lr_gamma,
             )  # fmt: skip
-            for g in opt.param_groups:
-                g["lr"] = lr * g["lr_mult"]
             opt.zero_grad()
             with autocast:
                 loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -158,15 +209,12 @@ def run_phase(
                     s.lambda_schedule, s.lambda_max, step / total, warmup=s.lambda_warmup, steps=s.lambda_steps
                 )
                 penalty_grad(weights, lam)
-            if masks:
+            if masks:  # masked gradients keep masked weights and their momentum exactly zero
                 masks.mask_grads_()
-            if s.grad_clip is not None:
-                clip_grad_norm_(params, s.grad_clip)
-            opt.step()
+            scale = grad_clip_scale(params, s.grad_clip) if s.grad_clip is not None else 1.0
+            opt.step(lr, scale)
             if s.weight_clip is not None:
                 clip_weights_(weights, s.weight_clip)
-            if masks:
-                masks.apply_()
             loss_sum += loss.detach().float()
             step += 1
             if step % CHECK_EVERY == 0 or step == total:

@@ -1,0 +1,389 @@
+"""Self-describing saved models that load without unpickling code.
+
+A model file is one ``torch.save``'d dict of plain data and tensors, so ``torch.load(weights_only=True)``
+reads it and opening a file from someone else cannot run code. It carries the architecture, the weights
+with pruning applied, the masks, the trial's configuration and metrics, and the input shape and class count
+needed to run it. A plain ``nn.Sequential`` of common layers is described layer by layer, with the shapes
+taken from the modules themselves, so a model made physically smaller by structured pruning rebuilds at its
+smaller size. Any other model is rebuilt by its ``module:function`` factory.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._io import atomic_open
+from .errors import ModelError
+
+FORMAT = "autoprune-model"
+VERSION = 1
+
+# Layers an architecture spec may hold, each with the constructor arguments that reproduce it exactly.
+_LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
+    "Conv2d": (
+        nn.Conv2d,
+        ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "bias", "padding_mode"),
+    ),
+    "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
+    "ReLU": (nn.ReLU, ("inplace",)),
+    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
+    "AvgPool2d": (
+        nn.AvgPool2d,
+        ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
+    ),
+    "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
+    "Dropout": (nn.Dropout, ("p", "inplace")),
+    "Identity": (nn.Identity, ()),
+}
+_REQUIRED_KEYS = ("architecture", "state_dict", "masks", "config", "metrics", "input_shape", "num_classes")
+
+
+@dataclass
+class LoadedModel:
+    """A model read back from a file: ``model`` is in eval mode with its masks applied."""
+
+    model: nn.Module
+    masks: dict[str, Tensor]
+    config: dict
+    metrics: dict
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+# ---------------------------------------------------------------------------------------------- architecture
+
+
+def _layer_kwargs(module: nn.Module) -> dict[str, Any] | None:
+    """Constructor arguments of a supported layer, or None when the layer cannot be described."""
+    kind = type(module).__name__
+    if kind not in _LAYERS or type(module) is not _LAYERS[kind][0]:  # a subclass may change forward()
+        return None
+    if isinstance(module, nn.Conv2d) and module.groups != 1:
+        return None
+    if isinstance(module, nn.MaxPool2d) and module.return_indices:
+        return None
+    kwargs: dict[str, Any] = {}
+    for arg in _LAYERS[kind][1]:
+        value = getattr(module, arg)
+        if arg == "bias":
+            value = value is not None
+        kwargs[arg] = list(value) if isinstance(value, tuple) else value
+    return kwargs
+
+
+def describe_architecture(model: nn.Module) -> list[dict[str, Any]] | None:
+    """The layer-by-layer spec of a plain ``nn.Sequential`` of supported layers, else None."""
+    if type(model) is not nn.Sequential:
+        return None
+    spec = []
+    for name, child in model.named_children():
+        kwargs = _layer_kwargs(child)
+        if kwargs is None:
+            return None
+        spec.append({"name": name, "type": type(child).__name__, "kwargs": kwargs})
+    return spec
+
+
+def rebuild_architecture(spec: Any) -> nn.Sequential:
+    """Build the ``nn.Sequential`` described by a spec from ``describe_architecture`` (fresh weights)."""
+    if not isinstance(spec, list) or not spec:
+        raise ModelError(f"architecture must be a non-empty list of layers, got {type(spec).__name__}")
+    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    for i, layer in enumerate(spec):
+        if not isinstance(layer, dict) or not {"name", "type", "kwargs"} <= set(layer):
+            raise ModelError(f"architecture layer {i} must be a dict with name, type and kwargs, got {layer!r}")
+        name, kind, kwargs = layer["name"], layer["type"], layer["kwargs"]
+        if not isinstance(name, str) or not name or "." in name or name in layers:
+            raise ModelError(f"architecture layer {i} has an invalid or repeated name {name!r}")
+        if kind not in _LAYERS:
+            raise ModelError(
+                f"architecture layer {i} ({name!r}) has unknown layer type {kind!r}; known: {', '.join(_LAYERS)}"
+            )
+        cls, allowed = _LAYERS[kind]
+        if not isinstance(kwargs, dict) or not set(kwargs) <= set(allowed):
+            raise ModelError(f"architecture layer {i} ({name!r}): invalid {kind} arguments {kwargs!r}")
+        args = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        try:
+            layers[name] = cls(**args)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"architecture layer {i} ({name!r}): cannot build {kind}({args}): {exc}") from None
+    return nn.Sequential(layers)
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str | None:
+    """One-line description of how two state-dict layouts differ, or None when they agree."""
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    shape = [k for k in expected if k in found and expected[k] != found[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+    if shape:
+        k = shape[0]
+        problems.append(f"{k} is {list(found[k])} but the architecture needs {list(expected[k])}")
+    return "; ".join(problems) or None
+
+
+# ---------------------------------------------------------------------------------------------- masks
+
+
+def _pack(mask: Tensor) -> dict[str, Any]:
+    """A bool mask as bits, eight to a byte: a mask costs 1/32 of its float32 weight."""
+    flat = mask.detach().to("cpu", torch.bool).flatten()
+    padded = torch.zeros(-(-flat.numel() // 8) * 8, dtype=torch.uint8)
+    padded[: flat.numel()] = flat
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
+    bits = (padded.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+    return {"shape": list(mask.shape), "bits": bits}
+
+
+def _unpack(packed: Any, where: str) -> Tensor:
+    if not isinstance(packed, dict) or not isinstance(packed.get("bits"), Tensor) or "shape" not in packed:
+        raise ModelError(f"{where}: damaged mask entry")
+    shape = tuple(packed["shape"])
+    n = 1
+    for s in shape:
+        n *= int(s)
+    bits = packed["bits"]
+    if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != -(-n // 8):
+        raise ModelError(f"{where}: damaged mask entry (size does not match shape {list(shape)})")
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=bits.device)
+    flat = ((bits.unsqueeze(1) >> shifts) & 1).flatten()[:n]
+    return flat.to(torch.bool).view(shape)
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def _plain(value: Any, where: str) -> Any:
+    """A copy that ``weights_only`` loading accepts: plain containers, scalars, strings and tensors."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, (str, int)):
+                raise ModelError(f"cannot save {where}: key {k!r} is not a string or integer")
+            out[k] = _plain(v, f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars
+        return _plain(value.item(), where)
+    raise ModelError(
+        f"cannot save {where}: a {type(value).__name__} value is not plain data (numbers, strings, lists, dicts)"
+    )
+
+
+def _is_model_file(path: Path) -> bool:
+    try:
+        data = _read(path, "cpu")
+    except ModelError:
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _factory_name(config: dict) -> str | None:
+    model = config.get("model") if isinstance(config, dict) else None
+    name = model.get("name") if isinstance(model, dict) else None
+    if isinstance(name, str) and ":" in name:
+        module, _, attr = name.partition(":")
+        if module and attr:
+            return name
+    return None
+
+
+def save_model(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    masks: dict[str, Tensor] | None,
+    config: dict,
+    metrics: dict,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+) -> Path:
+    """Write ``model`` with its masks applied, and what is needed to rebuild and run it, to ``path``.
+
+    ``masks`` maps parameter names (``fc1.weight``) to tensors whose nonzero entries are kept. The file is
+    written to a temporary sibling and moved into place, so ``path`` always holds either the old or the new
+    complete file. An existing file is replaced only when it is itself an autoprune model file. The caller's
+    model is not modified.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"cannot save a model to {path}: it is a directory; give a file name such as model.pt")
+    if path.exists() and not _is_model_file(path):
+        raise ModelError(f"refusing to overwrite {path}: not an autoprune model file; choose another output file")
+    if not path.parent.is_dir():
+        raise ModelError(f"cannot save a model to {path}: folder {path.parent} does not exist")
+
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    param_names = {name for name, _ in model.named_parameters()}
+    packed_masks = {}
+    for name, mask in (masks or {}).items():
+        if name not in param_names or name not in state:
+            raise ModelError(
+                f"mask {name!r} names no parameter of the model; mask keys are parameter names such as "
+                f"{next(iter(sorted(param_names)), 'fc1.weight')!r}"
+            )
+        if tuple(mask.shape) != tuple(state[name].shape):
+            raise ModelError(
+                f"mask {name!r} has shape {list(mask.shape)} but the parameter is {list(state[name].shape)}"
+            )
+        keep = mask.to(device=state[name].device) != 0
+        state[name] = state[name] * keep
+        packed_masks[name] = _pack(keep)
+    state = {k: v.cpu() for k, v in state.items()}
+
+    architecture: Any = describe_architecture(model)
+    if architecture is not None:
+        with torch.device("meta"):
+            expected = _shapes(rebuild_architecture(architecture))
+    else:
+        factory = _factory_name(config)
+        if factory is None:
+            kinds = ", ".join(sorted({type(m).__name__ for m in model.children()})) or type(model).__name__
+            raise ModelError(
+                f"cannot describe the architecture of {type(model).__name__} ({kinds}) and config model.name "
+                "is not module:function; use an nn.Sequential of Linear/Conv2d/BatchNorm/ReLU/pooling/Flatten/"
+                "Dropout layers, or a model factory module:function"
+            )
+        from .models import build_model
+
+        expected = _shapes(build_model(factory, tuple(input_shape), int(num_classes)))
+        architecture = {"factory": factory}
+    problem = _mismatch(expected, {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise ModelError(f"cannot save {path}: the weights would not load into the rebuilt architecture ({problem})")
+
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "architecture": architecture,
+        "state_dict": state,
+        "masks": packed_masks,
+        "config": _plain(config, "config"),
+        "metrics": _plain(metrics, "metrics"),
+        "input_shape": [int(s) for s in input_shape],
+        "num_classes": int(num_classes),
+        "torch_version": str(torch.__version__),
+    }
+    with atomic_open(path) as fh:
+        torch.save(document, fh)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def _read(path: Path, device: str | torch.device) -> Any:
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise ModelError(f"model file {path} is a directory, not a file")
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; a truncated one has lost its directory at the end.
+        raise ModelError(f"cannot read model file {path}: not a complete torch file (truncated or another format)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise ModelError(
+                f"cannot read model file {path}: it holds Python objects, not only data and tensors, so it is not "
+                "an autoprune model file (these are never unpickled)"
+            ) from None
+        raise ModelError(f"cannot read model file {path}: {_first_line(exc)}") from None
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Read a file written by ``save_model`` and rebuild the model on ``device``, in eval mode."""
+    path = Path(path)
+    data = _read(path, device)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelError(f"{path} is a torch file but not an autoprune model file (no format {FORMAT!r} entry)")
+    version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ModelError(f"{path} is damaged: invalid format version {version!r}")
+    if version > VERSION:
+        raise ModelError(
+            f"{path} uses model format version {version}, newer than this autoprune reads ({VERSION}); "
+            "upgrade autoprune"
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ModelError(f"{path} is damaged: missing {', '.join(missing)}")
+    state = data["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ModelError(f"{path} is damaged: state_dict is not a mapping of tensors")
+    input_shape = tuple(int(s) for s in data["input_shape"])
+    num_classes = int(data["num_classes"])
+
+    architecture = data["architecture"]
+    try:
+        if isinstance(architecture, dict) and isinstance(architecture.get("factory"), str):
+            from .models import build_model
+
+            model = build_model(architecture["factory"], input_shape, num_classes)
+        else:
+            # Built on the meta device: no memory is spent on initial weights that are replaced right away.
+            with torch.device("meta"):
+                model = rebuild_architecture(architecture)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    problem = _mismatch(_shapes(model), {k: tuple(v.shape) for k, v in state.items()})
+    if problem:
+        raise ModelError(f"{path}: the weights do not fit the architecture ({problem})")
+    # assign=True keeps the saved tensors (and their dtype) instead of copying into fresh ones.
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: the weights do not load into the architecture ({_first_line(exc)})") from None
+    model.to(device)
+
+    masks: dict[str, Tensor] = {}
+    if not isinstance(data["masks"], dict):
+        raise ModelError(f"{path} is damaged: masks is not a mapping")
+    params = dict(model.named_parameters())
+    for name, packed in data["masks"].items():
+        mask = _unpack(packed, f"{path}: mask {name!r}")
+        if name not in params or tuple(params[name].shape) != tuple(mask.shape):
+            raise ModelError(f"{path} is damaged: mask {name!r} does not match a parameter")
+        mask = mask.to(params[name].device)
+        with torch.no_grad():
+            params[name].mul_(mask)  # already zero in the file; re-applied so the model holds the invariant
+        masks[name] = mask
+    model.eval()
+    return LoadedModel(
+        model=model,
+        masks=masks,
+        config=data["config"],
+        metrics=data["metrics"],
+        input_shape=input_shape,
+        num_classes=num_classes,
+    )

@@ -1,0 +1,171 @@
+"""The Pareto front of a search and the rules that pick one model from it.
+
+Pure functions over trial records (plain dicts). The search maximizes ``val_accuracy`` and minimizes
+``params_nonzero``; ``test_accuracy`` is only reported, never used here. A record whose ``val_accuracy`` is
+missing or not finite cannot be ranked and is left out of the front.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .errors import SearchError
+
+ACCURACY = "val_accuracy"
+PARAMS = "params_nonzero"
+
+
+def dominates(a: dict, b: dict) -> bool:
+    """True when ``a`` is at least as good as ``b`` on both objectives and strictly better on one."""
+    acc_a, acc_b = float(a[ACCURACY]), float(b[ACCURACY])
+    par_a, par_b = float(a[PARAMS]), float(b[PARAMS])
+    return acc_a >= acc_b and par_a <= par_b and (acc_a > acc_b or par_a < par_b)
+
+
+def _rankable(records: Sequence[dict]) -> list[dict]:
+    out = []
+    for r in records:
+        acc = r.get(ACCURACY)
+        if acc is not None and math.isfinite(float(acc)) and r.get(PARAMS) is not None:
+            out.append(r)
+    return out
+
+
+def pareto_front(records: Sequence[dict]) -> list[dict]:
+    """The non-dominated records, sorted by ``params_nonzero`` ascending (then ``val_accuracy`` descending).
+
+    Records with identical accuracy and parameter count are all kept (neither dominates the other); among
+    them the input order is kept. Runs in O(n log n): after sorting by (params asc, accuracy desc) a record
+    is on the front exactly when its accuracy beats every record before it.
+    """
+    rows = _rankable(records)
+    if not rows:
+        return []
+    acc = np.array([float(r[ACCURACY]) for r in rows])
+    params = np.array([float(r[PARAMS]) for r in rows])
+    order = np.lexsort((-acc, params))  # stable: exact duplicates keep their input order
+    acc_s, params_s = acc[order], params[order]
+    # An exact duplicate of the previous row shares its fate, so the test runs on the first of each group.
+    dup = np.zeros(len(order), dtype=bool)
+    dup[1:] = (acc_s[1:] == acc_s[:-1]) & (params_s[1:] == params_s[:-1])
+    best_before = np.concatenate(([-np.inf], np.maximum.accumulate(acc_s)[:-1]))
+    first_kept = acc_s > best_before
+    group = np.cumsum(~dup) - 1
+    keep = first_kept[~dup][group]
+    return [rows[i] for i in order[keep]]
+
+
+def hypervolume(
+    front: Sequence[dict], *, ref_params: float, ref_accuracy: float = 0.0, log_params: bool = True
+) -> float:
+    """The area that the records dominate, bounded by the reference point ``(ref_params, ref_accuracy)``.
+
+    The x axis is ``log10(params_nonzero)`` by default: parameter counts of pruned models span orders of
+    magnitude, and on a linear axis the area would be decided almost entirely by the largest models, so
+    shrinking a model from 10k to 1k weights would hardly count. Parameter counts below 1 count as 1 there.
+    With ``log_params=False`` the x axis is the raw count. Records beyond the reference point in either
+    direction add nothing; an empty front has hypervolume 0. Any records may be passed: dominated ones add
+    nothing, so the result equals that of their front.
+    """
+    if log_params and not ref_params > 0:
+        raise ValueError(f"ref_params must be > 0 on a log axis, got {ref_params!r}")
+    if not (math.isfinite(ref_params) and math.isfinite(ref_accuracy)):
+        raise ValueError(f"the reference point must be finite, got ({ref_params!r}, {ref_accuracy!r})")
+    rows = _rankable(front)
+    if not rows:
+        return 0.0
+    x = np.array([float(r[PARAMS]) for r in rows])
+    y = np.array([float(r[ACCURACY]) for r in rows])
+    ref_x = float(ref_params)
+    if log_params:
+        x, ref_x = np.log10(np.maximum(x, 1.0)), math.log10(max(ref_x, 1.0))
+    inside = x < ref_x
+    x, y = x[inside], y[inside]
+    if x.size == 0:
+        return 0.0
+    order = np.argsort(x, kind="stable")
+    x, y = x[order], y[order]
+    # Between consecutive x values the dominated height is the best accuracy reached so far.
+    height = np.maximum(np.maximum.accumulate(y) - ref_accuracy, 0.0)
+    width = np.diff(np.append(x, ref_x))
+    return float(np.sum(width * height))
+
+
+def _most_accurate(front: list[dict]) -> dict:
+    # The front is sorted by params ascending, so the first of the most accurate ones is also the smallest.
+    best = max(float(r[ACCURACY]) for r in front)
+    return next(r for r in front if float(r[ACCURACY]) == best)
+
+
+def knee_point(front: Sequence[dict]) -> dict:
+    """The front model with the best trade-off: the one farthest above the line joining the front's extremes.
+
+    Coordinates are normalized to [0, 1] on both axes: x = log10(params_nonzero) (floored at 1 parameter)
+    over the front's range, y = val_accuracy over the front's range. The extremes are the smallest and the
+    most accurate model. Only points on the side of (few params, high accuracy) count, because a point below
+    the line is a worse compromise than the line itself; ties go to the more accurate point. When no point
+    lies strictly above the line (a front of 1 or 2 points, or a straight or concave front) the most accurate
+    model is returned. The input is reduced to its Pareto front first.
+    """
+    pts = pareto_front(front)
+    if not pts:
+        raise SearchError("no finished trials yet")
+    if len(pts) <= 2:
+        return _most_accurate(pts)
+    x = np.log10(np.maximum([float(r[PARAMS]) for r in pts], 1.0))
+    y = np.array([float(r[ACCURACY]) for r in pts])
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return _most_accurate(pts)
+    x = (x - x.min()) / np.ptp(x)
+    y = (y - y.min()) / np.ptp(y)
+    # Extremes in normalized space are (0, 0) (smallest) and (1, 1) (largest, most accurate): the line y = x.
+    # The signed distance above it is (y - x) / sqrt(2); the constant factor does not change the argmax.
+    above = y - x
+    if not np.any(above > 1e-12):
+        return _most_accurate(pts)
+    best = above.max()
+    candidates = [i for i in range(len(pts)) if above[i] >= best - 1e-12]
+    return max((pts[i] for i in candidates), key=lambda r: float(r[ACCURACY]))
+
+
+def _describe(record: dict) -> str:
+    trial = record.get("trial")
+    name = f"trial {trial}" if trial is not None else "an unnumbered trial"
+    return f"{name} with {int(record[PARAMS])} params (val_accuracy {round(float(record[ACCURACY]), 4)})"
+
+
+def pick_max_params(front: Sequence[dict], max_params: int) -> dict:
+    """The most accurate front model with ``params_nonzero <= max_params`` (the smaller one on a tie)."""
+    if isinstance(max_params, bool) or not isinstance(max_params, (int, np.integer)) or max_params < 0:
+        raise SearchError(f"--max-params must be a non-negative integer, got {max_params!r}")
+    pts = pareto_front(front)
+    if not pts:
+        raise SearchError("no finished trials yet")
+    fits = [r for r in pts if float(r[PARAMS]) <= max_params]
+    if not fits:
+        raise SearchError(
+            f"no front model has params_nonzero <= {max_params}; the smallest is {_describe(pts[0])}; "
+            "raise --max-params"
+        )
+    return _most_accurate(fits)
+
+
+def pick_min_accuracy(front: Sequence[dict], min_accuracy: float) -> dict:
+    """The smallest front model with ``val_accuracy >= min_accuracy`` (the more accurate one on a tie)."""
+    if isinstance(min_accuracy, bool) or not isinstance(min_accuracy, (int, float, np.floating, np.integer)):
+        raise SearchError(f"--min-accuracy must be a number in [0, 1], got {min_accuracy!r}")
+    if not 0.0 <= float(min_accuracy) <= 1.0:
+        raise SearchError(f"--min-accuracy must be a fraction in [0, 1], got {min_accuracy!r}; e.g. 0.9 for 90%")
+    pts = pareto_front(front)
+    if not pts:
+        raise SearchError("no finished trials yet")
+    fits = [r for r in pts if float(r[ACCURACY]) >= min_accuracy]
+    if not fits:
+        best = _describe(_most_accurate(pts))
+        raise SearchError(
+            f"no front model has val_accuracy >= {min_accuracy}; the most accurate is {best}; lower --min-accuracy"
+        )
+    return fits[0]

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from autoprune.pareto import pareto_front
+from autoprune.report import front_table, plot_front, report_document, write_csv, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def make_trials(n: int = 25, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    trials = []
+    for i in range(n):
+        s1, s2 = rng.uniform(0.5, 0.99), rng.uniform(0.3, 0.9)
+        nonzero = int(784 * 300 * (1 - s1) + 300 * 100 * (1 - s2) + 1010)
+        trials.append(
+            {
+                "trial": i,
+                "val_accuracy": round(0.7 + 0.25 * math.tanh(nonzero / 20_000) + rng.uniform(-0.03, 0.03), 4),
+                "test_accuracy": round(0.69 + 0.25 * math.tanh(nonzero / 20_000), 4),
+                "params_nonzero": nonzero,
+                "params_total": 266_610,
+                "layer_sparsity": {"fc1": s1, "fc2": s2, "fc3": 0.0},
+                "config": {"train": {"lr": 0.05, "lambda_max": 1e-4 * (i + 1)}, "prune": {"enabled": True}},
+                "flops_dense": 266_200,
+                "flops_effective": nonzero,
+                "seconds": {"train": 1.5, "prune": 0.1, "finetune": 0.7},
+                "model_path": f"models/trial_{i}.pt",
+            }
+        )
+    return trials
+
+
+def baseline_record() -> dict:
+    return {
+        "trial": 99,
+        "val_accuracy": 0.9,
+        "test_accuracy": 0.89,
+        "params_nonzero": 266_610,
+        "params_total": 266_610,
+        "layer_sparsity": {"fc1": 0.0, "fc2": 0.0, "fc3": 0.0},
+        "config": {"prune": {"enabled": False}},
+    }
+
+
+def test_front_table_lists_every_front_trial_with_counts():
+    trials = make_trials()
+    front = pareto_front(trials)
+    table = front_table(front, total=len(trials), failed=2, baseline=baseline_record())
+    lines = table.splitlines()
+    assert lines[0] == f"Pareto front: {len(front)} models of {len(trials)} finished trials, 2 failed"
+    body = lines[3 : 3 + len(front)]
+    assert [int(line.split()[0]) for line in body] == [r["trial"] for r in front]
+    for line, r in zip(body, front, strict=True):
+        assert str(r["params_nonzero"]) in line
+        assert f"{r['val_accuracy']:.4f}" in line and f"{r['test_accuracy']:.4f}" in line
+        assert f"{100 * r['params_nonzero'] / r['params_total']:.1f}%" in line
+        assert f"fc1 {100 * r['layer_sparsity']['fc1']:.0f}" in line
+    assert lines[-1].startswith("dense (99)")
+    # Aligned: the accuracy column ends at the same character in every row.
+    ends = {line.index(f"{r['val_accuracy']:.4f}") + 6 for line, r in zip(body, front, strict=True)}
+    assert len(ends) == 1
+
+
+def test_front_table_of_an_empty_search():
+    table = front_table([], total=0)
+    assert table.splitlines()[0] == "Pareto front: 0 models of 0 finished trials"
+    assert "no finished trials yet" in table
+
+
+def test_report_document_layout_is_json_safe():
+    trials = make_trials(6)
+    trials[0]["val_accuracy_pruned"] = float("nan")
+    trials[1]["model_path"] = Path("models/x.pt")
+    front = pareto_front(trials)
+    doc = report_document(front, trials, failed=3)
+    assert set(doc) == {"front", "trials", "failed"}
+    assert doc["failed"] == 3
+    assert [r["trial"] for r in doc["front"]] == [r["trial"] for r in front]
+    assert len(doc["trials"]) == 6
+    text = json.dumps(doc, allow_nan=False)  # raises if a NaN slipped through
+    back = json.loads(text)
+    assert back["trials"][0]["val_accuracy_pruned"] is None
+    assert back["trials"][1]["model_path"] == "models/x.pt"
+
+
+def test_write_csv_columns_and_rows(tmp_path: Path):
+    trials = make_trials(7)
+    del trials[3]["trial"]  # an unnumbered record must not turn the column into floats
+    path = tmp_path / "trials.csv"
+    write_csv(trials, path)
+    frame = pd.read_csv(path)
+    assert len(frame) == 7
+    cols = list(frame.columns)
+    assert cols[:5] == ["trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total"]
+    assert cols[-1] == "model_path"
+    for col in ("flops_dense", "flops_effective", "seconds.train", "seconds.finetune", "sparsity.fc1",
+                "sparsity.fc3", "config.train.lr", "config.train.lambda_max", "config.prune.enabled"):
+        assert col in cols
+    assert cols.index("seconds.train") < cols.index("sparsity.fc1") < cols.index("config.train.lr")
+    assert frame["params_nonzero"].tolist() == [t["params_nonzero"] for t in trials]
+    assert frame["sparsity.fc2"].tolist() == pytest.approx([t["layer_sparsity"]["fc2"] for t in trials])
+    assert frame["config.train.lambda_max"].tolist() == pytest.approx([t["config"]["train"]["lambda_max"]
+                                                                       for t in trials])
+    raw_trial_cells = path.read_text().splitlines()[1:]
+    assert [line.split(",")[0] for line in raw_trial_cells] == ["0", "1", "2", "", "4", "5", "6"]
+
+
+def test_write_csv_of_no_records_has_the_header(tmp_path: Path):
+    path = tmp_path / "empty.csv"
+    write_csv([], path)
+    assert path.read_text().strip() == "trial,val_accuracy,test_accuracy,params_nonzero,params_total"
+
+
+def test_plot_front_writes_a_png(tmp_path: Path):
+    trials = make_trials()
+    path = tmp_path / "front.png"
+    plot_front(trials, pareto_front(trials), path, baseline=baseline_record(), title="demo")
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 10_000
+
+
+def test_plot_of_an_empty_search_is_still_a_png(tmp_path: Path):
+    path = tmp_path / "empty.png"
+    plot_front([], [], path)
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_write_report_writes_all_files_atomically(tmp_path: Path):
+    trials = make_trials()
+    front = pareto_front(trials)
+    run_dir = tmp_path / "run"
+    paths = write_report(run_dir, front, trials, failed=1, baseline=baseline_record())
+    assert set(paths) == {"front_csv", "trials_csv", "json", "plot"}
+    report = run_dir / "report"
+    assert sorted(p.name for p in report.iterdir()) == ["front.csv", "pareto.png", "report.json", "trials.csv"]
+    assert all(p.parent == report for p in paths.values())
+    assert len(pd.read_csv(paths["front_csv"])) == len(front)
+    assert len(pd.read_csv(paths["trials_csv"])) == len(trials)
+    doc = json.loads(paths["json"].read_text())
+    assert doc["failed"] == 1 and len(doc["front"]) == len(front) and len(doc["trials"]) == len(trials)
+    assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
+    # Writing again replaces the files in place and still leaves no temporaries behind.
+    write_report(run_dir, front[:1], trials, failed=0)
+    assert sorted(p.name for p in report.iterdir()) == ["front.csv", "pareto.png", "report.json", "trials.csv"]
+    assert json.loads(paths["json"].read_text())["failed"] == 0
+
+
+def test_a_failed_write_keeps_the_previous_file_and_no_temporary(tmp_path: Path):
+    path = tmp_path / "trials.csv"
+    write_csv(make_trials(3), path)
+    before = path.read_bytes()
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("cannot format")
+
+    with pytest.raises(RuntimeError, match="cannot format"):
+        write_csv([{"trial": 1, "val_accuracy": Unprintable()}], path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["trials.csv"]
