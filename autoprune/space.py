@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,6 +122,31 @@ class SearchSpace:
         return self.config_for({})
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no arbitrary objects) that also reads ``1e-4`` as a float, as a user means it.
+
+    YAML 1.1 wants a dot in the mantissa (``1.0e-4``) and would otherwise hand back the string "1e-4".
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: as safe as yaml.safe_load
+
+
 def document_digest(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -158,7 +184,7 @@ def load_space(path: str | Path | None, overrides: Iterable[str] = ()) -> Search
     except OSError as exc:
         raise ConfigError(f"cannot read space file {source}: {exc.strerror}") from None
     try:
-        document = yaml.safe_load(text)
+        document = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -179,7 +205,7 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. prune.sparsity.fc1=0.9")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = _load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(
             f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"

@@ -198,3 +198,8 @@ def test_trial_config_round_trips_and_rejects_unknown_keys() -> None:
     assert TrialConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ConfigError, match=r"unknown key train.bogus"):
         TrialConfig.from_dict({"train": {"bogus": 1}})
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    space = load_space(write(tmp_path, "train: {lambda_max: {low: 1e-6, high: 1e-3, log: true}}\n"), ["train.lr=5e-2"])
+    assert space.dims[0].low == 1e-6 and space.default_config().train.lr == 0.05
