@@ -113,3 +113,28 @@ def test_a_diverging_trial_raises_a_typed_error_naming_the_phase() -> None:
 def test_unknown_layer_in_the_config_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown layer 'conv9'; prunable layers: fc1, fc2, fc3"):
         run_trial(cfg(prune=PruneConfig(sparsity={"conv9": 0.5})))
+
+
+def test_a_user_model_from_module_function_is_pruned_and_exported(tmp_path, monkeypatch) -> None:
+    (tmp_path / "user_nets.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def __init__(self, n_in, n_out):\n"
+        "        super().__init__()\n"
+        "        self.body = torch.nn.Sequential(torch.nn.Linear(n_in, 32), torch.nn.ReLU())\n"
+        "        self.head = torch.nn.Linear(32, n_out)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.body(x.flatten(1)))\n"
+        "def make(input_shape, num_classes):\n"
+        "    return Net(input_shape[0] * input_shape[1] * input_shape[2], num_classes)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run_trial(cfg(model=ModelConfig(name="user_nets:make"),
+                           prune=PruneConfig(sparsity={"body.0": 0.8, "head": 0.5})))  # fmt: skip
+    assert result.layer_sparsity == pytest.approx({"body.0": 0.8, "head": 0.5}, abs=0.002)
+    from autoprune.export import load_model
+
+    loaded = load_model(result.save(tmp_path / "m.pt"))
+    x = torch.randn(5, 1, 8, 8)
+    result.model.eval()
+    assert torch.equal(loaded.model(x), result.model(x))
