@@ -235,7 +235,8 @@ def report(
         write_csv([{**r, "on_front": id(r) in front} for r in results.trials], csv)
         _log(f"wrote {csv}")
     if plot is not None:
-        plot_front(results.trials, results.front, plot, baseline=results.baseline, title=f"{run_dir.name}: Pareto front")
+        title = f"{run_dir.name}: Pareto front"
+        plot_front(results.trials, results.front, plot, baseline=results.baseline, title=title)
         _log(f"wrote {plot}")
     if as_json:
         _print_json(report_document(results.front, results.trials, results.failed))
@@ -254,7 +255,7 @@ def pick(
         float | None, typer.Option(help="The smallest front model with val accuracy >= A (a fraction).")
     ] = None,
     knee: Annotated[bool, typer.Option("--knee", help="The knee of the front (best trade-off).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the chosen record plus \"out\" on stdout.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='Print the chosen record plus "out" on stdout.')] = False,
     study_storage: Annotated[
         str | None,
         typer.Option("--study-storage", envvar="AUTOPRUNE_STUDY_STORAGE", help="Storage URL with its password."),

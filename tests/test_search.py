@@ -1,0 +1,331 @@
+"""The search on a real Ray runtime and a real Optuna study, with tiny budgets (digits, LeNet-300-100, 1 epoch).
+
+One local Ray runtime serves every in-process search of this module; the driver-kill and cluster tests run the
+command line in a subprocess, and stop every process they started by PID.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+optuna = pytest.importorskip("optuna")
+ray = pytest.importorskip("ray")
+
+from optuna.trial import TrialState  # noqa: E402
+
+from autoprune import cli  # noqa: E402
+from autoprune.errors import SearchError  # noqa: E402
+from autoprune.search import (  # noqa: E402
+    RunInfo,
+    evaluate_model,
+    load_results,
+    pick_model,
+    resume_search,
+    run_search,
+)
+
+pytestmark = pytest.mark.ray
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+TINY_SPACE = """\
+dataset: {name: digits, val_fraction: 0.2, limit: 600}
+model: {name: lenet-300-100}
+budget: {train_epochs: 1, finetune_epochs: 1, batch_size: 64}
+seed: 0
+train:
+  lr: 0.05
+  lambda_max: {low: 1.0e-6, high: 1.0e-3, log: true}
+prune:
+  sparsity:
+    fc1: {low: 0.5, high: 0.99}
+    fc2: {low: 0.3, high: 0.95}
+finetune:
+  lr: {low: 1.0e-3, high: 0.1, log: true}
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _session_pids(sid: int) -> list[int]:
+    """Processes in session ``sid``: a driver started with start_new_session and everything Ray forked from it."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def _stop_session(proc: subprocess.Popen) -> None:
+    for pid in _session_pids(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def _study(run_dir: Path) -> optuna.Study:
+    info = RunInfo.read(run_dir)
+    return optuna.load_study(study_name=info.study_name, storage=f"sqlite:///{run_dir / 'study.db'}")
+
+
+def _brute_force_front(study: optuna.Study) -> set[int]:
+    """Trial numbers no other COMPLETE trial dominates, straight from the values Optuna stored."""
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    front = set()
+    for t in done:
+        acc, params = t.values
+        dominated = any(
+            o.values[0] >= acc and o.values[1] <= params and (o.values[0] > acc or o.values[1] < params) for o in done
+        )
+        if not dominated:
+            front.add(t.number)
+    return front
+
+
+def _cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "tiny.yaml"
+    path.write_text(TINY_SPACE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(local_ray, space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "run"
+    outcome = run_search(space_file, run_dir, trials=4, concurrent=2, seed=0, log=lambda _m: None)
+    assert not outcome.interrupted
+    return run_dir
+
+
+def test_search_front_equals_brute_force_over_the_study(finished_run: Path) -> None:
+    study = _study(finished_run)
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.COMPLETE) == 4 and len(states) == 4
+    results = load_results(finished_run)
+    assert {r["trial"] for r in results.front} == _brute_force_front(study)
+    assert [r["params_nonzero"] for r in results.front] == sorted(r["params_nonzero"] for r in results.front)
+    for t in study.trials:  # the study alone describes every trial: record, values and the model file
+        record = t.user_attrs["record"]
+        assert t.values == [record["val_accuracy"], record["params_nonzero"]]
+        assert (finished_run / t.user_attrs["model_path"]).is_file()
+        assert 0.0 <= record["test_accuracy"] <= 1.0 and record["config"]["dataset"]["name"] == "digits"
+    report = json.loads((finished_run / "report" / "report.json").read_text())
+    assert {r["trial"] for r in report["front"]} == _brute_force_front(study)
+    assert len(report["trials"]) == 4 and report["failed"] == 0
+    assert (finished_run / "report" / "pareto.png").stat().st_size > 0
+    assert (finished_run / "space.yaml").is_file() and (finished_run / "ray" / "search-00").is_dir()
+
+
+def test_report_json_is_one_document(finished_run: Path, capsys, monkeypatch) -> None:
+    code, out, _ = _cli(["report", str(finished_run), "--json"], capsys, monkeypatch)
+    assert code == 0
+    doc = json.loads(out)
+    assert set(doc) == {"front", "trials", "failed"}
+    assert {r["trial"] for r in doc["front"]} == _brute_force_front(_study(finished_run))
+
+
+def test_pick_then_evaluate_round_trip(finished_run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    out = tmp_path / "knee.pt"
+    code, stdout, _ = _cli(["pick", str(finished_run), "--knee", "--out", str(out), "--json"], capsys, monkeypatch)
+    assert code == 0
+    chosen = json.loads(stdout)
+    assert chosen["out"] == str(out) and out.is_file()
+    assert chosen["trial"] in {r["trial"] for r in load_results(finished_run).front}
+    code, stdout, _ = _cli(["evaluate", str(out), "--json"], capsys, monkeypatch)
+    assert code == 0
+    measured = json.loads(stdout)
+    assert measured["test_accuracy"] == chosen["test_accuracy"]
+    assert measured["params_nonzero"] == chosen["params_nonzero"]
+    assert measured["params_total"] == chosen["params_total"]
+    # The model saved by the trial itself re-measures the same too.
+    assert evaluate_model(chosen["model_path"])["test_accuracy"] == chosen["test_accuracy"]
+
+
+def test_pick_unmet_constraint_names_the_closest_and_writes_nothing(finished_run: Path, tmp_path: Path) -> None:
+    smallest = load_results(finished_run).front[0]
+    out = tmp_path / "none.pt"
+    with pytest.raises(SearchError, match=f"trial {smallest['trial']} with {smallest['params_nonzero']} params"):
+        pick_model(finished_run, out=out, max_params=smallest["params_nonzero"] - 1)
+    assert not out.exists()
+    picked = pick_model(finished_run, out=out, max_params=smallest["params_nonzero"])
+    assert picked["trial"] == smallest["trial"]
+
+
+def test_extend_reruns_nothing_and_recomputes_the_front(finished_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "extended"
+    shutil.copytree(finished_run, run_dir)
+    before = {t.number: (t.datetime_complete, t.user_attrs["ray_trial_id"]) for t in _study(run_dir).trials}
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir()}
+    outcome = resume_search(run_dir, trials=6, log=lambda _m: None)
+    study = _study(run_dir)
+    assert outcome.ran == 2 and not outcome.interrupted
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 6
+    for t in study.trials:
+        if t.number in before:  # untouched: same completion time and Ray trial, model file not rewritten
+            assert (t.datetime_complete, t.user_attrs["ray_trial_id"]) == before[t.number]
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir() if p.name in mtimes} == mtimes
+    assert len(list((run_dir / "models").iterdir())) == 6
+    assert {r["trial"] for r in outcome.results.front} == _brute_force_front(study)
+    assert len(json.loads((run_dir / "report" / "report.json").read_text())["trials"]) == 6
+    assert RunInfo.read(run_dir).trials == 6
+    # Resuming a search that has all its trials runs nothing.
+    assert resume_search(run_dir, log=lambda _m: None).ran == 0
+
+
+def test_resume_refuses_a_changed_space(finished_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "changed"
+    shutil.copytree(finished_run, run_dir)
+    frozen = run_dir / "space.yaml"
+    frozen.write_text(frozen.read_text().replace("limit: 600", "limit: 500"))
+    listing = sorted(p.name for p in run_dir.rglob("*"))
+    with pytest.raises(SearchError, match=r"space\.yaml was changed"):
+        resume_search(run_dir, trials=5, log=lambda _m: None)
+    assert sorted(p.name for p in run_dir.rglob("*")) == listing
+    assert len(_study(run_dir).trials) == 4
+
+
+def test_diverging_trials_are_failed_and_the_search_completes(local_ray, space_file: Path, tmp_path: Path) -> None:
+    # Also the other ledger and sampler: a journal file outside the run directory, and NSGA-II.
+    run_dir, journal = tmp_path / "diverge", tmp_path / "journal.log"
+    outcome = run_search(space_file, run_dir, trials=2, concurrent=1, overrides=["train.lr=1000000.0"],
+                         sampler="nsga2", study_storage=str(journal), log=lambda _m: None)  # fmt: skip
+    assert journal.is_file() and not (run_dir / "study.db").exists()
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    info = RunInfo.read(run_dir)
+    study = optuna.load_study(study_name=info.study_name, storage=JournalStorage(JournalFileBackend(str(journal))))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    for t in study.trials:
+        assert t.user_attrs["outcome"] == "diverged"
+        assert "non-finite loss" in t.user_attrs["fail_reason"]
+    assert not outcome.interrupted  # both count as run: the search asked for 2 and ran 2
+    assert outcome.results.front == [] and outcome.results.failed == 2
+    assert list((run_dir / "models").iterdir()) == []
+
+
+def test_same_seed_suggests_the_same_sequence(local_ray, space_file: Path, tmp_path: Path) -> None:
+    runs = []
+    for name in ("a", "b"):
+        run_search(space_file, tmp_path / name, trials=3, concurrent=1, seed=7, sampler="random", log=lambda _m: None)
+        runs.append([(t.params, t.values) for t in _study(tmp_path / name).trials])
+    assert runs[0] == runs[1]
+    assert len({json.dumps(p, sort_keys=True) for p, _ in runs[0]}) == 3
+
+
+def _completed(run_dir: Path) -> dict[int, str]:
+    try:
+        con = sqlite3.connect(f"file:{run_dir / 'study.db'}?mode=ro", uri=True)
+        rows = con.execute("select number, datetime_complete from trials where state = 'COMPLETE'").fetchall()
+        con.close()
+    except sqlite3.Error:
+        return {}
+    return dict(rows)
+
+
+def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "autoprune.cli", "search", str(space_file), "--run-dir", str(run_dir),
+           "--trials", "4", "--concurrent", "1", "--set", "budget.train_epochs=30"]  # fmt: skip
+    driver = subprocess.Popen(
+        cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not _completed(run_dir) and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, "the search ended before it could be killed: " + driver.stderr.read().decode()
+        os.kill(driver.pid, signal.SIGKILL)
+    finally:
+        _stop_session(driver)
+    finished_before = _completed(run_dir)
+    assert 1 <= len(finished_before) < 4
+    models_before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir()}
+
+    outcome = resume_search(run_dir, log=lambda _m: None)
+    study = _study(run_dir)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and not outcome.interrupted
+    for t in complete:  # finished before the kill: still the same trial, not re-run
+        if t.number in finished_before:
+            assert t.datetime_complete == datetime.datetime.fromisoformat(finished_before[t.number])
+    assert {k: v for k, v in models_before.items() if int(k[6:-3]) in finished_before} == {
+        p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir() if int(p.name[6:-3]) in finished_before
+    }
+    cut = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert all(t.user_attrs["outcome"] == "interrupted" for t in cut)
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len(study.trials) == 4 + len(cut)
+    assert [launch["kind"] for launch in RunInfo.read(run_dir).launches] == ["search", "resume"]
+
+
+def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        run_dir = tmp_path / "cluster"
+        cmd = [sys.executable, "-m", "autoprune.cli", "search", str(space_file), "--run-dir", str(run_dir),
+               "--trials", "4", "--address", cluster.address]  # fmt: skip
+        driver = subprocess.Popen(
+            cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            _, err = driver.communicate(timeout=120)
+        finally:
+            _stop_session(driver)
+        assert driver.returncode == 0, err.decode()
+    finally:
+        cluster.shutdown()
+    study = _study(run_dir)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
+    nodes = {t.user_attrs["node_id"] for t in study.trials}
+    assert len(nodes) == 2, f"all trials ran on one node: {nodes}"
+    code, out, _ = _cli(["report", str(run_dir), "--json"], capsys, monkeypatch)
+    doc = json.loads(out)
+    assert code == 0 and len(doc["trials"]) == 4 and doc["failed"] == 0
+    assert {r["trial"] for r in doc["front"]} == _brute_force_front(study)
+    assert all(Path(r["model_path"]).is_file() for r in doc["trials"])
