@@ -49,8 +49,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from ._io import atomic_open
 from .errors import DivergedError, ModelError, SearchError
-from .space import SearchSpace, define_by_run, load_space, parse_space
+from .space import SearchSpace, define_by_run, load_space, load_yaml, parse_space
 
 if TYPE_CHECKING:
     import optuna
@@ -142,21 +143,8 @@ class RunInfo:
             raise SearchError(f"{path} is unreadable or damaged ({type(exc).__name__}: {exc})") from None
 
     def write(self, run_dir: Path) -> None:
-        _atomic_write_text(run_dir / RUN_FILE, json.dumps(dataclasses.asdict(self), indent=2) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "x") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+        with atomic_open(run_dir / RUN_FILE, "w") as fh:
+            fh.write(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
 
 
 def _version() -> str:
@@ -506,7 +494,7 @@ class _Job:
 
 @functools.lru_cache(maxsize=4)
 def _space_from_text(text: str) -> SearchSpace:
-    return parse_space(yaml.safe_load(text) or {}, source=SPACE_FILE)
+    return parse_space(load_yaml(text) or {}, source=SPACE_FILE)
 
 
 def _suggest(trial: optuna.Trial, dims: tuple) -> dict[str, int]:

@@ -143,7 +143,8 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _load_yaml(text: str) -> Any:
+def load_yaml(text: str) -> Any:
+    """Parse YAML safely (no Python objects), reading ``1e-4`` as a float."""
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: as safe as yaml.safe_load
 
 
@@ -184,7 +185,7 @@ def load_space(path: str | Path | None, overrides: Iterable[str] = ()) -> Search
     except OSError as exc:
         raise ConfigError(f"cannot read space file {source}: {exc.strerror}") from None
     try:
-        document = _load_yaml(text)
+        document = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -205,7 +206,7 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. prune.sparsity.fc1=0.9")
     try:
-        value = _load_yaml(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(
             f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"
