@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from pathlib import Path
 
 import pytest
+from _helpers import run_cli
 
-from autoprune import cli
 from autoprune.search import RunInfo, redact_url
 
 SPACE = """\
@@ -20,14 +19,6 @@ prune:
   sparsity:
     fc1: {low: 0.5, high: 0.99}
 """
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def one_error_line(err: str) -> str:

@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+from _helpers import run_cli
 
 optuna = pytest.importorskip("optuna")
 ray = pytest.importorskip("ray")
 
 from optuna.trial import TrialState  # noqa: E402
 
-from autoprune import cli  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
 from autoprune.search import (  # noqa: E402
     RunInfo,
@@ -108,14 +108,6 @@ def _brute_force_front(study: optuna.Study) -> set[int]:
     return front
 
 
-def _cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["autoprune", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
@@ -158,7 +150,7 @@ def test_search_front_equals_brute_force_over_the_study(finished_run: Path) -> N
 
 
 def test_report_json_is_one_document(finished_run: Path, capsys, monkeypatch) -> None:
-    code, out, _ = _cli(["report", str(finished_run), "--json"], capsys, monkeypatch)
+    code, out, _ = run_cli(["report", str(finished_run), "--json"], capsys, monkeypatch)
     assert code == 0
     doc = json.loads(out)
     assert set(doc) == {"front", "trials", "failed"}
@@ -167,12 +159,12 @@ def test_report_json_is_one_document(finished_run: Path, capsys, monkeypatch) ->
 
 def test_pick_then_evaluate_round_trip(finished_run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     out = tmp_path / "knee.pt"
-    code, stdout, _ = _cli(["pick", str(finished_run), "--knee", "--out", str(out), "--json"], capsys, monkeypatch)
+    code, stdout, _ = run_cli(["pick", str(finished_run), "--knee", "--out", str(out), "--json"], capsys, monkeypatch)
     assert code == 0
     chosen = json.loads(stdout)
     assert chosen["out"] == str(out) and out.is_file()
     assert chosen["trial"] in {r["trial"] for r in load_results(finished_run).front}
-    code, stdout, _ = _cli(["evaluate", str(out), "--json"], capsys, monkeypatch)
+    code, stdout, _ = run_cli(["evaluate", str(out), "--json"], capsys, monkeypatch)
     assert code == 0
     measured = json.loads(stdout)
     assert measured["test_accuracy"] == chosen["test_accuracy"]
@@ -324,7 +316,7 @@ def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch)
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
     nodes = {t.user_attrs["node_id"] for t in study.trials}
     assert len(nodes) == 2, f"all trials ran on one node: {nodes}"
-    code, out, _ = _cli(["report", str(run_dir), "--json"], capsys, monkeypatch)
+    code, out, _ = run_cli(["report", str(run_dir), "--json"], capsys, monkeypatch)
     doc = json.loads(out)
     assert code == 0 and len(doc["trials"]) == 4 and doc["failed"] == 0
     assert {r["trial"] for r in doc["front"]} == _brute_force_front(study)
