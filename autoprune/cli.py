@@ -106,7 +106,7 @@ def _finish_launch(outcome: Any, as_json: bool) -> None:
         _print_json(report_document(res.front, res.trials, res.failed))
     else:
         _print_front(res, outcome.run_dir)
-    _log(f"ran {outcome.ran} trial(s) in {outcome.seconds:.1f}s")
+    _log(f"started {outcome.ran} trial(s) in {outcome.seconds:.1f}s")
     if outcome.interrupted:
         _fail(
             f"interrupted: {res.counted} of {res.requested} trials finished; continue with "
