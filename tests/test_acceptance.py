@@ -1,0 +1,25 @@
+"""The pipeline's accuracy promises on the real Fashion-MNIST files, with the shipped lenet300_fashion budget."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoprune.space import load_space
+from autoprune.trial import run_trial
+
+pytestmark = pytest.mark.fashion
+
+
+def test_dense_lenet300_reaches_0885_test_accuracy() -> None:
+    result = run_trial(load_space("lenet300_fashion", ["prune.enabled=false"]).default_config(), device="cpu")
+    assert result.params_nonzero == result.params_total == 266_610
+    assert result.test_accuracy >= 0.885
+
+
+def test_pruned_lenet300_keeps_0875_with_exact_layer_sparsity() -> None:
+    overrides = ["prune.sparsity.fc1=0.95", "prune.sparsity.fc2=0.90", "prune.sparsity.fc3=0.5"]
+    result = run_trial(load_space("lenet300_fashion", overrides).default_config(), device="cpu")
+    assert result.layer_sparsity == pytest.approx({"fc1": 0.95, "fc2": 0.90, "fc3": 0.5}, abs=0.002)
+    # 784*300*0.05 + 300*100*0.10 + 100*10*0.5 kept weights, plus the 410 biases
+    assert result.params_nonzero == 11_760 + 3_000 + 500 + 410
+    assert result.test_accuracy >= 0.875
