@@ -292,8 +292,10 @@ def evaluate(
         _print_json(result)
     else:
         rec = result["recorded"]
+        recorded_acc = rec.get("test_accuracy")
+        recorded_acc = f"{recorded_acc:.4f}" if isinstance(recorded_acc, (int, float)) else "unknown"
         typer.echo(
-            f"{model_file}: test accuracy {result['test_accuracy']:.4f} (recorded {rec.get('test_accuracy')}), "
+            f"{model_file}: test accuracy {result['test_accuracy']:.4f} (recorded {recorded_acc}), "
             f"{result['params_nonzero']} nonzero of {result['params_total']} params "
             f"(recorded {rec.get('params_nonzero')})"
         )
