@@ -24,6 +24,19 @@ app = typer.Typer(
 )
 
 
+# Options that several commands share, declared once.
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Fix a leaf by its dotted path: KEY=VALUE (YAML scalar). Repeatable."),
+]
+StorageOption = Annotated[
+    str | None,
+    typer.Option("--study-storage", envvar="AUTOPRUNE_STUDY_STORAGE", help="Storage URL with its password."),
+]
+LaunchJsonOption = Annotated[bool, typer.Option("--json", help="At the end print the report JSON on stdout.")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show Ray's own logs.")]
+
+
 @app.callback()
 def _root() -> None:
     """Search sparse-training, pruning and finetuning jointly; get a Pareto front of real, loadable models."""
@@ -47,10 +60,7 @@ def trial(
     space: Annotated[
         str | None, typer.Argument(help="Space file, or the name of a shipped one (default: digits_quick).")
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Fix a leaf by its dotted path: KEY=VALUE (YAML scalar). Repeatable."),
-    ] = None,
+    set_: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON trial record on stdout.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: the config's, auto).")] = None,
     save: Annotated[Path | None, typer.Option(help="Export the resulting model to this file.")] = None,
@@ -142,12 +152,9 @@ def search(
     study_storage: Annotated[
         str | None, typer.Option("--study-storage", envvar="AUTOPRUNE_STUDY_STORAGE", help=_STORAGE_HELP)
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="Fix a leaf by its dotted path: KEY=VALUE (YAML scalar). Repeatable."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="At the end print the report JSON on stdout.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own logs.")] = False,
+    set_: SetOption = None,
+    as_json: LaunchJsonOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Search the pipeline with Ray Tune + Optuna (max val accuracy, min nonzero params) and report the front."""
     from .search import run_search
@@ -182,12 +189,9 @@ def resume(
     concurrent: Annotated[int | None, typer.Option(help="Trials at a time (default: the search's).")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial (default: the search's).")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial (default: the search's).")] = None,
-    study_storage: Annotated[
-        str | None,
-        typer.Option("--study-storage", envvar="AUTOPRUNE_STUDY_STORAGE", help="Storage URL with its password."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="At the end print the report JSON on stdout.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show Ray's own logs.")] = False,
+    study_storage: StorageOption = None,
+    as_json: LaunchJsonOption = False,
+    verbose: VerboseOption = False,
 ) -> None:
     """Finish an interrupted search (finished trials are kept), or extend it with --trials N (N in total)."""
     from .search import resume_search
@@ -216,10 +220,7 @@ def report(
         Path | None, typer.Option(help="Also write every finished trial as CSV here (with an on_front column).")
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Also write the Pareto plot (PNG) here.")] = None,
-    study_storage: Annotated[
-        str | None,
-        typer.Option("--study-storage", envvar="AUTOPRUNE_STUDY_STORAGE", help="Storage URL with its password."),
-    ] = None,
+    study_storage: StorageOption = None,
 ) -> None:
     """The Pareto front over every finished trial of the study; refreshes the files in RUN_DIR/report."""
     from .report import plot_front, report_document, write_csv
@@ -256,10 +257,7 @@ def pick(
     ] = None,
     knee: Annotated[bool, typer.Option("--knee", help="The knee of the front (best trade-off).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help='Print the chosen record plus "out" on stdout.')] = False,
-    study_storage: Annotated[
-        str | None,
-        typer.Option("--study-storage", envvar="AUTOPRUNE_STUDY_STORAGE", help="Storage URL with its password."),
-    ] = None,
+    study_storage: StorageOption = None,
 ) -> None:
     """Choose a Pareto-optimal model by one rule and export it as a self-describing file."""
     from .search import pick_model

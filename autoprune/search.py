@@ -809,7 +809,8 @@ def _launch(
     """
     from ray import tune
 
-    space = _space_from_text((run_dir / SPACE_FILE).read_text())
+    space_yaml = (run_dir / SPACE_FILE).read_text()
+    space = _space_from_text(space_yaml)
     res = info.resources
     cpus, gpus = float(res["cpus_per_trial"]), float(res["gpus_per_trial"])
     fits = _cluster_concurrency(cpus, gpus)
@@ -826,7 +827,7 @@ def _launch(
     ledger.progress = _Progress(log=log, requested=n_trials, already=already_counted, records=list(already))
     job = _Job(
         run_dir=str(run_dir.resolve()),
-        space_yaml=(run_dir / SPACE_FILE).read_text(),
+        space_yaml=space_yaml,
         threads=max(1, int(cpus)),
         gpus=gpus,
     )
@@ -940,8 +941,8 @@ def run_search(
         raise SearchError(f"{run_dir} holds {taken[0]} but no {RUN_FILE} (a search that never started?); "
                           "choose another --run-dir or empty it")  # fmt: skip
     _quiet_optuna()
-    if study_storage is not None:
-        open_storage(study_storage, run_dir)  # fail on a bad URL before Ray starts or anything is written
+    # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
+    given_storage = open_storage(study_storage, run_dir) if study_storage is not None else None
     started_ray = _init_ray(address, verbose)
     created: list[Path] = []
     new_study: tuple[str, optuna.storages.BaseStorage] | None = None
@@ -955,7 +956,7 @@ def run_search(
         with _run_lock(run_dir):
             if study_storage is None:
                 created.append(run_dir / STUDY_FILE)
-            storage = open_storage(study_storage, run_dir)
+            storage = given_storage if given_storage is not None else open_storage(None, run_dir)
             study_name = "autoprune"
             if study_storage is not None:  # a shared database holds many studies: make the name unique
                 study_name = f"autoprune-{run_dir.resolve().name}-{secrets.token_hex(3)}"
