@@ -445,7 +445,7 @@ def pick_model(
 
 def evaluate_model(path: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
     """Reload an exported model (``weights_only``) without its run directory and re-measure it on its data."""
-    from .config import TrialConfig
+    from .config import TrialConfig, upgrade_config
     from .data import load_datasets
     from .errors import ConfigError
     from .export import load_model
@@ -454,7 +454,7 @@ def evaluate_model(path: str | os.PathLike, *, device: str = "cpu") -> dict[str,
 
     loaded = load_model(path, device=device)
     try:
-        cfg = TrialConfig.from_dict(loaded.config)
+        cfg = TrialConfig.from_dict(upgrade_config(loaded.config))
     except ConfigError as exc:
         raise ModelError(f"{path}: the configuration stored in the file is invalid ({exc})") from None
     data = load_datasets(cfg.dataset, seed=cfg.seed, device=device)

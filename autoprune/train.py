@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import SGDConfig, TrainConfig
 from .data import batch_indices
 from .errors import DivergedError
 from .models import prunable_layers
@@ -57,30 +57,6 @@ class MaskSet:
             buf = optimizer.momentum_buffer(p)
             if buf is not None:
                 buf.mul_(m)
-
-
-@dataclass(frozen=True)
-class PhaseSettings:
-    """What one SGD phase does; built by the pipeline from TrainConfig or FinetuneConfig."""
-
-    name: str  # "train" or "finetune": appears in DivergedError
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    lr_step_epochs: int = 3
-    lr_gamma: float = 0.1
-    lr_multipliers: Mapping[str, float] = field(default_factory=dict)
-    penalty: str = "none"  # l1 | group_lasso | none
-    lambda_max: float = 0.0
-    lambda_schedule: str = "constant"
-    lambda_warmup: float = 0.0
-    lambda_steps: int = 3
-    weight_clip: float | None = None
-    grad_clip: float | None = None
 
 
 class SGD:
@@ -140,47 +116,55 @@ class SGD:
                 torch._foreach_add_(ps, bs, alpha=-step_lr)
 
 
-def make_optimizer(model: nn.Module, s: PhaseSettings) -> SGD:
+def make_optimizer(model: nn.Module, phase: SGDConfig) -> SGD:
     """One parameter group per layer that has an lr multiplier; the rest share one group."""
     groups: list[tuple[list[torch.Tensor], float]] = []
     taken: set[int] = set()
     modules = dict(model.named_modules())
-    for layer, mult in s.lr_multipliers.items():
+    multipliers = phase.lr_multipliers if isinstance(phase, TrainConfig) else {}
+    for layer, mult in multipliers.items():
         params = [p for p in modules[layer].parameters() if p.requires_grad]
         taken.update(id(p) for p in params)
         groups.append((params, mult))
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     groups.insert(0, (rest, 1.0))
-    return SGD(groups, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay)
+    return SGD(groups, momentum=phase.momentum, nesterov=phase.nesterov, weight_decay=phase.weight_decay)
 
 
 def run_phase(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    s: PhaseSettings,
+    phase: SGDConfig,
     *,
+    epochs: int,
+    batch_size: int,
     generator: torch.Generator,
     masks: MaskSet | None = None,
     prune_events: Mapping[int, Callable[[], MaskSet]] | None = None,
     amp: bool = False,
 ) -> tuple[int, MaskSet | None]:
-    """Run ``s.epochs`` epochs of SGD on resident tensors ``x``/``y``.
+    """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
+
+    A ``TrainConfig`` adds sparse training (penalty, clipping, per-layer lr); any other phase is plain SGD.
 
     ``prune_events`` maps a step number to a function returning new (tighter) masks: gradual pruning. The
     current masks are enforced on weights after every step, on gradients before it, and on momentum buffers
     whenever they change. Returns the number of steps taken and the final masks.
     """
-    if s.epochs == 0 or len(x) == 0:
+    if epochs == 0 or len(x) == 0:
         return 0, masks
+    sparse = phase if isinstance(phase, TrainConfig) else None
     model.train()
-    opt = make_optimizer(model, s)
+    opt = make_optimizer(model, phase)
     weights = [m.weight for m in prunable_layers(model).values()]
     params = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = -(-len(x) // s.batch_size)
-    total = steps_per_epoch * s.epochs
+    steps_per_epoch = -(-len(x) // batch_size)
+    total = steps_per_epoch * epochs
     events = dict(prune_events or {})
-    penalty_grad = {"l1": add_l1_grad_, "group_lasso": add_group_lasso_grad_}.get(s.penalty)
+    penalty = _penalty(sparse, weights) if sparse else None
+    grad_clip = sparse.grad_clip if sparse else None
+    weight_clip = sparse.weight_clip if sparse else None
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         if amp and x.device.type == "cuda"
@@ -190,37 +174,52 @@ def run_phase(
     if masks:
         masks.apply_()
     step = 0
-    for _epoch in range(s.epochs):
-        for idx in batch_indices(len(x), s.batch_size, generator=generator, device=x.device):
+    for _epoch in range(epochs):
+        for idx in batch_indices(len(x), batch_size, generator=generator, device=x.device):
             if step in events:
                 masks = events.pop(step)()
                 masks.apply_()
                 masks.mask_momentum_(opt)
             lr = lr_at(
-                s.lr_schedule, s.lr, step, total,
-                steps_per_epoch=steps_per_epoch, step_epochs=s.lr_step_epochs, gamma=s.lr_gamma,
-            )  # fmt: skip
+                phase.lr_schedule,
+                phase.lr,
+                step,
+                total,
+                steps_per_epoch=steps_per_epoch,
+                step_epochs=phase.lr_step_epochs,
+                gamma=phase.lr_gamma,
+            )
             opt.zero_grad()
             with autocast:
                 loss = F.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
-            if penalty_grad is not None:
-                lam = lambda_at(
-                    s.lambda_schedule, s.lambda_max, step / total, warmup=s.lambda_warmup, steps=s.lambda_steps
-                )
-                penalty_grad(weights, lam)
+            if penalty is not None:
+                penalty(step / total)
             if masks:  # masked gradients keep masked weights and their momentum exactly zero
                 masks.mask_grads_()
-            scale = grad_clip_scale(params, s.grad_clip) if s.grad_clip is not None else 1.0
+            scale = grad_clip_scale(params, grad_clip) if grad_clip is not None else 1.0
             opt.step(lr, scale)
-            if s.weight_clip is not None:
-                clip_weights_(weights, s.weight_clip)
+            if weight_clip is not None:
+                clip_weights_(weights, weight_clip)
             loss_sum += loss.detach().float()
             step += 1
             if step % CHECK_EVERY == 0 or step == total:
-                _check_finite(loss_sum, s.name, step)
+                _check_finite(loss_sum, phase.section, step)
                 loss_sum.zero_()
     return step, masks
+
+
+def _penalty(tc: TrainConfig, weights: list[torch.Tensor]) -> Callable[[float], None] | None:
+    """Adds λ(progress) times the penalty's gradient to the weights' gradients in place; None for no penalty."""
+    add_grad = {"l1": add_l1_grad_, "group_lasso": add_group_lasso_grad_}.get(tc.penalty)
+    if add_grad is None:
+        return None
+
+    def apply(progress: float) -> None:
+        lam = lambda_at(tc.lambda_schedule, tc.lambda_max, progress, warmup=tc.lambda_warmup, steps=tc.lambda_steps)
+        add_grad(weights, lam)
+
+    return apply
 
 
 def _check_finite(loss_sum: torch.Tensor, phase: str, step: int) -> None:

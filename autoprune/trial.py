@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import FinetuneConfig, TrialConfig
+from .config import TrialConfig
 from .data import Datasets, load_datasets
 from .errors import ConfigError
 from .models import build_model, layer_positions, prunable_layers
@@ -32,7 +32,7 @@ from .pruning import (
     gradual_plan,
     shrink_sequential,
 )
-from .train import MaskSet, PhaseSettings, batches_for_statistics, evaluate, run_phase
+from .train import MaskSet, batches_for_statistics, evaluate, run_phase
 
 
 @dataclass
@@ -133,29 +133,20 @@ def run_trial(
     flops_dense = sum(dense_numel[n] * positions[n] for n in layers)
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
+    loop = {"batch_size": bs, "generator": gen, "amp": cfg.amp}  # what both SGD phases share
 
     # 1. sparse training
     t0 = time.perf_counter()
     if cfg.train.enabled and cfg.budget.train_epochs > 0:
-        tc = cfg.train
-        settings = PhaseSettings(
-            name="train", epochs=cfg.budget.train_epochs, batch_size=bs, lr=tc.lr, momentum=tc.momentum,
-            nesterov=tc.nesterov, weight_decay=tc.weight_decay, lr_schedule=tc.lr_schedule,
-            lr_step_epochs=tc.lr_step_epochs, lr_gamma=tc.lr_gamma, lr_multipliers=tc.lr_multipliers,
-            penalty=tc.penalty, lambda_max=tc.lambda_max, lambda_schedule=tc.lambda_schedule,
-            lambda_warmup=tc.lambda_warmup, lambda_steps=tc.lambda_steps, weight_clip=tc.weight_clip,
-            grad_clip=tc.grad_clip,
-        )  # fmt: skip
-        run_phase(model, data.train_x, data.train_y, settings, generator=gen, amp=cfg.amp)
+        run_phase(model, data.train_x, data.train_y, cfg.train, epochs=cfg.budget.train_epochs, **loop)
     val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     seconds["train"] = time.perf_counter() - t0
     say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
 
     # 2. pruning (one-shot now; gradual as events during finetuning) and 3. finetuning
     pc = cfg.prune
-    ft = _finetune_settings(cfg.finetune, cfg.budget.finetune_epochs, bs)
-    steps_per_epoch = -(-len(data.train_x) // bs)
-    ft_steps = steps_per_epoch * ft.epochs
+    ft_epochs = cfg.budget.finetune_epochs
+    ft_steps = -(-len(data.train_x) // bs) * ft_epochs
     gradual = pc.enabled and pc.schedule == "gradual" and ft_steps > 0
 
     def prune_to(rates: dict[str, float] | None, amount: float | None, current: MaskSet | None) -> MaskSet:
@@ -197,11 +188,11 @@ def run_trial(
     t0 = time.perf_counter()
     if gradual:  # pruning happens inside finetuning: there is no pruned-but-not-finetuned model to measure
         _, masks = run_phase(
-            model, data.train_x, data.train_y, ft, generator=gen, masks=masks, prune_events=events, amp=cfg.amp
+            model, data.train_x, data.train_y, cfg.finetune, epochs=ft_epochs, masks=masks, prune_events=events, **loop
         )
         val_pruned = None
     else:
-        run_phase(model, data.train_x, data.train_y, ft, generator=gen, masks=masks, amp=cfg.amp)
+        run_phase(model, data.train_x, data.train_y, cfg.finetune, epochs=ft_epochs, masks=masks, **loop)
     seconds["finetune"] = time.perf_counter() - t0
 
     # 4. evaluation (structured: on the physically smaller model, whose outputs equal the masked model's)
@@ -247,14 +238,6 @@ def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch
         if not bool(alive.all()):
             keep[name] = alive.nonzero().flatten()
     return keep
-
-
-def _finetune_settings(fc: FinetuneConfig, epochs: int, batch_size: int) -> PhaseSettings:
-    return PhaseSettings(
-        name="finetune", epochs=epochs, batch_size=batch_size, lr=fc.lr, momentum=fc.momentum,
-        nesterov=fc.nesterov, weight_decay=fc.weight_decay, lr_schedule=fc.schedule,
-        lr_step_epochs=fc.lr_step_epochs, lr_gamma=fc.lr_gamma,
-    )  # fmt: skip
 
 
 def _check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
