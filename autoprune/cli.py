@@ -223,12 +223,12 @@ def report(
     study_storage: StorageOption = None,
 ) -> None:
     """The Pareto front over every finished trial of the study; refreshes the files in RUN_DIR/report."""
-    from .report import plot_front, report_document, write_csv
-    from .search import load_results, write_run_report
+    from .ledger import load_results
+    from .report import plot_front, report_document, write_csv, write_report
 
     results = load_results(run_dir, study_storage=study_storage)
     try:
-        write_run_report(run_dir, results)
+        write_report(run_dir, results.front, results.trials, results.failed, baseline=results.baseline)
     except OSError as exc:
         _log(f"warning: could not refresh {run_dir / 'report'}: {exc}")
     if csv is not None:
@@ -260,7 +260,7 @@ def pick(
     study_storage: StorageOption = None,
 ) -> None:
     """Choose a Pareto-optimal model by one rule and export it as a self-describing file."""
-    from .search import pick_model
+    from .api import pick as pick_model
 
     chosen = pick_model(
         run_dir, out=out, max_params=max_params, min_accuracy=min_accuracy, knee=knee, study_storage=study_storage
@@ -283,7 +283,7 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Reload an exported model (safely, weights only) and re-measure it on its dataset's test split."""
-    from .search import evaluate_model
+    from .api import evaluate as evaluate_model
 
     result = evaluate_model(model_file, device=device)
     if as_json:

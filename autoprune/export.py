@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ._io import atomic_open
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 FORMAT = "autoprune-model"
 VERSION = 1
@@ -213,6 +213,20 @@ def _factory_name(config: dict) -> str | None:
     return None
 
 
+def check_output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a place to write a model file: not a folder, in a folder that exists, and not replacing
+    anything but an autoprune model file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"cannot save a model to {path}: it is a directory; give a file name such as model.pt")
+    if path.exists() and not _is_model_file(path):
+        raise ModelError(f"refusing to overwrite {path}: not an autoprune model file; choose another output file")
+    if not path.parent.is_dir():
+        raise ModelError(f"cannot save a model to {path}: folder {path.parent} does not exist")
+    return path
+
+
 def save_model(
     path: str | os.PathLike,
     model: nn.Module,
@@ -230,14 +244,7 @@ def save_model(
     complete file. An existing file is replaced only when it is itself an autoprune model file. The caller's
     model is not modified.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ModelError(f"cannot save a model to {path}: it is a directory; give a file name such as model.pt")
-    if path.exists() and not _is_model_file(path):
-        raise ModelError(f"refusing to overwrite {path}: not an autoprune model file; choose another output file")
-    if not path.parent.is_dir():
-        raise ModelError(f"cannot save a model to {path}: folder {path.parent} does not exist")
-
+    path = check_output_file(path)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     param_names = {name for name, _ in model.named_parameters()}
     packed_masks = {}
@@ -297,11 +304,6 @@ def save_model(
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
-
-
 def _read(path: Path, device: str | torch.device) -> Any:
     if not path.exists():
         raise ModelError(f"model file {path} does not exist")
@@ -318,7 +320,7 @@ def _read(path: Path, device: str | torch.device) -> Any:
                 f"cannot read model file {path}: it holds Python objects, not only data and tensors, so it is not "
                 "an autoprune model file (these are never unpickled)"
             ) from None
-        raise ModelError(f"cannot read model file {path}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot read model file {path}: {first_line(exc, 160)}") from None
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
@@ -363,7 +365,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: the weights do not load into the architecture ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: the weights do not load into the architecture ({first_line(exc, 160)})") from None
     model.to(device)
 
     masks: dict[str, Tensor] = {}
@@ -386,4 +388,18 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         metrics=data["metrics"],
         input_shape=input_shape,
         num_classes=num_classes,
+    )
+
+
+def copy_model(source: str | os.PathLike, out: str | os.PathLike, *, metrics: dict) -> Path:
+    """Re-export the model in ``source`` to ``out`` with ``metrics`` as its record (``pick``'s export)."""
+    loaded = load_model(source)
+    return save_model(
+        out,
+        loaded.model,
+        masks=loaded.masks,
+        config=loaded.config,
+        metrics=metrics,
+        input_shape=loaded.input_shape,
+        num_classes=loaded.num_classes,
     )

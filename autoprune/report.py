@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +287,9 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``run_dir/report/{front.csv, trials.csv, report.json, pareto.png}`` atomically.
 
-    Returns the paths under the keys ``front_csv``, ``trials_csv``, ``json`` and ``plot``.
+    Model paths in the files are relative to ``run_dir``, so the report stays true when the run directory is
+    moved or read from another working directory. Returns the paths under the keys ``front_csv``,
+    ``trials_csv``, ``json`` and ``plot``.
     """
     folder = Path(run_dir) / "report"
     paths = {
@@ -294,6 +298,7 @@ def write_report(
         "json": folder / "report.json",
         "plot": folder / "pareto.png",
     }
+    front, trials = _relative_paths(front, run_dir), _relative_paths(trials, run_dir)
     write_csv(front, paths["front_csv"])
     write_csv(trials, paths["trials_csv"])
     with atomic_open(paths["json"], "w") as fh:
@@ -301,3 +306,71 @@ def write_report(
         fh.write("\n")
     plot_front(trials, front, paths["plot"], baseline=baseline, title=f"{Path(run_dir).name}: Pareto front")
     return paths
+
+
+def _relative_paths(records: Sequence[dict], run_dir: str | os.PathLike) -> list[dict]:
+    from .rundir import relative_to_run
+
+    return [
+        {**r, "model_path": relative_to_run(r["model_path"], run_dir)} if r.get("model_path") else r for r in records
+    ]
+
+
+# ------------------------------------------------------------------------------------------- search progress
+
+
+@dataclass
+class Progress:
+    """Progress lines of a search on stderr: counts, elapsed time, the front size and its best points."""
+
+    log: Callable[[str], None]
+    requested: int  # trials this launch runs
+    already: int  # counted trials before this launch
+    records: list[dict[str, Any]]  # finished records so far (earlier launches included)
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    failed: int = 0
+    cut: int = 0
+    running: set[Any] = field(default_factory=set)  # keys of trials whose process started and did not end
+
+    def elapsed(self) -> str:
+        s = int(time.monotonic() - self.started)
+        return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+    def trial_started(self, key: Any) -> None:
+        self.running.add(key)
+
+    def finished(
+        self, number: int, outcome: str, record: dict | None, reason: str | None, *, counted: bool, key: Any = None
+    ) -> None:
+        """One line for a trial the study has recorded; ``counted``: it counts toward the requested number."""
+        from .pareto import pareto_front
+
+        self.running.discard(key)
+        if outcome == "complete" and record is not None:
+            self.done += 1
+            self.records.append({"trial": number, **record})
+            what = f"trial {number}: val {record['val_accuracy']:.4f}, {record['params_nonzero']} params"
+        elif counted:
+            self.failed += 1
+            what = f"trial {number} failed ({outcome}): {reason}"
+        else:
+            self.cut += 1
+            what = f"trial {number} stopped ({outcome})"
+        front = pareto_front(self.records)
+        shown = front if len(front) <= 4 else [front[round(i * (len(front) - 1) / 3)] for i in range(4)]
+        points = " ".join(f"{r['val_accuracy']:.4f}@{_short(r['params_nonzero'])}" for r in reversed(shown))
+        finished = self.already + self.done + self.failed
+        total = self.already + self.requested
+        self.log(
+            f"[{self.elapsed()}] {finished}/{total} done, {len(self.running)} running, {self.failed} failed | {what} | "
+            f"front {len(front)}: {points or '-'}"
+        )
+
+
+def _short(n: float) -> str:
+    n = float(n)
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{int(n)}"

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from _helpers import run_cli
 
-from autoprune.search import RunInfo, redact_url
+from autoprune.ledger import redact_url
+from autoprune.rundir import RunInfo
 
 SPACE = """\
 dataset: {name: digits, val_fraction: 0.2, limit: 300}

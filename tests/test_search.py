@@ -25,15 +25,12 @@ ray = pytest.importorskip("ray")
 
 from optuna.trial import TrialState  # noqa: E402
 
+from autoprune.api import evaluate as evaluate_model  # noqa: E402
+from autoprune.api import pick as pick_model  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
-from autoprune.search import (  # noqa: E402
-    RunInfo,
-    evaluate_model,
-    load_results,
-    pick_model,
-    resume_search,
-    run_search,
-)
+from autoprune.ledger import load_results  # noqa: E402
+from autoprune.rundir import RunInfo  # noqa: E402
+from autoprune.search import resume_search, run_search  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -189,9 +186,14 @@ def test_extend_reruns_nothing_and_recomputes_the_front(finished_run: Path, tmp_
     shutil.copytree(finished_run, run_dir)
     before = {t.number: (t.datetime_complete, t.user_attrs["ray_trial_id"]) for t in _study(run_dir).trials}
     mtimes = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir()}
+    # A configuration a user enqueued into the study runs first, with exactly its values.
+    wanted = {"train.lambda_max": 1.5e-4, "prune.sparsity.fc1": 0.6, "prune.sparsity.fc2": 0.4, "finetune.lr": 0.02}
+    _study(run_dir).enqueue_trial(wanted)
     outcome = resume_search(run_dir, trials=6, log=lambda _m: None)
     study = _study(run_dir)
     assert outcome.ran == 2 and not outcome.interrupted
+    assert study.trials[4].params == wanted and study.trials[4].state == TrialState.COMPLETE
+    assert study.trials[4].user_attrs["record"]["config"]["finetune"]["lr"] == 0.02
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 6
     for t in study.trials:
         if t.number in before:  # untouched: same completion time and Ray trial, model file not rewritten
