@@ -73,8 +73,11 @@ class SGD:
         self.groups = [(params, mult) for params, mult in groups if params]
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.buffers = [[torch.zeros_like(p) for p in params] if momentum else [] for params, _ in self.groups]
-        self._buffer_of = {id(p): b for (params, _), bufs in zip(self.groups, self.buffers, strict=True)
-                           for p, b in zip(params, bufs, strict=False)}  # fmt: skip
+        self._buffer_of = {
+            id(p): b
+            for (params, _), bufs in zip(self.groups, self.buffers, strict=True)
+            for p, b in zip(params, bufs, strict=False)
+        }
 
     def momentum_buffer(self, param: torch.Tensor) -> torch.Tensor | None:
         return self._buffer_of.get(id(param))
@@ -88,8 +91,9 @@ class SGD:
     def step(self, lr: float, grad_scale: float | torch.Tensor = 1.0) -> None:
         mu, wd = self.momentum, self.weight_decay
         for (params, mult), bufs in zip(self.groups, self.buffers, strict=True):
-            pairs = [(p, p.grad, b) for p, b in zip(params, bufs or [None] * len(params), strict=True)
-                     if p.grad is not None]  # fmt: skip
+            pairs = [
+                (p, p.grad, b) for p, b in zip(params, bufs or [None] * len(params), strict=True) if p.grad is not None
+            ]
             if not pairs:
                 continue
             ps, gs = [p for p, _, _ in pairs], [g for _, g, _ in pairs]

@@ -103,8 +103,10 @@ def main() -> None:
             sync()
             if r:
                 times[name].append(time.perf_counter() - t0)
-    print(f"{args.model} on {args.dataset}: {len(x)} samples/epoch, batch {args.batch_size}, "
-          f"{args.device}, {args.threads} threads, median of {args.rounds} interleaved rounds")  # fmt: skip
+    print(
+        f"{args.model} on {args.dataset}: {len(x)} samples/epoch, batch {args.batch_size}, "
+        f"{args.device}, {args.threads} threads, median of {args.rounds} interleaved rounds"
+    )
     bare = statistics.median(times["bare loop"])
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -109,6 +109,17 @@ def test_corrupt_idx_file_is_named(tmp_path: Path) -> None:
 
 
 def test_diverging_trial_reports_phase_and_step(tmp_path: Path) -> None:
-    line = one_line_error(autoprune("trial", "digits_quick", *TINY, "--set", "train.lr=1e9",
-                                    "--set", "train.grad_clip=null", "--set", "train.weight_clip=null"))  # fmt: skip
+    line = one_line_error(
+        autoprune(
+            "trial",
+            "digits_quick",
+            *TINY,
+            "--set",
+            "train.lr=1e9",
+            "--set",
+            "train.grad_clip=null",
+            "--set",
+            "train.weight_clip=null",
+        )
+    )
     assert "non-finite loss in phase 'train' at step" in line

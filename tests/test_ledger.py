@@ -31,8 +31,14 @@ def _study() -> optuna.Study:
 
 
 def _record(acc: float, params: int, *, prune: bool = True) -> dict:
-    return {"val_accuracy": acc, "test_accuracy": acc - 0.01, "params_nonzero": params, "params_total": 1000,
-            "layer_sparsity": {"fc1": 1 - params / 1000}, "config": {"prune": {"enabled": prune}}}  # fmt: skip
+    return {
+        "val_accuracy": acc,
+        "test_accuracy": acc - 0.01,
+        "params_nonzero": params,
+        "params_total": 1000,
+        "layer_sparsity": {"fc1": 1 - params / 1000},
+        "config": {"prune": {"enabled": prune}},
+    }
 
 
 def _finish(study: optuna.Study, outcome: Outcome, params: dict | None = None) -> int:
@@ -65,8 +71,12 @@ def test_failures_are_fail_with_their_reason_and_only_real_outcomes_count() -> N
     study.ask()  # still running
     records, failures, running = ledger.trial_records(study)
     assert [t.state for t in study.trials][1:5] == [TrialState.FAIL] * 4
-    assert [(f["trial"], f["outcome"]) for f in failures] == [(1, "diverged"), (2, "error"), (3, "interrupted"),
-                                                               (4, "crashed")]  # fmt: skip
+    assert [(f["trial"], f["outcome"]) for f in failures] == [
+        (1, "diverged"),
+        (2, "error"),
+        (3, "interrupted"),
+        (4, "crashed"),
+    ]
     assert failures[1]["reason"] == "ValueError: boom"
     assert running == 1
     assert ledger.count_finished(records, failures) == 3
@@ -118,8 +128,16 @@ def test_load_results_reads_a_run_directory_without_ray(tmp_path: Path) -> None:
     space = parse_space(SPACE, source="s.yaml")
     study = ledger.create_study(ledger.open_storage(None, tmp_path), "autoprune", space, "0")
     _finish(study, Outcome("complete", record=_record(0.9, 10), model_path="models/trial_0.pt"))
-    RunInfo(study_name="autoprune", storage={"kind": "run-dir"}, space_digest=space.digest, space_source="s.yaml",
-            sampler="tpe", seed=0, trials=2, resources={}).write(tmp_path)  # fmt: skip
+    RunInfo(
+        study_name="autoprune",
+        storage={"kind": "run-dir"},
+        space_digest=space.digest,
+        space_source="s.yaml",
+        sampler="tpe",
+        seed=0,
+        trials=2,
+        resources={},
+    ).write(tmp_path)
     res = ledger.load_results(tmp_path)
     assert [r["trial"] for r in res.trials] == [0] and res.requested == 2 and res.run_dir == tmp_path
     code = "import autoprune.ledger, autoprune.rundir, autoprune.api, sys; print('ray' in sys.modules)"
@@ -129,8 +147,11 @@ def test_load_results_reads_a_run_directory_without_ray(tmp_path: Path) -> None:
 
 def test_samplers_by_name() -> None:
     kinds = {name: type(ledger.make_sampler(name, 0, ledger.sampler_options(name, 40))) for name in ledger.SAMPLERS}
-    assert kinds == {"tpe": optuna.samplers.TPESampler, "nsga2": optuna.samplers.NSGAIISampler,
-                     "random": optuna.samplers.RandomSampler}  # fmt: skip
+    assert kinds == {
+        "tpe": optuna.samplers.TPESampler,
+        "nsga2": optuna.samplers.NSGAIISampler,
+        "random": optuna.samplers.RandomSampler,
+    }
     assert ledger.sampler_options("nsga2", 40) == {"population_size": 10}
     with pytest.raises(SearchError, match="--sampler must be one of tpe, nsga2, random, got 'grid'"):
         ledger.make_sampler("grid", 0, {})

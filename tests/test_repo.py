@@ -1,4 +1,4 @@
-"""The repository keeps its promises: README's commands, CI running exactly them, ruff-clean code."""
+"""The repository keeps its promises: README's commands, CI running exactly them, ruff-clean and -formatted code."""
 
 from __future__ import annotations
 
@@ -35,8 +35,11 @@ def test_code_is_ruff_clean() -> None:
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
         pytest.fail("ruff is not installed: install the test extra, pip install -e '.[test]'")
-    proc = subprocess.run([ruff, "check", "autoprune", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout
+    for command in (["check"], ["format", "--check"]):
+        proc = subprocess.run(
+            [ruff, *command, "autoprune", "tests", "benchmarks"], cwd=ROOT, capture_output=True, text=True
+        )
+        assert proc.returncode == 0, proc.stdout
 
 
 def _imports(path: Path) -> set[str]:

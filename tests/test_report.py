@@ -101,14 +101,24 @@ def test_write_csv_columns_and_rows(tmp_path: Path):
     cols = list(frame.columns)
     assert cols[:5] == ["trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total"]
     assert cols[-1] == "model_path"
-    for col in ("flops_dense", "flops_effective", "seconds.train", "seconds.finetune", "sparsity.fc1",
-                "sparsity.fc3", "config.train.lr", "config.train.lambda_max", "config.prune.enabled"):
+    for col in (
+        "flops_dense",
+        "flops_effective",
+        "seconds.train",
+        "seconds.finetune",
+        "sparsity.fc1",
+        "sparsity.fc3",
+        "config.train.lr",
+        "config.train.lambda_max",
+        "config.prune.enabled",
+    ):
         assert col in cols
     assert cols.index("seconds.train") < cols.index("sparsity.fc1") < cols.index("config.train.lr")
     assert frame["params_nonzero"].tolist() == [t["params_nonzero"] for t in trials]
     assert frame["sparsity.fc2"].tolist() == pytest.approx([t["layer_sparsity"]["fc2"] for t in trials])
-    assert frame["config.train.lambda_max"].tolist() == pytest.approx([t["config"]["train"]["lambda_max"]
-                                                                       for t in trials])
+    assert frame["config.train.lambda_max"].tolist() == pytest.approx(
+        [t["config"]["train"]["lambda_max"] for t in trials]
+    )
     raw_trial_cells = path.read_text().splitlines()[1:]
     assert [line.split(",")[0] for line in raw_trial_cells] == ["0", "1", "2", "", "4", "5", "6"]
 

@@ -222,8 +222,16 @@ def test_resume_refuses_a_changed_space(finished_run: Path, tmp_path: Path) -> N
 def test_diverging_trials_are_failed_and_the_search_completes(local_ray, space_file: Path, tmp_path: Path) -> None:
     # Also the other ledger and sampler: a journal file outside the run directory, and NSGA-II.
     run_dir, journal = tmp_path / "diverge", tmp_path / "journal.log"
-    outcome = run_search(space_file, run_dir, trials=2, concurrent=1, overrides=["train.lr=1000000.0"],
-                         sampler="nsga2", study_storage=str(journal), log=lambda _m: None)  # fmt: skip
+    outcome = run_search(
+        space_file,
+        run_dir,
+        trials=2,
+        concurrent=1,
+        overrides=["train.lr=1000000.0"],
+        sampler="nsga2",
+        study_storage=str(journal),
+        log=lambda _m: None,
+    )
     assert journal.is_file() and not (run_dir / "study.db").exists()
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -259,8 +267,21 @@ def _completed(run_dir: Path) -> dict[int, str]:
 
 def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "autoprune.cli", "search", str(space_file), "--run-dir", str(run_dir),
-           "--trials", "4", "--concurrent", "1", "--set", "budget.train_epochs=30"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "autoprune.cli",
+        "search",
+        str(space_file),
+        "--run-dir",
+        str(run_dir),
+        "--trials",
+        "4",
+        "--concurrent",
+        "1",
+        "--set",
+        "budget.train_epochs=30",
+    ]
     driver = subprocess.Popen(
         cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -302,8 +323,19 @@ def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch)
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         run_dir = tmp_path / "cluster"
-        cmd = [sys.executable, "-m", "autoprune.cli", "search", str(space_file), "--run-dir", str(run_dir),
-               "--trials", "4", "--address", cluster.address]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "autoprune.cli",
+            "search",
+            str(space_file),
+            "--run-dir",
+            str(run_dir),
+            "--trials",
+            "4",
+            "--address",
+            cluster.address,
+        ]
         driver = subprocess.Popen(
             cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )

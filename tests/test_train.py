@@ -32,8 +32,15 @@ def test_zeros_stay_zero_through_finetuning_in_weights_grads_and_momentum() -> N
     masks = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.7, "fc3": 0.3})))
     # momentum that already holds values (as a reused optimizer would) must be cleared where pruned
     settings = TrainConfig(
-        lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True, penalty="l1", lambda_max=1e-3, grad_clip=1.0,
-        weight_clip=0.5, lr_schedule="constant"
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-3,
+        nesterov=True,
+        penalty="l1",
+        lambda_max=1e-3,
+        grad_clip=1.0,
+        weight_clip=0.5,
+        lr_schedule="constant",
     )
     opt = make_optimizer(model, settings)
     F.cross_entropy(model(x[:32]), y[:32]).backward()
