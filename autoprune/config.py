@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -140,6 +141,23 @@ class TrainConfig(SGDConfig):
             _check_number("train.weight_clip", self.weight_clip, low=0.0, low_open=True)
         if self.grad_clip is not None:
             _check_number("train.grad_clip", self.grad_clip, low=0.0, low_open=True)
+
+
+def unit_prunable(layers: Sequence[str]) -> list[str]:
+    """The prunable layers that may lose whole units under structured pruning: all but the last, whose outputs
+    are the classes.
+    """
+    return list(layers[:-1])
+
+
+def check_structured_sparsity(rated: Iterable[str], layers: Sequence[str]) -> None:
+    """Refuse a structured sparsity for the output layer (``rated``: the layers given a rate other than 0)."""
+    allowed = set(unit_prunable(layers))
+    for layer in rated:
+        if layer in layers and layer not in allowed:
+            raise ConfigError(
+                f"prune.sparsity.{layer}: the output layer cannot lose units under structured pruning; remove it"
+            )
 
 
 @dataclass(frozen=True)

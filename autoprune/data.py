@@ -25,7 +25,7 @@ import torch
 
 from ._imports import import_callable
 from .config import DatasetConfig
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MEAN = 0.2860
@@ -415,18 +415,24 @@ def load_datasets(cfg: DatasetConfig, *, seed: int, device: torch.device | str =
     The test split comes from the dataset itself and never enters the validation split. Results are cached
     for the two most recent ``(cfg, seed, device)`` keys: treat the returned tensors as read-only.
     """
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     return _load_cached(cfg, int(seed), str(dev), _source_key(cfg))
 
 
-def _resolve_device(device: torch.device | str) -> torch.device:
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+def resolve_device(spec: torch.device | str | None) -> torch.device:
+    """``auto``/None → cuda when available, else cpu; ``cuda`` → the current CUDA device (``cuda:N``).
+
+    The one place a device is chosen: an unknown name or an unavailable CUDA device is a ConfigError.
+    """
+    if spec is None or str(spec) == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        dev = torch.device(device)
+        dev = torch.device(spec)
     except (RuntimeError, TypeError) as exc:
-        raise DataError(f"invalid device {device!r} ({exc}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        raise ConfigError(f"invalid device {str(spec)!r} ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(spec)!r} requested but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())  # "cuda" and "cuda:0" share one cache entry
     return dev
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._io import atomic_open
+from ._io import atomic_open, plain
 from .errors import ModelError, first_line
 
 FORMAT = "autoprune-model"
@@ -173,26 +173,10 @@ def _unpack(packed: Any, where: str) -> Tensor:
 
 def _plain(value: Any, where: str) -> Any:
     """A copy that ``weights_only`` loading accepts: plain containers, scalars, strings and tensors."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, (str, int)):
-                raise ModelError(f"cannot save {where}: key {k!r} is not a string or integer")
-            out[k] = _plain(v, f"{where}.{k}")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars
-        return _plain(value.item(), where)
-    raise ModelError(
-        f"cannot save {where}: a {type(value).__name__} value is not plain data (numbers, strings, lists, dicts)"
-    )
+    try:
+        return plain(value, where=where, tensors=True)
+    except TypeError as exc:
+        raise ModelError(f"cannot save {exc}") from None
 
 
 def _is_model_file(path: Path) -> bool:

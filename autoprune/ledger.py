@@ -20,13 +20,13 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .errors import SearchError
 from .rundir import RUN_FILE, STUDY_FILE, RunInfo
+from .space import SAMPLERS
 
 if TYPE_CHECKING:
     import optuna
 
     from .space import SearchSpace
 
-SAMPLERS = ("tpe", "nsga2", "random")
 DEFAULT_SAMPLER = "tpe"
 OBJECTIVES = ("val_accuracy", "params_nonzero")
 DIRECTIONS = ("maximize", "minimize")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_open
+from ._io import atomic_open, plain
 
 # Column groups of the CSV, in this order; within a group columns keep their first-seen order.
 _LEAD_COLUMNS = ("trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total")
@@ -65,7 +65,7 @@ def front_table(
 
     Columns: trial number, nonzero parameters, their share of the dense count, validation and test accuracy,
     and the zero fraction of each layer in percent. ``total`` is the number of finished trials; ``baseline``
-    (the dense reference) is shown under a rule when given.
+    (the dense reference) is shown under a rule when given, and marked ``dense`` where it is on the front.
     """
     title = f"Pareto front: {len(front)} model{'s' if len(front) != 1 else ''}"
     if total is not None:
@@ -73,7 +73,10 @@ def front_table(
     if failed:
         title += f", {failed} failed"
     header = ["trial", "params", "% dense", "val acc", "test acc", "sparsity % (per layer)"]
-    rows = [_table_row(r) for r in front]
+    dense = baseline.get("trial") if baseline is not None else None
+    rows = [
+        _table_row(r, f"{r['trial']} dense" if dense is not None and r.get("trial") == dense else None) for r in front
+    ]
     base_rows = []
     if baseline is not None:
         trial = baseline.get("trial")
@@ -118,22 +121,31 @@ def trial_summary(record: dict) -> str:
 
 def _plain(value: Any) -> Any:
     """JSON-safe copy: numpy scalars to Python, paths to strings, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # numpy / torch scalars and arrays
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return plain(value, where="record", json_safe=True, strict=False)
 
 
 def report_document(front: Sequence[dict], trials: Sequence[dict], failed: int) -> dict:
     """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N}``, JSON-safe."""
     return {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
+
+
+def front_hypervolume(front: Sequence[dict]) -> dict[str, Any] | None:
+    """The front's hypervolume (``pareto.hypervolume``: log10 parameters × val accuracy) against the reference
+    point (dense parameter count, accuracy 0): one number to compare searches of the same model by.
+    """
+    from .pareto import hypervolume
+
+    totals = [r["params_total"] for r in front if r.get("params_total")]
+    if not totals:
+        return None
+    ref = max(totals)
+    return {
+        "value": hypervolume(front, ref_params=ref, ref_accuracy=0.0),
+        "ref_params": ref,
+        "ref_accuracy": 0.0,
+        "x": "log10(params_nonzero)",
+        "y": "val_accuracy",
+    }
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -287,6 +299,7 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``run_dir/report/{front.csv, trials.csv, report.json, pareto.png}`` atomically.
 
+    report.json is the ``report --json`` document plus the front's ``hypervolume`` (see ``front_hypervolume``).
     Model paths in the files are relative to ``run_dir``, so the report stays true when the run directory is
     moved or read from another working directory. Returns the paths under the keys ``front_csv``,
     ``trials_csv``, ``json`` and ``plot``.
@@ -301,8 +314,9 @@ def write_report(
     front, trials = _relative_paths(front, run_dir), _relative_paths(trials, run_dir)
     write_csv(front, paths["front_csv"])
     write_csv(trials, paths["trials_csv"])
+    document = {**report_document(front, trials, failed), "hypervolume": front_hypervolume(front)}
     with atomic_open(paths["json"], "w") as fh:
-        json.dump(report_document(front, trials, failed), fh, indent=2, allow_nan=False)
+        json.dump(document, fh, indent=2, allow_nan=False)
         fh.write("\n")
     plot_front(trials, front, paths["plot"], baseline=baseline, title=f"{Path(run_dir).name}: Pareto front")
     return paths

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import _SECTIONS, TrialConfig
+from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ AUTO_SPARSITY = (0.0, 0.95)  # the range `prune.sparsity: auto` searches for eve
 _INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic": (1, 8, 8)}
 _NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
 DEFAULT_SPACE = "digits_quick"
+SAMPLERS = ("tpe", "nsga2", "random")  # the values of `search.sampler` and `--sampler`
 
 
 @dataclass(frozen=True)
@@ -300,7 +301,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     structured = prune.get("structured", False)
     if prune.get("sparsity") == "auto":
         prune["sparsity"] = {}
-        targets = layers[:-1] if structured else layers
+        targets = unit_prunable(layers) if structured else layers
         dims.extend(
             Dim(path=f"prune.sparsity.{layer}", low=AUTO_SPARSITY[0], high=AUTO_SPARSITY[1]) for layer in targets
         )
@@ -313,14 +314,13 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         for layer in base.get(sec, {}).get(name, {}) or {}:
             if layer not in layers:
                 raise fail(f"{mapping}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(layers)}")
-    if (
-        structured
-        and layers
-        and (f"prune.sparsity.{layers[-1]}" in {d.path for d in dims} or prune.get("sparsity", {}).get(layers[-1]))
-    ):
-        raise fail(
-            f"prune.sparsity.{layers[-1]}: the output layer cannot lose units under structured pruning; remove it"
-        )
+    if structured:
+        rated = [d.path.removeprefix("prune.sparsity.") for d in dims if d.path.startswith("prune.sparsity.")]
+        rated += [layer for layer, rate in (prune.get("sparsity") or {}).items() if rate]
+        try:
+            check_structured_sparsity(rated, layers)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
 
     space = SearchSpace(
         source=source,
@@ -336,8 +336,8 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         not isinstance(space.trials, int) or isinstance(space.trials, bool) or space.trials < 1
     ):
         raise fail(f"search.trials must be a positive integer, got {space.trials!r}")
-    if space.sampler is not None and space.sampler not in ("tpe", "nsga2", "random"):
-        raise fail(f"search.sampler must be one of tpe, nsga2, random, got {space.sampler!r}")
+    if space.sampler is not None and space.sampler not in SAMPLERS:
+        raise fail(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {space.sampler!r}")
     return space
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrialConfig
-from .data import Datasets, load_datasets
+from .config import TrialConfig, check_structured_sparsity
+from .data import Datasets, load_datasets, resolve_device
 from .errors import ConfigError
 from .models import build_model, layer_positions, prunable_layers
 from .pruning import (
@@ -86,16 +86,6 @@ class TrialResult:
             input_shape=self.input_shape,
             num_classes=self.num_classes,
         )
-
-
-def resolve_device(spec: str | torch.device | None) -> torch.device:
-    """``auto``/None → cuda when available, else cpu; an unavailable cuda request is a ConfigError."""
-    if spec is None or str(spec) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(spec)!r} requested but CUDA is not available here; use --device cpu")
-    return device
 
 
 def run_trial(
@@ -247,7 +237,4 @@ def _check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
             if layer not in layers:
                 raise ConfigError(f"{where}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(names)}")
     if cfg.prune.enabled and cfg.prune.structured:
-        if cfg.prune.sparsity.get(names[-1]):
-            raise ConfigError(
-                f"prune.sparsity.{names[-1]}: the output layer cannot lose units under structured pruning; remove it"
-            )
+        check_structured_sparsity([layer for layer, rate in cfg.prune.sparsity.items() if rate], names)

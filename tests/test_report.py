@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from autoprune.pareto import pareto_front
+from autoprune.pareto import hypervolume, pareto_front
 from autoprune.report import front_table, plot_front, report_document, write_csv, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -67,6 +67,15 @@ def test_front_table_lists_every_front_trial_with_counts():
     # Aligned: the accuracy column ends at the same character in every row.
     ends = {line.index(f"{r['val_accuracy']:.4f}") + 6 for line, r in zip(body, front, strict=True)}
     assert len(ends) == 1
+
+
+def test_a_dense_baseline_on_the_front_is_marked_in_its_row():
+    trials = [*make_trials(5), {**baseline_record(), "val_accuracy": 0.99}]
+    front = pareto_front(trials)
+    assert front[-1]["trial"] == 99
+    lines = front_table(front, total=len(trials), baseline=trials[-1]).splitlines()
+    assert lines[2 + len(front)].startswith("99 dense ")
+    assert lines[-1].startswith("dense (99)")
 
 
 def test_front_table_of_an_empty_search():
@@ -157,6 +166,15 @@ def test_write_report_writes_all_files_atomically(tmp_path: Path):
     assert len(pd.read_csv(paths["trials_csv"])) == len(trials)
     doc = json.loads(paths["json"].read_text())
     assert doc["failed"] == 1 and len(doc["front"]) == len(front) and len(doc["trials"]) == len(trials)
+    assert doc["hypervolume"]["ref_params"] == 266_610
+    assert doc["hypervolume"]["value"] == pytest.approx(hypervolume(front, ref_params=266_610))
+    assert doc["hypervolume"]["value"] > 0
+    # Model paths are stored relative to the run directory, however the records name them.
+    assert [r["model_path"] for r in doc["trials"]] == [f"models/trial_{i}.pt" for i in range(len(trials))]
+    absolute = [{**r, "model_path": str((run_dir / r["model_path"]).resolve())} for r in trials]
+    write_report(run_dir, pareto_front(absolute), absolute, failed=1)
+    assert json.loads(paths["json"].read_text())["trials"][3]["model_path"] == "models/trial_3.pt"
+    assert pd.read_csv(paths["front_csv"])["model_path"].str.startswith("models/").all()
     assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
     # Writing again replaces the files in place and still leaves no temporaries behind.
     write_report(run_dir, front[:1], trials, failed=0)

@@ -153,3 +153,16 @@ def test_a_user_model_from_module_function_is_pruned_and_exported(tmp_path, monk
     x = torch.randn(5, 1, 8, 8)
     result.model.eval()
     assert torch.equal(loaded.model(x), result.model(x))
+
+
+def test_one_device_resolver_for_trials_and_data() -> None:
+    from autoprune.data import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device(None).type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="invalid device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available here; use --device cpu"):
+            run_trial(cfg(), device="cuda")
