@@ -252,13 +252,26 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 @register_dataset("digits")
 def digits(cfg: DatasetConfig) -> RawSplits:
     """scikit-learn's 1797 8x8 digits with a fixed stratified 20% test split, standardized by training statistics."""
+    x, y, train_idx, test_idx = _digits_split()
+    mean, std = digits_standardization()
+    train_x, test_x = x[train_idx], x[test_idx]
+    return RawSplits((train_x - mean) / std, y[train_idx], (test_x - mean) / std, y[test_idx], 10)
+
+
+def _digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     images, target = _digits_arrays()
     x = torch.from_numpy(images).div(16.0).unsqueeze(1)
     y = torch.from_numpy(target)
     train_idx, test_idx = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
-    train_x, test_x = x[train_idx], x[test_idx]
-    mean, std = train_x.mean(), train_x.std()
-    return RawSplits((train_x - mean) / std, y[train_idx], (test_x - mean) / std, y[test_idx], 10)
+    return x, y, train_idx, test_idx
+
+
+@functools.lru_cache(maxsize=1)
+def digits_standardization() -> tuple[float, float]:
+    """Mean and std of the digits training split after scaling to [0, 1]: what ``digits`` standardizes with."""
+    x, _, train_idx, _ = _digits_split()
+    train_x = x[train_idx]
+    return float(train_x.mean()), float(train_x.std())
 
 
 @register_dataset("synthetic")

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrialConfig, check_structured_sparsity
+from .config import SGDConfig, TrialConfig, check_structured_sparsity
 from .data import Datasets, load_datasets, resolve_device
 from .errors import ConfigError
 from .models import build_model, layer_positions, prunable_layers
+from .preprocess import for_dataset
 from .pruning import (
     agp_sparsity,
     compute_masks,
@@ -55,6 +56,7 @@ class TrialResult:
     masks: dict[str, torch.Tensor] = field(repr=False)  # parameter name -> 0/1 mask of the final model
     input_shape: tuple[int, ...] = ()
     num_classes: int = 0
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # raw input -> model input (preprocess.py)
 
     def record(self) -> dict[str, Any]:
         """The JSON trial record (DESIGN.md field names)."""
@@ -85,6 +87,7 @@ class TrialResult:
             metrics=self.record(),
             input_shape=self.input_shape,
             num_classes=self.num_classes,
+            preprocessing=self.preprocessing or None,
         )
 
 
@@ -95,11 +98,13 @@ def run_trial(
     device: str | torch.device | None = None,
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[str, int, int, float], None] | None = None,
 ) -> TrialResult:
     """Run the full pipeline for ``cfg``. Same seed, same device and thread count → same result.
 
-    Raises ``DivergedError`` (phase, step) on a non-finite loss and ``ConfigError`` on a configuration that does
-    not fit the model (e.g. a sparsity for a layer it does not have).
+    ``log`` receives a line after each phase; ``on_epoch(phase, epoch, epochs, mean_loss)`` is called after
+    every epoch of both SGD phases. Raises ``DivergedError`` (phase, step) on a non-finite loss and
+    ``ConfigError`` on a configuration that does not fit the model (e.g. a sparsity for a layer it does not have).
     """
     say = log or (lambda _msg: None)
     dev = resolve_device(device if device is not None else cfg.device)
@@ -123,12 +128,19 @@ def run_trial(
     flops_dense = sum(dense_numel[n] * positions[n] for n in layers)
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
-    loop = {"batch_size": bs, "generator": gen, "amp": cfg.amp}  # what both SGD phases share
+
+    def sgd(phase: SGDConfig, epochs: int, **kwargs: Any) -> tuple[int, MaskSet | None]:
+        """One SGD phase on the training split (both phases share the batch size, batch order and amp)."""
+        report = _epochs(on_epoch, phase.section, epochs)
+        x, y = data.train_x, data.train_y
+        return run_phase(
+            model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=cfg.amp, on_epoch=report, **kwargs
+        )
 
     # 1. sparse training
     t0 = time.perf_counter()
     if cfg.train.enabled and cfg.budget.train_epochs > 0:
-        run_phase(model, data.train_x, data.train_y, cfg.train, epochs=cfg.budget.train_epochs, **loop)
+        sgd(cfg.train, cfg.budget.train_epochs)
     val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     seconds["train"] = time.perf_counter() - t0
     say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
@@ -177,12 +189,10 @@ def run_trial(
 
     t0 = time.perf_counter()
     if gradual:  # pruning happens inside finetuning: there is no pruned-but-not-finetuned model to measure
-        _, masks = run_phase(
-            model, data.train_x, data.train_y, cfg.finetune, epochs=ft_epochs, masks=masks, prune_events=events, **loop
-        )
+        _, masks = sgd(cfg.finetune, ft_epochs, masks=masks, prune_events=events)
         val_pruned = None
     else:
-        run_phase(model, data.train_x, data.train_y, cfg.finetune, epochs=ft_epochs, masks=masks, **loop)
+        sgd(cfg.finetune, ft_epochs, masks=masks)
     seconds["finetune"] = time.perf_counter() - t0
 
     # 4. evaluation (structured: on the physically smaller model, whose outputs equal the masked model's)
@@ -217,7 +227,16 @@ def run_trial(
         masks={k: v.detach().to("cpu", torch.bool) for k, v in final_masks.items()},
         input_shape=tuple(data.input_shape),
         num_classes=data.num_classes,
+        preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
     )
+
+
+def _epochs(
+    on_epoch: Callable[[str, int, int, float], None] | None, phase: str, epochs: int
+) -> Callable[[int, float], None] | None:
+    if on_epoch is None:
+        return None
+    return lambda epoch, loss: on_epoch(phase, epoch, epochs, loss)
 
 
 def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

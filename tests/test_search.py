@@ -29,8 +29,8 @@ from autoprune.api import evaluate as evaluate_model  # noqa: E402
 from autoprune.api import pick as pick_model  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
 from autoprune.ledger import load_results  # noqa: E402
+from autoprune.raytune import resume_search, run_search  # noqa: E402
 from autoprune.rundir import RunInfo  # noqa: E402
-from autoprune.search import resume_search, run_search  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

@@ -1,4 +1,4 @@
-"""The search: Ray Tune schedules pipeline trials, Optuna suggests them, the study keeps the ledger.
+"""The search on Ray Tune: Ray Tune schedules pipeline trials, Optuna suggests them, the study keeps the ledger.
 
 This package is the only place that uses Ray, and it imports Ray only inside the functions that start trials;
 nothing imports it but the command line and the public API. The run directory is ``rundir.py``'s, the study
