@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ._io import atomic_open, plain
 from .errors import ModelError, first_line
+from .train import MaskSet
 
 FORMAT = "autoprune-model"
 VERSION = 1
@@ -365,10 +366,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         mask = _unpack(packed, f"{path}: mask {name!r}")
         if name not in params or tuple(params[name].shape) != tuple(mask.shape):
             raise ModelError(f"{path} is damaged: mask {name!r} does not match a parameter")
-        mask = mask.to(params[name].device)
-        with torch.no_grad():
-            params[name].mul_(mask)  # already zero in the file; re-applied so the model holds the invariant
-        masks[name] = mask
+        masks[name] = mask.to(params[name].device)
+    MaskSet(model, masks).apply_()  # already zero in the file; re-applied so the model holds the invariant
     model.eval()
     return LoadedModel(
         model=model,
