@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from autoprune.errors import SearchError
+from autoprune.raytune._scheduler import scheduler_class
+from autoprune.stopping import ParetoHalving, format_duration, parse_duration, rung_epochs
+
+
+def halving(**kw) -> ParetoHalving:
+    return ParetoHalving(**{"grace_period": 1, "reduction_factor": 3, "size_tolerance": 0.1, "min_peers": 3, **kw})
+
+
+def table(h: ParetoHalving, rung: int, rows: dict[str, tuple[float, float]]) -> None:
+    """Fill one rung by hand: trial -> (accuracy, params)."""
+    h.rungs[rung] = dict(rows)
+
+
+def test_rungs_are_geometric_and_below_the_last_epoch():
+    assert rung_epochs(1, 3, 15) == [1, 3, 9]
+    assert rung_epochs(2, 2, 16) == [2, 4, 8]
+    assert rung_epochs(1, 3, 1) == []
+    h = halving()
+    assert [h.rung_at(e) for e in (0.5, 1, 2, 3, 8.9, 9, 27)] == [None, 0, 0, 1, 1, 2, 3]
+    assert h.rung_at(9, last=9) == 1  # rung 2 is at the last epoch: it saves nothing
+    assert h.rung_at(1, last=1) is None
+
+
+def test_bottom_of_equal_sized_peers_stops_and_the_top_continues():
+    h = halving()
+    table(h, 0, {"a": (0.80, 1000), "b": (0.82, 1000), "c": (0.84, 1000), "d": (0.86, 1000)})
+    # 5 trials with this one; the top ceil(5/3) = 2 go on.
+    low = h.judge("x", 1, 0.81, 1000)
+    assert low.stop and (low.rung, low.peers, low.better, low.keep) == (0, 4, 3, 2)
+    high = h.judge("y", 1, 0.85, 1000)
+    assert not high.stop and (high.peers, high.better, high.keep) == (5, 1, 2)  # x was recorded: 5 peers
+    assert h.rungs[0]["x"] == (0.81, 1000) and h.rungs[0]["y"] == (0.85, 1000)  # stopped or not, recorded
+
+
+def test_a_small_model_is_never_compared_with_bigger_ones():
+    h = halving()
+    table(h, 0, {f"big{i}": (0.90 + i / 100, 50_000) for i in range(6)})
+    small = h.judge("small", 1, 0.40, 2_000)
+    assert not small.stop and small.peers == 0 and "fewer than 3" in small.reason
+    # The reverse holds: a big model less accurate than most smaller ones is stopped.
+    h2 = halving()
+    table(h2, 0, {f"small{i}": (0.85, 1_000 + i) for i in range(4)})
+    assert h2.judge("big", 1, 0.80, 60_000).stop
+
+
+def test_size_tolerance_decides_who_counts_as_a_peer():
+    rows = {"a": (0.90, 1050), "b": (0.91, 1090), "c": (0.92, 1200), "d": (0.70, 900), "e": (0.71, 950)}
+    # tolerance 0.1: a, b (<= 1100) and d, e are peers; 2 of 4 better, keep ceil(5/3) = 2 -> stop
+    h = halving(size_tolerance=0.1)
+    table(h, 0, rows)
+    d = h.judge("x", 1, 0.80, 1000)
+    assert d.stop and (d.peers, d.better) == (4, 2)
+    # tolerance 0: only d, e are peers: too few
+    h0 = halving(size_tolerance=0.0)
+    table(h0, 0, rows)
+    d0 = h0.judge("x", 1, 0.80, 1000)
+    assert not d0.stop and d0.peers == 2
+    # tolerance 0.25: c counts too; 3 of 5 better, keep ceil(6/3) = 2 -> stop
+    h25 = halving(size_tolerance=0.25)
+    table(h25, 0, rows)
+    assert h25.judge("x", 1, 0.80, 1000).stop
+
+
+def test_too_few_peers_continue_whatever_the_accuracy():
+    h = halving(min_peers=3)
+    table(h, 0, {"a": (0.9, 100), "b": (0.9, 100)})
+    d = h.judge("x", 1, 0.1, 100)
+    assert not d.stop and d.judged and d.peers == 2
+    h1 = halving(min_peers=1)
+    table(h1, 0, {"a": (0.9, 100), "b": (0.9, 100)})
+    assert h1.judge("x", 1, 0.1, 100).stop
+
+
+def test_a_trial_is_judged_once_per_rung_at_its_first_result_past_it():
+    h = halving()
+    table(h, 1, {"a": (0.9, 100), "b": (0.9, 100), "c": (0.9, 100)})
+    first = h.judge("x", 1, 0.5, 100)  # rung 0 has no other trial yet
+    assert first.judged and not first.stop and h.rungs[0] == {"x": (0.5, 100)}
+    assert h.judge("x", 2, 0.5, 100).reason.endswith("judged at this rung already")
+    # It skipped epoch 3: its result at epoch 4 is judged at rung 1 (epoch 3).
+    d = h.judge("x", 4, 0.5, 100)
+    assert d.stop and d.rung == 1 and d.epoch == 3
+    later = h.judge("x", 5, 0.99, 100)
+    assert not later.judged and not later.stop
+    # A result that jumps past a rung is never judged at a lower one afterwards.
+    h.judge("y", 9, 0.95, 100)
+    assert "y" in h.rungs[2] and "y" not in h.rungs.get(1, {})
+    assert not h.judge("y", 9.5, 0.95, 100).judged
+
+
+def test_results_without_a_size_or_an_accuracy_are_ignored():
+    h = halving()
+    table(h, 0, {"a": (0.9, 100), "b": (0.9, 100), "c": (0.9, 100)})
+    for params, acc in ((None, 0.1), (math.nan, 0.1), (100, math.nan)):
+        d = h.judge("x", 1, acc, params)
+        assert not d.stop and not d.judged
+    assert "x" not in h.rungs[0]
+    assert not h.judge("x", 0.5, 0.1, 100).judged  # before the grace period
+
+
+@pytest.mark.parametrize(
+    ("order", "stopped"),
+    [
+        ("ascending", set()),  # each arrival is the best so far: nothing to stop it
+        ("descending", {"t3", "t4", "t5"}),  # once 3 better peers are recorded, each worse arrival stops
+    ],
+)
+def test_decisions_depend_on_what_has_arrived(order: str, stopped: set[str]):
+    accs = {f"t{i}": 0.9 - i / 100 for i in range(6)}  # t0 is the best
+    names = sorted(accs, key=accs.get, reverse=(order == "descending"))
+    h = halving()
+    got = {n for n in names if h.judge(n, 1, accs[n], 100).stop}
+    assert got == stopped
+    assert set(h.rungs[0]) == set(accs)
+
+
+def test_reasons_are_one_line_and_say_the_decision():
+    h = halving()
+    table(h, 0, {"a": (0.8, 100), "b": (0.85, 100), "c": (0.9, 100)})
+    stop = h.judge("7", 1, 0.7, 100)
+    assert "\n" not in stop.reason and stop.reason.startswith("trial 7 epoch 1 (rung 0, epoch 1)")
+    assert stop.reason.endswith("→ stop") and "ranks 4 of 4" in stop.reason
+    assert h.judge("8", 1, 0.95, 100).reason.endswith("→ continue")
+
+
+@pytest.mark.parametrize("kw", [{"reduction_factor": 1}, {"reduction_factor": math.inf}, {"grace_period": 0},
+                                {"size_tolerance": -0.1}, {"min_peers": 0}])  # fmt: skip
+def test_bad_options_are_one_line_errors(kw: dict):
+    with pytest.raises(SearchError) as err:
+        halving(**kw)
+    assert "\n" not in str(err.value) and "got" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90s", 90), ("15m", 900), ("1h30m", 5400), ("2h", 7200), ("1h 5m 3s", 3903), ("600", 600), ("1.5h", 5400),
+     ("0.5", 0.5), (120, 120), ("2M", 120)],
+)  # fmt: skip
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1d", "30m1h", "1h1h", "h", "-5", "0", "0s", "inf", "1h-5m", True])
+def test_bad_durations_are_one_line_errors(text):
+    with pytest.raises(SearchError, match="--timeout") as err:
+        parse_duration(text)
+    assert "\n" not in str(err.value)
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (12.5, 90, 5400, 7200, 3903)] == ["12.5s", "1m30s", "1h30m", "2h", "1h5m3s"]
+
+
+def test_ray_scheduler_applies_the_decisions():
+    import cloudpickle
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    logged: list[str] = []
+    sched = scheduler_class()(
+        halving(),
+        epoch_key="epoch",
+        accuracy_key="acc",
+        params_key="params",
+        last_key="last",
+        label=lambda t: str(t.config["n"]),
+        log=logged.append,
+    )
+    assert isinstance(sched, FIFOScheduler)
+    trials = [SimpleNamespace(trial_id=f"id{i}", config={"n": i}) for i in range(5)]
+    result = {"epoch": 1, "params": 100, "last": 15}
+    for t, acc in zip(trials[:4], (0.9, 0.91, 0.92, 0.93), strict=True):
+        assert sched.on_trial_result(None, t, {**result, "acc": acc}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, trials[4], {**result, "acc": 0.5}) == TrialScheduler.STOP
+    assert sched.on_trial_result(None, trials[0], {"acc": 0.1}) == TrialScheduler.CONTINUE  # a final result
+    assert list(sched.stopped) == ["id4"] and sched.stopped["id4"].rung == 0
+    assert len(logged) == 5 and logged[-1].startswith("trial 4 epoch 1") and logged[-1].endswith("→ stop")
+    copy = cloudpickle.loads(cloudpickle.dumps(sched))
+    assert copy.log is None and copy.halving.rungs == sched.halving.rungs
