@@ -5,10 +5,17 @@
    removes whole units and ends with a physically smaller model
 3. finetune: masked SGD with its own lr schedule (pruned weights, their gradients and momentum stay zero)
 4. evaluate: validation and test accuracy, parameters, FLOPs
+
+With ``report``, the pipeline also reports an ``IntermediateResult`` after each epoch of sparse training and
+of finetuning, and right after one-shot pruning: validation accuracy on a fixed subset of the validation split
+(``REPORT_VAL_SAMPLES`` samples drawn once with a fixed seed, so that every trial on the same split is measured
+on the same samples, for a few per cent of an epoch's time) and the trial's planned parameter count. These
+reports are for deciding early whether a trial is worth finishing; only the final result counts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -19,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import SGDConfig, TrialConfig, check_structured_sparsity
+from .config import PruneConfig, SGDConfig, TrialConfig, check_structured_sparsity
 from .data import Datasets, load_datasets, resolve_device
 from .errors import ConfigError
 from .models import build_model, layer_positions, prunable_layers
@@ -34,6 +41,20 @@ from .pruning import (
     shrink_sequential,
 )
 from .train import MaskSet, batches_for_statistics, evaluate, run_phase
+
+REPORT_VAL_SAMPLES = 2048  # validation samples measured for an intermediate result
+_REPORT_SUBSET_SEED = 0
+
+
+@dataclass(frozen=True)
+class IntermediateResult:
+    """One intermediate report of a running trial (see the module doc). Never a result: it enters no front."""
+
+    stage: str  # "train" (after a sparse-training epoch), "prune" (after one-shot pruning), "finetune"
+    epoch: int  # epochs done so far, both phases counted: train epochs, then train_epochs + finetune epochs
+    epochs: int  # the trial's epochs in all (train_epochs + finetune_epochs)
+    val_accuracy: float  # on the fixed validation subset
+    params_planned: int  # the parameters the trial's model keeps after pruning (all of them when dense)
 
 
 @dataclass
@@ -99,11 +120,14 @@ def run_trial(
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[str, int, int, float], None] | None = None,
+    report: Callable[[IntermediateResult], None] | None = None,
 ) -> TrialResult:
     """Run the full pipeline for ``cfg``. Same seed, same device and thread count → same result.
 
     ``log`` receives a line after each phase; ``on_epoch(phase, epoch, epochs, mean_loss)`` is called after
-    every epoch of both SGD phases. Raises ``DivergedError`` (phase, step) on a non-finite loss and
+    every epoch of both SGD phases. ``report`` receives an ``IntermediateResult`` after each epoch and after
+    one-shot pruning (it may raise to stop the trial there); reporting measures a subset of the validation split
+    and does not change the result. Raises ``DivergedError`` (phase, step) on a non-finite loss and
     ``ConfigError`` on a configuration that does not fit the model (e.g. a sparsity for a layer it does not have).
     """
     say = log or (lambda _msg: None)
@@ -128,19 +152,22 @@ def run_trial(
     flops_dense = sum(dense_numel[n] * positions[n] for n in layers)
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
+    trained_epochs = cfg.budget.train_epochs if cfg.train.enabled else 0
+    progress = _progress_reporter(cfg, model, data, trained_epochs, report)
 
     def sgd(phase: SGDConfig, epochs: int, **kwargs: Any) -> tuple[int, MaskSet | None]:
         """One SGD phase on the training split (both phases share the batch size, batch order and amp)."""
-        report = _epochs(on_epoch, phase.section, epochs)
+        offset = 0 if phase.section == "train" else trained_epochs
+        after = _each(_epochs(on_epoch, phase.section, epochs), progress(phase.section, offset) if progress else None)
         x, y = data.train_x, data.train_y
         return run_phase(
-            model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=cfg.amp, on_epoch=report, **kwargs
+            model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=cfg.amp, on_epoch=after, **kwargs
         )
 
     # 1. sparse training
     t0 = time.perf_counter()
-    if cfg.train.enabled and cfg.budget.train_epochs > 0:
-        sgd(cfg.train, cfg.budget.train_epochs)
+    if trained_epochs > 0:
+        sgd(cfg.train, trained_epochs)
     val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     seconds["train"] = time.perf_counter() - t0
     say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
@@ -186,6 +213,8 @@ def run_trial(
     seconds["prune"] = time.perf_counter() - t0
     if pc.enabled and not gradual:
         say(f"pruned: val accuracy {val_pruned:.4f}")
+        if progress:
+            progress("prune", trained_epochs)(0)
 
     t0 = time.perf_counter()
     if gradual:  # pruning happens inside finetuning: there is no pruned-but-not-finetuned model to measure
@@ -237,6 +266,60 @@ def _epochs(
     if on_epoch is None:
         return None
     return lambda epoch, loss: on_epoch(phase, epoch, epochs, loss)
+
+
+def _each(*callbacks: Callable[[int, float], None] | None) -> Callable[[int, float], None] | None:
+    """One per-epoch callback that calls each given one in turn (None when none is given)."""
+    given = [c for c in callbacks if c is not None]
+    if not given:
+        return None
+
+    def call(epoch: int, loss: float) -> None:
+        for callback in given:
+            callback(epoch, loss)
+
+    return call
+
+
+def planned_params(model: nn.Module, pc: PruneConfig) -> int:
+    """The parameters ``model`` keeps after pruning by ``pc``: known before training, since the allocation fixes
+    how many weights (or units) each layer loses. Counts stored entries the masks keep (a weight that becomes
+    exactly zero in training would make the final nonzero count lower).
+    """
+    total = sum(p.numel() for p in model.parameters())
+    if not pc.enabled:
+        return total
+    # Which weights go depends on the criterion and the trained weights; how many does not (magnitude needs no
+    # gradients). Gradual pruning ends at the same rates.
+    masks = compute_masks(model, dataclasses.replace(pc, criterion="magnitude"))
+    return total - sum(int(m.numel() - torch.count_nonzero(m)) for m in masks.values())
+
+
+def _progress_reporter(
+    cfg: TrialConfig,
+    model: nn.Module,
+    data: Datasets,
+    trained_epochs: int,
+    report: Callable[[IntermediateResult], None] | None,
+) -> Callable[[str, int], Callable[[int, float], None]] | None:
+    """``progress(stage, offset)`` returns the per-epoch callback of a stage, or None without ``report``."""
+    if report is None:
+        return None
+    n = len(data.val_x)
+    subset = torch.randperm(n, generator=torch.Generator().manual_seed(_REPORT_SUBSET_SEED))[:REPORT_VAL_SAMPLES]
+    subset = torch.sort(subset).values.to(data.val_x.device)
+    x, y = data.val_x[subset], data.val_y[subset]
+    planned = planned_params(model, cfg.prune)
+    epochs = trained_epochs + cfg.budget.finetune_epochs
+
+    def progress(stage: str, offset: int) -> Callable[[int, float], None]:
+        def after_epoch(k: int, _loss: float = 0.0) -> None:
+            acc = evaluate(model, x, y, batch_size=cfg.budget.eval_batch_size, amp=cfg.amp)
+            report(IntermediateResult(stage, offset + k, epochs, val_accuracy=acc, params_planned=planned))
+
+        return after_epoch
+
+    return progress
 
 
 def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

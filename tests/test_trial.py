@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
+import autoprune.trial as trial_module
 from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrainConfig, TrialConfig
 from autoprune.errors import ConfigError, DivergedError
 from autoprune.models import build_model, prunable_layers
 from autoprune.pruning import count_params
-from autoprune.trial import run_trial
+from autoprune.trial import IntermediateResult, run_trial
 
 
 def cfg(**sections) -> TrialConfig:
@@ -166,3 +167,52 @@ def test_one_device_resolver_for_trials_and_data() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available here; use --device cpu"):
             run_trial(cfg(), device="cuda")
+
+
+@pytest.mark.parametrize(
+    "prune",
+    [
+        PruneConfig(sparsity=SPARSITY),
+        PruneConfig(allocation="global", amount=0.8, criterion="taylor"),
+        PruneConfig(schedule="gradual", sparsity=SPARSITY, gradual_steps=3),
+        PruneConfig(enabled=False),
+    ],
+    ids=["per_layer", "global", "gradual", "dense"],
+)
+def test_progress_reports_every_epoch_with_the_planned_size(prune: PruneConfig) -> None:
+    c = cfg(prune=prune, budget=BudgetConfig(train_epochs=2, finetune_epochs=2, batch_size=64))
+    reports: list[IntermediateResult] = []
+    result = run_trial(c, report=reports.append)
+    one_shot = prune.enabled and prune.schedule == "one_shot"
+    stages = ["train", "train", *(["prune"] if one_shot else []), "finetune", "finetune"]
+    assert [p.stage for p in reports] == stages
+    assert [p.epoch for p in reports] == [1, 2, *([2] if one_shot else []), 3, 4]
+    assert all(p.epochs == 4 for p in reports)
+    # The size is known before training and is the size the trial ends with.
+    assert {p.params_planned for p in reports} == {result.params_nonzero}
+    assert all(0.0 <= p.val_accuracy <= 1.0 for p in reports)
+    assert reports[-1].val_accuracy > 0.5  # measured on the trial's own model, which has learnt by then
+    # Reporting measures the model without changing it.
+    plain = run_trial(c)
+    assert plain.record() | {"seconds": None} == result.record() | {"seconds": None}
+
+
+def test_progress_is_measured_on_a_subset_of_the_validation_split(monkeypatch) -> None:
+    c = cfg(budget=BudgetConfig(train_epochs=1, finetune_epochs=1, batch_size=64), prune=PruneConfig(enabled=False))
+    whole: list[IntermediateResult] = []
+    result = run_trial(c, report=whole.append)
+    assert whole[-1].val_accuracy == result.val_accuracy  # a split smaller than the subset is measured whole
+    monkeypatch.setattr(trial_module, "REPORT_VAL_SAMPLES", 64)
+    part: list[IntermediateResult] = []
+    run_trial(c, report=part.append)
+    assert all((p.val_accuracy * 64) == pytest.approx(round(p.val_accuracy * 64)) for p in part)
+    assert [p.val_accuracy for p in part] != [p.val_accuracy for p in whole]
+
+
+def test_planned_params_of_a_structured_trial_is_its_final_size() -> None:
+    c = cfg(model=ModelConfig(name="bn-cnn"), dataset=DatasetConfig(name="digits"),
+            budget=BudgetConfig(train_epochs=1, finetune_epochs=1, batch_size=64),
+            prune=PruneConfig(structured=True, sparsity={"conv1": 0.5, "conv2": 0.25, "fc1": 0.75}))  # fmt: skip
+    reports: list[IntermediateResult] = []
+    result = run_trial(c, report=reports.append)
+    assert {p.params_planned for p in reports} == {result.params_nonzero}
