@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .config import DEFAULT_THREADS
 from .errors import ModelError, SearchError
 from .space import load_space
 
@@ -63,7 +64,7 @@ def run_trial(
     overrides: Sequence[str] = (),
     seed: int | None = None,
     device: str | None = None,
-    threads: int | None = None,
+    threads: int | None = DEFAULT_THREADS,
     save: str | os.PathLike | None = None,
     data: Datasets | None = None,
     log: Log | None = None,
@@ -111,6 +112,10 @@ def search(
     seed: int = 0,
     study_storage: str | None = None,
     overrides: Sequence[str] = (),
+    early_stop: str | None = None,
+    reduction_factor: float | None = None,
+    grace_period: float | None = None,
+    timeout: float | str | None = None,
     verbose: bool = False,
     log: Log | None = None,
 ) -> LaunchResult:
@@ -118,8 +123,10 @@ def search(
 
     Ray Tune runs the trials (locally, or on the cluster at ``address``), Optuna's ``sampler`` (tpe, nsga2,
     random; default the space's ``search.sampler``, else tpe) suggests them, maximizing validation accuracy
-    and minimizing nonzero parameters. ``trials`` defaults to the space's ``search.trials``, else 20. Progress
-    lines go to ``log`` (default: stderr). The returned ``LaunchResult.results`` holds the front.
+    and minimizing nonzero parameters. ``trials`` defaults to the space's ``search.trials``, else 20.
+    ``early_stop`` (``off`` or ``asha``, with ``reduction_factor`` and ``grace_period``) stops trials that trail
+    the trials of their size or smaller at a rung; ``timeout`` (seconds, or ``"1h30m"``) starts no trial after
+    it. Progress lines go to ``log`` (default: stderr). The returned ``LaunchResult.results`` holds the front.
     """
     from .raytune import run_search
 
@@ -136,6 +143,10 @@ def search(
         seed=seed,
         study_storage=study_storage,
         overrides=overrides,
+        early_stop=early_stop,
+        reduction_factor=reduction_factor,
+        grace_period=grace_period,
+        timeout=timeout,
         verbose=verbose,
         **kwargs,
     )
@@ -150,13 +161,18 @@ def resume(
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
     study_storage: str | None = None,
+    early_stop: str | None = None,
+    reduction_factor: float | None = None,
+    grace_period: float | None = None,
+    timeout: float | str | None = None,
     verbose: bool = False,
     log: Log | None = None,
 ) -> LaunchResult:
     """Finish an interrupted search, or extend it to ``trials`` trials in total: ``autoprune resume``.
 
     Finished trials are kept and never re-run; trials an interruption left running are closed and replaced;
-    trials enqueued into the study (``optuna.Study.enqueue_trial``) run first.
+    trials enqueued into the study (``optuna.Study.enqueue_trial``) run first. Early stopping and resources
+    default to the search's (given values replace them in run.json); ``timeout`` holds for this call.
     """
     from .raytune import resume_search
 
@@ -169,6 +185,10 @@ def resume(
         concurrent=concurrent,
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
+        early_stop=early_stop,
+        reduction_factor=reduction_factor,
+        grace_period=grace_period,
+        timeout=timeout,
         verbose=verbose,
         **kwargs,
     )

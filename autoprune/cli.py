@@ -16,8 +16,10 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from .config import DEFAULT_THREADS
 from .errors import AutoPruneError
 from .space import SAMPLERS
+from .stopping import DEFAULT_EARLY_STOP, EARLY_STOP_MODES
 
 
 class _BareHelp:
@@ -48,6 +50,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 Sampler = enum.Enum("Sampler", {name: name for name in SAMPLERS}, type=str)  # --sampler [tpe|nsga2|random]
+EarlyStop = enum.Enum("EarlyStop", {name: name for name in EARLY_STOP_MODES}, type=str)  # --early-stop [off|asha]
 
 
 def _flag(*names: str, help: str) -> Any:
@@ -72,7 +75,15 @@ StorageOption = Annotated[
     ),
 ]
 LaunchJsonOption = Annotated[bool, _flag("--json", help="At the end print the report JSON on stdout.")]
-VerboseOption = Annotated[bool, _flag("--verbose", help="Show Ray's own logs.")]
+VerboseOption = Annotated[bool, _flag("--verbose", help="Show Ray's own logs and every early-stopping decision.")]
+TimeoutOption = Annotated[
+    str | None,
+    typer.Option(help="Time budget, e.g. 90s, 15m, 1h30m: no trial starts after it, running ones finish."),
+]
+ReductionOption = Annotated[
+    float | None, typer.Option(help="Early stopping: rungs η× apart in epochs; the top 1/η of a rung go on (3).")
+]
+GraceOption = Annotated[float | None, typer.Option(help="Early stopping: epochs before the first rung (1).")]
 
 
 def _version(value: bool) -> None:
@@ -114,7 +125,9 @@ def trial(
         bool, _flag("--json", help="Print one JSON trial record on stdout, and nothing on stderr.")
     ] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: the config's, auto).")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    threads: Annotated[
+        int, typer.Option(min=1, help="torch CPU threads (1: a busy machine slows the trial gracefully).")
+    ] = DEFAULT_THREADS,
     seed: Annotated[int | None, typer.Option(help="Seed of the split, the weights and the batch order.")] = None,
     save: Annotated[Path | None, typer.Option(help="Export the resulting model to this file.")] = None,
 ) -> None:
@@ -150,11 +163,12 @@ def trial(
 def _print_front(results: Any, run_dir: Path) -> None:
     from .report import front_table
 
-    total = len(results.trials) + results.failed
+    total = len(results.trials) + results.failed + len(results.stopped)
     typer.echo(front_table(results.front, total=len(results.trials), failed=results.failed, baseline=results.baseline))
     if results.running:
         _log(f"note: {results.running} trial(s) of {run_dir} are still running (or were cut off: see resume)")
-    _log(f"{total} trials in the study; report files in {run_dir / 'report'}")
+    stopped = f" ({len(results.stopped)} stopped early)" if results.stopped else ""
+    _log(f"{total} trials in the study{stopped}; report files in {run_dir / 'report'}")
 
 
 def _finish_launch(outcome: Any, as_json: bool) -> None:
@@ -166,7 +180,7 @@ def _finish_launch(outcome: Any, as_json: bool) -> None:
     else:
         _print_front(res, outcome.run_dir)
     _log(f"started {outcome.ran} trial(s) in {outcome.seconds:.1f}s")
-    if outcome.interrupted:
+    if outcome.interrupted and not outcome.timed_out:  # a time budget ends a launch as asked: no error
         _fail(
             f"interrupted: {res.counted} of {res.requested} trials finished; continue with "
             f"`autoprune resume {outcome.run_dir}`",
@@ -198,6 +212,13 @@ def search(
     seed: Annotated[int, typer.Option(help="Sampler seed; with --concurrent 1 the run is reproducible.")] = 0,
     study_storage: StorageOption = None,
     set_: SetOption = None,
+    early_stop: Annotated[
+        EarlyStop | None,
+        typer.Option(help=f"Stop trials that trail those of their size or smaller (default: {DEFAULT_EARLY_STOP})."),
+    ] = None,
+    reduction_factor: ReductionOption = None,
+    grace_period: GraceOption = None,
+    timeout: TimeoutOption = None,
     as_json: LaunchJsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -216,6 +237,10 @@ def search(
         seed=seed,
         study_storage=study_storage,
         overrides=set_ or [],
+        early_stop=early_stop.value if early_stop is not None else None,
+        reduction_factor=reduction_factor,
+        grace_period=grace_period,
+        timeout=timeout,
         verbose=verbose,
         log=_log,
     )
@@ -235,6 +260,10 @@ def resume(
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial (default: the search's).")] = None,
     gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial (default: the search's).")] = None,
     study_storage: StorageOption = None,
+    early_stop: Annotated[EarlyStop | None, typer.Option(help="Early stopping (default: the search's).")] = None,
+    reduction_factor: ReductionOption = None,
+    grace_period: GraceOption = None,
+    timeout: TimeoutOption = None,
     as_json: LaunchJsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -249,6 +278,10 @@ def resume(
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
         study_storage=study_storage,
+        early_stop=early_stop.value if early_stop is not None else None,
+        reduction_factor=reduction_factor,
+        grace_period=grace_period,
+        timeout=timeout,
         verbose=verbose,
         log=_log,
     )

@@ -20,6 +20,9 @@ LAMBDA_SCHEDULES = ("constant", "linear", "step", "cosine")
 CRITERIA = ("magnitude", "gradient", "taylor")
 ALLOCATIONS = ("per_layer", "global", "uniform")
 PRUNE_SCHEDULES = ("one_shot", "gradual")
+# torch CPU threads of one trial (`autoprune trial`; a search trial gets --cpus-per-trial). One thread: on a
+# shared machine a busy neighbour slows it in proportion, where two threads collapse (benchmarks/threads.py).
+DEFAULT_THREADS = 1
 
 
 def _check_choice(where: str, value: Any, choices: tuple[str, ...]) -> None:

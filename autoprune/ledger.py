@@ -2,9 +2,13 @@
 
 Every finished trial is COMPLETE with values (val_accuracy, params_nonzero) and its trial record and model path
 as user attributes; a trial that diverged, raised or was cut off is FAIL with its ``outcome`` and
-``fail_reason``. The study itself carries the frozen space document and the autoprune version as user
-attributes, so a study opened in Optuna or optuna-dashboard alone says what it is. Only the driver writes to
-the study, so trial workers need no database access.
+``fail_reason``; a trial that early stopping stopped is PRUNED, with no values (it never enters the front), the
+``rung`` and ``rung_epoch`` it was stopped at and the ``stop_reason``. Every trial that reported progress keeps
+its ``intermediate`` values: ``[epoch, stage, val_accuracy]`` on the validation subset (see ``trial.py``).
+
+The study itself carries the frozen space document and the autoprune version as user attributes, so a study
+opened in Optuna or optuna-dashboard alone says what it is. Only the driver writes to the study, so trial
+workers need no database access.
 
 Optuna only: nothing here imports Ray, and everything works on a plain ``optuna.create_study()``.
 """
@@ -32,9 +36,10 @@ DEFAULT_SAMPLER = "tpe"
 OBJECTIVES = ("val_accuracy", "params_nonzero")
 DIRECTIONS = ("maximize", "minimize")
 STORAGE_ENV = "AUTOPRUNE_STUDY_STORAGE"
-# Trial outcomes kept in the study (user attribute "outcome"). The first three count toward the number of
-# trials a search asked for; the others were cut short and are replaced by resume.
-COUNTED_OUTCOMES = ("complete", "diverged", "error")
+# Trial outcomes kept in the study (user attribute "outcome"). The first four count toward the number of
+# trials a search asked for (a trial stopped early was judged, not lost); the others were cut short and are
+# replaced by resume.
+COUNTED_OUTCOMES = ("complete", "diverged", "error", "pruned")
 OUTCOMES = (*COUNTED_OUTCOMES, "crashed", "interrupted")
 
 
@@ -230,8 +235,10 @@ class Outcome:
     kind: str  # one of OUTCOMES
     record: dict[str, Any] | None = None  # the trial record (complete only)
     model_path: str | None = None  # run-directory-relative (complete only)
-    reason: str | None = None  # why it failed
+    reason: str | None = None  # why it failed, or why early stopping stopped it
     attrs: dict[str, Any] = field(default_factory=dict)  # where it ran: node_id, hostname, ray_trial_id
+    intermediate: list[list[Any]] = field(default_factory=list)  # [epoch, stage, val_accuracy] per report
+    rung: tuple[int, float] | None = None  # pruned: (rung, its epoch)
 
     @property
     def counted(self) -> bool:
@@ -240,14 +247,22 @@ class Outcome:
 
 
 def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
-    """Annotate ``trial`` with its outcome and tell the study: COMPLETE with both values, or FAIL."""
+    """Annotate ``trial`` with its outcome and tell the study: COMPLETE with both values, PRUNED, or FAIL."""
     from optuna.trial import TrialState
 
     trial.set_user_attr("outcome", outcome.kind)
     for key, value in outcome.attrs.items():
         if value:
             trial.set_user_attr(key, value)
-    if outcome.kind == "complete" and outcome.record is not None:
+    if outcome.intermediate:
+        trial.set_user_attr("intermediate", outcome.intermediate)
+    if outcome.kind == "pruned":
+        if outcome.rung is not None:
+            trial.set_user_attr("rung", outcome.rung[0])
+            trial.set_user_attr("rung_epoch", outcome.rung[1])
+        trial.set_user_attr("stop_reason", outcome.reason or "")
+        study.tell(trial, state=TrialState.PRUNED)
+    elif outcome.kind == "complete" and outcome.record is not None:
         trial.set_user_attr("record", outcome.record)
         trial.set_user_attr("model_path", outcome.model_path)
         values = [outcome.record[OBJECTIVES[0]], outcome.record[OBJECTIVES[1]]]
@@ -288,13 +303,14 @@ class Results:
     requested: int
     baseline: dict[str, Any] | None  # the most accurate dense (unpruned) trial, when the search has one
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"trial", "outcome", "reason"}
+    stopped: list[dict[str, Any]] = field(default_factory=list)  # PRUNED: {"trial", "rung", "epoch", "val_accuracy"}
     run_dir: Path | None = None
     study_trials: list[dict[str, Any]] = field(default_factory=list)  # every trial: {"trial", "state", "params"}
 
     def frame(self) -> pd.DataFrame:
         """One row per trial of the study, flat columns, in trial order (``optuna``'s ``trials_dataframe`` style).
 
-        Columns: ``trial``, ``state`` (COMPLETE, FAIL, RUNNING, WAITING), ``outcome``, ``val_accuracy``,
+        Columns: ``trial``, ``state`` (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), ``outcome``, ``val_accuracy``,
         ``test_accuracy``, ``params_nonzero`` and ``params_total`` (nullable integers), ``fraction_dense``,
         ``sparsity.<layer>``, every searched parameter under its dotted path, ``on_front``, ``model_path``,
         ``reason``. The front is ``df[df.on_front]``.
@@ -302,7 +318,7 @@ class Results:
         import pandas as pd
 
         records = {r["trial"]: r for r in self.trials}
-        failures = {f["trial"]: f for f in self.failures}
+        failures = {f["trial"]: f for f in (*self.failures, *self.stopped)}
         front = {r["trial"] for r in self.front}
         rows = []
         for t in self.study_trials:
@@ -329,7 +345,8 @@ class Results:
 
 
 def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[list[dict], list[dict], int]:
-    """(records of finished trials, failures, number still RUNNING). ``model_path`` becomes absolute."""
+    """(records of finished trials, trials that did not finish, number still RUNNING). ``model_path`` becomes
+    absolute. Trials stopped early are among those that did not finish, with outcome ``pruned``."""
     from optuna.trial import TrialState
 
     records, failures, running = [], [], 0
@@ -346,6 +363,18 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
                     "trial": t.number,
                     "outcome": t.user_attrs.get("outcome", "interrupted"),
                     "reason": t.user_attrs.get("fail_reason", "the trial did not report its result"),
+                }
+            )
+        elif t.state == TrialState.PRUNED:
+            last = (t.user_attrs.get("intermediate") or [[None, None, None]])[-1]
+            failures.append(
+                {
+                    "trial": t.number,
+                    "outcome": "pruned",
+                    "reason": t.user_attrs.get("stop_reason", ""),
+                    "rung": t.user_attrs.get("rung"),
+                    "epoch": last[0],
+                    "val_accuracy": last[2],
                 }
             )
         elif t.state == TrialState.RUNNING:
@@ -368,17 +397,19 @@ def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None =
     """Records, failures and the Pareto front of a study."""
     from .pareto import pareto_front
 
-    records, failures, running = trial_records(study, run_dir)
+    records, unfinished, running = trial_records(study, run_dir)
+    failures = [f for f in unfinished if f["outcome"] != "pruned"]
     every = [{"trial": t.number, "state": t.state.name, "params": dict(t.params)} for t in study.get_trials()]
     return Results(
         trials=records,
         front=pareto_front(records),
         failed=len(failures),
         running=running,
-        counted=count_finished(records, failures),
+        counted=count_finished(records, unfinished),
         requested=requested,
         baseline=dense_baseline(records),
         failures=failures,
+        stopped=[f for f in unfinished if f["outcome"] == "pruned"],
         run_dir=run_dir,
         study_trials=every,
     )

@@ -259,6 +259,7 @@ class Progress:
     started: float = field(default_factory=time.monotonic)
     done: int = 0
     failed: int = 0
+    stopped: int = 0  # by early stopping (counted: they were judged, not lost)
     cut: int = 0
     running: set[Any] = field(default_factory=set)  # keys of trials whose process started and did not end
 
@@ -280,6 +281,9 @@ class Progress:
             self.done += 1
             self.records.append({"trial": number, **record})
             what = f"trial {number}: val {record['val_accuracy']:.4f}, {record['params_nonzero']} params"
+        elif outcome == "pruned":
+            self.stopped += 1
+            what = f"trial {number} stopped early at {(reason or '').removeprefix(f'trial {number} ')}"
         elif counted:
             self.failed += 1
             what = f"trial {number} failed ({outcome}): {reason}"
@@ -289,11 +293,12 @@ class Progress:
         front = pareto_front(self.records)
         shown = front if len(front) <= 4 else [front[round(i * (len(front) - 1) / 3)] for i in range(4)]
         points = " ".join(f"{r['val_accuracy']:.4f}@{_short(r['params_nonzero'])}" for r in reversed(shown))
-        finished = self.already + self.done + self.failed
+        finished = self.already + self.done + self.failed + self.stopped
         total = self.already + self.requested
+        stopped = f", {self.stopped} stopped early" if self.stopped else ""
         self.log(
-            f"[{self.elapsed()}] {finished}/{total} done, {len(self.running)} running, {self.failed} failed | {what} | "
-            f"front {len(front)}: {points or '-'}"
+            f"[{self.elapsed()}] {finished}/{total} done, {len(self.running)} running, {self.failed} failed{stopped} | "
+            f"{what} | front {len(front)}: {points or '-'}"
         )
 
 

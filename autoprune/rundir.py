@@ -68,6 +68,8 @@ class RunInfo:
     trials: int  # the number of trials the search should end with (counted outcomes)
     resources: dict[str, Any]  # concurrent, cpus_per_trial, gpus_per_trial
     sampler_options: dict[str, Any] = field(default_factory=dict)
+    # {"mode": "off"} | {"mode": "asha", "reduction_factor": η, "grace_period": epochs}; off for runs from before
+    early_stop: dict[str, Any] = field(default_factory=lambda: {"mode": "off"})
     address: str | None = None
     version: str = ""
     created: str = ""

@@ -138,10 +138,13 @@ class ParetoHalving:
         keep = math.ceil((n + 1) / self.reduction_factor)
         stop = better >= keep
         return Decision(
-            stop=stop, **base, better=better, keep=keep,
+            stop=stop,
+            **base,
+            better=better,
+            keep=keep,
             reason=f"{at}: val {accuracy:.4f} ranks {better + 1} of {n + 1} among trials {size}; the top {keep} go on"
             f" → {'stop' if stop else 'continue'}",
-        )  # fmt: skip
+        )
 
 
 def check_options(reduction_factor: float, grace_period: float) -> None:

@@ -14,7 +14,7 @@ from autoprune import ledger
 from autoprune.errors import SearchError
 from autoprune.ledger import Outcome
 from autoprune.rundir import RunInfo
-from autoprune.space import parse_space
+from autoprune.space import define_by_run, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -80,7 +80,15 @@ def test_failures_are_fail_with_their_reason_and_only_real_outcomes_count() -> N
     assert failures[1]["reason"] == "ValueError: boom"
     assert running == 1
     assert ledger.count_finished(records, failures) == 3
-    assert [Outcome(k).counted for k in ledger.OUTCOMES] == [True, True, True, False, False]
+    counted = {k: Outcome(k).counted for k in ledger.OUTCOMES}
+    assert counted == {
+        "complete": True,
+        "diverged": True,
+        "error": True,
+        "pruned": True,
+        "crashed": False,
+        "interrupted": False,
+    }
 
 
 def test_closing_stale_trials_fails_running_ones_and_leaves_enqueued_ones_to_the_sampler() -> None:
@@ -184,3 +192,57 @@ def test_storage_records_keep_no_password_and_resolve_back(tmp_path: Path, monke
     moved = tmp_path / "moved"
     moved.mkdir()
     assert ledger.storage_spec(RunInfo("s", journal, "0", "s", "tpe", 0, 1, {}), moved, None) == str(moved / "j.log")
+
+
+def test_a_trial_stopped_early_is_pruned_counted_and_never_on_the_front() -> None:
+    study = _study()
+    _finish(study, Outcome("complete", record=_record(0.80, 100), model_path="a", intermediate=[[1, "train", 0.7]]))
+    history = [[1, "train", 0.5], [2, "train", 0.55]]
+    reason = "trial 1 epoch 2 (rung 0, epoch 1): val 0.5500 ranks 4 of 4 among trials ≤ 2.2k params → stop"
+    number = _finish(study, Outcome("pruned", reason=reason, intermediate=history, rung=(0, 1.0)))
+    t = study.trials[number]
+    assert t.state == TrialState.PRUNED and t.values is None
+    assert t.user_attrs["rung"] == 0 and t.user_attrs["rung_epoch"] == 1.0 and t.user_attrs["stop_reason"] == reason
+    assert t.user_attrs["intermediate"] == history and study.trials[0].user_attrs["intermediate"] == [[1, "train", 0.7]]
+    res = ledger.study_results(study, requested=3)
+    assert [r["trial"] for r in res.trials] == [0] and [r["trial"] for r in res.front] == [0]
+    assert res.stopped == [
+        {"trial": 1, "outcome": "pruned", "reason": reason, "rung": 0, "epoch": 2, "val_accuracy": 0.55}
+    ]
+    assert (res.failed, res.counted) == (0, 2)
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_samplers_keep_sampling_a_two_objective_study_with_pruned_trials(name: str) -> None:
+    """TPE and NSGA-II, past their start-up trials and generations, on a study where half the trials are PRUNED
+    (with no values, as early stopping leaves them): they must keep suggesting valid configurations."""
+    space = parse_space(
+        {
+            **SPACE,
+            "prune": {"sparsity": {"fc1": {"low": 0.5, "high": 0.9}, "fc2": {"low": 0.1, "high": 0.9}}},
+            "finetune": {"lr_schedule": {"choices": ["constant", "cosine"]}},
+        }
+    )
+    study = optuna.create_study(
+        directions=list(ledger.DIRECTIONS), sampler=ledger.make_sampler(name, 0, {"population_size": 4})
+    )
+    seen = []
+    for i in range(40):
+        trial = study.ask()
+        define_by_run(trial, space.dims)
+        cfg = space.config_for(trial.params)
+        seen.append(trial.params)
+        if i % 2:
+            ledger.record_outcome(study, trial, Outcome("pruned", reason="bottom of its rung", rung=(0, 1.0)))
+        else:
+            size = int(1000 * (1 - cfg.prune.sparsity["fc1"]))
+            acc = 0.5 + 0.4 * cfg.prune.sparsity["fc2"] - 0.1 * cfg.prune.sparsity["fc1"]
+            ledger.record_outcome(study, trial, Outcome("complete", record=_record(acc, size), model_path="m"))
+    states = [t.state for t in study.trials]
+    assert states.count(TrialState.PRUNED) == 20 and states.count(TrialState.COMPLETE) == 20
+    assert all(0.5 <= p["prune.sparsity.fc1"] <= 0.9 and 0.1 <= p["prune.sparsity.fc2"] <= 0.9 for p in seen)
+    if name == "nsga2":  # it bred generations from the complete trials (pruned ones have no values to rank)
+        generations = [t.system_attrs["NSGAIISampler:generation"] for t in study.trials]
+        assert max(generations) >= 3
+    else:  # past its 10 start-up trials TPE models the complete ones and still proposes new points
+        assert len({p["prune.sparsity.fc1"] for p in seen}) == 40

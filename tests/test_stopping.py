@@ -131,8 +131,16 @@ def test_reasons_are_one_line_and_say_the_decision():
     assert h.judge("8", 1, 0.95, 100).reason.endswith("→ continue")
 
 
-@pytest.mark.parametrize("kw", [{"reduction_factor": 1}, {"reduction_factor": math.inf}, {"grace_period": 0},
-                                {"size_tolerance": -0.1}, {"min_peers": 0}])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"reduction_factor": 1},
+        {"reduction_factor": math.inf},
+        {"grace_period": 0},
+        {"size_tolerance": -0.1},
+        {"min_peers": 0},
+    ],
+)
 def test_bad_options_are_one_line_errors(kw: dict):
     with pytest.raises(SearchError) as err:
         halving(**kw)
@@ -141,9 +149,19 @@ def test_bad_options_are_one_line_errors(kw: dict):
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("15m", 900), ("1h30m", 5400), ("2h", 7200), ("1h 5m 3s", 3903), ("600", 600), ("1.5h", 5400),
-     ("0.5", 0.5), (120, 120), ("2M", 120)],
-)  # fmt: skip
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("1h30m", 5400),
+        ("2h", 7200),
+        ("1h 5m 3s", 3903),
+        ("600", 600),
+        ("1.5h", 5400),
+        ("0.5", 0.5),
+        (120, 120),
+        ("2M", 120),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 

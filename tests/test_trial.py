@@ -210,9 +210,12 @@ def test_progress_is_measured_on_a_subset_of_the_validation_split(monkeypatch) -
 
 
 def test_planned_params_of_a_structured_trial_is_its_final_size() -> None:
-    c = cfg(model=ModelConfig(name="bn-cnn"), dataset=DatasetConfig(name="digits"),
-            budget=BudgetConfig(train_epochs=1, finetune_epochs=1, batch_size=64),
-            prune=PruneConfig(structured=True, sparsity={"conv1": 0.5, "conv2": 0.25, "fc1": 0.75}))  # fmt: skip
+    c = cfg(
+        model=ModelConfig(name="bn-cnn"),
+        dataset=DatasetConfig(name="digits"),
+        budget=BudgetConfig(train_epochs=1, finetune_epochs=1, batch_size=64),
+        prune=PruneConfig(structured=True, sparsity={"conv1": 0.5, "conv2": 0.25, "fc1": 0.75}),
+    )
     reports: list[IntermediateResult] = []
     result = run_trial(c, report=reports.append)
     assert {p.params_planned for p in reports} == {result.params_nonzero}

@@ -32,6 +32,7 @@ from ..errors import SearchError
 from ..ledger import Results
 from ..rundir import RunInfo
 from ..space import load_space
+from ..stopping import early_stop_settings, format_duration, parse_duration
 from ._launch import init_ray, launch
 
 if TYPE_CHECKING:
@@ -55,12 +56,33 @@ class LaunchResult:
     run_dir: Path
     ran: int  # trials this call started
     results: Results
-    interrupted: bool  # fewer trials counted than requested (Ctrl-C, or trials cut off)
+    interrupted: bool  # fewer trials counted than requested (Ctrl-C, time budget, or trials cut off)
     seconds: float
     report_files: dict[str, Path]
+    timed_out: bool = False  # the time budget (--timeout) stopped new trials from starting
 
 
-def _finish(run_dir: Path, study: optuna.Study, requested: int, ran: int, t0: float, log: Log) -> LaunchResult:
+def _deadline(timeout: float | str | None) -> tuple[float | None, float | None]:
+    """(seconds, time.monotonic() deadline) of ``--timeout``, counted from now."""
+    if timeout is None:
+        return None, None
+    seconds = parse_duration(timeout)
+    return seconds, time.monotonic() + seconds
+
+
+def _launched(ran: tuple[int, bool], timeout: float | None, run_dir: Path, log: Log) -> tuple[int, bool]:
+    started, timed_out = ran
+    if timed_out:
+        log(
+            f"time budget {format_duration(timeout or 0)} reached: no new trials started; "
+            f"continue with `autoprune resume {run_dir}`"
+        )
+    return started, timed_out
+
+
+def _finish(
+    run_dir: Path, study: optuna.Study, requested: int, ran: int, t0: float, log: Log, timed_out: bool = False
+) -> LaunchResult:
     from ..report import write_report
 
     results = ledger.study_results(study, requested=requested, run_dir=run_dir)
@@ -76,6 +98,7 @@ def _finish(run_dir: Path, study: optuna.Study, requested: int, ran: int, t0: fl
         interrupted=results.counted < results.requested,
         seconds=time.perf_counter() - t0,
         report_files=files,
+        timed_out=timed_out,
     )
 
 
@@ -108,6 +131,10 @@ def run_search(
     seed: int = 0,
     study_storage: str | None = None,
     overrides: Sequence[str] = (),
+    early_stop: str | None = None,
+    reduction_factor: float | None = None,
+    grace_period: float | None = None,
+    timeout: float | str | None = None,
     verbose: bool = False,
     log: Log = _stderr,
 ) -> LaunchResult:
@@ -115,11 +142,14 @@ def run_search(
 
     ``trials`` defaults to the space's ``search.trials``, else 20; ``sampler`` to its ``search.sampler``, else
     tpe. ``concurrent`` defaults to as many trials as the cluster's CPUs (and GPUs) fit. With ``concurrent=1``
-    the sequence of suggested configurations is reproducible for a given ``seed``.
+    the sequence of suggested configurations is reproducible for a given ``seed``. ``early_stop`` is ``off`` or
+    ``asha`` (default ``stopping.DEFAULT_EARLY_STOP``), kept in run.json for resume. After ``timeout`` (seconds,
+    or a duration such as ``"1h30m"``, counted from this call) no new trial starts.
     """
     import optuna
 
     t0 = time.perf_counter()
+    timeout_s, deadline = _deadline(timeout)
     run_dir = Path(run_dir)
     spec = load_space(space, overrides)
     n = trials if trials is not None else (spec.trials or DEFAULT_TRIALS)
@@ -128,6 +158,7 @@ def run_search(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SearchError(f"--seed must be a non-negative integer, got {seed!r}")
     _check_resources(concurrent, cpus_per_trial, gpus_per_trial)
+    stopping = early_stop_settings(early_stop, reduction_factor, grace_period)
     rundir.check_new_run_dir(run_dir)
     ledger.quiet_optuna()
     # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
@@ -166,6 +197,7 @@ def run_search(
                     "gpus_per_trial": gpus_per_trial,
                 },
                 sampler_options=ledger.sampler_options(sampler, n),
+                early_stop=stopping,
                 address=address,
                 version=rundir.autoprune_version(),
                 created=rundir.now(),
@@ -174,20 +206,26 @@ def run_search(
             created.clear()  # the run exists from here on: never remove anything of it
             new_study = None
             (run_dir / rundir.MODELS_DIR).mkdir(exist_ok=True)
-            ran = launch(
+            ran, timed_out = _launched(
+                launch(
+                    run_dir,
+                    info,
+                    storage,
+                    space_yaml,
+                    n_trials=n,
+                    sampler_seed=seed,
+                    kind="search",
+                    verbose=verbose,
+                    log=log,
+                    already=[],
+                    already_counted=0,
+                    deadline=deadline,
+                ),
+                timeout_s,
                 run_dir,
-                info,
-                storage,
-                space_yaml,
-                n_trials=n,
-                sampler_seed=seed,
-                kind="search",
-                verbose=verbose,
-                log=log,
-                already=[],
-                already_counted=0,
+                log,
             )
-            return _finish(run_dir, study, n, ran, t0, log)
+            return _finish(run_dir, study, n, ran, t0, log, timed_out)
     except BaseException:
         # Undo a start that failed before run.json existed: what this call created, and nothing else.
         if new_study is not None and study_storage is not None:
@@ -213,6 +251,10 @@ def resume_search(
     concurrent: int | None = None,
     cpus_per_trial: float | None = None,
     gpus_per_trial: float | None = None,
+    early_stop: str | None = None,
+    reduction_factor: float | None = None,
+    grace_period: float | None = None,
+    timeout: float | str | None = None,
     verbose: bool = False,
     log: Log = _stderr,
 ) -> LaunchResult:
@@ -220,11 +262,14 @@ def resume_search(
 
     Trials an interruption left RUNNING are closed as FAIL (outcome ``interrupted``) and replaced; finished
     ones are kept and never re-run; trials enqueued into the study (``study.enqueue_trial``) run first.
-    Resources default to those in run.json.
+    Resources and early stopping default to those in run.json (given ones replace them there); ``timeout``
+    holds for this call only.
     """
     t0 = time.perf_counter()
+    timeout_s, deadline = _deadline(timeout)
     run_dir = Path(run_dir)
     info = RunInfo.read(run_dir)
+    stopping = early_stop_settings(early_stop, reduction_factor, grace_period, base=info.early_stop)
     if trials is not None:
         _check_positive_int("--trials", trials)
     _, space_yaml = rundir.read_frozen_space(run_dir, info)
@@ -258,25 +303,32 @@ def resume_search(
                 return _finish(run_dir, study, info.trials, 0, t0, log)
             info.trials = target
             info.resources = resources
+            info.early_stop = stopping
             info.address = where
             # A new seed per launch: the same seed would make the random sampler repeat the first trials' configs.
             sampler_seed = info.seed + len(study.trials)
-            ran = launch(
+            ran, timed_out = _launched(
+                launch(
+                    run_dir,
+                    info,
+                    study._storage,
+                    space_yaml,
+                    n_trials=missing,
+                    sampler_seed=sampler_seed,
+                    kind="resume",
+                    verbose=verbose,
+                    log=log,
+                    already=records,
+                    already_counted=counted,
+                    deadline=deadline,
+                ),
+                timeout_s,
                 run_dir,
-                info,
-                study._storage,
-                space_yaml,
-                n_trials=missing,
-                sampler_seed=sampler_seed,
-                kind="resume",
-                verbose=verbose,
-                log=log,
-                already=records,
-                already_counted=counted,
+                log,
             )
         finally:
             if started_ray:
                 import ray
 
                 ray.shutdown()
-        return _finish(run_dir, study, target, ran, t0, log)
+        return _finish(run_dir, study, target, ran, t0, log, timed_out)

@@ -9,6 +9,7 @@ import math
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,19 @@ from .. import ledger, rundir
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
 from ..rundir import RunInfo
-from ._worker import Job, outcome_of, suggest, trial_dirname, tune_trial
+from ..stopping import ParetoHalving
+from ._scheduler import scheduler_class
+from ._worker import (
+    EPOCH_KEY,
+    EPOCHS_KEY,
+    Job,
+    intermediate_of,
+    outcome_of,
+    suggest,
+    trial_dirname,
+    trial_label,
+    tune_trial,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -36,16 +49,41 @@ def _searcher_class() -> type:
     experiment folder; the state kept there is deliberately empty (no storage URL, no password): the study is
     the ledger, and a resume reopens it rather than unpickling a searcher.
     """
+    from ray.tune.search import Searcher as TuneSearcher
     from ray.tune.search.optuna import OptunaSearch
 
     class Searcher(OptunaSearch):
         progress: Progress | None = None
+        early_stop: Any = None  # the early-stopping scheduler, which knows the trials it stopped
+        deadline: float | None = None  # time.monotonic() after which no trial starts
+        timed_out: bool = False
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._history: dict[str, list] = {}  # Ray trial id -> intermediate results seen so far
+
+        def suggest(self, trial_id: str) -> dict | str | None:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.timed_out = True
+                return TuneSearcher.FINISHED  # running trials go on; no new one starts
+            return super().suggest(trial_id)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            # Optuna refuses intermediate values in a multi-objective study: keep them until the trial ends.
+            point = intermediate_of(result)
+            if point is not None:
+                self._history.setdefault(trial_id, []).append(point)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot_trial = self._ot_trials[trial_id]
-            outcome = outcome_of(result or {}, error, trial_id)
+            history = self._history.pop(trial_id, [])
+            last = intermediate_of(result or {})  # the result a scheduler stopped at never reached on_trial_result
+            if last is not None and last not in history[-1:]:
+                history.append(last)
+            stopped = self.early_stop.stopped.get(trial_id) if self.early_stop is not None else None
+            outcome = outcome_of(result or {}, error, trial_id, history=history, stopped=stopped)
             try:
                 ledger.record_outcome(self._ot_study, ot_trial, outcome)
             except Exception as exc:  # a storage hiccup must not stop the search; the trial stays RUNNING
@@ -164,10 +202,13 @@ def launch(
     log: Log,
     already: list[dict[str, Any]],
     already_counted: int,
-) -> int:
+    deadline: float | None = None,
+) -> tuple[int, bool]:
     """Run ``n_trials`` new trials of the run's study through Ray Tune (Ray must be initialized).
 
-    Returns the number of trials started.
+    With early stopping on in ``info.early_stop``, the Pareto-aware scheduler judges the trials' intermediate
+    results. After ``deadline`` (``time.monotonic()``) no trial starts; the running ones finish.
+    Returns the number of trials started and whether the deadline ended the launch.
     """
     from ray import tune
 
@@ -187,20 +228,38 @@ def launch(
         storage=storage,
     )
     searcher.progress = Progress(log=log, requested=n_trials, already=already_counted, records=list(already))
-    job = Job(run_dir=str(run_dir.resolve()), space_yaml=space_yaml, threads=max(1, int(cpus)), gpus=gpus)
+    searcher.deadline = deadline
+    scheduler = _early_stop_scheduler(info.early_stop, log if verbose else None)
+    searcher.early_stop = scheduler
+    job = Job(
+        run_dir=str(run_dir.resolve()),
+        space_yaml=space_yaml,
+        threads=max(1, int(cpus)),
+        gpus=gpus,
+        report_progress=scheduler is not None,
+    )
     trainable = tune.with_resources(tune.with_parameters(tune_trial, job=job), {"cpu": cpus, "gpu": gpus})
     name = f"{kind}-{len(info.launches):02d}"
-    entry = {"kind": kind, "name": name, "started": rundir.now(), "trials": n_trials, "seed": sampler_seed}
+    entry = {
+        "kind": kind,
+        "name": name,
+        "started": rundir.now(),
+        "trials": n_trials,
+        "seed": sampler_seed,
+        "early_stop": info.early_stop.get("mode", "off"),
+    }
     info.launches.append({**entry, "concurrent": concurrent})
     info.write(run_dir)
     log(
         f"{kind}: {n_trials} trial{'s' if n_trials != 1 else ''}, {concurrent} at a time, {cpus:g} CPU"
-        f"{f' + {gpus:g} GPU' if gpus else ''} each, sampler {info.sampler} (seed {sampler_seed}), run dir {run_dir}"
+        f"{f' + {gpus:g} GPU' if gpus else ''} each, sampler {info.sampler} (seed {sampler_seed}), "
+        f"early stopping {_describe(info.early_stop)}, run dir {run_dir}"
     )
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
+            scheduler=scheduler,
             num_samples=n_trials,
             max_concurrent_trials=concurrent,
             reuse_actors=True,  # one worker process runs many trials: data stays loaded, no actor start-up
@@ -220,4 +279,28 @@ def launch(
             tuner.fit()
     finally:
         searcher.close_open_trials()
-    return searcher.started
+    return searcher.started, searcher.timed_out
+
+
+def _describe(early_stop: dict[str, Any]) -> str:
+    if early_stop.get("mode") != "asha":
+        return "off"
+    return f"asha (reduction factor {early_stop['reduction_factor']:g}, grace period {early_stop['grace_period']:g})"
+
+
+def _early_stop_scheduler(early_stop: dict[str, Any], log: Log | None) -> Any:
+    """The Pareto-aware successive-halving scheduler for ``run.json``'s early_stop, or None when off."""
+    if early_stop.get("mode") != "asha":
+        return None
+    halving = ParetoHalving(
+        grace_period=float(early_stop["grace_period"]), reduction_factor=float(early_stop["reduction_factor"])
+    )
+    return scheduler_class()(
+        halving,
+        epoch_key=EPOCH_KEY,
+        accuracy_key=OBJECTIVES[0],
+        params_key=OBJECTIVES[1],
+        last_key=EPOCHS_KEY,
+        label=trial_label,
+        log=log,
+    )

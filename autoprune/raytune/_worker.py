@@ -1,7 +1,10 @@
 """What runs on a Ray worker for one trial, and what it reports back to the driver.
 
-The trial function runs the whole pipeline and reports once, at the end; ``outcome_of`` reads that report on
-the driver's side. The keys of the report are the protocol between the two.
+The trial function runs the whole pipeline and reports its result once, at the end; ``outcome_of`` reads that
+report on the driver's side. With early stopping on, it also reports after each epoch (and after pruning) the
+validation accuracy on the validation subset and the planned parameter count, for the scheduler to judge; these
+carry ``EPOCH_KEY`` and never a record, so they can never enter the front. The keys of the reports are the
+protocol between the two sides.
 """
 
 from __future__ import annotations
@@ -22,11 +25,17 @@ from ..space import define_by_run
 if TYPE_CHECKING:
     import optuna
 
+    from ..stopping import Decision
+
 _NUMBER_KEY = "_trial"  # the Optuna trial number, added to each suggested config
 _RECORD_KEY = "autoprune_record"
 _MODEL_KEY = "autoprune_model"
 _OUTCOME_KEY = "autoprune_outcome"
 _REASON_KEY = "autoprune_reason"
+_HISTORY_KEY = "autoprune_intermediate"  # final report: [[epoch, stage, val_accuracy], ...] as JSON text
+EPOCH_KEY = "autoprune_epoch"  # intermediate reports: epochs done (both phases)
+EPOCHS_KEY = "autoprune_epochs"  # the trial's epochs in all
+STAGE_KEY = "autoprune_stage"  # train | prune | finetune
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class Job:
     space_yaml: str  # the frozen space document as YAML text
     threads: int  # torch threads: the trial's CPUs
     gpus: float  # GPUs reserved per trial (0: run on the CPU)
+    report_progress: bool = False  # send intermediate results to Tune (early stopping judges them)
 
 
 def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, int]:
@@ -48,21 +58,42 @@ def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, int]:
     return {_NUMBER_KEY: trial.number}
 
 
+def trial_label(trial: Any) -> str:
+    """A Tune trial's Optuna trial number (what logs and the study call it)."""
+    return str(trial.config.get(_NUMBER_KEY, trial.trial_id))
+
+
 def trial_dirname(trial: Any) -> str:
-    return f"trial_{trial.config.get(_NUMBER_KEY, trial.trial_id)}"
+    return f"trial_{trial_label(trial)}"
 
 
 def tune_trial(config: dict[str, Any], job: Job) -> None:
-    """Tune function trainable: one full pipeline run, reported once at the end.
+    """Tune function trainable: one full pipeline run, its result reported once at the end.
 
-    Reporting once is what keeps a trial cut off half-way out of the front: OptunaSearch tells the study the
-    last reported values, and a trial that never reports is closed as FAIL. Every Python error is caught and
-    reported as an outcome so the search goes on and the reason reaches the study.
+    Only the final report carries a record, which is what keeps a trial cut off half-way out of the front: the
+    searcher records a trial without one as FAIL (or PRUNED when early stopping stopped it). Every Python error
+    is caught and reported as an outcome so the search goes on and the reason reaches the study. When the
+    scheduler stops the trial, Tune ends this function inside ``tune.report`` (SystemExit, not caught here).
     """
     import ray
     from ray import tune
 
-    from ..trial import run_trial
+    from ..trial import IntermediateResult, run_trial
+
+    history: list[list[Any]] = []
+
+    def progress(p: IntermediateResult) -> None:
+        history.append([p.epoch, p.stage, p.val_accuracy])
+        if job.report_progress:
+            tune.report(
+                {
+                    OBJECTIVES[0]: p.val_accuracy,
+                    OBJECTIVES[1]: p.params_planned,
+                    EPOCH_KEY: p.epoch,
+                    EPOCHS_KEY: p.epochs,
+                    STAGE_KEY: p.stage,
+                }
+            )
 
     number = int(config[_NUMBER_KEY])
     params = {k: v for k, v in config.items() if k != _NUMBER_KEY}
@@ -74,7 +105,7 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         cfg = rundir.space_from_text(job.space_yaml).config_for(params)
         # A trial that reserved no GPU stays off the GPUs, which belong to the trials that reserved them.
         device = "cpu" if not job.gpus and cfg.device == "auto" else None
-        result = run_trial(cfg, device=device, threads=job.threads)
+        result = run_trial(cfg, device=device, threads=job.threads, report=progress)
         result.save(rundir.new_model_path(job.run_dir, number))
         report = {
             OBJECTIVES[0]: float(result.val_accuracy),
@@ -89,18 +120,39 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         traceback.print_exc()  # into the worker's log (ray/ and the session logs), for --verbose
         report = {**nan, _OUTCOME_KEY: "error", _REASON_KEY: first_line(exc)}
     report.update(node, trial_seconds=time.perf_counter() - started)
+    report[_HISTORY_KEY] = json.dumps(history)
     tune.report(report)
 
 
-def outcome_of(result: dict[str, Any], error: bool, trial_id: str) -> Outcome:
-    """How a trial ended, from its last (flattened) result."""
+def intermediate_of(result: dict[str, Any]) -> list[Any] | None:
+    """``[epoch, stage, val_accuracy]`` of an intermediate result; None for a final one."""
+    if EPOCH_KEY not in result:
+        return None
+    return [result[EPOCH_KEY], result.get(STAGE_KEY), result.get(OBJECTIVES[0])]
+
+
+def outcome_of(
+    result: dict[str, Any],
+    error: bool,
+    trial_id: str,
+    *,
+    history: list[list[Any]] | None = None,
+    stopped: Decision | None = None,
+) -> Outcome:
+    """How a trial ended, from its last (flattened) result; ``history``: the intermediate results the driver saw,
+    ``stopped``: the early-stopping decision that stopped it."""
     kind = result.get(_OUTCOME_KEY)
     attrs = {"node_id": result.get("node_id"), "hostname": result.get("hostname"), "ray_trial_id": trial_id}
+    seen = json.loads(result[_HISTORY_KEY]) if result.get(_HISTORY_KEY) else list(history or [])
+    common = {"attrs": attrs, "intermediate": seen}
     if kind == "complete" and result.get(_RECORD_KEY):
-        return Outcome("complete", record=json.loads(result[_RECORD_KEY]), model_path=result[_MODEL_KEY], attrs=attrs)
+        record = json.loads(result[_RECORD_KEY])
+        return Outcome("complete", record=record, model_path=result[_MODEL_KEY], **common)
     if kind in ("diverged", "error"):
-        return Outcome(kind, reason=str(result.get(_REASON_KEY, "")), attrs=attrs)
+        return Outcome(kind, reason=str(result.get(_REASON_KEY, "")), **common)
+    if stopped is not None:
+        return Outcome("pruned", reason=stopped.reason, rung=(stopped.rung, stopped.epoch), **common)
     if error:
         reason = "the trial's process failed (killed, out of memory or node lost); see the Ray logs"
-        return Outcome("crashed", reason=reason, attrs=attrs)
-    return Outcome("interrupted", reason="stopped before it finished (the search was interrupted)", attrs=attrs)
+        return Outcome("crashed", reason=reason, **common)
+    return Outcome("interrupted", reason="stopped before it finished (the search was interrupted)", **common)
