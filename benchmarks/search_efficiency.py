@@ -1,0 +1,143 @@
+"""Front quality at the same wall-clock budget: early stopping on vs off (TPE), and random search for reference.
+
+Every run is a real ``autoprune search`` with ``timeout`` = the budget (no trial starts after it; running ones
+finish), on one local Ray runtime started once, so Ray's start-up is outside every budget. The runs of one seed
+go in a rotating order, so that load from other users of a shared machine falls on every mode alike.
+
+For each run it prints the trials finished and stopped, the hypervolume of the final front (validation
+accuracy vs log10 of nonzero parameters, above ``--ref-accuracy`` and left of the dense parameter count: one
+reference point for every run of a space), and the best validation accuracy within size buckets (fractions of
+the dense parameters), then the hypervolume ratios of each mode to TPE without early stopping, paired by seed.
+
+    python benchmarks/search_efficiency.py --space digits_quick --budget 60 --seeds 0,1,2
+    python benchmarks/search_efficiency.py --space lenet300_fashion --budget 200 --seeds 0,1 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = {  # name -> (sampler, early stop)
+    "tpe+asha": ("tpe", "asha"),
+    "tpe": ("tpe", "off"),
+    "random": ("random", "off"),
+}
+BUCKETS = (0.01, 0.02, 0.05, 0.10, 0.25, 1.0)  # fractions of the dense parameter count
+
+
+class LogTo:
+    """A log function that appends to a file; picklable, since Tune pickles what the search's callbacks hold."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, line: str) -> None:
+        with self.path.open("a") as fh:
+            print(line, file=fh)
+
+
+def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
+    from autoprune.pareto import hypervolume
+    from autoprune.search import run_search
+
+    sampler, early_stop = MODES[mode]
+    run_dir = work / f"{Path(space).stem}-{mode}-s{seed}"
+    t0 = time.monotonic()
+    outcome = run_search(
+        space, run_dir, trials=100_000, concurrent=args.concurrent, sampler=sampler, seed=seed,
+        early_stop=early_stop, reduction_factor=args.reduction_factor if early_stop == "asha" else None,
+        grace_period=args.grace_period if early_stop == "asha" else None, timeout=args.budget,
+        overrides=args.set or [], log=LogTo(work / f"{run_dir.name}.log"),
+    )  # fmt: skip
+    wall = time.monotonic() - t0
+    res = outcome.results
+    dense = max((r["params_total"] for r in res.trials), default=0)
+    hv = hypervolume(res.front, ref_params=dense, ref_accuracy=args.ref_accuracy) if dense else 0.0
+    best = {}
+    for frac in BUCKETS:
+        fits = [r["val_accuracy"] for r in res.front if r["params_nonzero"] <= frac * dense]
+        best[f"{frac:g}"] = max(fits) if fits else None
+    return {"space": space, "mode": mode, "seed": seed, "wall_s": wall, "budget_s": args.budget,
+            "finished": len(res.trials), "stopped": len(res.stopped), "failed": res.failed,
+            "front": len(res.front), "params_dense": dense, "hypervolume": hv, "best_by_size": best}  # fmt: skip
+
+
+def summarize(rows: list[dict], ref_accuracy: float) -> None:
+    head = " | ".join(f"≤{b * 100:g}%" for b in BUCKETS)
+    print(f"\nhypervolume: val accuracy above {ref_accuracy:g} x log10(nonzero params) up to the dense count")
+    print(f"{'space':>18} {'mode':>9} seed |  wall s | finished stopped | front |     HV | best val acc {head}")
+    for r in rows:
+        best = " | ".join(f"{v:.4f}" if v is not None else "  -   " for v in r["best_by_size"].values())
+        print(f"{Path(r['space']).stem:>18} {r['mode']:>9} {r['seed']:4d} | {r['wall_s']:7.1f} | {r['finished']:8d} "
+              f"{r['stopped']:7d} | {r['front']:5d} | {r['hypervolume']:6.3f} | {best}")  # fmt: skip
+    for space in dict.fromkeys(r["space"] for r in rows):
+        mine = [r for r in rows if r["space"] == space]
+        base = {r["seed"]: r["hypervolume"] for r in mine if r["mode"] == "tpe"}
+        print(f"\n{Path(space).stem}: hypervolume / tpe without early stopping, paired by seed")
+        for mode in MODES:
+            if mode == "tpe":
+                continue
+            ratios = [r["hypervolume"] / base[r["seed"]] for r in mine if r["mode"] == mode and base.get(r["seed"])]
+            runs = [r for r in mine if r["mode"] == mode]
+            if not ratios:
+                continue
+            trials = statistics.mean(r["finished"] + r["stopped"] for r in runs)
+            base_trials = statistics.mean(r["finished"] for r in mine if r["mode"] == "tpe")
+            per_seed = ", ".join(f"{x:.3f}" for x in ratios)
+            print(f"  {mode:>9}: median {statistics.median(ratios):.3f}, per seed {per_seed}; "
+                  f"trials per run {trials:.1f} vs {base_trials:.1f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--space", action="append", help="space file or shipped name (repeatable)")
+    parser.add_argument("--budget", type=float, default=60.0, help="wall-clock seconds per run")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--concurrent", type=int, default=None, help="trials at a time (default: one per CPU)")
+    parser.add_argument("--reduction-factor", type=float, default=None)
+    parser.add_argument("--grace-period", type=float, default=None)
+    parser.add_argument("--ref-accuracy", type=float, default=0.5, help="the reference point's accuracy")
+    parser.add_argument("--set", action="append", help="KEY=VALUE for every run's space")
+    parser.add_argument("--work-dir", default=None, help="where the run directories go (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="also write every run's numbers here")
+    args = parser.parse_args()
+    spaces = args.space or ["digits_quick"]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        sys.exit(f"unknown mode {unknown[0]!r}; known: {', '.join(MODES)}")
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="search_efficiency-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    print(f"budget {args.budget:g}s per run; seeds {seeds}; modes {modes}; run dirs in {work}", flush=True)
+    rows = []
+    try:
+        for space in spaces:
+            for seed in seeds:
+                order = modes[seed % len(modes) :] + modes[: seed % len(modes)]
+                for mode in order:
+                    row = run_one(space, mode, seed, args, work)
+                    rows.append(row)
+                    print(f"{Path(space).stem} {mode} seed {seed}: {row['finished']} finished, {row['stopped']} "
+                          f"stopped, HV {row['hypervolume']:.3f}, {row['wall_s']:.0f}s", flush=True)  # fmt: skip
+    finally:
+        ray.shutdown()
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    summarize(rows, args.ref_accuracy)
+
+
+if __name__ == "__main__":
+    main()
