@@ -36,9 +36,8 @@ DEFAULT_SAMPLER = "tpe"
 OBJECTIVES = ("val_accuracy", "params_nonzero")
 DIRECTIONS = ("maximize", "minimize")
 STORAGE_ENV = "AUTOPRUNE_STUDY_STORAGE"
-# Trial outcomes kept in the study (user attribute "outcome"). The first four count toward the number of
-# trials a search asked for (a trial stopped early was judged, not lost); the others were cut short and are
-# replaced by resume.
+# Trial outcomes kept in the study (user attribute "outcome"). The first four count toward the number of trials
+# a search asked for (a trial stopped early was judged, not lost); the others were cut short, resume replaces them.
 COUNTED_OUTCOMES = ("complete", "diverged", "error", "pruned")
 OUTCOMES = (*COUNTED_OUTCOMES, "crashed", "interrupted")
 
@@ -366,17 +365,9 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
                 }
             )
         elif t.state == TrialState.PRUNED:
-            last = (t.user_attrs.get("intermediate") or [[None, None, None]])[-1]
-            failures.append(
-                {
-                    "trial": t.number,
-                    "outcome": "pruned",
-                    "reason": t.user_attrs.get("stop_reason", ""),
-                    "rung": t.user_attrs.get("rung"),
-                    "epoch": last[0],
-                    "val_accuracy": last[2],
-                }
-            )
+            epoch, _, acc = (t.user_attrs.get("intermediate") or [[None, None, None]])[-1]
+            stop = {"reason": t.user_attrs.get("stop_reason", ""), "rung": t.user_attrs.get("rung")}
+            failures.append({"trial": t.number, "outcome": "pruned", **stop, "epoch": epoch, "val_accuracy": acc})
         elif t.state == TrialState.RUNNING:
             running += 1
     return records, failures, running

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 EARLY_STOP_MODES = ("off", "asha")
-DEFAULT_EARLY_STOP = "asha"
+DEFAULT_EARLY_STOP = "off"
 DEFAULT_REDUCTION_FACTOR = 3.0
 DEFAULT_GRACE_PERIOD = 1.0  # epochs
 DEFAULT_SIZE_TOLERANCE = 0.1  # peers may have up to 10% more parameters than the trial judged

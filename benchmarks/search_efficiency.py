@@ -44,18 +44,26 @@ class LogTo:
 
 
 def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
+    import autoprune
     from autoprune.pareto import hypervolume
-    from autoprune.search import run_search
 
     sampler, early_stop = MODES[mode]
     run_dir = work / f"{Path(space).stem}-{mode}-s{seed}"
     t0 = time.monotonic()
-    outcome = run_search(
-        space, run_dir, trials=100_000, concurrent=args.concurrent, sampler=sampler, seed=seed,
-        early_stop=early_stop, reduction_factor=args.reduction_factor if early_stop == "asha" else None,
-        grace_period=args.grace_period if early_stop == "asha" else None, timeout=args.budget,
-        overrides=args.set or [], log=LogTo(work / f"{run_dir.name}.log"),
-    )  # fmt: skip
+    outcome = autoprune.search(
+        space,
+        run_dir=run_dir,
+        trials=100_000,
+        concurrent=args.concurrent,
+        sampler=sampler,
+        seed=seed,
+        early_stop=early_stop,
+        reduction_factor=args.reduction_factor if early_stop == "asha" else None,
+        grace_period=args.grace_period if early_stop == "asha" else None,
+        timeout=args.budget,
+        overrides=args.set or [],
+        log=LogTo(work / f"{run_dir.name}.log"),
+    )
     wall = time.monotonic() - t0
     res = outcome.results
     dense = max((r["params_total"] for r in res.trials), default=0)
@@ -64,9 +72,20 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
     for frac in BUCKETS:
         fits = [r["val_accuracy"] for r in res.front if r["params_nonzero"] <= frac * dense]
         best[f"{frac:g}"] = max(fits) if fits else None
-    return {"space": space, "mode": mode, "seed": seed, "wall_s": wall, "budget_s": args.budget,
-            "finished": len(res.trials), "stopped": len(res.stopped), "failed": res.failed,
-            "front": len(res.front), "params_dense": dense, "hypervolume": hv, "best_by_size": best}  # fmt: skip
+    return {
+        "space": space,
+        "mode": mode,
+        "seed": seed,
+        "wall_s": wall,
+        "budget_s": args.budget,
+        "finished": len(res.trials),
+        "stopped": len(res.stopped),
+        "failed": res.failed,
+        "front": len(res.front),
+        "params_dense": dense,
+        "hypervolume": hv,
+        "best_by_size": best,
+    }
 
 
 def summarize(rows: list[dict], ref_accuracy: float) -> None:
@@ -75,8 +94,10 @@ def summarize(rows: list[dict], ref_accuracy: float) -> None:
     print(f"{'space':>18} {'mode':>9} seed |  wall s | finished stopped | front |     HV | best val acc {head}")
     for r in rows:
         best = " | ".join(f"{v:.4f}" if v is not None else "  -   " for v in r["best_by_size"].values())
-        print(f"{Path(r['space']).stem:>18} {r['mode']:>9} {r['seed']:4d} | {r['wall_s']:7.1f} | {r['finished']:8d} "
-              f"{r['stopped']:7d} | {r['front']:5d} | {r['hypervolume']:6.3f} | {best}")  # fmt: skip
+        print(
+            f"{Path(r['space']).stem:>18} {r['mode']:>9} {r['seed']:4d} | {r['wall_s']:7.1f} | {r['finished']:8d} "
+            f"{r['stopped']:7d} | {r['front']:5d} | {r['hypervolume']:6.3f} | {best}"
+        )
     for space in dict.fromkeys(r["space"] for r in rows):
         mine = [r for r in rows if r["space"] == space]
         base = {r["seed"]: r["hypervolume"] for r in mine if r["mode"] == "tpe"}
@@ -91,8 +112,10 @@ def summarize(rows: list[dict], ref_accuracy: float) -> None:
             trials = statistics.mean(r["finished"] + r["stopped"] for r in runs)
             base_trials = statistics.mean(r["finished"] for r in mine if r["mode"] == "tpe")
             per_seed = ", ".join(f"{x:.3f}" for x in ratios)
-            print(f"  {mode:>9}: median {statistics.median(ratios):.3f}, per seed {per_seed}; "
-                  f"trials per run {trials:.1f} vs {base_trials:.1f}")  # fmt: skip
+            print(
+                f"  {mode:>9}: median {statistics.median(ratios):.3f}, per seed {per_seed}; "
+                f"trials per run {trials:.1f} vs {base_trials:.1f}"
+            )
 
 
 def main() -> None:
@@ -130,8 +153,11 @@ def main() -> None:
                 for mode in order:
                     row = run_one(space, mode, seed, args, work)
                     rows.append(row)
-                    print(f"{Path(space).stem} {mode} seed {seed}: {row['finished']} finished, {row['stopped']} "
-                          f"stopped, HV {row['hypervolume']:.3f}, {row['wall_s']:.0f}s", flush=True)  # fmt: skip
+                    print(
+                        f"{Path(space).stem} {mode} seed {seed}: {row['finished']} finished, {row['stopped']} "
+                        f"stopped, HV {row['hypervolume']:.3f}, {row['wall_s']:.0f}s",
+                        flush=True,
+                    )
     finally:
         ray.shutdown()
         if args.json:

@@ -149,8 +149,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # run the finally blocks: never leave neighbours behind
     conds = parse_conditions(args.conditions, with_busy=args.neighbours > 0)
     rng = random.Random(args.seed)
-    print(f"{args.space} {' '.join(args.set)}; {args.rounds} rounds; busy = {args.neighbours} x {args.busy}; "
-          f"{os.cpu_count()} CPUs", flush=True)  # fmt: skip
+    print(
+        f"{args.space} {' '.join(args.set)}; {args.rounds} rounds; busy = {args.neighbours} x {args.busy}; "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
     rows: dict[Condition, list[dict]] = {c: [] for c in conds}
     for r in range(args.rounds):
         order = conds[:]
@@ -167,8 +170,10 @@ def main() -> None:
         trial_s = [statistics.median(m["seconds"]) for m in rows[cond]]
         rate = [60 * cond.trials / m["wall"] for m in rows[cond]]
         ratios = [a / b for a, b in zip(trial_s, [statistics.median(m["seconds"]) for m in rows[base]], strict=True)]
-        print(f"{cond.name:>10} | {statistics.median(trial_s):14.2f} | {statistics.median(rate):10.1f} | "
-              f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]")  # fmt: skip
+        print(
+            f"{cond.name:>10} | {statistics.median(trial_s):14.2f} | {statistics.median(rate):10.1f} | "
+            f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
+        )
     print("\nbusy / quiet, paired within a round: median [min, max]")
     for cond in conds:
         if cond.busy:
@@ -176,8 +181,10 @@ def main() -> None:
         twin = Condition(cond.trials, cond.threads, True)
         if twin not in rows:
             continue
-        ratios = [statistics.median(b["seconds"]) / statistics.median(q["seconds"])
-                  for q, b in zip(rows[cond], rows[twin], strict=True)]  # fmt: skip
+        ratios = [
+            statistics.median(b["seconds"]) / statistics.median(q["seconds"])
+            for q, b in zip(rows[cond], rows[twin], strict=True)
+        ]
         print(f"{cond.trials}x{cond.threads}: {statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]")
 
 
