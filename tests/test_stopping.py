@@ -4,10 +4,11 @@ import math
 from types import SimpleNamespace
 
 import pytest
+from _helpers import run_cli
 
 from autoprune.errors import SearchError
 from autoprune.raytune._scheduler import scheduler_class
-from autoprune.stopping import ParetoHalving, format_duration, parse_duration, rung_epochs
+from autoprune.stopping import ParetoHalving, early_stop_settings, format_duration, parse_duration, rung_epochs
 
 
 def halving(**kw) -> ParetoHalving:
@@ -202,3 +203,32 @@ def test_ray_scheduler_applies_the_decisions():
     assert len(logged) == 5 and logged[-1].startswith("trial 4 epoch 1") and logged[-1].endswith("→ stop")
     copy = cloudpickle.loads(cloudpickle.dumps(sched))
     assert copy.log is None and copy.halving.rungs == sched.halving.rungs
+
+
+def test_early_stop_settings_from_options_and_a_resumed_run():
+    assert early_stop_settings("off") == {"mode": "off"}
+    assert early_stop_settings("asha") == {"mode": "asha", "reduction_factor": 3.0, "grace_period": 1.0}
+    base = {"mode": "asha", "reduction_factor": 2.0, "grace_period": 4.0}
+    assert early_stop_settings(None, base=base) == base  # resume keeps the search's
+    assert early_stop_settings(None, grace_period=2, base=base)["grace_period"] == 2.0
+    assert early_stop_settings("off", base=base) == {"mode": "off"}
+    assert early_stop_settings(None, base={"mode": "off"}) == {"mode": "off"}
+    with pytest.raises(SearchError, match="--early-stop must be one of off, asha, got 'median'"):
+        early_stop_settings("median")
+    with pytest.raises(SearchError, match="--reduction-factor applies to early stopping, which is off"):
+        early_stop_settings("off", reduction_factor=2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["search", "--run-dir", "{tmp}/r", "--timeout", "5x"], "--timeout '5x' is not a duration"),
+        (["search", "--run-dir", "{tmp}/r", "--early-stop", "off", "--grace-period", "2"], "--grace-period applies"),
+        (["search", "--run-dir", "{tmp}/r", "--early-stop", "asha", "--reduction-factor", "1"], "must be a number > 1"),
+        (["resume", "{tmp}", "--timeout", "0"], "--timeout must be a positive duration"),
+    ],
+)
+def test_bad_stopping_options_fail_in_one_line_before_anything_starts(args, message, tmp_path, capsys, monkeypatch):
+    code, out, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys, monkeypatch)
+    assert code == 1 and out == "" and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -46,7 +46,7 @@ class Job:
     space_yaml: str  # the frozen space document as YAML text
     threads: int  # torch threads: the trial's CPUs
     gpus: float  # GPUs reserved per trial (0: run on the CPU)
-    report_progress: bool = False  # send intermediate results to Tune (early stopping judges them)
+    report_progress: bool = False  # measure and send intermediate results to Tune (early stopping judges them)
 
 
 def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, int]:
@@ -84,16 +84,15 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
 
     def progress(p: IntermediateResult) -> None:
         history.append([p.epoch, p.stage, p.val_accuracy])
-        if job.report_progress:
-            tune.report(
-                {
-                    OBJECTIVES[0]: p.val_accuracy,
-                    OBJECTIVES[1]: p.params_planned,
-                    EPOCH_KEY: p.epoch,
-                    EPOCHS_KEY: p.epochs,
-                    STAGE_KEY: p.stage,
-                }
-            )
+        tune.report(
+            {
+                OBJECTIVES[0]: p.val_accuracy,
+                OBJECTIVES[1]: p.params_planned,
+                EPOCH_KEY: p.epoch,
+                EPOCHS_KEY: p.epochs,
+                STAGE_KEY: p.stage,
+            }
+        )
 
     number = int(config[_NUMBER_KEY])
     params = {k: v for k, v in config.items() if k != _NUMBER_KEY}
@@ -105,7 +104,8 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         cfg = rundir.space_from_text(job.space_yaml).config_for(params)
         # A trial that reserved no GPU stays off the GPUs, which belong to the trials that reserved them.
         device = "cpu" if not job.gpus and cfg.device == "auto" else None
-        result = run_trial(cfg, device=device, threads=job.threads, report=progress)
+        # Without early stopping nothing is measured between epochs: the trial costs what it always did.
+        result = run_trial(cfg, device=device, threads=job.threads, report=progress if job.report_progress else None)
         result.save(rundir.new_model_path(job.run_dir, number))
         report = {
             OBJECTIVES[0]: float(result.val_accuracy),
