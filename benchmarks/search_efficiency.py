@@ -65,6 +65,8 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
         log=LogTo(work / f"{run_dir.name}.log"),
     )
     wall = time.monotonic() - t0
+    if outcome.interrupted and not outcome.timed_out:  # Ctrl-C: Tune ended the run; end the benchmark too
+        raise KeyboardInterrupt
     res = outcome.results
     dense = max((r["params_total"] for r in res.trials), default=0)
     hv = hypervolume(res.front, ref_params=dense, ref_accuracy=args.ref_accuracy) if dense else 0.0

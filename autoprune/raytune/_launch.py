@@ -20,17 +20,7 @@ from ..ledger import OBJECTIVES
 from ..rundir import RunInfo
 from ..stopping import ParetoHalving
 from ._scheduler import scheduler_class
-from ._worker import (
-    EPOCH_KEY,
-    EPOCHS_KEY,
-    Job,
-    intermediate_of,
-    outcome_of,
-    suggest,
-    trial_dirname,
-    trial_label,
-    tune_trial,
-)
+from ._worker import EPOCH_KEY, EPOCHS_KEY, Job, outcome_of, suggest, trial_dirname, trial_label, tune_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -58,10 +48,6 @@ def _searcher_class() -> type:
         deadline: float | None = None  # time.monotonic() after which no trial starts
         timed_out: bool = False
 
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._history: dict[str, list] = {}  # Ray trial id -> intermediate results seen so far
-
         def suggest(self, trial_id: str) -> dict | str | None:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.timed_out = True
@@ -69,21 +55,16 @@ def _searcher_class() -> type:
             return super().suggest(trial_id)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
-            # Optuna refuses intermediate values in a multi-objective study: keep them until the trial ends.
-            point = intermediate_of(result)
-            if point is not None:
-                self._history.setdefault(trial_id, []).append(point)
+            # Optuna refuses intermediate values in a multi-objective study (trial.report): every report carries
+            # the trial's values so far, and the last one goes into the study as a user attribute.
+            return None
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot_trial = self._ot_trials[trial_id]
-            history = self._history.pop(trial_id, [])
-            last = intermediate_of(result or {})  # the result a scheduler stopped at never reached on_trial_result
-            if last is not None and last not in history[-1:]:
-                history.append(last)
             stopped = self.early_stop.stopped.get(trial_id) if self.early_stop is not None else None
-            outcome = outcome_of(result or {}, error, trial_id, history=history, stopped=stopped)
+            outcome = outcome_of(result or {}, error, trial_id, stopped=stopped)
             try:
                 ledger.record_outcome(self._ot_study, ot_trial, outcome)
             except Exception as exc:  # a storage hiccup must not stop the search; the trial stays RUNNING
@@ -236,7 +217,7 @@ def launch(
         space_yaml=space_yaml,
         threads=max(1, int(cpus)),
         gpus=gpus,
-        report_progress=scheduler is not None,
+        rungs=None if scheduler is None else (scheduler.halving.grace_period, scheduler.halving.reduction_factor),
     )
     trainable = tune.with_resources(tune.with_parameters(tune_trial, job=job), {"cpu": cpus, "gpu": gpus})
     name = f"{kind}-{len(info.launches):02d}"

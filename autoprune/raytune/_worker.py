@@ -1,10 +1,11 @@
 """What runs on a Ray worker for one trial, and what it reports back to the driver.
 
 The trial function runs the whole pipeline and reports its result once, at the end; ``outcome_of`` reads that
-report on the driver's side. With early stopping on, it also reports after each epoch (and after pruning) the
-validation accuracy on the validation subset and the planned parameter count, for the scheduler to judge; these
-carry ``EPOCH_KEY`` and never a record, so they can never enter the front. The keys of the reports are the
-protocol between the two sides.
+report on the driver's side. With early stopping on, the trial measures its validation accuracy on the
+validation subset after each epoch (and after pruning), and reports it, with the planned parameter count and
+every value measured so far, at the epochs where the scheduler judges (its rungs): one report per epoch would
+cost a round trip to the driver each, as much as an epoch of a small model. These carry ``EPOCH_KEY`` and never
+a record, so they can never enter the front. The keys of the reports are the protocol between the two sides.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .. import rundir
 from ..errors import DivergedError, first_line
 from ..ledger import OBJECTIVES, Outcome
 from ..space import define_by_run
+from ..stopping import rung_epochs
 
 if TYPE_CHECKING:
     import optuna
@@ -32,7 +34,7 @@ _RECORD_KEY = "autoprune_record"
 _MODEL_KEY = "autoprune_model"
 _OUTCOME_KEY = "autoprune_outcome"
 _REASON_KEY = "autoprune_reason"
-_HISTORY_KEY = "autoprune_intermediate"  # final report: [[epoch, stage, val_accuracy], ...] as JSON text
+_HISTORY_KEY = "autoprune_intermediate"  # [[epoch, stage, val_accuracy], ...] so far, as JSON text
 EPOCH_KEY = "autoprune_epoch"  # intermediate reports: epochs done (both phases)
 EPOCHS_KEY = "autoprune_epochs"  # the trial's epochs in all
 STAGE_KEY = "autoprune_stage"  # train | prune | finetune
@@ -46,7 +48,7 @@ class Job:
     space_yaml: str  # the frozen space document as YAML text
     threads: int  # torch threads: the trial's CPUs
     gpus: float  # GPUs reserved per trial (0: run on the CPU)
-    report_progress: bool = False  # measure and send intermediate results to Tune (early stopping judges them)
+    rungs: tuple[float, float] | None = None  # early stopping: (grace period, reduction factor); None: off
 
 
 def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, int]:
@@ -81,18 +83,15 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
     from ..trial import IntermediateResult, run_trial
 
     history: list[list[Any]] = []
+    reported = [0.0]  # the epoch of the last report sent
 
     def progress(p: IntermediateResult) -> None:
         history.append([p.epoch, p.stage, p.val_accuracy])
-        tune.report(
-            {
-                OBJECTIVES[0]: p.val_accuracy,
-                OBJECTIVES[1]: p.params_planned,
-                EPOCH_KEY: p.epoch,
-                EPOCHS_KEY: p.epochs,
-                STAGE_KEY: p.stage,
-            }
-        )
+        if not any(reported[0] < rung <= p.epoch for rung in rung_epochs(*job.rungs, p.epochs)):
+            return  # no rung reached since the last report: nothing for the scheduler to judge
+        reported[0] = p.epoch
+        values = {OBJECTIVES[0]: p.val_accuracy, OBJECTIVES[1]: p.params_planned, _HISTORY_KEY: json.dumps(history)}
+        tune.report({**values, EPOCH_KEY: p.epoch, EPOCHS_KEY: p.epochs, STAGE_KEY: p.stage})
 
     number = int(config[_NUMBER_KEY])
     params = {k: v for k, v in config.items() if k != _NUMBER_KEY}
@@ -105,7 +104,7 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         # A trial that reserved no GPU stays off the GPUs, which belong to the trials that reserved them.
         device = "cpu" if not job.gpus and cfg.device == "auto" else None
         # Without early stopping nothing is measured between epochs: the trial costs what it always did.
-        result = run_trial(cfg, device=device, threads=job.threads, report=progress if job.report_progress else None)
+        result = run_trial(cfg, device=device, threads=job.threads, report=progress if job.rungs else None)
         result.save(rundir.new_model_path(job.run_dir, number))
         report = {
             OBJECTIVES[0]: float(result.val_accuracy),
@@ -124,26 +123,18 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
     tune.report(report)
 
 
-def intermediate_of(result: dict[str, Any]) -> list[Any] | None:
-    """``[epoch, stage, val_accuracy]`` of an intermediate result; None for a final one."""
-    if EPOCH_KEY not in result:
-        return None
-    return [result[EPOCH_KEY], result.get(STAGE_KEY), result.get(OBJECTIVES[0])]
-
-
 def outcome_of(
     result: dict[str, Any],
     error: bool,
     trial_id: str,
     *,
-    history: list[list[Any]] | None = None,
     stopped: Decision | None = None,
 ) -> Outcome:
-    """How a trial ended, from its last (flattened) result; ``history``: the intermediate results the driver saw,
-    ``stopped``: the early-stopping decision that stopped it."""
+    """How a trial ended, from its last (flattened) result; ``stopped``: the early-stopping decision that stopped
+    it. Its intermediate values come with its last report, final or intermediate."""
     kind = result.get(_OUTCOME_KEY)
     attrs = {"node_id": result.get("node_id"), "hostname": result.get("hostname"), "ray_trial_id": trial_id}
-    seen = json.loads(result[_HISTORY_KEY]) if result.get(_HISTORY_KEY) else list(history or [])
+    seen = json.loads(result[_HISTORY_KEY]) if result.get(_HISTORY_KEY) else []
     common = {"attrs": attrs, "intermediate": seen}
     if kind == "complete" and result.get(_RECORD_KEY):
         record = json.loads(result[_RECORD_KEY])
