@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ._imports import import_callable
+from ._imports import first_line, import_callable
 from .config import DatasetConfig
 from .errors import DataError
 
@@ -278,16 +278,36 @@ def synthetic(cfg: DatasetConfig) -> RawSplits:
     return RawSplits(train_x, train_y, test_x, test_y, num_classes)
 
 
+BUILTIN_DATASETS = frozenset(DATASETS)  # what every process knows; anything registered later is local to it
+
+
 # ---------------------------------------------------------------------------------------------------------
 # User datasets
+
+
+def check_importable(name: str) -> None:
+    """Refuse a dataset that a fresh process (a Ray trial worker) could not load, before the first trial.
+
+    A loader registered with ``register_dataset`` in a notebook or script exists only in that process, and a
+    ``__main__:function`` cannot be imported by another one; the fix is a ``module:function`` in a file.
+    """
+    if name.partition(":")[0] == "__main__" or (":" not in name and name in DATASETS and name not in BUILTIN_DATASETS):
+        raise DataError(
+            f"dataset {name!r} exists only in this process (registered in a notebook or script, or __main__); "
+            "Ray trial workers are other processes and cannot load it: write a function that returns train_x, "
+            "train_y, test_x, test_y in a file, e.g. my_data.py in the working folder, and use dataset.name: "
+            "my_data:FUNCTION"
+        )
 
 
 def _user_dataset(spec: str) -> RawSplits:
     factory = import_callable(spec, what="dataset")
     try:
         out = factory()
+    except DataError:
+        raise
     except Exception as exc:  # user code: report it in one line rather than a traceback from inside autoprune
-        raise DataError(f"dataset {spec!r} raised {type(exc).__name__}: {exc}") from None
+        raise DataError(f"dataset {spec!r} raised {first_line(exc)}") from None
     keys = ("train_x", "train_y", "test_x", "test_y")
     num_classes: Any = None
     if isinstance(out, dict):
