@@ -743,10 +743,13 @@ def _init_ray(address: str | None, verbose: bool) -> bool:
     if ray.is_initialized():
         return False
     level = logging.INFO if verbose else logging.ERROR
+    from ._imports import worker_runtime_env
+
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
         "logging_level": level,
         "log_to_driver": verbose,
+        "runtime_env": worker_runtime_env(address),  # trial workers import user modules as the driver does
     }
     try:
         ray.init(address=address or "local", **kwargs)
@@ -920,6 +923,7 @@ def run_search(
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     spec = load_space(space, overrides)
+    spec.check_importable()
     n = trials if trials is not None else (spec.trials or DEFAULT_TRIALS)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise SearchError(f"--trials must be a positive integer, got {n!r}")
@@ -1057,6 +1061,7 @@ def resume_search(
     if not frozen_path.is_file():
         raise SearchError(f"{frozen_path} is missing; it is needed to resume this search")
     frozen = _space_from_text(frozen_path.read_text())
+    frozen.check_importable()
     if frozen.digest != info.space_digest:
         raise SearchError(
             f"{frozen_path} was changed since the search started (digest {frozen.digest[:12]} != "
