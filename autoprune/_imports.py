@@ -25,11 +25,24 @@ def first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
+_ADDED: list[str] = []  # the folder this module put on sys.path, if any
+
+
 def _working_folder_on_path() -> str:
-    """Put the current working directory first on ``sys.path`` unless it is there already; return it."""
+    """Put the current working directory first on ``sys.path`` unless it is there already; return it.
+
+    Only one such entry is kept: a process that changes folders (a Ray worker moves into each trial's folder)
+    replaces it rather than piling up entries.
+    """
     cwd = os.getcwd()
-    if "" not in sys.path and not any(os.path.abspath(p) == cwd for p in sys.path if p):
-        sys.path.insert(0, cwd)
+    if "" in sys.path or any(os.path.abspath(p) == cwd for p in sys.path if p):
+        return cwd
+    while _ADDED:
+        old = _ADDED.pop()
+        if old in sys.path:
+            sys.path.remove(old)
+    sys.path.insert(0, cwd)
+    _ADDED.append(cwd)
     return cwd
 
 

@@ -73,6 +73,11 @@ def test_a_module_in_the_working_folder_is_imported_and_the_folder_put_on_the_pa
     assert factory.__module__ == user_module
     import_callable(f"{user_module}:no_args", what="model")
     assert sys.path.count(os.getcwd()) == 1 and sys.path[0] == os.getcwd()
+    # A process that moves to another folder (a Ray worker entering each trial's folder) keeps one such entry.
+    first = os.getcwd()
+    os.chdir(os.path.dirname(first))
+    import_callable(f"{user_module}:flat", what="model")
+    assert sys.path[0] == os.getcwd() and first not in sys.path
 
 
 @pytest.mark.parametrize(
@@ -207,3 +212,15 @@ def test_a_dataset_registered_in_this_process_is_refused_for_a_search(monkeypatc
         check_dataset("__main__:load")
     for name in ("digits", "fashion-mnist", "synthetic", "my_data:load"):
         check_dataset(name)
+
+
+def test_a_search_refuses_a_process_local_model_before_starting_anything(monkeypatch, tmp_path: Path) -> None:
+    from autoprune.search import run_search
+
+    monkeypatch.setitem(MODELS, "notebook-mlp", None)
+    register_model("notebook-mlp")(lambda input_shape, num_classes: nn.Linear(64, num_classes))
+    space = tmp_path / "space.yaml"
+    space.write_text("dataset: {name: digits}\nmodel: {name: notebook-mlp}\nprune: {sparsity: auto}\n")
+    with pytest.raises(ModelError, match="registered with register_model in this process only"):
+        run_search(space, tmp_path / "run", trials=1, log=lambda _m: None)
+    assert not (tmp_path / "run").exists()
