@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._imports import call_factory, factory_arguments, import_callable
+from ._imports import call_factory, factory_arguments, first_line, import_callable
 from .errors import ModelError
 
 ModelFactory = Callable[..., nn.Module]
@@ -181,14 +181,37 @@ def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
             positions[name] = _flat(tuple(out.shape[2:])) if out.dim() > 2 else 1
 
         hooks.append(layer.register_forward_hook(hook))
-    was_training = model.training
     try:
-        model.eval()
-        param = next(model.parameters())
-        with torch.inference_mode():
-            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+        _forward_one(model, input_shape)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return positions
+
+
+def check_fits(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Run one zero sample through ``model``: one that does not fit the data fails here, in one line, not mid-trial."""
+    out = _forward_one(model, input_shape, name)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (1, num_classes):
+        raise ModelError(
+            f"model {name} gives {shape} for one sample shaped {tuple(input_shape)}, but the data has {num_classes} "
+            f"classes: it must give a tensor shaped (batch, {num_classes}); check how its factory uses num_classes"
+        )
+
+
+def _forward_one(model: nn.Module, input_shape: tuple[int, ...], name: str = "") -> object:
+    was_training = model.training
+    try:
+        model.eval()
+        param = next(model.parameters(), None)
+        device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
+        with torch.inference_mode():
+            return model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+    except Exception as exc:  # user code: one line that says what did not fit, not a traceback
+        raise ModelError(
+            f"model {name or type(model).__name__} does not run on a sample shaped {tuple(input_shape)}: "
+            f"{first_line(exc)}; check how its factory uses input_shape, in_channels or num_features"
+        ) from None
+    finally:
+        model.train(was_training)

@@ -359,7 +359,7 @@ def _model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> list[
     """
     from torch import nn
 
-    from .models import build_model, prunable_layers  # torch is needed only here
+    from .models import build_model, check_fits, prunable_layers  # torch is needed only here
 
     dataset = base.get("dataset", {}).get("name", "digits")
     model = base.get("model", {}).get("name", "lenet-300-100")
@@ -378,6 +378,7 @@ def _model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> list[
         shape, classes = data.input_shape, data.num_classes
     try:
         built = build_model(model, shape, classes)
+        check_fits(built, model, shape, classes)
     except AutoPruneError as exc:
         raise fail(str(exc)) from None
     if structured and not isinstance(built, nn.Sequential):

@@ -55,6 +55,12 @@ def raises(num_classes):
 
 def not_a_module():
     return 42
+
+def three_classes(input_shape):
+    return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2], 3))
+
+def tabular_only(num_features=30, num_classes=2):
+    return nn.Linear(num_features, num_classes)
 """
 
 
@@ -218,9 +224,37 @@ def test_a_search_refuses_a_process_local_model_before_starting_anything(monkeyp
     from autoprune.search import run_search
 
     monkeypatch.setitem(MODELS, "notebook-mlp", None)
-    register_model("notebook-mlp")(lambda input_shape, num_classes: nn.Linear(64, num_classes))
+    register_model("notebook-mlp")(lambda num_classes: nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)))
     space = tmp_path / "space.yaml"
     space.write_text("dataset: {name: digits}\nmodel: {name: notebook-mlp}\nprune: {sparsity: auto}\n")
     with pytest.raises(ModelError, match="registered with register_model in this process only"):
         run_search(space, tmp_path / "run", trials=1, log=lambda _m: None)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (
+            "tabular_only",
+            r"model \S+:tabular_only does not run on a sample shaped \(1, 8, 8\): RuntimeError: mat1 and mat2 shapes "
+            r"cannot be multiplied \(8x8 and 30x4\); check how its factory uses input_shape, in_channels or "
+            r"num_features$",
+        ),
+        (
+            "three_classes",
+            r"model \S+:three_classes gives \(1, 3\) for one sample shaped \(1, 8, 8\), but the data has 4 classes",
+        ),
+    ],
+)
+def test_a_model_that_does_not_fit_the_data_is_refused_at_validation(
+    user_module: str, tmp_path: Path, factory: str, message: str
+) -> None:
+    from autoprune.errors import ConfigError
+    from autoprune.space import load_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text(f"dataset: {{name: synthetic}}\nmodel: {{name: '{user_module}:{factory}'}}\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_space(space)
+    assert "\n" not in str(info.value)
