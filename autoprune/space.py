@@ -109,7 +109,7 @@ class SearchSpace:
 
     def check_importable(self) -> None:
         """Refuse, before any trial, a model or dataset that Ray's trial workers (other processes) cannot load."""
-        from .data import check_importable as check_dataset
+        from ._user_data import check_importable as check_dataset
         from .models import check_importable as check_model
 
         cfg = self.default_config()
