@@ -50,8 +50,10 @@ def worker_runtime_env(address: str | None) -> dict[str, Any] | None:
     """What ``ray.init(runtime_env=...)`` needs so that trial workers import user modules as the driver does.
 
     A local run (no ``address``) puts the working folder first on the workers' ``PYTHONPATH``, before whatever
-    ``PYTHONPATH`` the driver has. On a cluster, None: the other nodes cannot see this machine's folders, so the
-    code travels in the job's own runtime environment (``ray job submit --working-dir``; see README).
+    ``PYTHONPATH`` the driver has. Ray 2.60 also copies the driver's working folder into its workers' ``sys.path``,
+    through a private job setting; this says it through the public API. On a cluster, None: a folder shared by
+    every node at the same path needs nothing more, anything else travels in the job's own runtime environment
+    (``py_modules`` or ``working_dir``, see README), which a ``runtime_env`` given here would have to merge with.
     """
     if address:
         return None
