@@ -14,15 +14,9 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import AutoPruneError, DataError, ModelError
+from .errors import AutoPruneError, DataError, ModelError, first_line
 
 _ERRORS: dict[str, type[AutoPruneError]] = {"model": ModelError, "dataset": DataError}
-
-
-def first_line(exc: BaseException) -> str:
-    """``Type: first line of the message``: an exception from user code, told in one line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
 _ADDED: list[str] = []  # the folder this module put on sys.path, if any

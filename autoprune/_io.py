@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -26,3 +28,38 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def plain(
+    value: Any, *, where: str = "value", tensors: bool = False, json_safe: bool = False, strict: bool = True
+) -> Any:
+    """A copy made of plain data only: dicts (string or integer keys), lists, strings, numbers, booleans, None.
+
+    Paths become strings and numpy/torch scalars numbers. ``tensors``: tensors stay tensors (moved to the CPU,
+    for ``torch.save``), else arrays and tensors become lists. ``json_safe``: non-finite floats become None.
+    Anything else raises ``TypeError`` naming where it was found (``where``, then keys and indices), or with
+    ``strict=False`` is kept as it is.
+    """
+    again = functools.partial(plain, tensors=tensors, json_safe=json_safe, strict=strict)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return None if json_safe and not math.isfinite(value) else value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                raise TypeError(f"{where}: key {k!r} is not a string or integer")
+            out[k] = again(v, where=f"{where}.{k}")
+        return out
+    if isinstance(value, (list, tuple)):
+        return [again(v, where=f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if tensors and type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        return value.detach().cpu()
+    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # numpy and torch scalars and arrays
+        return again(value.tolist(), where=where)
+    if not strict:
+        return value
+    raise TypeError(f"{where}: a {type(value).__name__} value is not plain data (numbers, strings, lists, dicts)")

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._imports import first_line, import_callable
+from ._imports import import_callable
 from .data import BUILTIN_DATASETS, DATASETS, RawSplits
-from .errors import DataError
+from .errors import DataError, first_line
 
 
 def check_importable(name: str) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import ConfigError
 
@@ -86,10 +87,11 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Phase 1: SGD sparse training. ``penalty: none`` with both clips off is plain SGD."""
+class SGDConfig:
+    """One SGD phase: optimizer and learning-rate schedule. Sparse training and finetuning both are one."""
 
-    enabled: bool = True  # False skips phase 1 (the model keeps its initial weights)
+    section: ClassVar[str] = "sgd"  # the space-file section it is read from: names it in messages
+
     lr: float = 0.05
     momentum: float = 0.9
     nesterov: bool = False
@@ -97,6 +99,26 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # constant | step | cosine | cosine_restarts
     lr_step_epochs: int = 3  # step: decay every this many epochs; cosine_restarts: first cycle length
     lr_gamma: float = 0.1  # step: multiply the lr by this at each step
+
+    def __post_init__(self) -> None:
+        at = self.section
+        _check_number(f"{at}.lr", self.lr, low=0.0, low_open=True)
+        _check_number(f"{at}.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        _check_number(f"{at}.weight_decay", self.weight_decay, low=0.0)
+        _check_choice(f"{at}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_number(f"{at}.lr_step_epochs", self.lr_step_epochs, low=1, integer=True)
+        _check_number(f"{at}.lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError(f"{at}.nesterov needs {at}.momentum > 0, got momentum 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig(SGDConfig):
+    """Phase 1: SGD sparse training. ``penalty: none`` with both clips off is plain SGD."""
+
+    section: ClassVar[str] = "train"
+
+    enabled: bool = True  # False skips phase 1 (the model keeps its initial weights)
     lr_multipliers: dict[str, float] = field(default_factory=dict)  # layer name -> lr factor
     penalty: str = "l1"  # l1 (sum |w|) | group_lasso (per output unit) | none
     lambda_max: float = 1.0e-4  # the penalty weight reached by the lambda schedule
@@ -107,12 +129,7 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the global gradient norm; None = off
 
     def __post_init__(self) -> None:
-        _check_number("train.lr", self.lr, low=0.0, low_open=True)
-        _check_number("train.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        _check_number("train.weight_decay", self.weight_decay, low=0.0)
-        _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_number("train.lr_step_epochs", self.lr_step_epochs, low=1, integer=True)
-        _check_number("train.lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
+        super().__post_init__()
         for name, mult in self.lr_multipliers.items():
             _check_number(f"train.lr_multipliers.{name}", mult, low=0.0)
         _check_choice("train.penalty", self.penalty, PENALTIES)
@@ -120,12 +137,27 @@ class TrainConfig:
         _check_choice("train.lambda_schedule", self.lambda_schedule, LAMBDA_SCHEDULES)
         _check_number("train.lambda_warmup", self.lambda_warmup, low=0.0, high=1.0, high_open=True)
         _check_number("train.lambda_steps", self.lambda_steps, low=1, integer=True)
-        if self.nesterov and self.momentum == 0:
-            raise ConfigError("train.nesterov needs train.momentum > 0, got momentum 0")
         if self.weight_clip is not None:
             _check_number("train.weight_clip", self.weight_clip, low=0.0, low_open=True)
         if self.grad_clip is not None:
             _check_number("train.grad_clip", self.grad_clip, low=0.0, low_open=True)
+
+
+def unit_prunable(layers: Sequence[str]) -> list[str]:
+    """The prunable layers that may lose whole units under structured pruning: all but the last, whose outputs
+    are the classes.
+    """
+    return list(layers[:-1])
+
+
+def check_structured_sparsity(rated: Iterable[str], layers: Sequence[str]) -> None:
+    """Refuse a structured sparsity for the output layer (``rated``: the layers given a rate other than 0)."""
+    allowed = set(unit_prunable(layers))
+    for layer in rated:
+        if layer in layers and layer not in allowed:
+            raise ConfigError(
+                f"prune.sparsity.{layer}: the output layer cannot lose units under structured pruning; remove it"
+            )
 
 
 @dataclass(frozen=True)
@@ -160,26 +192,12 @@ class PruneConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(SGDConfig):
     """Phase 3: masked SGD finetuning (pruned weights stay exactly zero)."""
 
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "cosine"  # constant | step | cosine | cosine_restarts
-    lr_step_epochs: int = 3
-    lr_gamma: float = 0.1
+    section: ClassVar[str] = "finetune"
 
-    def __post_init__(self) -> None:
-        _check_number("finetune.lr", self.lr, low=0.0, low_open=True)
-        _check_number("finetune.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
-        _check_number("finetune.weight_decay", self.weight_decay, low=0.0)
-        _check_choice("finetune.schedule", self.schedule, LR_SCHEDULES)
-        _check_number("finetune.lr_step_epochs", self.lr_step_epochs, low=1, integer=True)
-        _check_number("finetune.lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
-        if self.nesterov and self.momentum == 0:
-            raise ConfigError("finetune.nesterov needs finetune.momentum > 0, got momentum 0")
+    lr: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -210,6 +228,20 @@ class TrialConfig:
     def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> TrialConfig:
         """Build from a nested dict; unknown keys are rejected with their dotted path."""
         return _from_dict(cls, data, where)
+
+
+# Keys renamed since files were first written: (section, old name) -> new name.
+_RENAMED = {("finetune", "schedule"): "lr_schedule"}
+
+
+def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A configuration dict written by an earlier version (a saved model's), with renamed keys brought up to date."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for (section, old), new in _RENAMED.items():
+        node = out.get(section)
+        if isinstance(node, dict) and old in node and new not in node:
+            node[new] = node.pop(old)
+    return out
 
 
 def _from_dict(cls: type, data: Any, where: str) -> Any:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .config import DatasetConfig
-from .errors import DataError
+from .errors import ConfigError, DataError
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MEAN = 0.2860
@@ -253,13 +253,26 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 @register_dataset("digits")
 def digits(cfg: DatasetConfig) -> RawSplits:
     """scikit-learn's 1797 8x8 digits with a fixed stratified 20% test split, standardized by training statistics."""
+    x, y, train_idx, test_idx = _digits_split()
+    mean, std = digits_standardization()
+    train_x, test_x = x[train_idx], x[test_idx]
+    return RawSplits((train_x - mean) / std, y[train_idx], (test_x - mean) / std, y[test_idx], 10)
+
+
+def _digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     images, target = _digits_arrays()
     x = torch.from_numpy(images).div(16.0).unsqueeze(1)
     y = torch.from_numpy(target)
     train_idx, test_idx = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
-    train_x, test_x = x[train_idx], x[test_idx]
-    mean, std = train_x.mean(), train_x.std()
-    return RawSplits((train_x - mean) / std, y[train_idx], (test_x - mean) / std, y[test_idx], 10)
+    return x, y, train_idx, test_idx
+
+
+@functools.lru_cache(maxsize=1)
+def digits_standardization() -> tuple[float, float]:
+    """Mean and std of the digits training split after scaling to [0, 1]: what ``digits`` standardizes with."""
+    x, _, train_idx, _ = _digits_split()
+    train_x = x[train_idx]
+    return float(train_x.mean()), float(train_x.std())
 
 
 @register_dataset("synthetic")
@@ -339,18 +352,24 @@ def load_datasets(cfg: DatasetConfig, *, seed: int, device: torch.device | str =
     The test split comes from the dataset itself and never enters the validation split. Results are cached
     for the two most recent ``(cfg, seed, device)`` keys: treat the returned tensors as read-only.
     """
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     return _load_cached(cfg, int(seed), str(dev), _source_key(cfg))
 
 
-def _resolve_device(device: torch.device | str) -> torch.device:
-    if str(device) == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+def resolve_device(spec: torch.device | str | None) -> torch.device:
+    """``auto``/None → cuda when available, else cpu; ``cuda`` → the current CUDA device (``cuda:N``).
+
+    The one place a device is chosen: an unknown name or an unavailable CUDA device is a ConfigError.
+    """
+    if spec is None or str(spec) == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        dev = torch.device(device)
+        dev = torch.device(spec)
     except (RuntimeError, TypeError) as exc:
-        raise DataError(f"invalid device {device!r} ({exc}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        raise ConfigError(f"invalid device {str(spec)!r} ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {str(spec)!r} requested but CUDA is not available here; use --device cpu")
+    if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())  # "cuda" and "cuda:0" share one cache entry
     return dev
 

@@ -38,3 +38,9 @@ class DivergedError(AutoPruneError):
 
 class SearchError(AutoPruneError):
     """A search cannot be started, resumed, reported or picked from."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (cut at ``limit``): an exception from other code, fit for one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__

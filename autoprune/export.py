@@ -2,10 +2,12 @@
 
 A model file is one ``torch.save``'d dict of plain data and tensors, so ``torch.load(weights_only=True)``
 reads it and opening a file from someone else cannot run code. It carries the architecture, the weights
-with pruning applied, the masks, the trial's configuration and metrics, and the input shape and class count
-needed to run it. A plain ``nn.Sequential`` of common layers is described layer by layer, with the shapes
-taken from the modules themselves, so a model made physically smaller by structured pruning rebuilds at its
-smaller size. Any other model is rebuilt by its ``module:function`` factory.
+with pruning applied, the masks, the trial's configuration and metrics, the input shape and class count
+needed to run it, and the preprocessing from raw inputs (``preprocess.Preprocessing``; files written before
+it was stored lack it, and ``autoprune.load_model`` derives it from their dataset's name). A plain
+``nn.Sequential`` of common layers is described layer by layer, with the shapes taken from the modules
+themselves, so a model made physically smaller by structured pruning rebuilds at its smaller size. Any other
+model is rebuilt by its ``module:function`` factory.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._io import atomic_open
-from .errors import ModelError
+from ._io import atomic_open, plain
+from .errors import ModelError, first_line
+from .train import MaskSet
 
 FORMAT = "autoprune-model"
 VERSION = 1
@@ -58,6 +61,7 @@ class LoadedModel:
     metrics: dict
     input_shape: tuple[int, ...]
     num_classes: int
+    preprocessing: dict | None = None  # raw input -> model input (``preprocess.Preprocessing``); None: not stored
 
 
 # ---------------------------------------------------------------------------------------------- architecture
@@ -173,26 +177,10 @@ def _unpack(packed: Any, where: str) -> Tensor:
 
 def _plain(value: Any, where: str) -> Any:
     """A copy that ``weights_only`` loading accepts: plain containers, scalars, strings and tensors."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not isinstance(k, (str, int)):
-                raise ModelError(f"cannot save {where}: key {k!r} is not a string or integer")
-            out[k] = _plain(v, f"{where}.{k}")
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, Tensor):
-        return value.detach().cpu()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars
-        return _plain(value.item(), where)
-    raise ModelError(
-        f"cannot save {where}: a {type(value).__name__} value is not plain data (numbers, strings, lists, dicts)"
-    )
+    try:
+        return plain(value, where=where, tensors=True)
+    except TypeError as exc:
+        raise ModelError(f"cannot save {exc}") from None
 
 
 def _is_model_file(path: Path) -> bool:
@@ -213,6 +201,20 @@ def _factory_name(config: dict) -> str | None:
     return None
 
 
+def check_output_file(path: str | os.PathLike) -> Path:
+    """``path`` as a place to write a model file: not a folder, in a folder that exists, and not replacing
+    anything but an autoprune model file.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"cannot save a model to {path}: it is a directory; give a file name such as model.pt")
+    if path.exists() and not _is_model_file(path):
+        raise ModelError(f"refusing to overwrite {path}: not an autoprune model file; choose another output file")
+    if not path.parent.is_dir():
+        raise ModelError(f"cannot save a model to {path}: folder {path.parent} does not exist")
+    return path
+
+
 def save_model(
     path: str | os.PathLike,
     model: nn.Module,
@@ -222,6 +224,7 @@ def save_model(
     metrics: dict,
     input_shape: tuple[int, ...],
     num_classes: int,
+    preprocessing: dict | None = None,
 ) -> Path:
     """Write ``model`` with its masks applied, and what is needed to rebuild and run it, to ``path``.
 
@@ -230,14 +233,7 @@ def save_model(
     complete file. An existing file is replaced only when it is itself an autoprune model file. The caller's
     model is not modified.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ModelError(f"cannot save a model to {path}: it is a directory; give a file name such as model.pt")
-    if path.exists() and not _is_model_file(path):
-        raise ModelError(f"refusing to overwrite {path}: not an autoprune model file; choose another output file")
-    if not path.parent.is_dir():
-        raise ModelError(f"cannot save a model to {path}: folder {path.parent} does not exist")
-
+    path = check_output_file(path)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     param_names = {name for name, _ in model.named_parameters()}
     packed_masks = {}
@@ -287,6 +283,7 @@ def save_model(
         "metrics": _plain(metrics, "metrics"),
         "input_shape": [int(s) for s in input_shape],
         "num_classes": int(num_classes),
+        "preprocessing": _plain(preprocessing, "preprocessing"),
         "torch_version": str(torch.__version__),
     }
     with atomic_open(path) as fh:
@@ -295,11 +292,6 @@ def save_model(
 
 
 # ---------------------------------------------------------------------------------------------- loading
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 def _read(path: Path, device: str | torch.device) -> Any:
@@ -318,7 +310,7 @@ def _read(path: Path, device: str | torch.device) -> Any:
                 f"cannot read model file {path}: it holds Python objects, not only data and tensors, so it is not "
                 "an autoprune model file (these are never unpickled)"
             ) from None
-        raise ModelError(f"cannot read model file {path}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot read model file {path}: {first_line(exc, 160)}") from None
 
 
 def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
@@ -363,7 +355,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ModelError(f"{path}: the weights do not load into the architecture ({_first_line(exc)})") from None
+        raise ModelError(f"{path}: the weights do not load into the architecture ({first_line(exc, 160)})") from None
     model.to(device)
 
     masks: dict[str, Tensor] = {}
@@ -374,10 +366,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         mask = _unpack(packed, f"{path}: mask {name!r}")
         if name not in params or tuple(params[name].shape) != tuple(mask.shape):
             raise ModelError(f"{path} is damaged: mask {name!r} does not match a parameter")
-        mask = mask.to(params[name].device)
-        with torch.no_grad():
-            params[name].mul_(mask)  # already zero in the file; re-applied so the model holds the invariant
-        masks[name] = mask
+        masks[name] = mask.to(params[name].device)
+    MaskSet(model, masks).apply_()  # already zero in the file; re-applied so the model holds the invariant
     model.eval()
     return LoadedModel(
         model=model,
@@ -386,4 +376,20 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         metrics=data["metrics"],
         input_shape=input_shape,
         num_classes=num_classes,
+        preprocessing=data.get("preprocessing") if isinstance(data.get("preprocessing"), dict) else None,
+    )
+
+
+def copy_model(source: str | os.PathLike, out: str | os.PathLike, *, metrics: dict) -> Path:
+    """Re-export the model in ``source`` to ``out`` with ``metrics`` as its record (``pick``'s export)."""
+    loaded = load_model(source)
+    return save_model(
+        out,
+        loaded.model,
+        masks=loaded.masks,
+        config=loaded.config,
+        metrics=metrics,
+        input_shape=loaded.input_shape,
+        num_classes=loaded.num_classes,
+        preprocessing=loaded.preprocessing,
     )

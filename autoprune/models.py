@@ -14,8 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ._imports import call_factory, factory_arguments, first_line, import_callable
-from .errors import ModelError
+from ._imports import call_factory, factory_arguments, import_callable
+from .errors import ModelError, first_line
 
 ModelFactory = Callable[..., nn.Module]
 MODELS: dict[str, ModelFactory] = {}

@@ -169,3 +169,51 @@ def pick_min_accuracy(front: Sequence[dict], min_accuracy: float) -> dict:
             f"no front model has val_accuracy >= {min_accuracy}; the most accurate is {best}; lower --min-accuracy"
         )
     return fits[0]
+
+
+def check_one_rule(
+    *, max_params: int | None = None, min_accuracy: float | None = None, knee: bool = False, trial: int | None = None
+) -> None:
+    """Refuse anything but exactly one pick rule."""
+    given = {
+        "--max-params": max_params is not None,
+        "--min-accuracy": min_accuracy is not None,
+        "--knee": knee,
+        "--trial": trial is not None,
+    }
+    rules = [name for name, on in given.items() if on]
+    if len(rules) != 1:
+        raise SearchError(
+            "give exactly one of --max-params N, --min-accuracy A, --knee, --trial N "
+            f"(got {', '.join(rules) or 'none'})"
+        )
+
+
+def pick(
+    records: Sequence[dict],
+    *,
+    max_params: int | None = None,
+    min_accuracy: float | None = None,
+    knee: bool = False,
+    trial: int | None = None,
+) -> dict:
+    """One record chosen by exactly one rule: a constraint or the knee (on the front of ``records``), or a
+    trial number (any finished trial, on the front or not).
+    """
+    check_one_rule(max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
+    if not records:
+        raise SearchError("no finished trials yet; nothing to pick")
+    if trial is not None:
+        if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)):
+            raise SearchError(f"--trial must be a trial number, got {trial!r}")
+        found = [r for r in records if r.get("trial") == trial]
+        if not found:
+            numbers = sorted(r["trial"] for r in records if r.get("trial") is not None)
+            shown = ", ".join(map(str, numbers[:20])) + (" ..." if len(numbers) > 20 else "")
+            raise SearchError(f"trial {trial} is not a finished trial of this search; finished trials: {shown}")
+        return found[0]
+    if max_params is not None:
+        return pick_max_params(records, max_params)
+    if min_accuracy is not None:
+        return pick_min_accuracy(records, min_accuracy)
+    return knee_point(records)

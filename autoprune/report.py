@@ -1,4 +1,4 @@
-"""Rendering of a search's results: terminal table, CSV, JSON document and Pareto plot.
+"""Rendering of a search's results: terminal table, CSV, JSON document (the plot is ``plot.py``'s), progress.
 
 Everything here reads records and the front computed by ``pareto.py``; nothing is decided here. pandas and
 matplotlib load only inside the functions that need them, so importing this module stays cheap. Files are
@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_open
+from ._io import atomic_open, plain
+from .plot import plot_front
 
 # Column groups of the CSV, in this order; within a group columns keep their first-seen order.
 _LEAD_COLUMNS = ("trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total")
@@ -63,7 +66,7 @@ def front_table(
 
     Columns: trial number, nonzero parameters, their share of the dense count, validation and test accuracy,
     and the zero fraction of each layer in percent. ``total`` is the number of finished trials; ``baseline``
-    (the dense reference) is shown under a rule when given.
+    (the dense reference) is shown under a rule when given, and marked ``dense`` where it is on the front.
     """
     title = f"Pareto front: {len(front)} model{'s' if len(front) != 1 else ''}"
     if total is not None:
@@ -71,7 +74,10 @@ def front_table(
     if failed:
         title += f", {failed} failed"
     header = ["trial", "params", "% dense", "val acc", "test acc", "sparsity % (per layer)"]
-    rows = [_table_row(r) for r in front]
+    dense = baseline.get("trial") if baseline is not None else None
+    rows = [
+        _table_row(r, f"{r['trial']} dense" if dense is not None and r.get("trial") == dense else None) for r in front
+    ]
     base_rows = []
     if baseline is not None:
         trial = baseline.get("trial")
@@ -116,22 +122,31 @@ def trial_summary(record: dict) -> str:
 
 def _plain(value: Any) -> Any:
     """JSON-safe copy: numpy scalars to Python, paths to strings, non-finite floats to None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if hasattr(value, "tolist") and hasattr(value, "ndim"):  # numpy / torch scalars and arrays
-        return _plain(value.tolist())
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return plain(value, where="record", json_safe=True, strict=False)
 
 
 def report_document(front: Sequence[dict], trials: Sequence[dict], failed: int) -> dict:
     """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N}``, JSON-safe."""
     return {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
+
+
+def front_hypervolume(front: Sequence[dict]) -> dict[str, Any] | None:
+    """The front's hypervolume (``pareto.hypervolume``: log10 parameters × val accuracy) against the reference
+    point (dense parameter count, accuracy 0): one number to compare searches of the same model by.
+    """
+    from .pareto import hypervolume
+
+    totals = [r["params_total"] for r in front if r.get("params_total")]
+    if not totals:
+        return None
+    ref = max(totals)
+    return {
+        "value": hypervolume(front, ref_params=ref, ref_accuracy=0.0),
+        "ref_params": ref,
+        "ref_accuracy": 0.0,
+        "x": "log10(params_nonzero)",
+        "y": "val_accuracy",
+    }
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -189,92 +204,6 @@ def write_csv(records: Sequence[dict], path: str | os.PathLike) -> None:
         frame.to_csv(fh, index=False)
 
 
-def _key(record: dict) -> tuple:
-    return (record.get("trial"), record.get("params_nonzero"), record.get("val_accuracy"))
-
-
-def plot_front(
-    trials: Sequence[dict],
-    front: Sequence[dict],
-    path: str | os.PathLike,
-    *,
-    baseline: dict | None = None,
-    title: str = "",
-) -> None:
-    """Write a PNG of validation accuracy against nonzero parameters (log scale).
-
-    Dominated trials are grey dots; the front is a step line with filled markers labelled by trial number,
-    the same models' test accuracy is drawn as hollow markers, and ``baseline`` (the dense model) as a star.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    on_front = {_key(r) for r in front}
-
-    def xs(records: Sequence[dict]) -> list[float]:
-        return [max(float(r["params_nonzero"]), 1.0) for r in records]  # a log axis cannot show 0
-
-    dominated = [r for r in trials if _key(r) not in on_front and r.get("val_accuracy") is not None]
-    if dominated:
-        ax.scatter(
-            xs(dominated),
-            [r["val_accuracy"] for r in dominated],
-            s=14,
-            color="0.65",
-            alpha=0.7,
-            linewidths=0,
-            label=f"dominated trials ({len(dominated)})",
-        )
-    if front:
-        fx, fy = xs(front), [float(r["val_accuracy"]) for r in front]
-        ax.step(fx, fy, where="post", color="tab:blue", linewidth=1.5, alpha=0.8)
-        ax.scatter(fx, fy, s=36, color="tab:blue", zorder=3, label=f"Pareto front, val accuracy ({len(front)})")
-        tested = [
-            (x, float(r["test_accuracy"])) for x, r in zip(fx, front, strict=True) if r.get("test_accuracy") is not None
-        ]
-        if tested:
-            ax.scatter(
-                [t[0] for t in tested],
-                [t[1] for t in tested],
-                s=36,
-                facecolors="none",
-                edgecolors="tab:orange",
-                linewidths=1.3,
-                zorder=3,
-                label="front, test accuracy",
-            )
-        for x, y, r in zip(fx, fy, front, strict=True):
-            if r.get("trial") is not None:
-                ax.annotate(
-                    str(r["trial"]), (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8, color="tab:blue"
-                )
-    if baseline is not None and baseline.get("val_accuracy") is not None:
-        ax.scatter(
-            xs([baseline]),
-            [baseline["val_accuracy"]],
-            marker="*",
-            s=180,
-            color="tab:red",
-            zorder=4,
-            label="dense baseline",
-        )
-    if not trials and not front:
-        ax.text(0.5, 0.5, "no finished trials yet", transform=ax.transAxes, ha="center", va="center")
-    else:
-        ax.set_xscale("log")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("nonzero parameters (log scale)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "accuracy vs. parameters")
-    ax.grid(True, which="both", alpha=0.25)
-    fig.tight_layout()
-    with atomic_open(Path(path), "wb") as fh:
-        fig.savefig(fh, format="png")
-
-
 def write_report(
     run_dir: str | os.PathLike,
     front: Sequence[dict],
@@ -285,7 +214,10 @@ def write_report(
 ) -> dict[str, Path]:
     """Write ``run_dir/report/{front.csv, trials.csv, report.json, pareto.png}`` atomically.
 
-    Returns the paths under the keys ``front_csv``, ``trials_csv``, ``json`` and ``plot``.
+    report.json is the ``report --json`` document plus the front's ``hypervolume`` (see ``front_hypervolume``).
+    Model paths in the files are relative to ``run_dir``, so the report stays true when the run directory is
+    moved or read from another working directory. Returns the paths under the keys ``front_csv``,
+    ``trials_csv``, ``json`` and ``plot``.
     """
     folder = Path(run_dir) / "report"
     paths = {
@@ -294,10 +226,108 @@ def write_report(
         "json": folder / "report.json",
         "plot": folder / "pareto.png",
     }
+    front, trials = _relative_paths(front, run_dir), _relative_paths(trials, run_dir)
     write_csv(front, paths["front_csv"])
     write_csv(trials, paths["trials_csv"])
+    document = {**report_document(front, trials, failed), "hypervolume": front_hypervolume(front)}
     with atomic_open(paths["json"], "w") as fh:
-        json.dump(report_document(front, trials, failed), fh, indent=2, allow_nan=False)
+        json.dump(document, fh, indent=2, allow_nan=False)
         fh.write("\n")
     plot_front(trials, front, paths["plot"], baseline=baseline, title=f"{Path(run_dir).name}: Pareto front")
     return paths
+
+
+def _relative_paths(records: Sequence[dict], run_dir: str | os.PathLike) -> list[dict]:
+    from .rundir import relative_to_run
+
+    return [
+        {**r, "model_path": relative_to_run(r["model_path"], run_dir)} if r.get("model_path") else r for r in records
+    ]
+
+
+# ------------------------------------------------------------------------------------------- search progress
+
+
+@dataclass
+class Progress:
+    """Progress lines of a search on stderr: counts, elapsed time, the front size and its best points."""
+
+    log: Callable[[str], None]
+    requested: int  # trials this launch runs
+    already: int  # counted trials before this launch
+    records: list[dict[str, Any]]  # finished records so far (earlier launches included)
+    started: float = field(default_factory=time.monotonic)
+    done: int = 0
+    failed: int = 0
+    cut: int = 0
+    running: set[Any] = field(default_factory=set)  # keys of trials whose process started and did not end
+
+    def elapsed(self) -> str:
+        s = int(time.monotonic() - self.started)
+        return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+    def trial_started(self, key: Any) -> None:
+        self.running.add(key)
+
+    def finished(
+        self, number: int, outcome: str, record: dict | None, reason: str | None, *, counted: bool, key: Any = None
+    ) -> None:
+        """One line for a trial the study has recorded; ``counted``: it counts toward the requested number."""
+        from .pareto import pareto_front
+
+        self.running.discard(key)
+        if outcome == "complete" and record is not None:
+            self.done += 1
+            self.records.append({"trial": number, **record})
+            what = f"trial {number}: val {record['val_accuracy']:.4f}, {record['params_nonzero']} params"
+        elif counted:
+            self.failed += 1
+            what = f"trial {number} failed ({outcome}): {reason}"
+        else:
+            self.cut += 1
+            what = f"trial {number} stopped ({outcome})"
+        front = pareto_front(self.records)
+        shown = front if len(front) <= 4 else [front[round(i * (len(front) - 1) / 3)] for i in range(4)]
+        points = " ".join(f"{r['val_accuracy']:.4f}@{_short(r['params_nonzero'])}" for r in reversed(shown))
+        finished = self.already + self.done + self.failed
+        total = self.already + self.requested
+        self.log(
+            f"[{self.elapsed()}] {finished}/{total} done, {len(self.running)} running, {self.failed} failed | {what} | "
+            f"front {len(front)}: {points or '-'}"
+        )
+
+
+def _short(n: float) -> str:
+    n = float(n)
+    for unit, size in (("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return f"{int(n)}"
+
+
+class TrialProgress:
+    """One self-rewriting status line for ``autoprune trial`` on a terminal: phase, epoch k/N, the epoch's
+    mean loss, and the time left, estimated from the epochs done so far.
+    """
+
+    def __init__(self, epochs: dict[str, int], write: Callable[[str], None]) -> None:
+        self.epochs = dict(epochs)  # phase -> its number of epochs, in running order
+        self.write = write
+        self.started = time.monotonic()
+        self.done: dict[str, int] = dict.fromkeys(epochs, 0)
+
+    def __call__(self, phase: str, epoch: int, epochs: int, loss: float) -> None:
+        self.done[phase] = epoch
+        finished = sum(self.done.values())
+        left = sum(self.epochs.values()) - finished
+        per_epoch = (time.monotonic() - self.started) / max(finished, 1)
+        self.write(f"\r\x1b[K{phase} epoch {epoch}/{epochs}, loss {loss:.4f}, ~{_duration(per_epoch * left)} left")
+
+    def line(self, message: str) -> None:
+        """A message of its own line, over the status line."""
+        self.write(f"\r\x1b[K{message}\n")
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

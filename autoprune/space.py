@@ -24,7 +24,7 @@ import yaml
 
 from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shipped spaces
 from ._spacefile import load_yaml, resolve_space_path
-from .config import _SECTIONS, TrialConfig
+from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ AUTO_SPARSITY = (0.0, 0.95)  # the range `prune.sparsity: auto` searches for eve
 # Image shapes of the built-in datasets, so layer names validate without loading any data.
 _INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic": (1, 8, 8)}
 _NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
+SAMPLERS = ("tpe", "nsga2", "random")  # the values of `search.sampler` and `--sampler`
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     layers = _model_layers(base, fail, structured=structured is True)
     if prune.get("sparsity") == "auto":
         prune["sparsity"] = {}
-        targets = layers[:-1] if structured else layers
+        targets = unit_prunable(layers) if structured else layers
         dims.extend(
             Dim(path=f"prune.sparsity.{layer}", low=AUTO_SPARSITY[0], high=AUTO_SPARSITY[1]) for layer in targets
         )
@@ -280,14 +281,13 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         for layer in base.get(sec, {}).get(name, {}) or {}:
             if layer not in layers:
                 raise fail(f"{mapping}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(layers)}")
-    if (
-        structured
-        and layers
-        and (f"prune.sparsity.{layers[-1]}" in {d.path for d in dims} or prune.get("sparsity", {}).get(layers[-1]))
-    ):
-        raise fail(
-            f"prune.sparsity.{layers[-1]}: the output layer cannot lose units under structured pruning; remove it"
-        )
+    if structured:
+        rated = [d.path.removeprefix("prune.sparsity.") for d in dims if d.path.startswith("prune.sparsity.")]
+        rated += [layer for layer, rate in (prune.get("sparsity") or {}).items() if rate]
+        try:
+            check_structured_sparsity(rated, layers)
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
 
     space = SearchSpace(
         source=source,
@@ -303,8 +303,8 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         not isinstance(space.trials, int) or isinstance(space.trials, bool) or space.trials < 1
     ):
         raise fail(f"search.trials must be a positive integer, got {space.trials!r}")
-    if space.sampler is not None and space.sampler not in ("tpe", "nsga2", "random"):
-        raise fail(f"search.sampler must be one of tpe, nsga2, random, got {space.sampler!r}")
+    if space.sampler is not None and space.sampler not in SAMPLERS:
+        raise fail(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {space.sampler!r}")
     return space
 
 

@@ -73,16 +73,6 @@ def lr_at(
 # ------------------------------------------------------------------------------------------------- regularizers
 
 
-def l1_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Σ|w| over ``weights`` (for reporting and tests; training uses ``add_l1_grad_``)."""
-    return torch.stack([w.abs().sum() for w in weights]).sum()
-
-
-def group_lasso_penalty(weights: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Σ over output units of ‖w_unit‖₂ (a Linear row, a Conv2d output channel)."""
-    return torch.stack([w.flatten(1).norm(dim=1).sum() for w in weights]).sum()
-
-
 @torch.no_grad()
 def add_l1_grad_(weights: Sequence[torch.Tensor], lam: float) -> None:
     """``w.grad += λ·sign(w)``: the subgradient of λ·Σ|w| (0 at w = 0), in place, with no autograd graph."""
@@ -114,7 +104,8 @@ def clip_weights_(weights: Sequence[torch.Tensor], threshold: float) -> None:
 
 @torch.no_grad()
 def grad_clip_scale(params: Sequence[torch.Tensor], threshold: float) -> float | torch.Tensor:
-    """The factor min(1, threshold / ‖g‖₂) that clips the global gradient norm, as ``clip_grad_norm_`` computes it.
+    """The factor min(1, threshold / ‖g‖₂) that clips the global gradient norm, as
+    ``torch.nn.utils.clip_grad_norm_`` computes it.
 
     On the CPU it is returned as a float (reading a CPU tensor costs nothing), so the optimizer can fold it into
     its update; on a GPU it stays a device tensor, so that clipping never waits for the device.
@@ -125,11 +116,3 @@ def grad_clip_scale(params: Sequence[torch.Tensor], threshold: float) -> float |
     total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     scale = torch.clamp(threshold / (total + 1e-6), max=1.0)
     return float(scale) if scale.device.type == "cpu" else scale
-
-
-def clip_grad_norm_(params: Sequence[torch.Tensor], threshold: float) -> None:
-    """Scale the gradients in place so that their global L2 norm is at most ``threshold``."""
-    scale = grad_clip_scale(params, threshold)
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        torch._foreach_mul_(grads, scale)

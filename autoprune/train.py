@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import SGDConfig, TrainConfig
 from .data import batch_indices
 from .errors import DivergedError
 from .models import prunable_layers
@@ -59,30 +59,6 @@ class MaskSet:
                 buf.mul_(m)
 
 
-@dataclass(frozen=True)
-class PhaseSettings:
-    """What one SGD phase does; built by the pipeline from TrainConfig or FinetuneConfig."""
-
-    name: str  # "train" or "finetune": appears in DivergedError
-    epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    lr_step_epochs: int = 3
-    lr_gamma: float = 0.1
-    lr_multipliers: Mapping[str, float] = field(default_factory=dict)
-    penalty: str = "none"  # l1 | group_lasso | none
-    lambda_max: float = 0.0
-    lambda_schedule: str = "constant"
-    lambda_warmup: float = 0.0
-    lambda_steps: int = 3
-    weight_clip: float | None = None
-    grad_clip: float | None = None
-
-
 class SGD:
     """SGD with momentum (optionally Nesterov) and weight decay: the update of ``torch.optim.SGD``
     (dampening 0), written with foreach kernels so that extra work costs as few passes over memory as possible.
@@ -97,8 +73,11 @@ class SGD:
         self.groups = [(params, mult) for params, mult in groups if params]
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.buffers = [[torch.zeros_like(p) for p in params] if momentum else [] for params, _ in self.groups]
-        self._buffer_of = {id(p): b for (params, _), bufs in zip(self.groups, self.buffers, strict=True)
-                           for p, b in zip(params, bufs, strict=False)}  # fmt: skip
+        self._buffer_of = {
+            id(p): b
+            for (params, _), bufs in zip(self.groups, self.buffers, strict=True)
+            for p, b in zip(params, bufs, strict=False)
+        }
 
     def momentum_buffer(self, param: torch.Tensor) -> torch.Tensor | None:
         return self._buffer_of.get(id(param))
@@ -112,8 +91,9 @@ class SGD:
     def step(self, lr: float, grad_scale: float | torch.Tensor = 1.0) -> None:
         mu, wd = self.momentum, self.weight_decay
         for (params, mult), bufs in zip(self.groups, self.buffers, strict=True):
-            pairs = [(p, p.grad, b) for p, b in zip(params, bufs or [None] * len(params), strict=True)
-                     if p.grad is not None]  # fmt: skip
+            pairs = [
+                (p, p.grad, b) for p, b in zip(params, bufs or [None] * len(params), strict=True) if p.grad is not None
+            ]
             if not pairs:
                 continue
             ps, gs = [p for p, _, _ in pairs], [g for _, g, _ in pairs]
@@ -140,87 +120,119 @@ class SGD:
                 torch._foreach_add_(ps, bs, alpha=-step_lr)
 
 
-def make_optimizer(model: nn.Module, s: PhaseSettings) -> SGD:
+def make_optimizer(model: nn.Module, phase: SGDConfig) -> SGD:
     """One parameter group per layer that has an lr multiplier; the rest share one group."""
     groups: list[tuple[list[torch.Tensor], float]] = []
     taken: set[int] = set()
     modules = dict(model.named_modules())
-    for layer, mult in s.lr_multipliers.items():
+    multipliers = phase.lr_multipliers if isinstance(phase, TrainConfig) else {}
+    for layer, mult in multipliers.items():
         params = [p for p in modules[layer].parameters() if p.requires_grad]
         taken.update(id(p) for p in params)
         groups.append((params, mult))
     rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
     groups.insert(0, (rest, 1.0))
-    return SGD(groups, momentum=s.momentum, nesterov=s.nesterov, weight_decay=s.weight_decay)
+    return SGD(groups, momentum=phase.momentum, nesterov=phase.nesterov, weight_decay=phase.weight_decay)
 
 
 def run_phase(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    s: PhaseSettings,
+    phase: SGDConfig,
     *,
+    epochs: int,
+    batch_size: int,
     generator: torch.Generator,
     masks: MaskSet | None = None,
     prune_events: Mapping[int, Callable[[], MaskSet]] | None = None,
     amp: bool = False,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[int, MaskSet | None]:
-    """Run ``s.epochs`` epochs of SGD on resident tensors ``x``/``y``.
+    """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
+
+    A ``TrainConfig`` adds sparse training (penalty, clipping, per-layer lr); any other phase is plain SGD.
 
     ``prune_events`` maps a step number to a function returning new (tighter) masks: gradual pruning. The
     current masks are enforced on weights after every step, on gradients before it, and on momentum buffers
-    whenever they change. Returns the number of steps taken and the final masks.
+    whenever they change. ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1; one
+    host sync per epoch, only when given). Returns the number of steps taken and the final masks.
     """
-    if s.epochs == 0 or len(x) == 0:
+    if epochs == 0 or len(x) == 0:
         return 0, masks
+    sparse = phase if isinstance(phase, TrainConfig) else None
     model.train()
-    opt = make_optimizer(model, s)
+    opt = make_optimizer(model, phase)
     weights = [m.weight for m in prunable_layers(model).values()]
     params = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = -(-len(x) // s.batch_size)
-    total = steps_per_epoch * s.epochs
+    steps_per_epoch = -(-len(x) // batch_size)
+    total = steps_per_epoch * epochs
     events = dict(prune_events or {})
-    penalty_grad = {"l1": add_l1_grad_, "group_lasso": add_group_lasso_grad_}.get(s.penalty)
+    penalty = _penalty(sparse, weights) if sparse else None
+    grad_clip = sparse.grad_clip if sparse else None
+    weight_clip = sparse.weight_clip if sparse else None
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16)
         if amp and x.device.type == "cuda"
         else contextlib.nullcontext()
     )
     loss_sum = torch.zeros((), device=x.device)
+    epoch_loss = torch.zeros((), device=x.device) if on_epoch is not None else None
     if masks:
         masks.apply_()
     step = 0
-    for _epoch in range(s.epochs):
-        for idx in batch_indices(len(x), s.batch_size, generator=generator, device=x.device):
+    for epoch in range(epochs):
+        for idx in batch_indices(len(x), batch_size, generator=generator, device=x.device):
             if step in events:
                 masks = events.pop(step)()
                 masks.apply_()
                 masks.mask_momentum_(opt)
             lr = lr_at(
-                s.lr_schedule, s.lr, step, total,
-                steps_per_epoch=steps_per_epoch, step_epochs=s.lr_step_epochs, gamma=s.lr_gamma,
-            )  # fmt: skip
+                phase.lr_schedule,
+                phase.lr,
+                step,
+                total,
+                steps_per_epoch=steps_per_epoch,
+                step_epochs=phase.lr_step_epochs,
+                gamma=phase.lr_gamma,
+            )
             opt.zero_grad()
             with autocast:
                 loss = F.cross_entropy(model(x[idx]), y[idx])
             loss.backward()
-            if penalty_grad is not None:
-                lam = lambda_at(
-                    s.lambda_schedule, s.lambda_max, step / total, warmup=s.lambda_warmup, steps=s.lambda_steps
-                )
-                penalty_grad(weights, lam)
+            if penalty is not None:
+                penalty(step / total)
             if masks:  # masked gradients keep masked weights and their momentum exactly zero
                 masks.mask_grads_()
-            scale = grad_clip_scale(params, s.grad_clip) if s.grad_clip is not None else 1.0
+            scale = grad_clip_scale(params, grad_clip) if grad_clip is not None else 1.0
             opt.step(lr, scale)
-            if s.weight_clip is not None:
-                clip_weights_(weights, s.weight_clip)
-            loss_sum += loss.detach().float()
+            if weight_clip is not None:
+                clip_weights_(weights, weight_clip)
+            step_loss = loss.detach().float()
+            loss_sum += step_loss
+            if epoch_loss is not None:
+                epoch_loss += step_loss
             step += 1
             if step % CHECK_EVERY == 0 or step == total:
-                _check_finite(loss_sum, s.name, step)
+                _check_finite(loss_sum, phase.section, step)
                 loss_sum.zero_()
+        if on_epoch is not None and epoch_loss is not None:
+            on_epoch(epoch + 1, float(epoch_loss) / steps_per_epoch)  # the one host sync per epoch
+            epoch_loss.zero_()
     return step, masks
+
+
+def _penalty(tc: TrainConfig, weights: list[torch.Tensor]) -> Callable[[float], None] | None:
+    """Adds λ(progress) times the penalty's gradient to the weights' gradients in place; None for no penalty."""
+    add_grad = {"l1": add_l1_grad_, "group_lasso": add_group_lasso_grad_}.get(tc.penalty)
+    if add_grad is None:
+        return None
+
+    def apply(progress: float) -> None:
+        lam = lambda_at(tc.lambda_schedule, tc.lambda_max, progress, warmup=tc.lambda_warmup, steps=tc.lambda_steps)
+        add_grad(weights, lam)
+
+    return apply
 
 
 def _check_finite(loss_sum: torch.Tensor, phase: str, step: int) -> None:

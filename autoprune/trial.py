@@ -19,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import FinetuneConfig, TrialConfig
-from .data import Datasets, load_datasets
+from .config import SGDConfig, TrialConfig, check_structured_sparsity
+from .data import Datasets, load_datasets, resolve_device
 from .errors import ConfigError
 from .models import build_model, layer_positions, prunable_layers
+from .preprocess import for_dataset
 from .pruning import (
     agp_sparsity,
     compute_masks,
@@ -32,7 +33,7 @@ from .pruning import (
     gradual_plan,
     shrink_sequential,
 )
-from .train import MaskSet, PhaseSettings, batches_for_statistics, evaluate, run_phase
+from .train import MaskSet, batches_for_statistics, evaluate, run_phase
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TrialResult:
     masks: dict[str, torch.Tensor] = field(repr=False)  # parameter name -> 0/1 mask of the final model
     input_shape: tuple[int, ...] = ()
     num_classes: int = 0
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # raw input -> model input (preprocess.py)
 
     def record(self) -> dict[str, Any]:
         """The JSON trial record (DESIGN.md field names)."""
@@ -85,17 +87,8 @@ class TrialResult:
             metrics=self.record(),
             input_shape=self.input_shape,
             num_classes=self.num_classes,
+            preprocessing=self.preprocessing or None,
         )
-
-
-def resolve_device(spec: str | torch.device | None) -> torch.device:
-    """``auto``/None → cuda when available, else cpu; an unavailable cuda request is a ConfigError."""
-    if spec is None or str(spec) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {str(spec)!r} requested but CUDA is not available here; use --device cpu")
-    return device
 
 
 def run_trial(
@@ -105,11 +98,13 @@ def run_trial(
     device: str | torch.device | None = None,
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[str, int, int, float], None] | None = None,
 ) -> TrialResult:
     """Run the full pipeline for ``cfg``. Same seed, same device and thread count → same result.
 
-    Raises ``DivergedError`` (phase, step) on a non-finite loss and ``ConfigError`` on a configuration that does
-    not fit the model (e.g. a sparsity for a layer it does not have).
+    ``log`` receives a line after each phase; ``on_epoch(phase, epoch, epochs, mean_loss)`` is called after
+    every epoch of both SGD phases. Raises ``DivergedError`` (phase, step) on a non-finite loss and
+    ``ConfigError`` on a configuration that does not fit the model (e.g. a sparsity for a layer it does not have).
     """
     say = log or (lambda _msg: None)
     dev = resolve_device(device if device is not None else cfg.device)
@@ -134,28 +129,26 @@ def run_trial(
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
 
+    def sgd(phase: SGDConfig, epochs: int, **kwargs: Any) -> tuple[int, MaskSet | None]:
+        """One SGD phase on the training split (both phases share the batch size, batch order and amp)."""
+        report = _epochs(on_epoch, phase.section, epochs)
+        x, y = data.train_x, data.train_y
+        return run_phase(
+            model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=cfg.amp, on_epoch=report, **kwargs
+        )
+
     # 1. sparse training
     t0 = time.perf_counter()
     if cfg.train.enabled and cfg.budget.train_epochs > 0:
-        tc = cfg.train
-        settings = PhaseSettings(
-            name="train", epochs=cfg.budget.train_epochs, batch_size=bs, lr=tc.lr, momentum=tc.momentum,
-            nesterov=tc.nesterov, weight_decay=tc.weight_decay, lr_schedule=tc.lr_schedule,
-            lr_step_epochs=tc.lr_step_epochs, lr_gamma=tc.lr_gamma, lr_multipliers=tc.lr_multipliers,
-            penalty=tc.penalty, lambda_max=tc.lambda_max, lambda_schedule=tc.lambda_schedule,
-            lambda_warmup=tc.lambda_warmup, lambda_steps=tc.lambda_steps, weight_clip=tc.weight_clip,
-            grad_clip=tc.grad_clip,
-        )  # fmt: skip
-        run_phase(model, data.train_x, data.train_y, settings, generator=gen, amp=cfg.amp)
+        sgd(cfg.train, cfg.budget.train_epochs)
     val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     seconds["train"] = time.perf_counter() - t0
     say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
 
     # 2. pruning (one-shot now; gradual as events during finetuning) and 3. finetuning
     pc = cfg.prune
-    ft = _finetune_settings(cfg.finetune, cfg.budget.finetune_epochs, bs)
-    steps_per_epoch = -(-len(data.train_x) // bs)
-    ft_steps = steps_per_epoch * ft.epochs
+    ft_epochs = cfg.budget.finetune_epochs
+    ft_steps = -(-len(data.train_x) // bs) * ft_epochs
     gradual = pc.enabled and pc.schedule == "gradual" and ft_steps > 0
 
     def prune_to(rates: dict[str, float] | None, amount: float | None, current: MaskSet | None) -> MaskSet:
@@ -196,12 +189,10 @@ def run_trial(
 
     t0 = time.perf_counter()
     if gradual:  # pruning happens inside finetuning: there is no pruned-but-not-finetuned model to measure
-        _, masks = run_phase(
-            model, data.train_x, data.train_y, ft, generator=gen, masks=masks, prune_events=events, amp=cfg.amp
-        )
+        _, masks = sgd(cfg.finetune, ft_epochs, masks=masks, prune_events=events)
         val_pruned = None
     else:
-        run_phase(model, data.train_x, data.train_y, ft, generator=gen, masks=masks, amp=cfg.amp)
+        sgd(cfg.finetune, ft_epochs, masks=masks)
     seconds["finetune"] = time.perf_counter() - t0
 
     # 4. evaluation (structured: on the physically smaller model, whose outputs equal the masked model's)
@@ -236,7 +227,16 @@ def run_trial(
         masks={k: v.detach().to("cpu", torch.bool) for k, v in final_masks.items()},
         input_shape=tuple(data.input_shape),
         num_classes=data.num_classes,
+        preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
     )
+
+
+def _epochs(
+    on_epoch: Callable[[str, int, int, float], None] | None, phase: str, epochs: int
+) -> Callable[[int, float], None] | None:
+    if on_epoch is None:
+        return None
+    return lambda epoch, loss: on_epoch(phase, epoch, epochs, loss)
 
 
 def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
@@ -249,14 +249,6 @@ def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch
     return keep
 
 
-def _finetune_settings(fc: FinetuneConfig, epochs: int, batch_size: int) -> PhaseSettings:
-    return PhaseSettings(
-        name="finetune", epochs=epochs, batch_size=batch_size, lr=fc.lr, momentum=fc.momentum,
-        nesterov=fc.nesterov, weight_decay=fc.weight_decay, lr_schedule=fc.schedule,
-        lr_step_epochs=fc.lr_step_epochs, lr_gamma=fc.lr_gamma,
-    )  # fmt: skip
-
-
 def _check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
     names = list(layers)
     for where, mapping in (("prune.sparsity", cfg.prune.sparsity), ("train.lr_multipliers", cfg.train.lr_multipliers)):
@@ -264,7 +256,4 @@ def _check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
             if layer not in layers:
                 raise ConfigError(f"{where}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(names)}")
     if cfg.prune.enabled and cfg.prune.structured:
-        if cfg.prune.sparsity.get(names[-1]):
-            raise ConfigError(
-                f"prune.sparsity.{names[-1]}: the output layer cannot lose units under structured pruning; remove it"
-            )
+        check_structured_sparsity([layer for layer, rate in cfg.prune.sparsity.items() if rate], names)

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from autoprune.search import run_search
+    from autoprune.raytune import run_search
     from autoprune.space import load_space
 
     name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")
@@ -81,9 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="autoprune-bench-") as tmp:
         t0 = time.perf_counter()
         outcome = run_search(
-            name, Path(tmp) / "run", trials=n, concurrent=1, cpus_per_trial=args.cpus, sampler="random",
-            seed=args.seed, overrides=overrides, log=say,
-        )  # fmt: skip
+            name,
+            Path(tmp) / "run",
+            trials=n,
+            concurrent=1,
+            cpus_per_trial=args.cpus,
+            sampler="random",
+            seed=args.seed,
+            overrides=overrides,
+            log=say,
+        )
         search_s = time.perf_counter() - t0
     records = sorted(outcome.results.trials, key=lambda r: r["trial"])
     searched = [{d.path: _get(r["config"], d.path) for d in space.dims} for r in records]
@@ -99,8 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'plain loop, after':26s}{loop_after:10.1f}{loop_after / n:14.2f}")
     print(f"{'autoprune search':26s}{search_s:10.1f}{search_s / n:14.2f}")
     print(f"{'  of which inside trials':26s}{inside_s:10.1f}{inside_s / n:14.2f}")
-    print(f"ratio search / mean loop: {search_s / loop_s:.3f}  (overhead {(search_s - loop_s) / n:+.2f} s per trial, "
-          f"Ray start-up and shutdown included; outside trials: {search_s - inside_s:.1f} s)")  # fmt: skip
+    print(
+        f"ratio search / mean loop: {search_s / loop_s:.3f}  (overhead {(search_s - loop_s) / n:+.2f} s per trial, "
+        f"Ray start-up and shutdown included; outside trials: {search_s - inside_s:.1f} s)"
+    )
     return 0
 
 

@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from autoprune.config import DatasetConfig, PruneConfig
+from autoprune.config import DatasetConfig, PruneConfig, TrainConfig
 from autoprune.data import load_datasets
 from autoprune.models import build_model, prunable_layers
 from autoprune.pruning import compute_masks
-from autoprune.train import MaskSet, PhaseSettings, run_phase
+from autoprune.train import MaskSet, run_phase
 
 
 def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:
@@ -57,11 +57,18 @@ def autograd_l1_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, b
 
 def pipeline_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:
     masks = model.bench_masks  # computed before the clock starts, as the pipeline does once per phase
-    settings = PhaseSettings(
-        name="train", epochs=1, batch_size=bs, lr=0.05, momentum=0.9, lr_schedule="cosine",
-        penalty="l1", lambda_max=1e-5, lambda_schedule="linear", weight_clip=1.0, grad_clip=5.0,
-    )  # fmt: skip
-    run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0), masks=masks)
+    settings = TrainConfig(
+        lr=0.05,
+        momentum=0.9,
+        lr_schedule="cosine",
+        penalty="l1",
+        lambda_max=1e-5,
+        lambda_schedule="linear",
+        weight_clip=1.0,
+        grad_clip=5.0,
+    )
+    gen = torch.Generator().manual_seed(0)
+    run_phase(model, x, y, settings, epochs=1, batch_size=bs, generator=gen, masks=masks)
 
 
 def main() -> None:
@@ -96,8 +103,10 @@ def main() -> None:
             sync()
             if r:
                 times[name].append(time.perf_counter() - t0)
-    print(f"{args.model} on {args.dataset}: {len(x)} samples/epoch, batch {args.batch_size}, "
-          f"{args.device}, {args.threads} threads, median of {args.rounds} interleaved rounds")  # fmt: skip
+    print(
+        f"{args.model} on {args.dataset}: {len(x)} samples/epoch, batch {args.batch_size}, "
+        f"{args.device}, {args.threads} threads, median of {args.rounds} interleaved rounds"
+    )
     bare = statistics.median(times["bare loop"])
     for name, ts in times.items():
         med = statistics.median(ts)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 from _helpers import run_cli
 
-from autoprune.search import RunInfo, redact_url
+import autoprune
+from autoprune.errors import SearchError
+from autoprune.ledger import redact_url
+from autoprune.rundir import RunInfo
 
 SPACE = """\
 dataset: {name: digits, val_fraction: 0.2, limit: 300}
@@ -89,8 +92,9 @@ def test_unreachable_address_fails_fast_and_writes_nothing(tmp_path, space_file,
     line = one_error_line(err)
     assert code == 1 and f"cannot reach a Ray cluster at 127.0.0.1:{closed_port}" in line
     assert not run_dir.exists()
-    code, _, err = run_cli(["search", str(space_file), "--run-dir", str(run_dir), "--address", "nonsense"], capsys,
-                           monkeypatch)  # fmt: skip
+    code, _, err = run_cli(
+        ["search", str(space_file), "--run-dir", str(run_dir), "--address", "nonsense"], capsys, monkeypatch
+    )
     assert code == 1 and "expected auto or host:port" in one_error_line(err)
 
 
@@ -115,8 +119,14 @@ def test_storage_that_cannot_be_opened(url, tmp_path, space_file, closed_port, c
 
 
 def test_journal_storage_in_a_missing_folder(tmp_path, space_file, capsys, monkeypatch) -> None:
-    args = ["search", str(space_file), "--run-dir", str(tmp_path / "run"), "--study-storage",
-            str(tmp_path / "nowhere" / "journal.log")]  # fmt: skip
+    args = [
+        "search",
+        str(space_file),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--study-storage",
+        str(tmp_path / "nowhere" / "journal.log"),
+    ]
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 1 and "does not exist" in one_error_line(err)
     assert not (tmp_path / "run").exists()
@@ -147,8 +157,9 @@ def test_report_asks_for_the_password_that_run_json_does_not_keep(tmp_path, caps
     code, _, err = run_cli(["report", str(run_dir)], capsys, monkeypatch)
     line = one_error_line(err)
     assert code == 1 and "--study-storage" in line and "postgresql://bob:***@db.example/x" in line
-    code, _, err = run_cli(["report", str(run_dir), "--study-storage", "postgresql://eve:pw@other/x"], capsys,
-                           monkeypatch)  # fmt: skip
+    code, _, err = run_cli(
+        ["report", str(run_dir), "--study-storage", "postgresql://eve:pw@other/x"], capsys, monkeypatch
+    )
     line = one_error_line(err)
     assert code == 1 and "is not the storage of this run" in line and ":pw@" not in err
 
@@ -157,13 +168,18 @@ def test_bad_search_options(tmp_path, space_file, capsys, monkeypatch) -> None:
     base = ["search", str(space_file), "--run-dir", str(tmp_path / "run")]
     for extra, expected in (
         (["--trials", "0"], "--trials must be a positive integer"),
-        (["--sampler", "grid"], "--sampler must be one of tpe, nsga2, random"),
         (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
         (["--gpus-per-trial", "1.5"], "--gpus-per-trial above 1 must be a whole number"),
         (["--concurrent", "0"], "--concurrent must be a positive integer"),
     ):
         code, _, err = run_cli([*base, *extra], capsys, monkeypatch)
         assert code == 1 and expected in one_error_line(err), extra
+    # A value outside a fixed set is a usage error that lists the set; the Python API says the same in one line.
+    code, _, err = run_cli([*base, "--sampler", "grid"], capsys, monkeypatch)
+    text = " ".join(err.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())  # without the error box
+    assert code == 2 and "'grid' is not one of 'tpe', 'nsga2', 'random'" in text
+    with pytest.raises(SearchError, match="--sampler must be one of tpe, nsga2, random, got 'grid'"):
+        autoprune.search(space_file, run_dir=tmp_path / "run", sampler="grid")
     assert not (tmp_path / "run").exists()
 
 
@@ -174,8 +190,15 @@ def _saved_model(path: Path) -> Path:
 
     model = build_model("lenet-300-100", (1, 8, 8), 10)
     cfg = TrialConfig.from_dict({"dataset": {"name": "digits", "limit": 300}})
-    return save_model(path, model, masks={}, config=cfg.to_dict(), metrics={"params_total": 50610},
-                      input_shape=(1, 8, 8), num_classes=10)  # fmt: skip
+    return save_model(
+        path,
+        model,
+        masks={},
+        config=cfg.to_dict(),
+        metrics={"params_total": 50610},
+        input_shape=(1, 8, 8),
+        num_classes=10,
+    )
 
 
 def test_evaluate_refuses_foreign_and_truncated_files(tmp_path, capsys, monkeypatch) -> None:
@@ -207,8 +230,9 @@ def test_evaluate_measures_a_saved_model(tmp_path, capsys, monkeypatch) -> None:
 def test_pick_needs_exactly_one_rule(tmp_path, capsys, monkeypatch) -> None:
     code, _, err = run_cli(["pick", str(tmp_path), "--out", str(tmp_path / "m.pt")], capsys, monkeypatch)
     assert code == 1 and "exactly one of" in one_error_line(err)
-    code, _, err = run_cli(["pick", str(tmp_path), "--knee", "--max-params", "10", "--out", str(tmp_path / "m.pt")],
-                           capsys, monkeypatch)  # fmt: skip
+    code, _, err = run_cli(
+        ["pick", str(tmp_path), "--knee", "--max-params", "10", "--out", str(tmp_path / "m.pt")], capsys, monkeypatch
+    )
     assert code == 1 and "exactly one of" in one_error_line(err)
     assert not (tmp_path / "m.pt").exists()
 
@@ -222,8 +246,9 @@ def test_resume_on_an_unreachable_cluster_leaves_the_study_alone(tmp_path, close
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "space.yaml").write_text(SPACE)
-    study = optuna.create_study(study_name="autoprune", storage=f"sqlite:///{run_dir / 'study.db'}",
-                                directions=["maximize", "minimize"])  # fmt: skip
+    study = optuna.create_study(
+        study_name="autoprune", storage=f"sqlite:///{run_dir / 'study.db'}", directions=["maximize", "minimize"]
+    )
     study.ask()  # a trial the lost driver left RUNNING
     RunInfo(
         study_name="autoprune",

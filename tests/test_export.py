@@ -76,8 +76,14 @@ def test_file_is_plain_data_with_compact_masks(tmp_path: Path):
     data = torch.load(path, weights_only=True)
     assert data["format"] == FORMAT and data["version"] == VERSION
     assert data["torch_version"] == str(torch.__version__)
-    assert [layer["type"] for layer in data["architecture"]] == ["Flatten", "Linear", "ReLU", "Linear", "ReLU",
-                                                                 "Linear"]
+    assert [layer["type"] for layer in data["architecture"]] == [
+        "Flatten",
+        "Linear",
+        "ReLU",
+        "Linear",
+        "ReLU",
+        "Linear",
+    ]
     bits = data["masks"]["fc1.weight"]["bits"]
     assert bits.dtype == torch.uint8 and bits.numel() == -(-masks["fc1.weight"].numel() // 8)
 
@@ -120,8 +126,9 @@ def test_rebuild_architecture_rejects_unknown_layers():
         rebuild_architecture([{"name": "c", "type": "Conv3d", "kwargs": {}}])
     with pytest.raises(ModelError, match="invalid Linear arguments"):
         rebuild_architecture([{"name": "fc", "type": "Linear", "kwargs": {"in_features": 2, "bogus": 1}}])
-    net = rebuild_architecture([{"name": "fc", "type": "Linear", "kwargs": {"in_features": 3, "out_features": 2,
-                                                                             "bias": False}}])
+    net = rebuild_architecture(
+        [{"name": "fc", "type": "Linear", "kwargs": {"in_features": 3, "out_features": 2, "bias": False}}]
+    )
     assert net.fc.weight.shape == (2, 3) and net.fc.bias is None
 
 
@@ -173,8 +180,15 @@ def test_save_rejects_bad_masks_and_non_plain_config(tmp_path: Path):
     with pytest.raises(ModelError, match="has shape"):
         save(tmp_path / "m.pt", model, {"fc1.weight": torch.ones(3)})
     with pytest.raises(ModelError, match=r"config\.model\.name: a object value is not plain data"):
-        save_model(tmp_path / "m.pt", model, masks=None, config={"model": {"name": object()}}, metrics={},
-                   input_shape=INPUT, num_classes=10)
+        save_model(
+            tmp_path / "m.pt",
+            model,
+            masks=None,
+            config={"model": {"name": object()}},
+            metrics={},
+            input_shape=INPUT,
+            num_classes=10,
+        )
     assert list(tmp_path.iterdir()) == []
 
 

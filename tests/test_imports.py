@@ -221,7 +221,7 @@ def test_a_dataset_registered_in_this_process_is_refused_for_a_search(monkeypatc
 
 
 def test_a_search_refuses_a_process_local_model_before_starting_anything(monkeypatch, tmp_path: Path) -> None:
-    from autoprune.search import run_search
+    from autoprune.raytune import run_search
 
     monkeypatch.setitem(MODELS, "notebook-mlp", None)
     register_model("notebook-mlp")(lambda num_classes: nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)))

@@ -8,8 +8,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from autoprune.pareto import pareto_front
-from autoprune.report import front_table, plot_front, report_document, write_csv, write_report
+from autoprune.pareto import hypervolume, pareto_front
+from autoprune.report import (
+    Progress,
+    TrialProgress,
+    front_table,
+    plot_front,
+    report_document,
+    write_csv,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -69,6 +77,15 @@ def test_front_table_lists_every_front_trial_with_counts():
     assert len(ends) == 1
 
 
+def test_a_dense_baseline_on_the_front_is_marked_in_its_row():
+    trials = [*make_trials(5), {**baseline_record(), "val_accuracy": 0.99}]
+    front = pareto_front(trials)
+    assert front[-1]["trial"] == 99
+    lines = front_table(front, total=len(trials), baseline=trials[-1]).splitlines()
+    assert lines[2 + len(front)].startswith("99 dense ")
+    assert lines[-1].startswith("dense (99)")
+
+
 def test_front_table_of_an_empty_search():
     table = front_table([], total=0)
     assert table.splitlines()[0] == "Pareto front: 0 models of 0 finished trials"
@@ -101,14 +118,24 @@ def test_write_csv_columns_and_rows(tmp_path: Path):
     cols = list(frame.columns)
     assert cols[:5] == ["trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total"]
     assert cols[-1] == "model_path"
-    for col in ("flops_dense", "flops_effective", "seconds.train", "seconds.finetune", "sparsity.fc1",
-                "sparsity.fc3", "config.train.lr", "config.train.lambda_max", "config.prune.enabled"):
+    for col in (
+        "flops_dense",
+        "flops_effective",
+        "seconds.train",
+        "seconds.finetune",
+        "sparsity.fc1",
+        "sparsity.fc3",
+        "config.train.lr",
+        "config.train.lambda_max",
+        "config.prune.enabled",
+    ):
         assert col in cols
     assert cols.index("seconds.train") < cols.index("sparsity.fc1") < cols.index("config.train.lr")
     assert frame["params_nonzero"].tolist() == [t["params_nonzero"] for t in trials]
     assert frame["sparsity.fc2"].tolist() == pytest.approx([t["layer_sparsity"]["fc2"] for t in trials])
-    assert frame["config.train.lambda_max"].tolist() == pytest.approx([t["config"]["train"]["lambda_max"]
-                                                                       for t in trials])
+    assert frame["config.train.lambda_max"].tolist() == pytest.approx(
+        [t["config"]["train"]["lambda_max"] for t in trials]
+    )
     raw_trial_cells = path.read_text().splitlines()[1:]
     assert [line.split(",")[0] for line in raw_trial_cells] == ["0", "1", "2", "", "4", "5", "6"]
 
@@ -147,6 +174,15 @@ def test_write_report_writes_all_files_atomically(tmp_path: Path):
     assert len(pd.read_csv(paths["trials_csv"])) == len(trials)
     doc = json.loads(paths["json"].read_text())
     assert doc["failed"] == 1 and len(doc["front"]) == len(front) and len(doc["trials"]) == len(trials)
+    assert doc["hypervolume"]["ref_params"] == 266_610
+    assert doc["hypervolume"]["value"] == pytest.approx(hypervolume(front, ref_params=266_610))
+    assert doc["hypervolume"]["value"] > 0
+    # Model paths are stored relative to the run directory, however the records name them.
+    assert [r["model_path"] for r in doc["trials"]] == [f"models/trial_{i}.pt" for i in range(len(trials))]
+    absolute = [{**r, "model_path": str((run_dir / r["model_path"]).resolve())} for r in trials]
+    write_report(run_dir, pareto_front(absolute), absolute, failed=1)
+    assert json.loads(paths["json"].read_text())["trials"][3]["model_path"] == "models/trial_3.pt"
+    assert pd.read_csv(paths["front_csv"])["model_path"].str.startswith("models/").all()
     assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
     # Writing again replaces the files in place and still leaves no temporaries behind.
     write_report(run_dir, front[:1], trials, failed=0)
@@ -167,3 +203,26 @@ def test_a_failed_write_keeps_the_previous_file_and_no_temporary(tmp_path: Path)
         write_csv([{"trial": 1, "val_accuracy": Unprintable()}], path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["trials.csv"]
+
+
+def test_search_progress_counts_trials_whose_process_runs():
+    lines: list[str] = []
+    progress = Progress(log=lines.append, requested=3, already=1, records=[])
+    progress.trial_started("a")
+    progress.trial_started("b")
+    rec = {"val_accuracy": 0.9, "params_nonzero": 1200}
+    progress.finished(4, "complete", rec, None, counted=True, key="a")
+    assert "2/4 done, 1 running, 0 failed | trial 4: val 0.9000, 1200 params | front 1: 0.9000@1.2k" in lines[-1]
+    progress.finished(5, "error", None, "ValueError: x", counted=True, key="b")
+    assert "3/4 done, 0 running, 1 failed | trial 5 failed (error): ValueError: x" in lines[-1]
+    progress.finished(6, "interrupted", None, "stopped", counted=False, key="c")
+    assert "3/4 done, 0 running, 1 failed | trial 6 stopped (interrupted)" in lines[-1]
+
+
+def test_trial_progress_line_estimates_the_time_left():
+    written: list[str] = []
+    status = TrialProgress({"train": 2, "finetune": 2}, written.append)
+    status("train", 1, 2, 0.5)
+    assert written[-1].startswith("\r\x1b[Ktrain epoch 1/2, loss 0.5000, ~") and written[-1].endswith("s left")
+    status.line("trained: val accuracy 0.9")
+    assert written[-1] == "\r\x1b[Ktrained: val accuracy 0.9\n"

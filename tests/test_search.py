@@ -25,15 +25,12 @@ ray = pytest.importorskip("ray")
 
 from optuna.trial import TrialState  # noqa: E402
 
+from autoprune.api import evaluate as evaluate_model  # noqa: E402
+from autoprune.api import pick as pick_model  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
-from autoprune.search import (  # noqa: E402
-    RunInfo,
-    evaluate_model,
-    load_results,
-    pick_model,
-    resume_search,
-    run_search,
-)
+from autoprune.ledger import load_results  # noqa: E402
+from autoprune.raytune import resume_search, run_search  # noqa: E402
+from autoprune.rundir import RunInfo  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -189,9 +186,14 @@ def test_extend_reruns_nothing_and_recomputes_the_front(finished_run: Path, tmp_
     shutil.copytree(finished_run, run_dir)
     before = {t.number: (t.datetime_complete, t.user_attrs["ray_trial_id"]) for t in _study(run_dir).trials}
     mtimes = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir()}
+    # A configuration a user enqueued into the study runs first, with exactly its values.
+    wanted = {"train.lambda_max": 1.5e-4, "prune.sparsity.fc1": 0.6, "prune.sparsity.fc2": 0.4, "finetune.lr": 0.02}
+    _study(run_dir).enqueue_trial(wanted)
     outcome = resume_search(run_dir, trials=6, log=lambda _m: None)
     study = _study(run_dir)
     assert outcome.ran == 2 and not outcome.interrupted
+    assert study.trials[4].params == wanted and study.trials[4].state == TrialState.COMPLETE
+    assert study.trials[4].user_attrs["record"]["config"]["finetune"]["lr"] == 0.02
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 6
     for t in study.trials:
         if t.number in before:  # untouched: same completion time and Ray trial, model file not rewritten
@@ -220,8 +222,16 @@ def test_resume_refuses_a_changed_space(finished_run: Path, tmp_path: Path) -> N
 def test_diverging_trials_are_failed_and_the_search_completes(local_ray, space_file: Path, tmp_path: Path) -> None:
     # Also the other ledger and sampler: a journal file outside the run directory, and NSGA-II.
     run_dir, journal = tmp_path / "diverge", tmp_path / "journal.log"
-    outcome = run_search(space_file, run_dir, trials=2, concurrent=1, overrides=["train.lr=1000000.0"],
-                         sampler="nsga2", study_storage=str(journal), log=lambda _m: None)  # fmt: skip
+    outcome = run_search(
+        space_file,
+        run_dir,
+        trials=2,
+        concurrent=1,
+        overrides=["train.lr=1000000.0"],
+        sampler="nsga2",
+        study_storage=str(journal),
+        log=lambda _m: None,
+    )
     assert journal.is_file() and not (run_dir / "study.db").exists()
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -257,8 +267,21 @@ def _completed(run_dir: Path) -> dict[int, str]:
 
 def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "autoprune.cli", "search", str(space_file), "--run-dir", str(run_dir),
-           "--trials", "4", "--concurrent", "1", "--set", "budget.train_epochs=30"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "autoprune.cli",
+        "search",
+        str(space_file),
+        "--run-dir",
+        str(run_dir),
+        "--trials",
+        "4",
+        "--concurrent",
+        "1",
+        "--set",
+        "budget.train_epochs=30",
+    ]
     driver = subprocess.Popen(
         cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
@@ -300,8 +323,19 @@ def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch)
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         run_dir = tmp_path / "cluster"
-        cmd = [sys.executable, "-m", "autoprune.cli", "search", str(space_file), "--run-dir", str(run_dir),
-               "--trials", "4", "--address", cluster.address]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "autoprune.cli",
+            "search",
+            str(space_file),
+            "--run-dir",
+            str(run_dir),
+            "--trials",
+            "4",
+            "--address",
+            cluster.address,
+        ]
         driver = subprocess.Popen(
             cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )

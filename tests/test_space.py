@@ -8,7 +8,7 @@ import optuna
 import pytest
 import yaml
 
-from autoprune.config import TrialConfig
+from autoprune.config import TrialConfig, upgrade_config
 from autoprune.errors import ConfigError
 from autoprune.space import builtin_spaces, define_by_run, load_space, parse_space
 
@@ -107,6 +107,25 @@ def test_define_by_run_suggests_every_dimension_and_pickles(tmp_path: Path) -> N
     assert cfg.finetune.lr in (0.01, 0.1)
 
 
+def test_both_sgd_phases_read_the_same_keys(tmp_path: Path) -> None:
+    phase = {"lr": 0.02, "momentum": 0.5, "nesterov": True, "weight_decay": 1e-4, "lr_schedule": "step"}
+    phase |= {"lr_step_epochs": 2, "lr_gamma": 0.5}
+    cfg = load_space(write(tmp_path, {**BASE, "train": dict(phase), "finetune": dict(phase)})).default_config()
+    shared = {k: getattr(cfg.train, k) for k in phase}
+    assert shared == phase
+    assert {k: getattr(cfg.finetune, k) for k in phase} == phase
+
+
+def test_a_saved_config_from_before_the_rename_still_reads() -> None:
+    old = TrialConfig().to_dict()
+    old["finetune"].pop("lr_schedule")
+    old["finetune"]["schedule"] = "step"
+    with pytest.raises(ConfigError, match=r"unknown key finetune\.schedule"):
+        TrialConfig.from_dict(old)
+    assert TrialConfig.from_dict(upgrade_config(old)).finetune.lr_schedule == "step"
+    assert old["finetune"]["schedule"] == "step", "the caller's dict is left alone"
+
+
 def test_int_ranges_suggest_ints(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, with_("budget.train_epochs", {"low": 1, "high": 4})))
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
@@ -138,6 +157,9 @@ BAD = [
     (with_("train.lr", {"low": 0.1, "high": 0.2, "lg": True}), "unknown key 'lg'"),
     (with_("model.name", "resnet-9000"), "unknown model 'resnet-9000'; known models:"),
     (with_("budget.batch_size", 0), "budget.batch_size must be >= 1, got 0"),
+    (with_("finetune.schedule", "step"), "unknown key finetune.schedule; known keys: lr, lr_gamma, lr_schedule"),
+    (with_("finetune.lr_schedule", "linear"), "finetune.lr_schedule must be one of constant, step, cosine"),
+    (with_("finetune.nesterov", True) | {"finetune": {"nesterov": True, "momentum": 0.0}}, "finetune.nesterov needs"),
 ]
 
 
@@ -191,6 +213,10 @@ def test_structured_pruning_refuses_to_remove_output_units() -> None:
         parse_space(doc)
     auto = parse_space({**doc, "prune": {"structured": True, "sparsity": "auto"}})
     assert "prune.sparsity.fc2" not in {d.path for d in auto.dims}
+    searched = {"structured": True, "sparsity": {"fc2": {"low": 0.1, "high": 0.5}}}
+    with pytest.raises(ConfigError, match=r"prune\.sparsity\.fc2: the output layer cannot lose units"):
+        parse_space({**doc, "prune": searched})
+    parse_space({**doc, "prune": {"structured": True, "sparsity": {"fc2": 0.0, "conv1": 0.5}}})  # 0 removes nothing
 
 
 def test_trial_config_round_trips_and_rejects_unknown_keys() -> None:

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoprune.config import PruneConfig
+from autoprune.config import FinetuneConfig, PruneConfig, SGDConfig, TrainConfig
 from autoprune.errors import DivergedError
 from autoprune.models import build_model
 from autoprune.pruning import compute_masks
 from autoprune.sparsity import grad_clip_scale
-from autoprune.train import MaskSet, PhaseSettings, evaluate, make_optimizer, run_phase
+from autoprune.train import MaskSet, evaluate, make_optimizer, run_phase
 
 
 def blobs(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,12 +27,21 @@ def tiny_model(seed: int = 0) -> torch.nn.Module:
 def test_zeros_stay_zero_through_finetuning_in_weights_grads_and_momentum() -> None:
     x, y = blobs()
     model = tiny_model()
-    run_phase(model, x, y, PhaseSettings(name="train", epochs=1, batch_size=32, lr=0.05, momentum=0.9),
-              generator=torch.Generator().manual_seed(0))  # fmt: skip
+    plain = TrainConfig(penalty="none", lr_schedule="constant")
+    run_phase(model, x, y, plain, epochs=1, batch_size=32, generator=torch.Generator().manual_seed(0))
     masks = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.7, "fc3": 0.3})))
     # momentum that already holds values (as a reused optimizer would) must be cleared where pruned
-    settings = PhaseSettings(name="finetune", epochs=3, batch_size=32, lr=0.05, momentum=0.9, weight_decay=1e-3,
-                             nesterov=True, penalty="l1", lambda_max=1e-3, grad_clip=1.0, weight_clip=0.5)  # fmt: skip
+    settings = TrainConfig(
+        lr=0.05,
+        momentum=0.9,
+        weight_decay=1e-3,
+        nesterov=True,
+        penalty="l1",
+        lambda_max=1e-3,
+        grad_clip=1.0,
+        weight_clip=0.5,
+        lr_schedule="constant",
+    )
     opt = make_optimizer(model, settings)
     F.cross_entropy(model(x[:32]), y[:32]).backward()
     opt.step(0.05)
@@ -42,7 +51,9 @@ def test_zeros_stay_zero_through_finetuning_in_weights_grads_and_momentum() -> N
         assert torch.all(opt.momentum_buffer(p)[m == 0] == 0)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    steps, _ = run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(1), masks=masks)
+    steps, _ = run_phase(
+        model, x, y, settings, epochs=3, batch_size=32, generator=torch.Generator().manual_seed(1), masks=masks
+    )
     assert steps == 3 * 8
     params = dict(model.named_parameters())
     for name, mask in masks.masks.items():
@@ -54,17 +65,21 @@ def test_zeros_stay_zero_through_finetuning_in_weights_grads_and_momentum() -> N
 
 @pytest.mark.parametrize(
     ("momentum", "nesterov", "weight_decay", "clip"),
-    [(0.0, False, 0.0, None), (0.0, False, 1e-2, 0.5), (0.9, False, 0.0, None), (0.9, False, 1e-2, 0.5),
-     (0.9, True, 0.0, 0.5), (0.9, True, 1e-2, None)],
-)  # fmt: skip
+    [
+        (0.0, False, 0.0, None),
+        (0.0, False, 1e-2, 0.5),
+        (0.9, False, 0.0, None),
+        (0.9, False, 1e-2, 0.5),
+        (0.9, True, 0.0, 0.5),
+        (0.9, True, 1e-2, None),
+    ],
+)
 def test_sgd_matches_torch_optim_sgd_with_clip_grad_norm(momentum, nesterov, weight_decay, clip) -> None:
     x, y = blobs(64)
     ours, ref = tiny_model(), tiny_model()
-    s = PhaseSettings(name="t", epochs=1, batch_size=8, lr=0.1, momentum=momentum, nesterov=nesterov,
-                      weight_decay=weight_decay, grad_clip=clip)  # fmt: skip
+    s = SGDConfig(lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     opt = make_optimizer(ours, s)
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov,
-                              weight_decay=weight_decay)  # fmt: skip
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     for i in range(5):
         for model in (ours, ref):
             model.zero_grad()
@@ -85,14 +100,15 @@ def test_masked_momentum_buffers_stay_zero_inside_the_phase() -> None:
     captured = {}
 
     def event() -> MaskSet:  # a gradual event at step 5 tightens fc2 too
-        new = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.5}),
-                                           current=masks.masks))  # fmt: skip
+        new = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.5}), current=masks.masks))
         captured["masks"] = new
         return new
 
-    settings = PhaseSettings(name="finetune", epochs=2, batch_size=32, lr=0.05, momentum=0.9)
-    _, final = run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0), masks=masks,
-                         prune_events={5: event})  # fmt: skip
+    settings = FinetuneConfig(lr=0.05, momentum=0.9, lr_schedule="constant")
+    gen = torch.Generator().manual_seed(0)
+    _, final = run_phase(
+        model, x, y, settings, epochs=2, batch_size=32, generator=gen, masks=masks, prune_events={5: event}
+    )
     assert final is captured["masks"]
     w = dict(model.named_parameters())
     assert float((w["fc2.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
@@ -104,8 +120,8 @@ def test_training_learns_and_evaluate_counts_exactly() -> None:
     x, y = blobs(512)
     model = tiny_model()
     before = evaluate(model, x, y)
-    run_phase(model, x, y, PhaseSettings(name="train", epochs=3, batch_size=64, lr=0.05, momentum=0.9,
-                                         lr_schedule="cosine"), generator=torch.Generator().manual_seed(0))  # fmt: skip
+    settings = TrainConfig(lr=0.05, momentum=0.9, lr_schedule="cosine", penalty="none")
+    run_phase(model, x, y, settings, epochs=3, batch_size=64, generator=torch.Generator().manual_seed(0))
     after = evaluate(model, x, y, batch_size=100)  # a batch size that does not divide n
     assert after > max(before, 0.9)
     with torch.no_grad():
@@ -118,9 +134,8 @@ def test_l1_penalty_drives_weights_toward_zero() -> None:
     norms = {}
     for lam in (0.0, 3e-3):
         model = tiny_model()
-        settings = PhaseSettings(name="train", epochs=3, batch_size=32, lr=0.05, momentum=0.9, penalty="l1",
-                                 lambda_max=lam)  # fmt: skip
-        run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0))
+        settings = TrainConfig(lr=0.05, momentum=0.9, lr_schedule="constant", penalty="l1", lambda_max=lam)
+        run_phase(model, x, y, settings, epochs=3, batch_size=32, generator=torch.Generator().manual_seed(0))
         norms[lam] = float(model.fc1.weight.detach().abs().sum())
     assert norms[3e-3] < 0.7 * norms[0.0]
 
@@ -128,8 +143,8 @@ def test_l1_penalty_drives_weights_toward_zero() -> None:
 def test_weight_clipping_bounds_every_weight() -> None:
     x, y = blobs()
     model = tiny_model()
-    settings = PhaseSettings(name="train", epochs=1, batch_size=32, lr=0.5, momentum=0.9, weight_clip=0.05)
-    run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0))
+    settings = TrainConfig(lr=0.5, momentum=0.9, lr_schedule="constant", penalty="none", weight_clip=0.05)
+    run_phase(model, x, y, settings, epochs=1, batch_size=32, generator=torch.Generator().manual_seed(0))
     for layer in (model.fc1, model.fc2, model.fc3):
         assert float(layer.weight.detach().abs().max()) <= 0.05 + 1e-7
 
@@ -137,9 +152,9 @@ def test_weight_clipping_bounds_every_weight() -> None:
 def test_a_diverging_run_raises_with_phase_and_step() -> None:
     x, y = blobs()
     model = tiny_model()
-    settings = PhaseSettings(name="train", epochs=20, batch_size=32, lr=1e6, momentum=0.9)
+    settings = TrainConfig(lr=1e6, momentum=0.9, lr_schedule="constant", penalty="none")
     with pytest.raises(DivergedError) as info:
-        run_phase(model, x, y, settings, generator=torch.Generator().manual_seed(0))
+        run_phase(model, x, y, settings, epochs=20, batch_size=32, generator=torch.Generator().manual_seed(0))
     assert info.value.phase == "train"
     assert 0 < info.value.step <= 160
     assert "phase 'train' at step" in str(info.value)
@@ -147,8 +162,7 @@ def test_a_diverging_run_raises_with_phase_and_step() -> None:
 
 def test_lr_multipliers_make_per_layer_groups() -> None:
     model = tiny_model()
-    opt = make_optimizer(model, PhaseSettings(name="t", epochs=1, batch_size=1, lr=0.1, momentum=0.0,
-                                              lr_multipliers={"fc1": 0.5}))  # fmt: skip
+    opt = make_optimizer(model, TrainConfig(lr=0.1, momentum=0.0, lr_multipliers={"fc1": 0.5}))
     assert sorted(mult for _, mult in opt.groups) == [0.5, 1.0]
     assert sum(len(params) for params, _ in opt.groups) == len(list(model.parameters()))
     before = model.fc1.weight.detach().clone(), model.fc2.weight.detach().clone()

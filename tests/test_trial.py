@@ -40,8 +40,14 @@ def test_per_layer_sparsity_and_params_are_exact() -> None:
     assert result.val_accuracy > 0.8  # synthetic data is learnable even at this sparsity
     record = result.record()
     json.dumps(record)  # a trial record is plain JSON
-    assert set(record) >= {"val_accuracy", "test_accuracy", "params_nonzero", "params_total", "layer_sparsity",
-                           "config"}  # fmt: skip
+    assert set(record) >= {
+        "val_accuracy",
+        "test_accuracy",
+        "params_nonzero",
+        "params_total",
+        "layer_sparsity",
+        "config",
+    }
     assert TrialConfig.from_dict(record["config"]) == result_config(result)
 
 
@@ -50,8 +56,10 @@ def result_config(result) -> TrialConfig:
 
 
 def test_the_same_seed_gives_the_same_result_and_another_seed_does_not() -> None:
-    c = cfg(prune=PruneConfig(criterion="taylor", sparsity=SPARSITY),
-            train=TrainConfig(penalty="l1", lambda_max=1e-4, weight_clip=0.5, grad_clip=2.0))  # fmt: skip
+    c = cfg(
+        prune=PruneConfig(criterion="taylor", sparsity=SPARSITY),
+        train=TrainConfig(penalty="l1", lambda_max=1e-4, weight_clip=0.5, grad_clip=2.0),
+    )
     a, b = run_trial(c), run_trial(c)
     assert a.record() | {"seconds": None} == b.record() | {"seconds": None}
     for (na, pa), (_, pb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
@@ -62,9 +70,12 @@ def test_the_same_seed_gives_the_same_result_and_another_seed_does_not() -> None
 
 @pytest.mark.parametrize("criterion", ["magnitude", "gradient", "taylor"])
 def test_gradual_pruning_reaches_the_target_and_keeps_zeros(criterion: str) -> None:
-    result = run_trial(cfg(prune=PruneConfig(criterion=criterion, schedule="gradual", sparsity=SPARSITY,
-                                             gradual_steps=4),
-                           budget=BudgetConfig(train_epochs=1, finetune_epochs=2, batch_size=64)))  # fmt: skip
+    result = run_trial(
+        cfg(
+            prune=PruneConfig(criterion=criterion, schedule="gradual", sparsity=SPARSITY, gradual_steps=4),
+            budget=BudgetConfig(train_epochs=1, finetune_epochs=2, batch_size=64),
+        )
+    )
     for layer, rate in SPARSITY.items():
         assert result.layer_sparsity[layer] == pytest.approx(rate, abs=0.002)
     assert result.val_accuracy_pruned is None
@@ -84,9 +95,12 @@ def test_global_and_uniform_allocations_hit_the_overall_amount(allocation: str) 
 
 
 def test_structured_trial_returns_a_physically_smaller_model() -> None:
-    c = cfg(model=ModelConfig(name="bn-cnn"), dataset=DatasetConfig(name="digits"),
-            train=TrainConfig(penalty="group_lasso", lambda_max=1e-3),
-            prune=PruneConfig(structured=True, sparsity={"conv1": 0.5, "conv2": 0.5, "fc1": 0.75}))  # fmt: skip
+    c = cfg(
+        model=ModelConfig(name="bn-cnn"),
+        dataset=DatasetConfig(name="digits"),
+        train=TrainConfig(penalty="group_lasso", lambda_max=1e-3),
+        prune=PruneConfig(structured=True, sparsity={"conv1": 0.5, "conv2": 0.5, "fc1": 0.75}),
+    )
     result = run_trial(c)
     model = result.model
     assert model.conv1.out_channels == 16 and model.conv2.out_channels == 32 and model.fc1.out_features == 32
@@ -129,8 +143,9 @@ def test_a_user_model_from_module_function_is_pruned_and_exported(tmp_path, monk
         "    return Net(input_shape[0] * input_shape[1] * input_shape[2], num_classes)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = run_trial(cfg(model=ModelConfig(name="user_nets:make"),
-                           prune=PruneConfig(sparsity={"body.0": 0.8, "head": 0.5})))  # fmt: skip
+    result = run_trial(
+        cfg(model=ModelConfig(name="user_nets:make"), prune=PruneConfig(sparsity={"body.0": 0.8, "head": 0.5}))
+    )
     assert result.layer_sparsity == pytest.approx({"body.0": 0.8, "head": 0.5}, abs=0.002)
     from autoprune.export import load_model
 
@@ -138,3 +153,16 @@ def test_a_user_model_from_module_function_is_pruned_and_exported(tmp_path, monk
     x = torch.randn(5, 1, 8, 8)
     result.model.eval()
     assert torch.equal(loaded.model(x), result.model(x))
+
+
+def test_one_device_resolver_for_trials_and_data() -> None:
+    from autoprune.data import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected and resolve_device(None).type == expected
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="invalid device 'gpu0'"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available here; use --device cpu"):
+            run_trial(cfg(), device="cuda")

@@ -1,0 +1,391 @@
+"""The Optuna study as the ledger of a search: storage, samplers, recording outcomes, reading records back.
+
+Every finished trial is COMPLETE with values (val_accuracy, params_nonzero) and its trial record and model path
+as user attributes; a trial that diverged, raised or was cut off is FAIL with its ``outcome`` and
+``fail_reason``. The study itself carries the frozen space document and the autoprune version as user
+attributes, so a study opened in Optuna or optuna-dashboard alone says what it is. Only the driver writes to
+the study, so trial workers need no database access.
+
+Optuna only: nothing here imports Ray, and everything works on a plain ``optuna.create_study()``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from .errors import SearchError
+from .rundir import RUN_FILE, STUDY_FILE, RunInfo
+from .space import SAMPLERS
+
+if TYPE_CHECKING:
+    import optuna
+    import pandas as pd
+
+    from .space import SearchSpace
+
+DEFAULT_SAMPLER = "tpe"
+OBJECTIVES = ("val_accuracy", "params_nonzero")
+DIRECTIONS = ("maximize", "minimize")
+STORAGE_ENV = "AUTOPRUNE_STUDY_STORAGE"
+# Trial outcomes kept in the study (user attribute "outcome"). The first three count toward the number of
+# trials a search asked for; the others were cut short and are replaced by resume.
+COUNTED_OUTCOMES = ("complete", "diverged", "error")
+OUTCOMES = (*COUNTED_OUTCOMES, "crashed", "interrupted")
+
+
+# ------------------------------------------------------------------------------------------------ storage
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (for messages and run.json)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _scrub(text: str, url: str) -> str:
+    """Remove the password of ``url`` from an error message, however the library quoted it."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    if password:
+        for form in {password, unquote(password), quote(password, safe="")}:
+            text = text.replace(form, "***")
+    return text
+
+
+def _is_url(spec: str) -> bool:
+    return "://" in spec
+
+
+def open_storage(spec: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
+    """The Optuna storage for ``--study-storage``: None = ``run_dir/study.db`` (SQLite); a database URL
+    (``sqlite:///...``, ``postgresql://user:pw@host/db``) = ``RDBStorage``; any other value is the path of a
+    journal file (``JournalStorage``, for shared filesystems). Failures are one line, password removed.
+    """
+    import optuna
+
+    shown = redact_url(spec) if spec else str(run_dir / STUDY_FILE)
+    try:
+        if spec is None:
+            return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
+        if _is_url(spec):
+            engine_kwargs: dict[str, Any] = {}
+            if spec.startswith(("postgresql", "postgres")):
+                # Without a timeout a firewalled host hangs the command for minutes.
+                engine_kwargs = {"connect_args": {"connect_timeout": 10}}
+            return optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs or None)
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            raise SearchError(f"--study-storage {spec} is a directory; give a journal file path or a database URL")
+        if not path.parent.is_dir():
+            raise SearchError(f"cannot open study storage {spec}: folder {path.parent} does not exist")
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(str(path)))
+    except SearchError:
+        raise
+    except ModuleNotFoundError as exc:
+        hint = " (pip install 'autoprune[postgres]')" if "psycopg" in str(exc) else ""
+        raise SearchError(f"cannot open study storage {shown}: missing database driver {exc.name}{hint}") from None
+    except Exception as exc:
+        first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", spec or "")
+        raise SearchError(
+            f"cannot open study storage {shown}: {type(exc).__name__}: {first[:200]}; check the URL, the server "
+            "and the credentials"
+        ) from None
+
+
+def storage_record(spec: str | None, run_dir: Path) -> dict[str, Any]:
+    """How run.json remembers the storage: never with a password."""
+    if spec is None:
+        return {"kind": "run-dir"}
+    if _is_url(spec):
+        return {"kind": "rdb", "url": redact_url(spec)}
+    path = Path(spec).expanduser().resolve()
+    try:
+        return {"kind": "journal", "path": str(path.relative_to(run_dir.resolve())), "in_run_dir": True}
+    except ValueError:
+        return {"kind": "journal", "path": str(path), "in_run_dir": False}
+
+
+def storage_spec(info: RunInfo, run_dir: Path, override: str | None) -> str | None:
+    """The storage spec to open for a run, from run.json, completed by ``--study-storage`` or its env var."""
+    rec = info.storage
+    kind = rec.get("kind")
+    given = override or os.environ.get(STORAGE_ENV) or None
+    if kind == "run-dir":
+        return None
+    if kind == "journal":
+        if given:
+            return given
+        return str(run_dir / rec["path"]) if rec.get("in_run_dir") else rec["path"]
+    if kind == "rdb":
+        url = rec["url"]
+        if given:
+            if redact_url(given) != url:
+                raise SearchError(
+                    f"--study-storage {redact_url(given)} is not the storage of this run ({url}); give the same URL"
+                )
+            return given
+        if ":***@" in url:
+            raise SearchError(
+                f"the study of {run_dir} is in {url}; run.json keeps no password: pass --study-storage URL or set "
+                f"{STORAGE_ENV} (or use a password file such as ~/.pgpass)"
+            )
+        return url
+    raise SearchError(f"{run_dir / RUN_FILE} is damaged: unknown storage kind {kind!r}")
+
+
+def quiet_optuna() -> None:
+    """Optuna logs every trial at INFO; a search reports its own progress."""
+    import optuna
+
+    if optuna.logging.get_verbosity() < optuna.logging.WARNING:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# -------------------------------------------------------------------------------------------------- study
+
+
+def create_study(storage: optuna.storages.BaseStorage, name: str, space: SearchSpace, version: str) -> optuna.Study:
+    """A new two-objective study that says what it is: metric names, the space document, the version."""
+    import optuna
+
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=list(DIRECTIONS))
+    except optuna.exceptions.DuplicatedStudyError:
+        raise SearchError(f"study {name!r} exists already in this storage; choose another --run-dir") from None
+    with warnings.catch_warnings():  # experimental in Optuna, harmless: names the values in dashboards
+        warnings.simplefilter("ignore")
+        study.set_metric_names(list(OBJECTIVES))
+    study.set_user_attr("autoprune_version", version)
+    study.set_user_attr("space", space.document)
+    study.set_user_attr("space_digest", space.digest)
+    return study
+
+
+def load_study(info: RunInfo, run_dir: Path, storage_override: str | None) -> optuna.Study:
+    """Open the study of a run directory (read-only use is safe while a search runs)."""
+    import optuna
+
+    quiet_optuna()
+    spec = storage_spec(info, run_dir, storage_override)
+    if spec is None and not (run_dir / STUDY_FILE).is_file():
+        raise SearchError(f"{run_dir} has {RUN_FILE} but no {STUDY_FILE}; the study of this run is lost")
+    storage = open_storage(spec, run_dir)
+    try:
+        return optuna.load_study(study_name=info.study_name, storage=storage)
+    except KeyError:
+        shown = redact_url(spec) if spec else str(run_dir / STUDY_FILE)
+        raise SearchError(
+            f"study {info.study_name!r} not found in {shown}; is this the storage of {run_dir}?"
+        ) from None
+
+
+def check_sampler(name: Any) -> str:
+    if name not in SAMPLERS:
+        raise SearchError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    return name
+
+
+def sampler_options(name: str, trials: int) -> dict[str, Any]:
+    """Options fixed when a search starts (run.json keeps them so a resume samples the same way)."""
+    return {"population_size": max(4, min(50, trials // 4))} if name == "nsga2" else {}
+
+
+def make_sampler(name: str, seed: int, options: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    import optuna
+
+    check_sampler(name)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(options.get("population_size", 50)))
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+# ------------------------------------------------------------------------------------------ writing outcomes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one trial ended, as the study records it."""
+
+    kind: str  # one of OUTCOMES
+    record: dict[str, Any] | None = None  # the trial record (complete only)
+    model_path: str | None = None  # run-directory-relative (complete only)
+    reason: str | None = None  # why it failed
+    attrs: dict[str, Any] = field(default_factory=dict)  # where it ran: node_id, hostname, ray_trial_id
+
+    @property
+    def counted(self) -> bool:
+        """Whether it counts toward the trials a search asked for (cut-off trials are run again)."""
+        return self.kind in COUNTED_OUTCOMES
+
+
+def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
+    """Annotate ``trial`` with its outcome and tell the study: COMPLETE with both values, or FAIL."""
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("outcome", outcome.kind)
+    for key, value in outcome.attrs.items():
+        if value:
+            trial.set_user_attr(key, value)
+    if outcome.kind == "complete" and outcome.record is not None:
+        trial.set_user_attr("record", outcome.record)
+        trial.set_user_attr("model_path", outcome.model_path)
+        values = [outcome.record[OBJECTIVES[0]], outcome.record[OBJECTIVES[1]]]
+        study.tell(trial, values, state=TrialState.COMPLETE)
+    else:
+        trial.set_user_attr("fail_reason", outcome.reason or "")
+        study.tell(trial, state=TrialState.FAIL)
+
+
+def close_stale_trials(study: optuna.Study) -> int:
+    """FAIL the trials a dead driver left RUNNING (the run lock guarantees no live driver owns them).
+
+    WAITING trials (``study.enqueue_trial``) are left for the sampler: the next ``ask()`` runs them.
+    """
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for t in stale:
+        # Optuna has no public call to annotate a trial by number; the storage API is the stable way.
+        study._storage.set_trial_user_attr(t._trial_id, "outcome", "interrupted")
+        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left running by an interrupted search")
+        study.tell(t.number, state=TrialState.FAIL)
+    return len(stale)
+
+
+# ------------------------------------------------------------------------------------------ reading records
+
+
+@dataclass
+class Results:
+    """Every trial of a run's study, as records, and the Pareto front over the finished ones."""
+
+    trials: list[dict[str, Any]]  # records of COMPLETE trials, by trial number
+    front: list[dict[str, Any]]  # the non-dominated ones, sorted by params_nonzero
+    failed: int  # FAIL trials (diverged, raised, cut off)
+    running: int  # RUNNING trials (a search in progress, or one that was killed)
+    counted: int  # trials that count toward the requested number
+    requested: int
+    baseline: dict[str, Any] | None  # the most accurate dense (unpruned) trial, when the search has one
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {"trial", "outcome", "reason"}
+    run_dir: Path | None = None
+    study_trials: list[dict[str, Any]] = field(default_factory=list)  # every trial: {"trial", "state", "params"}
+
+    def frame(self) -> pd.DataFrame:
+        """One row per trial of the study, flat columns, in trial order (``optuna``'s ``trials_dataframe`` style).
+
+        Columns: ``trial``, ``state`` (COMPLETE, FAIL, RUNNING, WAITING), ``outcome``, ``val_accuracy``,
+        ``test_accuracy``, ``params_nonzero`` and ``params_total`` (nullable integers), ``fraction_dense``,
+        ``sparsity.<layer>``, every searched parameter under its dotted path, ``on_front``, ``model_path``,
+        ``reason``. The front is ``df[df.on_front]``.
+        """
+        import pandas as pd
+
+        records = {r["trial"]: r for r in self.trials}
+        failures = {f["trial"]: f for f in self.failures}
+        front = {r["trial"] for r in self.front}
+        rows = []
+        for t in self.study_trials:
+            rec, fail = records.get(t["trial"], {}), failures.get(t["trial"], {})
+            row = {"trial": t["trial"], "state": t["state"], "outcome": "complete" if rec else fail.get("outcome")}
+            for key in ("val_accuracy", "test_accuracy", "params_nonzero", "params_total"):
+                row[key] = rec.get(key)
+            total = rec.get("params_total")
+            row["fraction_dense"] = rec["params_nonzero"] / total if total else None
+            row.update({f"sparsity.{k}": v for k, v in (rec.get("layer_sparsity") or {}).items()})
+            row.update(t["params"])
+            row.update(on_front=t["trial"] in front, model_path=rec.get("model_path"), reason=fail.get("reason"))
+            rows.append(row)
+        df = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)) or ["trial"])
+        floats = ["val_accuracy", "test_accuracy", "fraction_dense", *(c for c in df if c.startswith("sparsity."))]
+        for col in df:
+            if col in ("params_nonzero", "params_total"):
+                df[col] = df[col].astype("Int64")
+            elif col in floats:
+                df[col] = df[col].astype("float64")
+        if "on_front" in df:
+            df["on_front"] = df["on_front"].astype(bool)
+        return df
+
+
+def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[list[dict], list[dict], int]:
+    """(records of finished trials, failures, number still RUNNING). ``model_path`` becomes absolute."""
+    from optuna.trial import TrialState
+
+    records, failures, running = [], [], 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.COMPLETE and isinstance(t.user_attrs.get("record"), dict):
+            rec = {"trial": t.number, **t.user_attrs["record"]}
+            if t.user_attrs.get("model_path"):
+                rel = t.user_attrs["model_path"]
+                rec["model_path"] = str((run_dir / rel).resolve()) if run_dir is not None else rel
+            records.append(rec)
+        elif t.state == TrialState.FAIL or t.state == TrialState.COMPLETE:  # COMPLETE without a record: cut off
+            failures.append(
+                {
+                    "trial": t.number,
+                    "outcome": t.user_attrs.get("outcome", "interrupted"),
+                    "reason": t.user_attrs.get("fail_reason", "the trial did not report its result"),
+                }
+            )
+        elif t.state == TrialState.RUNNING:
+            running += 1
+    return records, failures, running
+
+
+def count_finished(records: list[dict], failures: list[dict]) -> int:
+    """Trials that count toward the number a search asked for."""
+    return len(records) + sum(f["outcome"] in COUNTED_OUTCOMES for f in failures)
+
+
+def dense_baseline(records: list[dict]) -> dict[str, Any] | None:
+    """The most accurate trial that did not prune (``prune.enabled: false``), if any."""
+    dense = [r for r in records if not (r.get("config") or {}).get("prune", {}).get("enabled", True)]
+    return max(dense, key=lambda r: r["val_accuracy"]) if dense else None
+
+
+def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None = None) -> Results:
+    """Records, failures and the Pareto front of a study."""
+    from .pareto import pareto_front
+
+    records, failures, running = trial_records(study, run_dir)
+    every = [{"trial": t.number, "state": t.state.name, "params": dict(t.params)} for t in study.get_trials()]
+    return Results(
+        trials=records,
+        front=pareto_front(records),
+        failed=len(failures),
+        running=running,
+        counted=count_finished(records, failures),
+        requested=requested,
+        baseline=dense_baseline(records),
+        failures=failures,
+        run_dir=run_dir,
+        study_trials=every,
+    )
+
+
+def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None) -> Results:
+    """Read a run's study (no Ray needed; works while a search is running) and compute its Pareto front."""
+    run_dir = Path(run_dir)
+    info = RunInfo.read(run_dir)
+    return study_results(load_study(info, run_dir, study_storage), requested=info.trials, run_dir=run_dir)

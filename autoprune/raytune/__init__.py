@@ -1,0 +1,284 @@
+"""The search on Ray Tune: Ray Tune schedules pipeline trials, Optuna suggests them, the study keeps the ledger.
+
+This package is the only place that uses Ray, and it imports Ray only inside the functions that start trials;
+nothing imports it but the command line and the public API. The run directory is ``rundir.py``'s, the study
+``ledger.py``'s. Here: ``run_search`` and ``resume_search`` (this file), Ray's start-up, the searcher that
+records each outcome in the study and one launch of trials (``_launch.py``), and the trial function that runs
+on the workers (``_worker.py``).
+
+Workers write the model files straight into ``models/``: on a multi-node cluster ``--run-dir`` must be on a
+filesystem every node mounts at the same path, and autoprune must be installed on every node.
+
+Resume does not replay Ray's experiment state: it opens the same study, closes trials an interruption left
+RUNNING as FAIL, and launches a fresh Tuner for the trials still missing. Finished trials are never re-run
+because every new trial is a new Optuna trial, and the sampler sees every earlier trial through the study.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import ledger, rundir
+from ..errors import SearchError
+from ..ledger import Results
+from ..rundir import RunInfo
+from ..space import load_space
+from ._launch import init_ray, launch
+
+if TYPE_CHECKING:
+    import optuna
+
+__all__ = ["DEFAULT_TRIALS", "LaunchResult", "resume_search", "run_search"]
+
+DEFAULT_TRIALS = 20
+
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What a ``search`` or ``resume`` call ran, and the run's results afterwards."""
+
+    run_dir: Path
+    ran: int  # trials this call started
+    results: Results
+    interrupted: bool  # fewer trials counted than requested (Ctrl-C, or trials cut off)
+    seconds: float
+    report_files: dict[str, Path]
+
+
+def _finish(run_dir: Path, study: optuna.Study, requested: int, ran: int, t0: float, log: Log) -> LaunchResult:
+    from ..report import write_report
+
+    results = ledger.study_results(study, requested=requested, run_dir=run_dir)
+    files: dict[str, Path] = {}
+    try:
+        files = write_report(run_dir, results.front, results.trials, results.failed, baseline=results.baseline)
+    except OSError as exc:
+        log(f"warning: could not write the report files: {exc}")
+    return LaunchResult(
+        run_dir=run_dir,
+        ran=ran,
+        results=results,
+        interrupted=results.counted < results.requested,
+        seconds=time.perf_counter() - t0,
+        report_files=files,
+    )
+
+
+def _check_positive_int(option: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SearchError(f"{option} must be a positive integer, got {value!r}")
+
+
+def _check_resources(concurrent: int | None, cpus: float, gpus: float) -> None:
+    if concurrent is not None:
+        _check_positive_int("--concurrent", concurrent)
+    if not (isinstance(cpus, (int, float)) and math.isfinite(cpus) and cpus > 0):
+        raise SearchError(f"--cpus-per-trial must be > 0, got {cpus!r}")
+    if not (isinstance(gpus, (int, float)) and math.isfinite(gpus) and gpus >= 0):
+        raise SearchError(f"--gpus-per-trial must be >= 0 (fractions share a GPU, e.g. 0.25), got {gpus!r}")
+    if gpus > 1 and gpus != int(gpus):
+        raise SearchError(f"--gpus-per-trial above 1 must be a whole number, got {gpus!r}")
+
+
+def run_search(
+    space: str | os.PathLike | None,
+    run_dir: str | os.PathLike,
+    *,
+    trials: int | None = None,
+    concurrent: int | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    address: str | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    study_storage: str | None = None,
+    overrides: Sequence[str] = (),
+    verbose: bool = False,
+    log: Log = _stderr,
+) -> LaunchResult:
+    """Start a new search in ``run_dir`` (which must not hold one) and run it to the end.
+
+    ``trials`` defaults to the space's ``search.trials``, else 20; ``sampler`` to its ``search.sampler``, else
+    tpe. ``concurrent`` defaults to as many trials as the cluster's CPUs (and GPUs) fit. With ``concurrent=1``
+    the sequence of suggested configurations is reproducible for a given ``seed``.
+    """
+    import optuna
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    spec = load_space(space, overrides)
+    spec.check_importable()  # a model or dataset the trial workers cannot load: refused before anything exists
+    n = trials if trials is not None else (spec.trials or DEFAULT_TRIALS)
+    _check_positive_int("--trials", n)
+    sampler = ledger.check_sampler(sampler or spec.sampler or ledger.DEFAULT_SAMPLER)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise SearchError(f"--seed must be a non-negative integer, got {seed!r}")
+    _check_resources(concurrent, cpus_per_trial, gpus_per_trial)
+    rundir.check_new_run_dir(run_dir)
+    ledger.quiet_optuna()
+    # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
+    given_storage = ledger.open_storage(study_storage, run_dir) if study_storage is not None else None
+    started_ray = init_ray(address, verbose)
+    created: list[Path] = []
+    new_study: tuple[str, optuna.storages.BaseStorage] | None = None
+    try:
+        if not run_dir.exists():
+            created.append(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / rundir.LOCK_FILE).exists():
+            created.append(run_dir / rundir.LOCK_FILE)
+        with rundir.run_lock(run_dir):
+            if study_storage is None:
+                created.append(run_dir / rundir.STUDY_FILE)
+            storage = given_storage if given_storage is not None else ledger.open_storage(None, run_dir)
+            study_name = "autoprune"
+            if study_storage is not None:  # a shared database holds many studies: make the name unique
+                study_name = f"autoprune-{run_dir.resolve().name}-{secrets.token_hex(3)}"
+            study = ledger.create_study(storage, study_name, spec, rundir.autoprune_version())
+            new_study = (study_name, storage)
+            created.append(run_dir / rundir.SPACE_FILE)
+            space_yaml = rundir.freeze_space(run_dir, spec)
+            info = RunInfo(
+                study_name=study_name,
+                storage=ledger.storage_record(study_storage, run_dir),
+                space_digest=spec.digest,
+                space_source=str(spec.source),
+                sampler=sampler,
+                seed=seed,
+                trials=n,
+                resources={
+                    "concurrent": concurrent,
+                    "cpus_per_trial": cpus_per_trial,
+                    "gpus_per_trial": gpus_per_trial,
+                },
+                sampler_options=ledger.sampler_options(sampler, n),
+                address=address,
+                version=rundir.autoprune_version(),
+                created=rundir.now(),
+            )
+            info.write(run_dir)
+            created.clear()  # the run exists from here on: never remove anything of it
+            new_study = None
+            (run_dir / rundir.MODELS_DIR).mkdir(exist_ok=True)
+            ran = launch(
+                run_dir,
+                info,
+                storage,
+                space_yaml,
+                n_trials=n,
+                sampler_seed=seed,
+                kind="search",
+                verbose=verbose,
+                log=log,
+                already=[],
+                already_counted=0,
+            )
+            return _finish(run_dir, study, n, ran, t0, log)
+    except BaseException:
+        # Undo a start that failed before run.json existed: what this call created, and nothing else.
+        if new_study is not None and study_storage is not None:
+            with contextlib.suppress(Exception):
+                optuna.delete_study(study_name=new_study[0], storage=new_study[1])
+        for path in reversed(created):
+            with contextlib.suppress(OSError):
+                path.rmdir() if path.is_dir() else path.unlink()
+        raise
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def resume_search(
+    run_dir: str | os.PathLike,
+    *,
+    trials: int | None = None,
+    study_storage: str | None = None,
+    address: str | None = None,
+    concurrent: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    verbose: bool = False,
+    log: Log = _stderr,
+) -> LaunchResult:
+    """Finish an interrupted search, or extend a finished one to ``trials`` trials in total.
+
+    Trials an interruption left RUNNING are closed as FAIL (outcome ``interrupted``) and replaced; finished
+    ones are kept and never re-run; trials enqueued into the study (``study.enqueue_trial``) run first.
+    Resources default to those in run.json.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    info = RunInfo.read(run_dir)
+    if trials is not None:
+        _check_positive_int("--trials", trials)
+    frozen, space_yaml = rundir.read_frozen_space(run_dir, info)
+    frozen.check_importable()
+    resources = dict(info.resources)
+    overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
+    resources.update({key: value for key, value in overrides.items() if value is not None})
+    _check_resources(resources["concurrent"], float(resources["cpus_per_trial"]), float(resources["gpus_per_trial"]))
+    with rundir.run_lock(run_dir):
+        study = ledger.load_study(info, run_dir, study_storage)
+        records, failures, _ = ledger.trial_records(study, run_dir)
+        counted = ledger.count_finished(records, failures)
+        target = trials if trials is not None else info.trials
+        missing = target - counted
+        where = address if address is not None else info.address
+        started_ray = False
+        try:
+            if missing > 0:  # connect first: an unreachable cluster must leave the study as it is
+                try:
+                    started_ray = init_ray(None if where in (None, "local") else where, verbose)
+                except SearchError as exc:
+                    if address is None and where:
+                        raise SearchError(
+                            f"{exc} (this search ran on {where}; use --address local to resume here)"
+                        ) from None
+                    raise
+            closed = ledger.close_stale_trials(study)
+            if closed:
+                log(f"resume: closed {closed} trial{'s' if closed != 1 else ''} left running by an interruption")
+            if missing <= 0:
+                log(f"resume: {counted} trials finished already (requested {target}); nothing to run")
+                return _finish(run_dir, study, info.trials, 0, t0, log)
+            info.trials = target
+            info.resources = resources
+            info.address = where
+            # A new seed per launch: the same seed would make the random sampler repeat the first trials' configs.
+            sampler_seed = info.seed + len(study.trials)
+            ran = launch(
+                run_dir,
+                info,
+                study._storage,
+                space_yaml,
+                n_trials=missing,
+                sampler_seed=sampler_seed,
+                kind="resume",
+                verbose=verbose,
+                log=log,
+                already=records,
+                already_counted=counted,
+            )
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        return _finish(run_dir, study, target, ran, t0, log)

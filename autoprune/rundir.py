@@ -1,0 +1,196 @@
+"""The run directory of a search: its layout, ``run.json``, the lock, and the frozen search space.
+
+Everything one search produced lives under one folder::
+
+    run.json          what was asked for: study name and storage, space digest, sampler, seed, resources, trials
+    space.yaml        the search space as searched (after --set), frozen; resume checks it against run.json
+    study.db          the Optuna study (SQLite), unless --study-storage names a server database or a journal file
+    models/trial_N.pt the exported model of every trial that finished (N is the Optuna trial number)
+    ray/              Ray Tune's experiment folders, one per launch (search-00, resume-01, ...)
+    report/           front.csv, trials.csv, report.json, pareto.png, rewritten after each launch and by `report`
+    .lock             locked (flock) by the driver running trials, so two drivers never share one run
+
+Nothing here imports Optuna or Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import fcntl
+import functools
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ._io import atomic_open
+from .errors import SearchError
+from .space import SearchSpace, load_yaml, parse_space
+
+RUN_FILE = "run.json"
+SPACE_FILE = "space.yaml"
+STUDY_FILE = "study.db"
+MODELS_DIR = "models"
+RAY_DIR = "ray"
+REPORT_DIR = "report"
+LOCK_FILE = ".lock"
+RUN_FORMAT = 1
+_MARKERS = (RUN_FILE, SPACE_FILE, STUDY_FILE, MODELS_DIR)  # any of these: the folder held a search
+
+
+def autoprune_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def now() -> str:
+    """The current UTC time as ISO 8601 text (seconds), as run.json stores times."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunInfo:
+    """The content of ``run.json``: what a search asked for, enough to resume it anywhere."""
+
+    study_name: str
+    storage: dict[str, Any]  # {"kind": "run-dir"} | {"kind": "rdb", "url": redacted} | {"kind": "journal", "path"}
+    space_digest: str
+    space_source: str
+    sampler: str
+    seed: int
+    trials: int  # the number of trials the search should end with (counted outcomes)
+    resources: dict[str, Any]  # concurrent, cpus_per_trial, gpus_per_trial
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    address: str | None = None
+    version: str = ""
+    created: str = ""
+    launches: list[dict[str, Any]] = field(default_factory=list)
+    format: int = RUN_FORMAT
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunInfo:
+        path = run_dir / RUN_FILE
+        if not run_dir.is_dir():
+            raise SearchError(
+                f"run directory {run_dir} does not exist; start a search with `autoprune search --run-dir {run_dir}`"
+            )
+        if not path.is_file():
+            raise SearchError(
+                f"{run_dir} holds no search (no {RUN_FILE}); start one with `autoprune search --run-dir {run_dir}`"
+            )
+        try:
+            data = json.loads(path.read_text())
+            known = {f.name for f in dataclasses.fields(cls)}
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except (OSError, ValueError, TypeError) as exc:
+            raise SearchError(f"{path} is unreadable or damaged ({type(exc).__name__}: {exc})") from None
+
+    def write(self, run_dir: Path) -> None:
+        with atomic_open(run_dir / RUN_FILE, "w") as fh:
+            fh.write(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory while a driver runs trials in it.
+
+    ``flock`` is released by the kernel when the process dies, even by SIGKILL, so a crashed driver never
+    leaves a stale lock behind; a second driver on the same directory is refused instead of closing the
+    first one's running trials.
+    """
+    fh = open(run_dir / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise SearchError(
+                f"another autoprune process is running a search in {run_dir}; wait for it or stop it first"
+            ) from None
+        yield
+    finally:
+        fh.close()
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse a ``--run-dir`` that is a file or already holds (part of) a search."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SearchError(f"--run-dir {run_dir} is a file; give a directory")
+    if (run_dir / RUN_FILE).exists():
+        raise SearchError(
+            f"{run_dir} already holds a search; continue or extend it with `autoprune resume {run_dir}` "
+            "or choose another --run-dir"
+        )
+    taken = [m for m in _MARKERS if (run_dir / m).exists()]
+    if taken:
+        raise SearchError(
+            f"{run_dir} holds {taken[0]} but no {RUN_FILE} (a search that never started?); "
+            "choose another --run-dir or empty it"
+        )
+
+
+# ------------------------------------------------------------------------------------------- frozen space
+
+
+@functools.lru_cache(maxsize=4)
+def space_from_text(text: str) -> SearchSpace:
+    """The search space of a frozen ``space.yaml`` text (cached: every trial of a worker reads the same one)."""
+    return parse_space(load_yaml(text) or {}, source=SPACE_FILE)
+
+
+def freeze_space(run_dir: Path, space: SearchSpace) -> str:
+    """Write ``space.yaml`` (never over an existing one) and check it reads back identically; returns its text."""
+    path = run_dir / SPACE_FILE
+    with open(path, "x") as fh:
+        fh.write(f"# Frozen search space of this run (from {space.source}); resume checks its digest.\n")
+        yaml.safe_dump(space.document, fh, sort_keys=False)
+    text = path.read_text()
+    if space_from_text(text).digest != space.digest:  # a YAML round trip that changed a value would break resume
+        raise SearchError(f"the frozen space in {path} does not read back identically")
+    return text
+
+
+def read_frozen_space(run_dir: Path, info: RunInfo) -> tuple[SearchSpace, str]:
+    """The run's frozen space and its text, read once and checked against the digest in run.json."""
+    path = run_dir / SPACE_FILE
+    if not path.is_file():
+        raise SearchError(f"{path} is missing; it is needed to resume this search")
+    text = path.read_text()
+    space = space_from_text(text)
+    if space.digest != info.space_digest:
+        raise SearchError(
+            f"{path} was changed since the search started (digest {space.digest[:12]} != "
+            f"{info.space_digest[:12]} in {RUN_FILE}); restore it, or start a new search in another --run-dir"
+        )
+    return space, text
+
+
+# ------------------------------------------------------------------------------------------- output paths
+
+
+def model_file(number: int) -> str:
+    """Where a trial's model lives, relative to the run directory (what the study records)."""
+    return f"{MODELS_DIR}/trial_{number}.pt"
+
+
+def new_model_path(run_dir: str | os.PathLike, number: int) -> Path:
+    """The absolute path to save trial ``number``'s model to; refuses to replace another trial's file."""
+    target = Path(run_dir) / model_file(number)
+    if target.exists():  # trial numbers are unique within a study; never replace another trial's model
+        raise SearchError(f"{target} exists already; refusing to overwrite it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def relative_to_run(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """``path`` relative to the run directory when it lies inside it (report files move with their run)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
+    except ValueError:
+        return str(path)
