@@ -152,6 +152,7 @@ def run_search(
     timeout_s, deadline = _deadline(timeout)
     run_dir = Path(run_dir)
     spec = load_space(space, overrides)
+    spec.check_importable()  # a model or dataset the trial workers cannot load: refused before anything exists
     n = trials if trials is not None else (spec.trials or DEFAULT_TRIALS)
     _check_positive_int("--trials", n)
     sampler = ledger.check_sampler(sampler or spec.sampler or ledger.DEFAULT_SAMPLER)
@@ -272,7 +273,8 @@ def resume_search(
     stopping = early_stop_settings(early_stop, reduction_factor, grace_period, base=info.early_stop)
     if trials is not None:
         _check_positive_int("--trials", trials)
-    _, space_yaml = rundir.read_frozen_space(run_dir, info)
+    frozen, space_yaml = rundir.read_frozen_space(run_dir, info)
+    frozen.check_importable()
     resources = dict(info.resources)
     overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
     resources.update({key: value for key, value in overrides.items() if value is not None})
