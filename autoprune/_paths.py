@@ -103,6 +103,7 @@ def check_output_file(
     what: str,
     protected_dirs: Iterable[str | os.PathLike] = (),
     example: str = "out.csv",
+    guard_runs: bool = True,
     error: type[AutoPruneError] = PathError,
 ) -> Path:
     """Refuse, in one line, an output ``path`` that cannot or must not be written; return it resolved.
@@ -110,8 +111,9 @@ def check_output_file(
     ``what`` names the option (``--csv``). Refused: an empty name, a directory, an existing non-regular file
     (device, FIFO, socket), a missing or non-folder parent (never created), a folder where no file can be
     created (read-only, ``/proc``), and any path inside the own files of a run directory: the run the path
-    lies in (found by its run.json) and every folder of ``protected_dirs``. A file that can be created here is
-    created and removed again, which is the only test that tells for every filesystem and for root.
+    lies in (found by its run.json) and every folder of ``protected_dirs`` (``guard_runs=False``: a run's own
+    writer, saving a trial's model into ``models/``). A file that can be created here is created and removed
+    again, which is the only test that tells for every filesystem and for root.
     """
     shown = _shown(path)
     if not os.fspath(path).strip():
@@ -122,7 +124,7 @@ def check_output_file(
     except (OSError, RuntimeError) as exc:  # a symlink loop
         raise error(f"{what} {shown}: cannot resolve the path ({exc}); give another file name") from None
     runs = [Path(p).expanduser().resolve() for p in protected_dirs]
-    found = find_run_dir(resolved)
+    found = find_run_dir(resolved) if guard_runs else None
     if found is not None:
         runs.append(found)
     for run_dir in runs:

@@ -324,11 +324,18 @@ def evaluate(
         bool, _flag("--json", help="Print test_accuracy, params_nonzero, params_total (and more) on stdout.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    allow_module: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-module",
+            help="Allow importing this module when the file names a model or dataset factory in it. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Reload an exported model (safely, weights only) and re-measure it on its dataset's test split."""
     from .api import evaluate as measure
 
-    result = measure(model_file, device=device)
+    result = measure(model_file, device=device, allow_modules=allow_module or ())
     if as_json:
         _print_json(result)
     else:

@@ -79,8 +79,8 @@ def test_failures_are_fail_with_their_reason_and_only_real_outcomes_count() -> N
     ]
     assert failures[1]["reason"] == "ValueError: boom"
     assert running == 1
-    assert ledger.count_finished(records, failures) == 3
-    assert [Outcome(k).counted for k in ledger.OUTCOMES] == [True, True, True, False, False]
+    assert ledger.count_finished(records, failures) == 4  # a crashed trial counts like a failed one
+    assert [Outcome(k).counted for k in ledger.OUTCOMES] == [True, True, True, True, False]
 
 
 def test_closing_stale_trials_fails_running_ones_and_leaves_enqueued_ones_to_the_sampler() -> None:

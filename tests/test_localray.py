@@ -11,7 +11,7 @@ from _sockets import descendants, is_loopback, listening
 ray = pytest.importorskip("ray")
 
 from autoprune._localray import ray_start_environment  # noqa: E402
-from autoprune.search import run_search  # noqa: E402
+from autoprune.raytune import run_search  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

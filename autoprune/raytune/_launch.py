@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ledger, rundir
+from .._localray import ray_start_environment
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
 from ..rundir import RunInfo
@@ -122,7 +123,10 @@ def init_ray(address: str | None, verbose: bool) -> bool:
         return False
     level = logging.INFO if verbose else logging.ERROR
     try:
-        ray.init(address=address or "local", include_dashboard=False, logging_level=level, log_to_driver=verbose)
+        with ray_start_environment(local=not address) as extra:  # a local Ray listens on 127.0.0.1 only
+            ray.init(
+                address=address or "local", include_dashboard=False, logging_level=level, log_to_driver=verbose, **extra
+            )
     except Exception as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         hint = (
@@ -136,7 +140,8 @@ def init_ray(address: str | None, verbose: bool) -> bool:
     return True
 
 
-def _cluster_concurrency(cpus: float, gpus: float) -> int:
+def cluster_concurrency(cpus: float, gpus: float) -> int:
+    """How many trials of this size the cluster fits at once; refuses one line when no node fits one."""
     import ray
 
     res = ray.cluster_resources()
@@ -175,7 +180,7 @@ def launch(
 
     res = info.resources
     cpus, gpus = float(res["cpus_per_trial"]), float(res["gpus_per_trial"])
-    fits = _cluster_concurrency(cpus, gpus)
+    fits = cluster_concurrency(cpus, gpus)
     concurrent = min(int(res["concurrent"]), fits) if res.get("concurrent") else fits
     concurrent = max(1, min(concurrent, n_trials))
     searcher = _searcher_class()(
