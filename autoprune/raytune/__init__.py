@@ -32,7 +32,7 @@ from ..errors import SearchError
 from ..ledger import Results
 from ..rundir import RunInfo
 from ..space import SearchSpace, load_space
-from ._launch import cluster_concurrency, init_ray, launch
+from ._launch import cluster_concurrency, init_ray, launch, shutdown_ray
 
 if TYPE_CHECKING:
     import optuna
@@ -213,9 +213,7 @@ def run_search(
         raise
     finally:
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            shutdown_ray()
 
 
 def resume_search(
@@ -292,7 +290,5 @@ def resume_search(
             )
         finally:
             if started_ray:
-                import ray
-
-                ray.shutdown()
+                shutdown_ray()
         return _finish(run_dir, study, target, ran, t0, log)

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -124,7 +125,7 @@ def init_ray(address: str | None, verbose: bool) -> bool:
     level = logging.INFO if verbose else logging.ERROR
     try:
         with ray_start_environment(local=not address) as extra:  # a local Ray listens on 127.0.0.1 only
-            ray.init(
+            context = ray.init(
                 address=address or "local", include_dashboard=False, logging_level=level, log_to_driver=verbose, **extra
             )
     except Exception as exc:
@@ -135,9 +136,44 @@ def init_ray(address: str | None, verbose: bool) -> bool:
             else ""
         )
         raise SearchError(f"cannot start or connect to {where}: {first_line(exc)}{hint}") from None
+    if not address:
+        _start_watchdog(context.address_info.get("session_dir"))
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(level)
+    if not verbose:
+        # A trial whose process dies is one progress line of ours; Tune would add a traceback and a summary.
+        for name in ("ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     return True
+
+
+_watchdog: subprocess.Popen | None = None
+
+
+def _start_watchdog(session_dir: str | None) -> None:
+    """Have the Ray processes of this local start stopped if this process dies without shutting Ray down."""
+    global _watchdog
+    if not session_dir or sys.platform != "linux":
+        return
+    script = Path(__file__).resolve().parent.parent / "_watchdog.py"
+    with contextlib.suppress(OSError):
+        _watchdog = subprocess.Popen(
+            [sys.executable, str(script), session_dir], stdin=subprocess.PIPE, start_new_session=True, close_fds=True
+        )
+
+
+def shutdown_ray() -> None:
+    """Shut down the Ray this process started, and its watchdog."""
+    global _watchdog
+    import ray
+
+    ray.shutdown()
+    if _watchdog is not None:
+        with contextlib.suppress(OSError):
+            _watchdog.stdin.close()  # EOF: the watchdog stops what Ray left behind, then exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _watchdog.wait(timeout=10)
+        _watchdog = None
 
 
 def cluster_concurrency(cpus: float, gpus: float) -> int:
@@ -220,8 +256,12 @@ def launch(
         ),
     )
     try:
-        # Tune's status tables (--verbose) print to stdout, which belongs to --json: send them to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
+        # stdout belongs to --json. Tune's status tables (--verbose) go to stderr; without --verbose what Ray prints
+        # there (a dead worker's "(raylet) A worker died..." notice) is dropped: the progress line says it.
+        with (
+            contextlib.nullcontext(sys.stderr) if verbose else open(os.devnull, "w") as sink,
+            contextlib.redirect_stdout(sink),
+        ):
             tuner.fit()
     finally:
         searcher.close_open_trials()
