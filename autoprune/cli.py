@@ -16,7 +16,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from .errors import AutoPruneError
+from .errors import AutoPruneError, first_line
 from .space import SAMPLERS
 
 
@@ -349,12 +349,36 @@ def evaluate(
         )
 
 
+def _disk_full(exc: BaseException) -> bool:
+    import errno
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(seen) or "No space left" in str(seen):  # SQLite's and others' wording
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def main() -> None:
     """Console entry point: run the app and turn library errors into one line."""
     try:
         app(standalone_mode=True)
     except AutoPruneError as exc:
         typer.secho(f"autoprune: error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except Exception as exc:
+        if not _disk_full(exc):
+            raise
+        typer.secho(
+            f"autoprune: error: no space left on the device ({first_line(exc, 160)}); what was finished is kept: free "
+            "some space "
+            "and run the command again (a search: `autoprune resume RUN_DIR`)",
+            fg=typer.colors.RED,
+            err=True,
+        )
         sys.exit(1)
     except KeyboardInterrupt:
         typer.secho("autoprune: interrupted", fg=typer.colors.RED, err=True)

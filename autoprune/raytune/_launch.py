@@ -19,7 +19,7 @@ from .._localray import ray_start_environment
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
 from ..rundir import RunInfo
-from ._worker import Job, outcome_of, suggest, trial_dirname, tune_trial
+from ._worker import NO_SPACE, Job, outcome_of, suggest, trial_dirname, tune_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -42,16 +42,28 @@ def _searcher_class() -> type:
 
     class Searcher(OptunaSearch):
         progress: Progress | None = None
+        stop_reason: str | None = None  # set when going on would only fail: no new trial is started
+
+        def suggest(self, trial_id: str) -> dict | str | None:
+            if self.stop_reason is not None:
+                return Searcher.FINISHED
+            return super().suggest(trial_id)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             if trial_id in self._completed_trials or trial_id not in self._ot_trials:
                 return
             ot_trial = self._ot_trials[trial_id]
             outcome = outcome_of(result or {}, error, trial_id)
+            if outcome.reason and outcome.reason.startswith(NO_SPACE) and self.stop_reason is None:
+                self.stop_reason = outcome.reason
             try:
                 ledger.record_outcome(self._ot_study, ot_trial, outcome)
-            except Exception as exc:  # a storage hiccup must not stop the search; the trial stays RUNNING
-                logging.getLogger(__name__).error("could not record trial %s in the study: %s", ot_trial.number, exc)
+            except Exception as exc:  # the ledger cannot be written (a full disk): stop, resume closes the trial
+                root = exc
+                while root.__cause__ is not None or root.__context__ is not None:  # Optuna wraps the database's
+                    root = root.__cause__ or root.__context__
+                if self.stop_reason is None:
+                    self.stop_reason = f"cannot record trial {ot_trial.number} in the study ({first_line(root, 160)})"
             self._completed_trials.add(trial_id)
             if self.progress is not None:
                 self.progress.finished(
@@ -265,4 +277,9 @@ def launch(
             tuner.fit()
     finally:
         searcher.close_open_trials()
+    if searcher.stop_reason is not None:
+        raise SearchError(
+            f"stopped: {searcher.stop_reason}; the finished trials are kept: free some space, then "
+            f"`autoprune resume {run_dir}`"
+        )
     return searcher.started

@@ -6,8 +6,10 @@ the driver's side. The keys of the report are the protocol between the two.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import shutil
 import socket
 import time
 import traceback
@@ -75,7 +77,17 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         # A trial that reserved no GPU stays off the GPUs, which belong to the trials that reserved them.
         device = "cpu" if not job.gpus and cfg.device == "auto" else None
         result = run_trial(cfg, device=device, threads=job.threads)
-        result.save(rundir.new_model_path(job.run_dir, number))
+        try:
+            result.save(rundir.new_model_path(job.run_dir, number))
+        except Exception as exc:
+            if not _out_of_space(exc, job.run_dir, result.model):
+                raise
+            # Not the trial's fault: it is not counted, and resume runs it again once there is space.
+            reason = f"{NO_SPACE}: its model file could not be written ({first_line(exc)})"
+            report = {**nan, _OUTCOME_KEY: "interrupted", _REASON_KEY: reason}
+            report.update(node, trial_seconds=time.perf_counter() - started)
+            tune.report(report)
+            return
         report = {
             OBJECTIVES[0]: float(result.val_accuracy),
             OBJECTIVES[1]: int(result.params_nonzero),
@@ -90,6 +102,25 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         report = {**nan, _OUTCOME_KEY: "error", _REASON_KEY: first_line(exc)}
     report.update(node, trial_seconds=time.perf_counter() - started)
     tune.report(report)
+
+
+NO_SPACE = "no space left on the device of the run directory"
+
+
+def _out_of_space(exc: BaseException, run_dir: str, model: Any) -> bool:
+    """Whether saving failed because the disk is full (torch reports it as an opaque write error)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "no space left" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        needed = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+        return shutil.disk_usage(run_dir).free < max(16 << 20, 2 * needed)
+    except (OSError, AttributeError):
+        return False
 
 
 def outcome_of(result: dict[str, Any], error: bool, trial_id: str) -> Outcome:
