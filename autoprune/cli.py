@@ -362,27 +362,36 @@ def _disk_full(exc: BaseException) -> bool:
     return False
 
 
+def _one_line(message: str) -> None:
+    typer.secho(f"autoprune: error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+
+
 def main() -> None:
-    """Console entry point: run the app and turn library errors into one line."""
+    """Console entry point: run the app and turn every error a user can cause into one line."""
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage: an unknown option, a value of the wrong type
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `autoprune` alone: the help is the answer, not an error
+            exc.show()
+            sys.exit(exc.exit_code)
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "autoprune"
+        _one_line(f"{exc.format_message()} (see `{where} --help`)")
+        sys.exit(getattr(exc, "exit_code", 2))
     except AutoPruneError as exc:
-        typer.secho(f"autoprune: error: {exc}", fg=typer.colors.RED, err=True)
+        _one_line(str(exc))
         sys.exit(1)
+    except (KeyboardInterrupt, typer.Abort):
+        typer.secho("autoprune: interrupted", fg=typer.colors.RED, err=True)
+        sys.exit(130)
     except Exception as exc:
         if not _disk_full(exc):
             raise
-        typer.secho(
-            f"autoprune: error: no space left on the device ({first_line(exc, 160)}); what was finished is kept: free "
-            "some space "
-            "and run the command again (a search: `autoprune resume RUN_DIR`)",
-            fg=typer.colors.RED,
-            err=True,
+        _one_line(
+            f"no space left on the device ({first_line(exc, 160)}); what was finished is kept: free some space and "
+            "run the command again (a search: `autoprune resume RUN_DIR`)"
         )
         sys.exit(1)
-    except KeyboardInterrupt:
-        typer.secho("autoprune: interrupted", fg=typer.colors.RED, err=True)
-        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
