@@ -262,7 +262,7 @@ def pick(
     if chosen.get("model_path_refused"):  # raises: the study names a file outside this run's models/
         inside_run(run_dir, chosen["model_path_refused"], what="model_path", under=MODELS_DIR, error=SearchError)
     source = chosen.get("model_path")
-    if not source or not Path(source).is_file():
+    if not source or not Path(source).exists():  # a file that is there but not regular: refused when read
         raise SearchError(
             f"the model file of trial {chosen['trial']} is missing ({source}); on a cluster --run-dir must be on a "
             "filesystem every node shares"

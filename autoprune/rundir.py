@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from ._io import atomic_open
-from ._paths import check_input_file
+from ._paths import check_input_file, find_run_dir
 from .errors import SearchError
 from .space import SearchSpace, load_yaml, parse_space
 
@@ -134,9 +134,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse a ``--run-dir`` that is a file or already holds (part of) a search."""
+    """Refuse a ``--run-dir`` that is a file, already holds (part of) a search, or lies inside another run."""
     if run_dir.exists() and not run_dir.is_dir():
         raise SearchError(f"--run-dir {run_dir} is a file; give a directory")
+    outer = find_run_dir(run_dir.resolve())
+    if outer is not None:
+        raise SearchError(
+            f"--run-dir {run_dir} lies inside the run directory {outer}, whose files it would mix with; "
+            "choose a folder outside it"
+        )
     if (run_dir / RUN_FILE).exists():
         raise SearchError(
             f"{run_dir} already holds a search; continue or extend it with `autoprune resume {run_dir}` "
