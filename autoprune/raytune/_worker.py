@@ -129,7 +129,7 @@ def outcome_of(result: dict[str, Any], error: bool, trial_id: str) -> Outcome:
     attrs = {"node_id": result.get("node_id"), "hostname": result.get("hostname"), "ray_trial_id": trial_id}
     if kind == "complete" and result.get(_RECORD_KEY):
         return Outcome("complete", record=json.loads(result[_RECORD_KEY]), model_path=result[_MODEL_KEY], attrs=attrs)
-    if kind in ("diverged", "error"):
+    if kind in ("diverged", "error") or (kind == "interrupted" and result.get(_REASON_KEY)):
         return Outcome(kind, reason=str(result.get(_REASON_KEY, "")), attrs=attrs)
     if error:
         reason = "the trial's process failed (killed, out of memory or node lost); see the Ray logs"
