@@ -36,7 +36,8 @@ def check_allowed(
         return
     raise error(
         f"{source} names code to run ({what} {name!r}); a model file is data, and autoprune imports a module named "
-        f"in a file only when you allow it: add --allow-module {module or repr(module)} if you trust that code"
+        f"in a file only when you allow it: add --allow-module {module} (in Python, allow_modules=[{module!r}]) "
+        "if you trust that code"
     )
 
 

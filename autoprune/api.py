@@ -318,18 +318,19 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Col
     }
 
 
-def load_model(path: str | os.PathLike, *, device: str = "cpu") -> RawInputModel:
+def load_model(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Collection[str] = ()) -> RawInputModel:
     """An exported model as an ``nn.Module`` in eval mode that takes raw inputs (e.g. uint8 28x28 images).
 
     ``model(raw)`` returns logits; ``model.predict(raw)`` class indices. ``model.model`` is the pruned network
     itself (taking preprocessed inputs), ``model.preprocess`` the preprocessing, ``model.metrics`` the trial
-    record. Loading never runs code from the file (``torch.load(weights_only=True)``).
+    record. Loading never runs code from the file (``torch.load(weights_only=True)``); a model whose file names
+    its factory (``my_models:resnet``) is rebuilt only when that module is in ``allow_modules``.
     """
     from .data import resolve_device
     from .export import load_model as load
     from .preprocess import Preprocessing, RawInputModel, for_dataset
 
-    loaded = load(path, device=resolve_device(device))
+    loaded = load(path, device=resolve_device(device), allow_modules=allow_modules)
     if loaded.preprocessing is not None:
         spec = Preprocessing.from_dict(loaded.preprocessing, where=f"{path}: preprocessing")
     else:  # written before files stored it: the built-in datasets' preprocessing is known by name

@@ -119,9 +119,12 @@ def trial(
     save: Annotated[Path | None, typer.Option(help="Export the resulting model to this file.")] = None,
 ) -> None:
     """Run one full pipeline (sparse train → prune → finetune → evaluate) with fixed values. No Ray."""
+    from ._paths import check_output_file
     from .api import load_space, run_trial
 
     spec = load_space(space, set_ or [])
+    if save is not None:  # a bad --save is the one line on stderr: checked before the note below
+        check_output_file(save, what="--save", example="model.pt")
     if spec.dims and not as_json:
         unset = ", ".join(f"{d.path}={d.midpoint()!r}" for d in spec.dims)
         _log(f"note: {len(spec.dims)} searched dimensions not fixed by --set take their defaults: {unset}")

@@ -131,6 +131,7 @@ def run_search(
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     spec = load_space(space, overrides)
+    spec.check_importable()  # a model or dataset the trial workers cannot load: refused before anything exists
     n = trials if trials is not None else (spec.trials or DEFAULT_TRIALS)
     _check_positive_int("--trials", n)
     sampler = ledger.check_sampler(sampler or spec.sampler or ledger.DEFAULT_SAMPLER)
@@ -240,6 +241,7 @@ def resume_search(
     if trials is not None:
         _check_positive_int("--trials", trials)
     space, space_yaml = rundir.read_frozen_space(run_dir, info)
+    space.check_importable()  # a model or dataset the trial workers cannot load: refused before the study is touched
     resources = dict(info.resources)
     overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
     resources.update({key: value for key, value in overrides.items() if value is not None})

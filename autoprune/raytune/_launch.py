@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ledger, rundir
+from .._imports import worker_runtime_env
 from .._localray import ray_start_environment
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
@@ -138,7 +139,12 @@ def init_ray(address: str | None, verbose: bool) -> bool:
     try:
         with ray_start_environment(local=not address) as extra:  # a local Ray listens on 127.0.0.1 only
             context = ray.init(
-                address=address or "local", include_dashboard=False, logging_level=level, log_to_driver=verbose, **extra
+                address=address or "local",
+                include_dashboard=False,
+                logging_level=level,
+                log_to_driver=verbose,
+                runtime_env=worker_runtime_env(address),  # trial workers import user modules as the driver does
+                **extra,
             )
     except Exception as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
