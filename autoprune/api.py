@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,10 +77,13 @@ def run_trial(
     their defaults. ``save`` exports the model to that file. Returns the ``TrialResult``: ``.record()`` is the
     JSON trial record, ``.model`` the pruned model.
     """
+    from ._paths import check_output_file
     from .config import TrialConfig
     from .space import SearchSpace
     from .trial import run_trial as run
 
+    if save is not None:  # before the trial runs: a bad path must not cost a whole trial
+        check_output_file(save, what="--save", example="model.pt")
     if isinstance(space, TrialConfig):
         if overrides:
             raise SearchError("overrides apply to a space file; change a TrialConfig with dataclasses.replace")
@@ -225,8 +228,17 @@ def refresh_report(
     """Refresh RUN_DIR/report (front.csv, trials.csv, report.json, pareto.png) and return the results:
     ``autoprune report``. ``csv`` and ``plot`` write extra copies of the trials table and the plot there.
     """
+    from ._paths import check_output_file
     from .report import plot_front, write_csv, write_report
 
+    # Before anything is read or written: never onto the run's own files, a folder, or a place that cannot be written.
+    outputs = [
+        check_output_file(path, what=what, protected_dirs=[run_dir], example=example)
+        for path, what, example in ((csv, "--csv", "trials.csv"), (plot, "--plot", "front.png"))
+        if path
+    ]
+    if len(outputs) == 2 and outputs[0] == outputs[1]:
+        raise SearchError(f"--csv and --plot are the same file {csv}; give two file names")
     res = load_results(run_dir, study_storage=study_storage)
     write_report(run_dir, res.front, res.trials, res.failed, baseline=res.baseline)
     if csv is not None:
@@ -254,28 +266,42 @@ def pick(
     parameters), ``min_accuracy`` (the smallest front model at least that accurate on validation data),
     ``knee`` (the front's best trade-off), or ``trial`` (any finished trial, by number).
     """
-    from .export import check_output_file, copy_model
+    from ._paths import check_output_file, inside_run
+    from ._trust import named_modules
+    from .export import check_model_output, copy_model
     from .pareto import check_one_rule
     from .pareto import pick as pick_record
+    from .rundir import MODELS_DIR, RunInfo, read_frozen_space
 
     check_one_rule(max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
-    out = check_output_file(out)
+    # Checked before anything is read: never into a run's own files (another trial's model), never a folder.
+    check_output_file(out, what="--out", protected_dirs=[run_dir], example="model.pt", error=SearchError)
+    out = check_model_output(out)
     res = load_results(run_dir, study_storage=study_storage)
     chosen = pick_record(res.trials, max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
+    if chosen.get("model_path_refused"):  # raises: the study names a file outside this run's models/
+        inside_run(run_dir, chosen["model_path_refused"], what="model_path", under=MODELS_DIR, error=SearchError)
     source = chosen.get("model_path")
-    if not source or not Path(source).is_file():
+    if not source or not Path(source).exists():  # a file that is there but not regular: refused when read
         raise SearchError(
             f"the model file of trial {chosen['trial']} is missing ({source}); on a cluster --run-dir must be on a "
             "filesystem every node shares"
         )
-    copy_model(source, out, metrics={k: v for k, v in chosen.items() if k not in ("config", "model_path")})
+    # The run's own space named its model and dataset code when the user started the search: those modules only.
+    space, _ = read_frozen_space(Path(run_dir), RunInfo.read(Path(run_dir)))
+    metrics = {k: v for k, v in chosen.items() if k not in ("config", "model_path")}
+    copy_model(source, out, metrics=metrics, allow_modules=named_modules(space.document))
     return {**chosen, "out": str(out)}
 
 
-def evaluate(path: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
+def evaluate(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Collection[str] = ()) -> dict[str, Any]:
     """Reload an exported model (safely, weights only) without its run directory and re-measure it on its
     dataset: ``test_accuracy``, ``val_accuracy``, ``params_nonzero``, ``params_total`` and what was recorded.
+
+    A model or dataset the file names as ``module:function`` is imported only when its module is in
+    ``allow_modules``: a model file received from someone else must not run code by being evaluated.
     """
+    from ._trust import check_allowed
     from .config import TrialConfig, upgrade_config
     from .data import load_datasets, resolve_device
     from .errors import ConfigError
@@ -284,11 +310,12 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
     from .train import evaluate as accuracy
 
     dev = resolve_device(device)
-    loaded = load(path, device=dev)
+    loaded = load(path, device=dev, allow_modules=allow_modules)
     try:
         cfg = TrialConfig.from_dict(upgrade_config(loaded.config))
     except ConfigError as exc:
         raise ModelError(f"{path}: the configuration stored in the file is invalid ({exc})") from None
+    check_allowed(cfg.dataset.name, allow_modules, what="dataset.name", source=str(path))
     data = load_datasets(cfg.dataset, seed=cfg.seed, device=dev)
     if tuple(data.input_shape) != tuple(loaded.input_shape):
         raise ModelError(
@@ -311,18 +338,19 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
     }
 
 
-def load_model(path: str | os.PathLike, *, device: str = "cpu") -> RawInputModel:
+def load_model(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Collection[str] = ()) -> RawInputModel:
     """An exported model as an ``nn.Module`` in eval mode that takes raw inputs (e.g. uint8 28x28 images).
 
     ``model(raw)`` returns logits; ``model.predict(raw)`` class indices. ``model.model`` is the pruned network
     itself (taking preprocessed inputs), ``model.preprocess`` the preprocessing, ``model.metrics`` the trial
-    record. Loading never runs code from the file (``torch.load(weights_only=True)``).
+    record. Loading never runs code from the file (``torch.load(weights_only=True)``); a model whose file names
+    its factory (``my_models:resnet``) is rebuilt only when that module is in ``allow_modules``.
     """
     from .data import resolve_device
     from .export import load_model as load
     from .preprocess import Preprocessing, RawInputModel, for_dataset
 
-    loaded = load(path, device=resolve_device(device))
+    loaded = load(path, device=resolve_device(device), allow_modules=allow_modules)
     if loaded.preprocessing is not None:
         spec = Preprocessing.from_dict(loaded.preprocessing, where=f"{path}: preprocessing")
     else:  # written before files stored it: the built-in datasets' preprocessing is known by name

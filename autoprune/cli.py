@@ -7,83 +7,31 @@ Heavy imports (torch, Ray, pandas, matplotlib) happen inside the commands that n
 
 from __future__ import annotations
 
-import enum
 import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from typer.core import TyperCommand, TyperGroup
 
-from .config import DEFAULT_THREADS
-from .errors import AutoPruneError
-from .space import SAMPLERS
-from .stopping import DEFAULT_EARLY_STOP, EARLY_STOP_MODES
-
-
-class _BareHelp:
-    """``-h/--help`` shown as a flag, without a value type."""
-
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)  # type: ignore[misc]
-        if option is not None:
-            option.metavar = ""
-        return option
-
-
-class _Command(_BareHelp, TyperCommand):
-    pass
-
-
-class _Group(_BareHelp, TyperGroup):
-    pass
-
-
-app = typer.Typer(
-    name="autoprune",
-    cls=_Group,
-    help="Search sparse-training, pruning and finetuning jointly; get a Pareto front of real, loadable models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+from ._cli_options import (
+    Command,
+    EarlyStop,
+    GraceOption,
+    LaunchJsonOption,
+    ReductionOption,
+    Sampler,
+    SetOption,
+    SpaceArgument,
+    StorageOption,
+    TimeoutOption,
+    VerboseOption,
+    app,
+    flag,
 )
-Sampler = enum.Enum("Sampler", {name: name for name in SAMPLERS}, type=str)  # --sampler [tpe|nsga2|random]
-EarlyStop = enum.Enum("EarlyStop", {name: name for name in EARLY_STOP_MODES}, type=str)  # --early-stop [off|asha]
-
-
-def _flag(*names: str, help: str) -> Any:
-    return typer.Option(*names, help=help, metavar="")
-
-
-# Options that several commands share, declared once.
-SpaceArgument = Annotated[
-    str | None, typer.Argument(help="Space file, or the name of a shipped one (default: digits_quick).")
-]
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", metavar="KEY=VALUE", help="Fix a leaf by its dotted path (value: YAML scalar). Repeatable."),
-]
-StorageOption = Annotated[
-    str | None,
-    typer.Option(
-        "--study-storage",
-        envvar="AUTOPRUNE_STUDY_STORAGE",
-        help="Optuna storage: a database URL (postgresql://user:pw@host/db, sqlite:///file.db) or a journal file "
-        "path. Default: study.db in the run directory.",
-    ),
-]
-LaunchJsonOption = Annotated[bool, _flag("--json", help="At the end print the report JSON on stdout.")]
-VerboseOption = Annotated[bool, _flag("--verbose", help="Show Ray's own logs and every early-stopping decision.")]
-TimeoutOption = Annotated[
-    str | None,
-    typer.Option(help="Time budget, e.g. 90s, 15m, 1h30m: no trial starts after it, running ones finish."),
-]
-ReductionOption = Annotated[
-    float | None, typer.Option(help="Early stopping: rungs η× apart in epochs; the top 1/η of a rung go on (3).")
-]
-GraceOption = Annotated[float | None, typer.Option(help="Early stopping: epochs before the first rung (1).")]
+from .config import DEFAULT_THREADS
+from .errors import AutoPruneError, first_line
+from .stopping import DEFAULT_EARLY_STOP
 
 
 def _version(value: bool) -> None:
@@ -117,12 +65,12 @@ def _log(message: str) -> None:
     typer.echo(message, err=True)
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def trial(
     space: SpaceArgument = None,
     set_: SetOption = None,
     as_json: Annotated[
-        bool, _flag("--json", help="Print one JSON trial record on stdout, and nothing on stderr.")
+        bool, flag("--json", help="Print one JSON trial record on stdout, and nothing on stderr.")
     ] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: the config's, auto).")] = None,
     threads: Annotated[
@@ -132,9 +80,12 @@ def trial(
     save: Annotated[Path | None, typer.Option(help="Export the resulting model to this file.")] = None,
 ) -> None:
     """Run one full pipeline (sparse train → prune → finetune → evaluate) with fixed values. No Ray."""
+    from ._paths import check_output_file
     from .api import load_space, run_trial
 
     spec = load_space(space, set_ or [])
+    if save is not None:  # a bad --save is the one line on stderr: checked before the note below
+        check_output_file(save, what="--save", example="model.pt")
     if spec.dims and not as_json:
         unset = ", ".join(f"{d.path}={d.midpoint()!r}" for d in spec.dims)
         _log(f"note: {len(spec.dims)} searched dimensions not fixed by --set take their defaults: {unset}")
@@ -188,7 +139,7 @@ def _finish_launch(outcome: Any, as_json: bool) -> None:
         )
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def search(
     space: SpaceArgument = None,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="New directory for everything the search makes.")] = ...,
@@ -247,7 +198,7 @@ def search(
     _finish_launch(outcome, as_json)
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a search.")],
     trials: Annotated[
@@ -288,11 +239,11 @@ def resume(
     _finish_launch(outcome, as_json)
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def report(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a search (finished or running).")],
     as_json: Annotated[
-        bool, _flag("--json", help='Print {"front": [...], "trials": [...], "failed": N} on stdout.')
+        bool, flag("--json", help='Print {"front": [...], "trials": [...], "failed": N} on stdout.')
     ] = False,
     csv: Annotated[
         Path | None, typer.Option(help="Also write every finished trial as CSV here (with an on_front column).")
@@ -314,7 +265,7 @@ def report(
         _print_front(results, run_dir)
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def pick(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a search.")],
     out: Annotated[Path, typer.Option("--out", help="File to export the chosen model to.")] = ...,
@@ -324,9 +275,9 @@ def pick(
     min_accuracy: Annotated[
         float | None, typer.Option(help="The smallest front model with val accuracy >= A (a fraction).")
     ] = None,
-    knee: Annotated[bool, _flag("--knee", help="The knee of the front (best trade-off).")] = False,
+    knee: Annotated[bool, flag("--knee", help="The knee of the front (best trade-off).")] = False,
     trial: Annotated[int | None, typer.Option(help="Any finished trial, by its number (see report).")] = None,
-    as_json: Annotated[bool, _flag("--json", help='Print the chosen record plus "out" on stdout.')] = False,
+    as_json: Annotated[bool, flag("--json", help='Print the chosen record plus "out" on stdout.')] = False,
     study_storage: StorageOption = None,
 ) -> None:
     """Choose a model by one rule (or by trial number) and export it as a self-describing file."""
@@ -350,18 +301,25 @@ def pick(
         )
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 def evaluate(
     model_file: Annotated[Path, typer.Argument(help="A model file written by `pick` or a search.")],
     as_json: Annotated[
-        bool, _flag("--json", help="Print test_accuracy, params_nonzero, params_total (and more) on stdout.")
+        bool, flag("--json", help="Print test_accuracy, params_nonzero, params_total (and more) on stdout.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+    allow_module: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-module",
+            help="Allow importing this module when the file names a model or dataset factory in it. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Reload an exported model (safely, weights only) and re-measure it on its dataset's test split."""
     from .api import evaluate as measure
 
-    result = measure(model_file, device=device)
+    result = measure(model_file, device=device, allow_modules=allow_module or ())
     if as_json:
         _print_json(result)
     else:
@@ -375,16 +333,49 @@ def evaluate(
         )
 
 
+def _disk_full(exc: BaseException) -> bool:
+    import errno
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(seen) or "No space left" in str(seen):  # SQLite's and others' wording
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _one_line(message: str) -> None:
+    typer.secho(f"autoprune: error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+
+
 def main() -> None:
-    """Console entry point: run the app and turn library errors into one line."""
+    """Console entry point: run the app and turn every error a user can cause into one line."""
     try:
-        app(standalone_mode=True)
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:  # usage: an unknown option, a value of the wrong type
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `autoprune` alone: the help is the answer, not an error
+            exc.show()
+            sys.exit(exc.exit_code)
+        where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "autoprune"
+        _one_line(f"{exc.format_message()} (see `{where} --help`)")
+        sys.exit(getattr(exc, "exit_code", 2))
     except AutoPruneError as exc:
-        typer.secho(f"autoprune: error: {exc}", fg=typer.colors.RED, err=True)
+        _one_line(str(exc))
         sys.exit(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.secho("autoprune: interrupted", fg=typer.colors.RED, err=True)
         sys.exit(130)
+    except Exception as exc:
+        if not _disk_full(exc):
+            raise
+        _one_line(
+            f"no space left on the device ({first_line(exc, 160)}); what was finished is kept: free some space and "
+            "run the command again (a search: `autoprune resume RUN_DIR`)"
+        )
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

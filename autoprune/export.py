@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import zipfile
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ._io import atomic_open, plain
+from ._paths import check_input_file, check_output_file
+from ._trust import check_allowed
 from .errors import ModelError, first_line
 from .train import MaskSet
 
@@ -201,17 +204,14 @@ def _factory_name(config: dict) -> str | None:
     return None
 
 
-def check_output_file(path: str | os.PathLike) -> Path:
+def check_model_output(path: str | os.PathLike) -> Path:
     """``path`` as a place to write a model file: not a folder, in a folder that exists, and not replacing
     anything but an autoprune model file.
     """
     path = Path(path)
-    if path.is_dir():
-        raise ModelError(f"cannot save a model to {path}: it is a directory; give a file name such as model.pt")
+    check_output_file(path, what="model file", example="model.pt", guard_runs=False, error=ModelError)
     if path.exists() and not _is_model_file(path):
         raise ModelError(f"refusing to overwrite {path}: not an autoprune model file; choose another output file")
-    if not path.parent.is_dir():
-        raise ModelError(f"cannot save a model to {path}: folder {path.parent} does not exist")
     return path
 
 
@@ -233,7 +233,7 @@ def save_model(
     complete file. An existing file is replaced only when it is itself an autoprune model file. The caller's
     model is not modified.
     """
-    path = check_output_file(path)
+    path = check_model_output(path)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     param_names = {name for name, _ in model.named_parameters()}
     packed_masks = {}
@@ -295,10 +295,7 @@ def save_model(
 
 
 def _read(path: Path, device: str | torch.device) -> Any:
-    if not path.exists():
-        raise ModelError(f"model file {path} does not exist")
-    if path.is_dir():
-        raise ModelError(f"model file {path} is a directory, not a file")
+    check_input_file(path, what="model file", error=ModelError)  # /dev/zero or a FIFO would hang the reader
     if not zipfile.is_zipfile(path):
         # torch.save writes a zip archive; a truncated one has lost its directory at the end.
         raise ModelError(f"cannot read model file {path}: not a complete torch file (truncated or another format)")
@@ -313,8 +310,14 @@ def _read(path: Path, device: str | torch.device) -> Any:
         raise ModelError(f"cannot read model file {path}: {first_line(exc, 160)}") from None
 
 
-def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> LoadedModel:
-    """Read a file written by ``save_model`` and rebuild the model on ``device``, in eval mode."""
+def load_model(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", allow_modules: Collection[str] = ()
+) -> LoadedModel:
+    """Read a file written by ``save_model`` and rebuild the model on ``device``, in eval mode.
+
+    A model that is not a plain ``nn.Sequential`` names its ``module:function`` factory; that module is imported
+    only when it is in ``allow_modules`` (a file is data: opening one must not run code it names).
+    """
     path = Path(path)
     data = _read(path, device)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -340,6 +343,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     try:
         if isinstance(architecture, dict) and isinstance(architecture.get("factory"), str):
             from .models import build_model
+
+            check_allowed(architecture["factory"], allow_modules, what="architecture.factory", source="the file")
 
             model = build_model(architecture["factory"], input_shape, num_classes)
         else:
@@ -380,9 +385,11 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
     )
 
 
-def copy_model(source: str | os.PathLike, out: str | os.PathLike, *, metrics: dict) -> Path:
+def copy_model(
+    source: str | os.PathLike, out: str | os.PathLike, *, metrics: dict, allow_modules: Collection[str] = ()
+) -> Path:
     """Re-export the model in ``source`` to ``out`` with ``metrics`` as its record (``pick``'s export)."""
-    loaded = load_model(source)
+    loaded = load_model(source, allow_modules=allow_modules)
     return save_model(
         out,
         loaded.model,

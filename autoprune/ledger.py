@@ -20,10 +20,11 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from . import _urls
+from ._paths import PathError, check_input_file, inside_run
 from .errors import SearchError
-from .rundir import RUN_FILE, STUDY_FILE, RunInfo
+from .rundir import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
 from .space import SAMPLERS
 
 if TYPE_CHECKING:
@@ -36,45 +37,20 @@ DEFAULT_SAMPLER = "tpe"
 OBJECTIVES = ("val_accuracy", "params_nonzero")
 DIRECTIONS = ("maximize", "minimize")
 STORAGE_ENV = "AUTOPRUNE_STUDY_STORAGE"
-# Trial outcomes kept in the study (user attribute "outcome"). The first four count toward the number of trials
-# a search asked for (a trial stopped early was judged, not lost); the others were cut short, resume replaces them.
-COUNTED_OUTCOMES = ("complete", "diverged", "error", "pruned")
-OUTCOMES = (*COUNTED_OUTCOMES, "crashed", "interrupted")
+# Trial outcomes kept in the study (user attribute "outcome"). The first five count toward the number of trials
+# a search asked for: a trial stopped early was judged, not lost, and a trial whose process was killed (the OOM
+# killer's SIGKILL) failed like one that raised, so the search goes on to the number asked for. Only trials cut
+# off by an interruption are replaced by resume.
+COUNTED_OUTCOMES = ("complete", "diverged", "error", "pruned", "crashed")
+OUTCOMES = (*COUNTED_OUTCOMES, "interrupted")
 
 
 # ------------------------------------------------------------------------------------------------ storage
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and run.json)."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return url
-    if not password:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-def _scrub(text: str, url: str) -> str:
-    """Remove the password of ``url`` from an error message, however the library quoted it."""
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    if password:
-        for form in {password, unquote(password), quote(password, safe="")}:
-            text = text.replace(form, "***")
-    return text
-
-
-def _is_url(spec: str) -> bool:
-    return "://" in spec
+    """``url`` with its password replaced by ``***`` (for messages and run.json), whatever the password holds."""
+    return _urls.redact_url(url)
 
 
 def open_storage(spec: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
@@ -88,27 +64,31 @@ def open_storage(spec: str | None, run_dir: Path) -> optuna.storages.BaseStorage
     try:
         if spec is None:
             return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
-        if _is_url(spec):
+        if _urls.is_url(spec):
+            url = _urls.parse_storage_url(spec)
             engine_kwargs: dict[str, Any] = {}
-            if spec.startswith(("postgresql", "postgres")):
+            if url.family == "postgresql":
                 # Without a timeout a firewalled host hangs the command for minutes.
                 engine_kwargs = {"connect_args": {"connect_timeout": 10}}
-            return optuna.storages.RDBStorage(spec, engine_kwargs=engine_kwargs or None)
+            # The parsed URL, re-encoded: SQLAlchemy would misread a password holding '@', '/' or '#'.
+            return optuna.storages.RDBStorage(url.connect_url(), engine_kwargs=engine_kwargs or None)
         path = Path(spec).expanduser()
         if path.is_dir():
             raise SearchError(f"--study-storage {spec} is a directory; give a journal file path or a database URL")
+        if path.exists() and not path.is_file():
+            raise SearchError(f"--study-storage {spec} is not a regular file (a device or pipe); give a journal file")
         if not path.parent.is_dir():
             raise SearchError(f"cannot open study storage {spec}: folder {path.parent} does not exist")
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(path)))
-    except SearchError:
+    except (SearchError, _urls.StorageURLError):
         raise
     except ModuleNotFoundError as exc:
         hint = " (pip install 'autoprune[postgres]')" if "psycopg" in str(exc) else ""
         raise SearchError(f"cannot open study storage {shown}: missing database driver {exc.name}{hint}") from None
     except Exception as exc:
-        first = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", spec or "")
+        first = _urls.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", spec or "")
         raise SearchError(
             f"cannot open study storage {shown}: {type(exc).__name__}: {first[:200]}; check the URL, the server "
             "and the credentials"
@@ -119,7 +99,7 @@ def storage_record(spec: str | None, run_dir: Path) -> dict[str, Any]:
     """How run.json remembers the storage: never with a password."""
     if spec is None:
         return {"kind": "run-dir"}
-    if _is_url(spec):
+    if _urls.is_url(spec):
         return {"kind": "rdb", "url": redact_url(spec)}
     path = Path(spec).expanduser().resolve()
     try:
@@ -190,8 +170,10 @@ def load_study(info: RunInfo, run_dir: Path, storage_override: str | None) -> op
 
     quiet_optuna()
     spec = storage_spec(info, run_dir, storage_override)
-    if spec is None and not (run_dir / STUDY_FILE).is_file():
-        raise SearchError(f"{run_dir} has {RUN_FILE} but no {STUDY_FILE}; the study of this run is lost")
+    if spec is None:
+        if not (run_dir / STUDY_FILE).exists():
+            raise SearchError(f"{run_dir} has {RUN_FILE} but no {STUDY_FILE}; the study of this run is lost")
+        check_input_file(run_dir / STUDY_FILE, what="study", error=SearchError)  # a FIFO would hang SQLite
     storage = open_storage(spec, run_dir)
     try:
         return optuna.load_study(study_name=info.study_name, storage=storage)
@@ -354,7 +336,13 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
             rec = {"trial": t.number, **t.user_attrs["record"]}
             if t.user_attrs.get("model_path"):
                 rel = t.user_attrs["model_path"]
-                rec["model_path"] = str((run_dir / rel).resolve()) if run_dir is not None else rel
+                rec["model_path"] = rel
+                if run_dir is not None:
+                    try:  # a path from the study is data: it may only name a model of this run
+                        rec["model_path"] = str(inside_run(run_dir, rel, what="model_path", under=MODELS_DIR))
+                    except PathError:
+                        rec["model_path"] = None
+                        rec["model_path_refused"] = rel  # shown by report; pick says why it will not read it
             records.append(rec)
         elif t.state == TrialState.FAIL or t.state == TrialState.COMPLETE:  # COMPLETE without a record: cut off
             failures.append(

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from ._io import atomic_open
+from ._paths import check_input_file, find_run_dir
 from .errors import SearchError
 from .space import SearchSpace, load_yaml, parse_space
 
@@ -42,6 +43,7 @@ REPORT_DIR = "report"
 LOCK_FILE = ".lock"
 RUN_FORMAT = 1
 _MARKERS = (RUN_FILE, SPACE_FILE, STUDY_FILE, MODELS_DIR)  # any of these: the folder held a search
+_MAX_RECORD_BYTES = 16 << 20  # run.json and space.yaml are a few kB; anything this large is not one
 
 
 def autoprune_version() -> str:
@@ -83,20 +85,33 @@ class RunInfo:
             raise SearchError(
                 f"run directory {run_dir} does not exist; start a search with `autoprune search --run-dir {run_dir}`"
             )
-        if not path.is_file():
+        if not path.exists():
             raise SearchError(
                 f"{run_dir} holds no search (no {RUN_FILE}); start one with `autoprune search --run-dir {run_dir}`"
             )
+        check_input_file(path, what="run file", max_bytes=_MAX_RECORD_BYTES, error=SearchError)
         try:
             data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, got {type(data).__name__}")
             known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in data.items() if k in known})
+            info = cls(**{k: v for k, v in data.items() if k in known})
+            for name, kind in _FIELD_TYPES.items():
+                value = getattr(info, name)
+                if not isinstance(value, kind) or isinstance(value, bool):
+                    raise TypeError(f"{name} is {type(value).__name__} {value!r:.40}")
+            return info
         except (OSError, ValueError, TypeError) as exc:
             raise SearchError(f"{path} is unreadable or damaged ({type(exc).__name__}: {exc})") from None
 
     def write(self, run_dir: Path) -> None:
         with atomic_open(run_dir / RUN_FILE, "w") as fh:
             fh.write(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+# What the code reading run.json relies on; a hand-edited file fails here, in one line, not later.
+_FIELD_TYPES = {"study_name": str, "storage": dict, "space_digest": str, "sampler": str, "seed": int, "trials": int,
+                "resources": dict, "sampler_options": dict, "launches": list}  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -121,9 +136,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def check_new_run_dir(run_dir: Path) -> None:
-    """Refuse a ``--run-dir`` that is a file or already holds (part of) a search."""
+    """Refuse a ``--run-dir`` that is a file, already holds (part of) a search, or lies inside another run."""
     if run_dir.exists() and not run_dir.is_dir():
         raise SearchError(f"--run-dir {run_dir} is a file; give a directory")
+    outer = find_run_dir(run_dir.resolve())
+    if outer is not None:
+        raise SearchError(
+            f"--run-dir {run_dir} lies inside the run directory {outer}, whose files it would mix with; "
+            "choose a folder outside it"
+        )
     if (run_dir / RUN_FILE).exists():
         raise SearchError(
             f"{run_dir} already holds a search; continue or extend it with `autoprune resume {run_dir}` "
@@ -161,8 +182,9 @@ def freeze_space(run_dir: Path, space: SearchSpace) -> str:
 def read_frozen_space(run_dir: Path, info: RunInfo) -> tuple[SearchSpace, str]:
     """The run's frozen space and its text, read once and checked against the digest in run.json."""
     path = run_dir / SPACE_FILE
-    if not path.is_file():
+    if not path.exists():
         raise SearchError(f"{path} is missing; it is needed to resume this search")
+    check_input_file(path, what="frozen space", max_bytes=_MAX_RECORD_BYTES, error=SearchError)
     text = path.read_text()
     space = space_from_text(text)
     if space.digest != info.space_digest:

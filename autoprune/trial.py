@@ -340,3 +340,28 @@ def _check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
                 raise ConfigError(f"{where}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(names)}")
     if cfg.prune.enabled and cfg.prune.structured:
         check_structured_sparsity([layer for layer, rate in cfg.prune.sparsity.items() if rate], names)
+    if cfg.prune.enabled and not cfg.prune.structured:
+        _check_not_emptied(cfg, {name: m.weight.numel() for name, m in layers.items()})
+
+
+def _check_not_emptied(cfg: TrialConfig, numel: dict[str, int]) -> None:
+    """Refuse a rate that rounds a layer (or, globally, every layer) to no weight at all: such a network
+    predicts one class, and a search would waste trials on it. Structured pruning always keeps a unit.
+    """
+    pc = cfg.prune
+    if pc.allocation == "per_layer":
+        rates = {name: (f"prune.sparsity.{name}", rate) for name, rate in pc.sparsity.items()}
+    elif pc.allocation == "global":
+        rates = {"all layers": ("prune.amount", pc.amount)}
+        numel = {"all layers": sum(numel.values())}
+    elif pc.allocation == "uniform":
+        rates = {name: ("prune.amount", pc.amount) for name in numel}
+    else:  # other allocations spread the amount by their own rule
+        return
+    for name, (key, rate) in rates.items():
+        n = numel.get(name, 0)
+        if n and round(rate * n) >= n:
+            raise ConfigError(
+                f"{key}={rate!r} prunes all {n} weights of {name} (the rate rounds to 100% zeros); use a rate "
+                f"below {1 - 0.5 / n:.6g}"
+            )

@@ -162,7 +162,10 @@ def test_user_model_round_trips_through_its_factory(tmp_path: Path, monkeypatch:
     keep = torch.rand(model.fc1.weight.shape) > 0.8
     path = save(tmp_path / "user.pt", model, {"fc1.weight": keep}, "ap_user_model:build")
     assert torch.load(path, weights_only=True)["architecture"] == {"factory": "ap_user_model:build"}
-    loaded = load_model(path)
+    # The factory is code: imported only from a module the reader allowed.
+    with pytest.raises(ModelError, match="--allow-module ap_user_model"):
+        load_model(path)
+    loaded = load_model(path, allow_modules=["ap_user_model"])
     with torch.no_grad():
         model.fc1.weight.mul_(keep)
         x = torch.randn(5, *INPUT)

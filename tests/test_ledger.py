@@ -79,14 +79,14 @@ def test_failures_are_fail_with_their_reason_and_only_real_outcomes_count() -> N
     ]
     assert failures[1]["reason"] == "ValueError: boom"
     assert running == 1
-    assert ledger.count_finished(records, failures) == 3
+    assert ledger.count_finished(records, failures) == 4  # a crashed trial counts like a failed one
     counted = {k: Outcome(k).counted for k in ledger.OUTCOMES}
     assert counted == {
         "complete": True,
         "diverged": True,
         "error": True,
         "pruned": True,
-        "crashed": False,
+        "crashed": True,
         "interrupted": False,
     }
 

@@ -150,7 +150,7 @@ def test_a_user_model_from_module_function_is_pruned_and_exported(tmp_path, monk
     assert result.layer_sparsity == pytest.approx({"body.0": 0.8, "head": 0.5}, abs=0.002)
     from autoprune.export import load_model
 
-    loaded = load_model(result.save(tmp_path / "m.pt"))
+    loaded = load_model(result.save(tmp_path / "m.pt"), allow_modules=["user_nets"])
     x = torch.randn(5, 1, 8, 8)
     result.model.eval()
     assert torch.equal(loaded.model(x), result.model(x))

@@ -17,6 +17,7 @@ from _user_folder import TINY_RESNET, UserFolder, write_user_folder
 import autoprune
 from autoprune.config import TrialConfig
 from autoprune.data import read_idx
+from autoprune.errors import ModelError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 RESNET_LAYERS = ("stem", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "fc")
@@ -52,7 +53,9 @@ def _raw_test_set() -> tuple[torch.Tensor, torch.Tensor]:
 def _check_on_raw_images(path: Path, record: dict) -> None:
     """``load_model(path)`` takes raw images, gives what the network gives on the loader's tensors, and is as
     accurate on them as the trial measured."""
-    model = autoprune.load_model(path)
+    with pytest.raises(ModelError, match="allow_modules=\\['my_models'\\]"):
+        autoprune.load_model(path)  # the file names my_models:resnet, code that is imported only when allowed
+    model = autoprune.load_model(path, allow_modules=["my_models"])
     assert isinstance(model, torch.nn.Module) and not model.training
     convs = {name for name, m in model.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert convs == set(RESNET_LAYERS[:-1])
@@ -75,7 +78,7 @@ def test_resnet_trial_through_the_api_then_load_model_on_raw_images(user: UserFo
     assert record["layer_sparsity"] == pytest.approx(expected, abs=0.001)
     assert record["params_nonzero"] < record["params_total"]
     _check_on_raw_images(user.path / "trial.pt", record)
-    measured = autoprune.evaluate("trial.pt")
+    measured = autoprune.evaluate("trial.pt", allow_modules=["my_models"])
     assert measured["test_accuracy"] == record["test_accuracy"]
     assert measured["params_nonzero"] == record["params_nonzero"]
 

@@ -31,9 +31,9 @@ from .. import ledger, rundir
 from ..errors import SearchError
 from ..ledger import Results
 from ..rundir import RunInfo
-from ..space import load_space
+from ..space import SearchSpace, load_space
 from ..stopping import early_stop_settings, format_duration, parse_duration
-from ._launch import init_ray, launch
+from ._launch import cluster_concurrency, init_ray, launch, shutdown_ray
 
 if TYPE_CHECKING:
     import optuna
@@ -118,6 +118,15 @@ def _check_resources(concurrent: int | None, cpus: float, gpus: float) -> None:
         raise SearchError(f"--gpus-per-trial above 1 must be a whole number, got {gpus!r}")
 
 
+def _check_something_to_search(space: SearchSpace, trials: int) -> None:
+    """Refuse to run the same fixed configuration many times (every trial would be identical)."""
+    if not space.dims and trials > 1:
+        raise SearchError(
+            f"{space.source} has nothing to search (every value is fixed), so {trials} trials would be identical; "
+            "run it once with `autoprune trial`, use --trials 1, or make a value searched ({low, high} or {choices})"
+        )
+
+
 def run_search(
     space: str | os.PathLike | None,
     run_dir: str | os.PathLike,
@@ -160,6 +169,7 @@ def run_search(
         raise SearchError(f"--seed must be a non-negative integer, got {seed!r}")
     _check_resources(concurrent, cpus_per_trial, gpus_per_trial)
     stopping = early_stop_settings(early_stop, reduction_factor, grace_period)
+    _check_something_to_search(spec, n)
     rundir.check_new_run_dir(run_dir)
     ledger.quiet_optuna()
     # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
@@ -168,12 +178,16 @@ def run_search(
     created: list[Path] = []
     new_study: tuple[str, optuna.storages.BaseStorage] | None = None
     try:
+        cluster_concurrency(cpus_per_trial, gpus_per_trial)  # a trial no node can run: refused before any file
         if not run_dir.exists():
-            created.append(run_dir)
+            created.append(run_dir)  # removed on failure only while empty: a racing driver may use it
         run_dir.mkdir(parents=True, exist_ok=True)
-        if not (run_dir / rundir.LOCK_FILE).exists():
-            created.append(run_dir / rundir.LOCK_FILE)
-        with rundir.run_lock(run_dir):
+        lock_existed = (run_dir / rundir.LOCK_FILE).exists()
+        with rundir.run_lock(run_dir):  # before anything else is created: a second driver stops here
+            if not lock_existed:
+                created.append(run_dir / rundir.LOCK_FILE)
+            # Again under the lock: a driver that won a race may have made this a run since the first check.
+            rundir.check_new_run_dir(run_dir)
             if study_storage is None:
                 created.append(run_dir / rundir.STUDY_FILE)
             storage = given_storage if given_storage is not None else ledger.open_storage(None, run_dir)
@@ -234,13 +248,11 @@ def run_search(
                 optuna.delete_study(study_name=new_study[0], storage=new_study[1])
         for path in reversed(created):
             with contextlib.suppress(OSError):
-                path.rmdir() if path.is_dir() else path.unlink()
+                path.rmdir() if path.is_dir() else path.unlink()  # rmdir: only an empty folder
         raise
     finally:
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            shutdown_ray()
 
 
 def resume_search(
@@ -273,8 +285,8 @@ def resume_search(
     stopping = early_stop_settings(early_stop, reduction_factor, grace_period, base=info.early_stop)
     if trials is not None:
         _check_positive_int("--trials", trials)
-    frozen, space_yaml = rundir.read_frozen_space(run_dir, info)
-    frozen.check_importable()
+    space, space_yaml = rundir.read_frozen_space(run_dir, info)
+    space.check_importable()  # a model or dataset the trial workers cannot load: refused before the study is touched
     resources = dict(info.resources)
     overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
     resources.update({key: value for key, value in overrides.items() if value is not None})
@@ -289,6 +301,7 @@ def resume_search(
         started_ray = False
         try:
             if missing > 0:  # connect first: an unreachable cluster must leave the study as it is
+                _check_something_to_search(space, target)
                 try:
                     started_ray = init_ray(None if where in (None, "local") else where, verbose)
                 except SearchError as exc:
@@ -297,6 +310,7 @@ def resume_search(
                             f"{exc} (this search ran on {where}; use --address local to resume here)"
                         ) from None
                     raise
+                cluster_concurrency(float(resources["cpus_per_trial"]), float(resources["gpus_per_trial"]))
             closed = ledger.close_stale_trials(study)
             if closed:
                 log(f"resume: closed {closed} trial{'s' if closed != 1 else ''} left running by an interruption")
@@ -330,7 +344,5 @@ def resume_search(
             )
         finally:
             if started_ray:
-                import ray
-
-                ray.shutdown()
+                shutdown_ray()
         return _finish(run_dir, study, target, ran, t0, log, timed_out)

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -16,12 +17,23 @@ from typing import TYPE_CHECKING, Any
 
 from .. import ledger, rundir
 from .._imports import worker_runtime_env
+from .._localray import ray_start_environment
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
 from ..rundir import RunInfo
 from ..stopping import ParetoHalving
 from ._scheduler import scheduler_class
-from ._worker import EPOCH_KEY, EPOCHS_KEY, Job, outcome_of, suggest, trial_dirname, trial_label, tune_trial
+from ._worker import (
+    EPOCH_KEY,
+    EPOCHS_KEY,
+    NO_SPACE,
+    Job,
+    outcome_of,
+    suggest,
+    trial_dirname,
+    trial_label,
+    tune_trial,
+)
 
 if TYPE_CHECKING:
     import optuna
@@ -48,8 +60,11 @@ def _searcher_class() -> type:
         early_stop: Any = None  # the early-stopping scheduler, which knows the trials it stopped
         deadline: float | None = None  # time.monotonic() after which no trial starts
         timed_out: bool = False
+        stop_reason: str | None = None  # set when going on would only fail: no new trial is started
 
         def suggest(self, trial_id: str) -> dict | str | None:
+            if self.stop_reason is not None:
+                return TuneSearcher.FINISHED
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.timed_out = True
                 return TuneSearcher.FINISHED  # running trials go on; no new one starts
@@ -66,10 +81,16 @@ def _searcher_class() -> type:
             ot_trial = self._ot_trials[trial_id]
             stopped = self.early_stop.stopped.get(trial_id) if self.early_stop is not None else None
             outcome = outcome_of(result or {}, error, trial_id, stopped=stopped)
+            if outcome.reason and outcome.reason.startswith(NO_SPACE) and self.stop_reason is None:
+                self.stop_reason = outcome.reason
             try:
                 ledger.record_outcome(self._ot_study, ot_trial, outcome)
-            except Exception as exc:  # a storage hiccup must not stop the search; the trial stays RUNNING
-                logging.getLogger(__name__).error("could not record trial %s in the study: %s", ot_trial.number, exc)
+            except Exception as exc:  # the ledger cannot be written (a full disk): stop, resume closes the trial
+                root = exc
+                while root.__cause__ is not None or root.__context__ is not None:  # Optuna wraps the database's
+                    root = root.__cause__ or root.__context__
+                if self.stop_reason is None:
+                    self.stop_reason = f"cannot record trial {ot_trial.number} in the study ({first_line(root, 160)})"
             self._completed_trials.add(trial_id)
             if self.progress is not None:
                 self.progress.finished(
@@ -142,13 +163,15 @@ def init_ray(address: str | None, verbose: bool) -> bool:
         return False
     level = logging.INFO if verbose else logging.ERROR
     try:
-        ray.init(
-            address=address or "local",
-            include_dashboard=False,
-            logging_level=level,
-            log_to_driver=verbose,
-            runtime_env=worker_runtime_env(address),  # trial workers import user modules as the driver does
-        )
+        with ray_start_environment(local=not address) as extra:  # a local Ray listens on 127.0.0.1 only
+            context = ray.init(
+                address=address or "local",
+                include_dashboard=False,
+                logging_level=level,
+                log_to_driver=verbose,
+                runtime_env=worker_runtime_env(address),  # trial workers import user modules as the driver does
+                **extra,
+            )
     except Exception as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         hint = (
@@ -157,12 +180,48 @@ def init_ray(address: str | None, verbose: bool) -> bool:
             else ""
         )
         raise SearchError(f"cannot start or connect to {where}: {first_line(exc)}{hint}") from None
+    if not address:
+        _start_watchdog(context.address_info.get("session_dir"))
     for name in ("ray", "ray.tune", "ray.train", "ray.data"):
         logging.getLogger(name).setLevel(level)
+    if not verbose:
+        # A trial whose process dies is one progress line of ours; Tune would add a traceback and a summary.
+        for name in ("ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     return True
 
 
-def _cluster_concurrency(cpus: float, gpus: float) -> int:
+_watchdog: subprocess.Popen | None = None
+
+
+def _start_watchdog(session_dir: str | None) -> None:
+    """Have the Ray processes of this local start stopped if this process dies without shutting Ray down."""
+    global _watchdog
+    if not session_dir or sys.platform != "linux":
+        return
+    script = Path(__file__).resolve().parent.parent / "_watchdog.py"
+    with contextlib.suppress(OSError):
+        _watchdog = subprocess.Popen(
+            [sys.executable, str(script), session_dir], stdin=subprocess.PIPE, start_new_session=True, close_fds=True
+        )
+
+
+def shutdown_ray() -> None:
+    """Shut down the Ray this process started, and its watchdog."""
+    global _watchdog
+    import ray
+
+    ray.shutdown()
+    if _watchdog is not None:
+        with contextlib.suppress(OSError):
+            _watchdog.stdin.close()  # EOF: the watchdog stops what Ray left behind, then exits
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            _watchdog.wait(timeout=10)
+        _watchdog = None
+
+
+def cluster_concurrency(cpus: float, gpus: float) -> int:
+    """How many trials of this size the cluster fits at once; refuses one line when no node fits one."""
     import ray
 
     res = ray.cluster_resources()
@@ -204,7 +263,7 @@ def launch(
 
     res = info.resources
     cpus, gpus = float(res["cpus_per_trial"]), float(res["gpus_per_trial"])
-    fits = _cluster_concurrency(cpus, gpus)
+    fits = cluster_concurrency(cpus, gpus)
     concurrent = min(int(res["concurrent"]), fits) if res.get("concurrent") else fits
     concurrent = max(1, min(concurrent, n_trials))
     searcher = _searcher_class()(
@@ -262,11 +321,20 @@ def launch(
         ),
     )
     try:
-        # Tune's status tables (--verbose) print to stdout, which belongs to --json: send them to stderr.
-        with contextlib.redirect_stdout(sys.stderr):
+        # stdout belongs to --json. Tune's status tables (--verbose) go to stderr; without --verbose what Ray prints
+        # there (a dead worker's "(raylet) A worker died..." notice) is dropped: the progress line says it.
+        with (
+            contextlib.nullcontext(sys.stderr) if verbose else open(os.devnull, "w") as sink,
+            contextlib.redirect_stdout(sink),
+        ):
             tuner.fit()
     finally:
         searcher.close_open_trials()
+    if searcher.stop_reason is not None:
+        raise SearchError(
+            f"stopped: {searcher.stop_reason}; the finished trials are kept: free some space, then "
+            f"`autoprune resume {run_dir}`"
+        )
     return searcher.started, searcher.timed_out
 
 

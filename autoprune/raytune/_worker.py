@@ -10,8 +10,10 @@ a record, so they can never enter the front. The keys of the reports are the pro
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import shutil
 import socket
 import time
 import traceback
@@ -105,7 +107,17 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         device = "cpu" if not job.gpus and cfg.device == "auto" else None
         # Without early stopping nothing is measured between epochs: the trial costs what it always did.
         result = run_trial(cfg, device=device, threads=job.threads, report=progress if job.rungs else None)
-        result.save(rundir.new_model_path(job.run_dir, number))
+        try:
+            result.save(rundir.new_model_path(job.run_dir, number))
+        except Exception as exc:
+            if not _out_of_space(exc, job.run_dir, result.model):
+                raise
+            # Not the trial's fault: it is not counted, and resume runs it again once there is space.
+            reason = f"{NO_SPACE}: its model file could not be written ({first_line(exc)})"
+            report = {**nan, _OUTCOME_KEY: "interrupted", _REASON_KEY: reason}
+            report.update(node, trial_seconds=time.perf_counter() - started)
+            tune.report(report)
+            return
         report = {
             OBJECTIVES[0]: float(result.val_accuracy),
             OBJECTIVES[1]: int(result.params_nonzero),
@@ -121,6 +133,25 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
     report.update(node, trial_seconds=time.perf_counter() - started)
     report[_HISTORY_KEY] = json.dumps(history)
     tune.report(report)
+
+
+NO_SPACE = "no space left on the device of the run directory"
+
+
+def _out_of_space(exc: BaseException, run_dir: str, model: Any) -> bool:
+    """Whether saving failed because the disk is full (torch reports it as an opaque write error)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "no space left" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        needed = sum(p.numel() * p.element_size() for p in model.state_dict().values())
+        return shutil.disk_usage(run_dir).free < max(16 << 20, 2 * needed)
+    except (OSError, AttributeError):
+        return False
 
 
 def outcome_of(
@@ -139,7 +170,7 @@ def outcome_of(
     if kind == "complete" and result.get(_RECORD_KEY):
         record = json.loads(result[_RECORD_KEY])
         return Outcome("complete", record=record, model_path=result[_MODEL_KEY], **common)
-    if kind in ("diverged", "error"):
+    if kind in ("diverged", "error") or (kind == "interrupted" and result.get(_REASON_KEY)):
         return Outcome(kind, reason=str(result.get(_REASON_KEY, "")), **common)
     if stopped is not None:
         return Outcome("pruned", reason=stopped.reason, rung=(stopped.rung, stopped.epoch), **common)

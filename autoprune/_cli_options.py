@@ -1,0 +1,76 @@
+"""The command line's shared pieces: help that shows flags bare, value enums, options declared once."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+from .space import SAMPLERS
+from .stopping import EARLY_STOP_MODES
+
+
+class _BareHelp:
+    """``-h/--help`` shown as a flag, without a value type."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_BareHelp, TyperCommand):
+    pass
+
+
+class Group(_BareHelp, TyperGroup):
+    pass
+
+
+app = typer.Typer(
+    name="autoprune",
+    cls=Group,
+    help="Search sparse-training, pruning and finetuning jointly; get a Pareto front of real, loadable models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+Sampler = enum.Enum("Sampler", {name: name for name in SAMPLERS}, type=str)  # --sampler [tpe|nsga2|random]
+EarlyStop = enum.Enum("EarlyStop", {name: name for name in EARLY_STOP_MODES}, type=str)  # --early-stop [off|asha]
+
+
+def flag(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help, metavar="")
+
+
+# Options that several commands share, declared once.
+SpaceArgument = Annotated[
+    str | None, typer.Argument(help="Space file, or the name of a shipped one (default: digits_quick).")
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", metavar="KEY=VALUE", help="Fix a leaf by its dotted path (value: YAML scalar). Repeatable."),
+]
+StorageOption = Annotated[
+    str | None,
+    typer.Option(
+        "--study-storage",
+        envvar="AUTOPRUNE_STUDY_STORAGE",
+        help="Optuna storage: a database URL (postgresql://user:pw@host/db, sqlite:///file.db) or a journal file "
+        "path. Default: study.db in the run directory.",
+    ),
+]
+LaunchJsonOption = Annotated[bool, flag("--json", help="At the end print the report JSON on stdout.")]
+VerboseOption = Annotated[bool, flag("--verbose", help="Show Ray's own logs and every early-stopping decision.")]
+TimeoutOption = Annotated[
+    str | None,
+    typer.Option(help="Time budget, e.g. 90s, 15m, 1h30m: no trial starts after it, running ones finish."),
+]
+ReductionOption = Annotated[
+    float | None, typer.Option(help="Early stopping: rungs η× apart in epochs; the top 1/η of a rung go on (3).")
+]
+GraceOption = Annotated[float | None, typer.Option(help="Early stopping: epochs before the first rung (1).")]

@@ -1,0 +1,222 @@
+"""Faults during a real search: a trial worker killed, a full disk, two drivers racing, the driver killed, and
+resources no node has. Tiny budgets; every process a test starts is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from _helpers import run_cli
+from _sockets import descendants
+
+ray = pytest.importorskip("ray")
+
+from autoprune import rundir  # noqa: E402
+from autoprune.ledger import load_results  # noqa: E402
+from autoprune.raytune import resume_search  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+SPACE = """\
+dataset: {name: digits, val_fraction: 0.2, limit: 300}
+model: {name: lenet-300-100}
+budget: {train_epochs: 1, finetune_epochs: 1, batch_size: 64}
+prune:
+  sparsity:
+    fc1: {low: 0.5, high: 0.99}
+"""
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def space(tmp_path: Path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(SPACE)
+    return path
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "autoprune.cli", *args]
+
+
+def _session(sid: int) -> dict[int, str]:
+    """pid -> name of every process in session ``sid`` (a driver started with start_new_session, and Ray's)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == sid and fields[0] != "Z":
+                    found[int(entry)] = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+    return found
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    for pid in _session(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
+
+
+def test_a_killed_worker_counts_as_failed_and_the_search_ends_with_what_was_asked(space: Path, tmp_path: Path):
+    run_dir = tmp_path / "run"
+    cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "3", "--concurrent", "1",
+               "--set", "budget.train_epochs=40")  # fmt: skip
+    driver = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+
+        def worker() -> int | None:
+            names = {pid: name for pid, name in _session(driver.pid).items() if name.startswith("ray::ImplicitFu")}
+            return next(iter(names), None)
+
+        assert _wait_for(lambda: worker() is not None, 120), "no trial worker started"
+        time.sleep(2)  # mid-trial: data loaded, training
+        os.kill(worker(), signal.SIGKILL)  # what the OOM killer does
+        _, err = driver.communicate(timeout=300)
+    finally:
+        _stop(driver)
+    err = err.decode()
+    assert driver.returncode == 0, err
+    assert "Traceback" not in err and "(raylet)" not in err and "ERROR" not in err, err
+    crashed = [line for line in err.splitlines() if "crashed" in line]
+    assert len(crashed) == 1 and "failed (crashed)" in crashed[0], err
+    results = load_results(run_dir)
+    assert results.counted == 3 == results.requested and len(results.trials) == 2
+    assert [f["outcome"] for f in results.failures] == ["crashed"]
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                              capture_output=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def test_a_full_disk_stops_in_one_line_keeps_what_finished_and_resume_works(space: Path, tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "700k"):  # two of these models fit, the third does not
+        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk path is not exercised")
+    try:
+        run_dir = disk / "run"
+        cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "4", "--concurrent", "1")
+        done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 1, done.stderr
+        assert "Traceback" not in done.stderr and done.stdout == ""
+        (line,) = _error_lines(done.stderr)
+        assert line.startswith("autoprune: error: stopped:") and f"autoprune resume {run_dir}" in line, line
+        assert "no space" in line or "disk is full" in line, line
+        kept = load_results(run_dir)
+        assert kept.trials and all(Path(r["model_path"]).is_file() for r in kept.trials)
+        before = {r["trial"]: Path(r["model_path"]).read_bytes() for r in kept.trials}
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True, timeout=30)  # space freed
+        done = subprocess.run(_cli("resume", str(run_dir)), env=_env(), capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        after = load_results(run_dir)
+        assert after.counted == 4 == len(after.trials)
+        assert {n: Path(r["model_path"]).read_bytes() for n, r in ((r["trial"], r) for r in after.trials)
+                if n in before} == before  # fmt: skip
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
+
+
+def test_racing_drivers_one_wins_and_the_loser_deletes_nothing(space: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "2", "--concurrent", "1")
+    drivers = [
+        subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        outputs = [d.communicate(timeout=300) for d in drivers]
+    finally:
+        for d in drivers:
+            _stop(d)
+    codes = sorted(d.returncode for d in drivers)
+    assert codes == [0, 1], [o[1].decode() for o in outputs]
+    loser = outputs[[d.returncode for d in drivers].index(1)][1].decode()
+    lines = [line for line in loser.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in loser, loser
+    assert "another autoprune process" in lines[0] or "already holds a search" in lines[0], lines[0]
+    assert "exists already in \n" not in loser  # no empty storage name
+    con = sqlite3.connect(run_dir / "study.db")
+    states = [s for (s,) in con.execute("select state from trials")]
+    con.close()
+    assert states == ["COMPLETE", "COMPLETE"]
+    assert load_results(run_dir).counted == 2
+
+
+def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(space: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "3", "--concurrent", "1",
+               "--set", "budget.train_epochs=40")  # fmt: skip
+    driver = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert _wait_for(lambda: any(n.startswith("ray::ImplicitFu") for n in _session(driver.pid).values()), 120)
+        ray_names = set(_session(driver.pid).values())
+        assert {"gcs_server", "raylet"} <= ray_names
+        os.kill(driver.pid, signal.SIGKILL)  # the driver alone: Ray's processes are on their own now
+        driver.wait(timeout=30)
+        gone = _wait_for(lambda: not _session(driver.pid), 30)
+        left = _session(driver.pid)
+    finally:
+        _stop(driver)
+    assert gone, f"Ray processes outlived the driver by 30 s: {left}"
+    outcome = resume_search(run_dir, log=lambda _m: None)
+    assert outcome.results.counted == 3 and not outcome.interrupted
+    assert [f["outcome"] for f in outcome.results.failures] == ["interrupted"]
+
+
+@pytest.mark.parametrize(("option", "value"), [("--cpus-per-trial", "64"), ("--gpus-per-trial", "1")])
+def test_resources_no_node_has_leave_nothing_behind(option, value, space, tmp_path, capsys, monkeypatch) -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    children = descendants(os.getpid())
+    run_dir = tmp_path / "run"
+    code, out, err = run_cli(["search", str(space), "--run-dir", str(run_dir), option, value], capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and out == "" and len(lines) == 1, err
+    assert "no node can run a trial" in lines[0] and option in lines[0]
+    assert not run_dir.exists()
+    rundir.check_new_run_dir(run_dir)  # the corrected command is not refused
+    assert _wait_for(lambda: descendants(os.getpid()) <= children, 30), "Ray processes left running"
+    shutil.rmtree(run_dir, ignore_errors=True)
