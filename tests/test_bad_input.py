@@ -41,7 +41,7 @@ def prepared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 3-trial search (the real thing: Ray Tune, an Optuna study, models, report)."""
     import ray
 
-    from autoprune.search import run_search
+    from autoprune.raytune import run_search
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():

@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray")
 
 from autoprune import rundir  # noqa: E402
 from autoprune.ledger import load_results  # noqa: E402
-from autoprune.search import resume_search  # noqa: E402
+from autoprune.raytune import resume_search  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
