@@ -119,8 +119,11 @@ def trial(
     save: Annotated[Path | None, typer.Option(help="Export the resulting model to this file.")] = None,
 ) -> None:
     """Run one full pipeline (sparse train → prune → finetune → evaluate) with fixed values. No Ray."""
+    from ._paths import check_output_file
     from .api import load_space, run_trial
 
+    if save is not None:  # before the note and the trial: a bad path is the one thing to say
+        check_output_file(save, what="--save", example="model.pt")
     spec = load_space(space, set_ or [])
     if spec.dims and not as_json:
         unset = ", ".join(f"{d.path}={d.midpoint()!r}" for d in spec.dims)
