@@ -83,6 +83,8 @@ def trial(
     from ._paths import check_output_file
     from .api import load_space, run_trial
 
+    if save is not None:  # before the note and the trial: a bad path is the one thing to say
+        check_output_file(save, what="--save", example="model.pt")
     spec = load_space(space, set_ or [])
     if save is not None:  # a bad --save is the one line on stderr: checked before the note below
         check_output_file(save, what="--save", example="model.pt")

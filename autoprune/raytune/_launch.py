@@ -331,9 +331,10 @@ def launch(
     finally:
         searcher.close_open_trials()
     if searcher.stop_reason is not None:
+        full = any(w in searcher.stop_reason.lower() for w in ("no space", "disk is full", "disk full"))
+        fix = "free some space" if full else "fix that"
         raise SearchError(
-            f"stopped: {searcher.stop_reason}; the finished trials are kept: free some space, then "
-            f"`autoprune resume {run_dir}`"
+            f"stopped: {searcher.stop_reason}; the finished trials are kept: {fix}, then `autoprune resume {run_dir}`"
         )
     return searcher.started, searcher.timed_out
 
