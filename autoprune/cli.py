@@ -86,8 +86,6 @@ def trial(
     if save is not None:  # before the note and the trial: a bad path is the one thing to say
         check_output_file(save, what="--save", example="model.pt")
     spec = load_space(space, set_ or [])
-    if save is not None:  # a bad --save is the one line on stderr: checked before the note below
-        check_output_file(save, what="--save", example="model.pt")
     if spec.dims and not as_json:
         unset = ", ".join(f"{d.path}={d.midpoint()!r}" for d in spec.dims)
         _log(f"note: {len(spec.dims)} searched dimensions not fixed by --set take their defaults: {unset}")
