@@ -1,7 +1,8 @@
 """Search-space files: YAML → validated ``SearchSpace`` → Optuna define-by-run → ``TrialConfig``.
 
 Every leaf of a space file is either a fixed value or a searched one: ``{low, high, log?, step?, default?}`` for
-numbers, ``{choices: [...], default?}`` for categories. ``prune.sparsity: auto`` searches one rate per prunable layer.
+numbers, ``{choices: [...], default?}`` for categories. ``prune.sparsity: auto`` searches one rate per prunable layer;
+``prune.shares: auto`` one multiplier per prunable layer on the allocation's density for it.
 A searched leaf left unset (``autoprune trial``) takes its ``default`` when given, else the middle of its range
 (the geometric middle for ``log`` ranges, snapped to ``step``), else its first choice.
 """
@@ -32,8 +33,9 @@ _SEARCH_KEYS = ("trials", "sampler")
 _RANGE_KEYS = {"low", "high", "log", "step", "default"}
 _CHOICE_KEYS = {"choices", "default"}
 # Leaves whose value is itself a mapping keyed by layer name.
-_LAYER_MAPS = ("prune.sparsity", "train.lr_multipliers")
+_LAYER_MAPS = ("prune.sparsity", "prune.shares", "train.lr_multipliers")
 AUTO_SPARSITY = (0.0, 0.95)  # the range `prune.sparsity: auto` searches for every prunable layer
+AUTO_SHARES = (0.25, 4.0)  # the log range `prune.shares: auto` searches for every prunable layer
 # Image shapes of the built-in datasets, so layer names validate without loading any data.
 _INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic": (1, 8, 8)}
 _NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
@@ -282,7 +284,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
             if name not in known:
                 raise fail(f"unknown key {path}; known keys: {', '.join(sorted(known))}")
             if path in _LAYER_MAPS:
-                if leaf == "auto" and path == "prune.sparsity":
+                if leaf == "auto" and path in ("prune.sparsity", "prune.shares"):
                     section[name] = "auto"
                     continue
                 if leaf is None:
@@ -305,6 +307,9 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         dims.extend(
             Dim(path=f"prune.sparsity.{layer}", low=AUTO_SPARSITY[0], high=AUTO_SPARSITY[1]) for layer in targets
         )
+    if prune.get("shares") == "auto":
+        prune["shares"] = {}
+        dims.extend(Dim(path=f"prune.shares.{n}", low=AUTO_SHARES[0], high=AUTO_SHARES[1], log=True) for n in layers)
     for dim in dims:
         parts = dim.path.split(".")
         if dim.path.rsplit(".", 1)[0] in _LAYER_MAPS and parts[-1] not in layers:

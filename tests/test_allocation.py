@@ -96,11 +96,11 @@ def test_every_allocation_keeps_exactly_the_requested_count(model_name, allocati
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
-@pytest.mark.parametrize("allocation", ["per_layer", "global", "uniform"])
+@pytest.mark.parametrize("allocation", ["per_layer", "global", "uniform", "lamp", "erk"])
 def test_planned_params_equals_the_pruned_models_count(model_name, allocation) -> None:
     model = MODELS[model_name]
     layers = list(prunable_layers(model))
-    cfg = PruneConfig(allocation=allocation, amount=0.93, sparsity={layers[0]: 0.3, layers[-2]: 0.97})
+    cfg = PruneConfig(allocation=allocation, density=0.07, sparsity={layers[0]: 0.3, layers[-2]: 0.97})
     masks = compute_masks(model, cfg)
     pruned = type(model)() if model_name == "resnet" else build_model(model_name, _shape(model_name), 10)
     pruned.load_state_dict(model.state_dict())
@@ -109,12 +109,27 @@ def test_planned_params_equals_the_pruned_models_count(model_name, allocation) -
     assert planned_params(model, PruneConfig(enabled=False)) == count_params(model)[1]
 
 
+@pytest.mark.parametrize("model_name", list(MODELS))
+@pytest.mark.parametrize("allocation", ["global", "uniform", "lamp", "erk"])
+def test_a_target_parameter_count_is_met_exactly(model_name, allocation) -> None:
+    model = MODELS[model_name]
+    total = count_params(model)[1]
+    prunable = sum(m.weight.numel() for m in prunable_layers(model).values())
+    target = total - prunable + round(0.031 * prunable)
+    shares = {next(iter(prunable_layers(model))): 2.5}
+    cfg = PruneConfig(allocation=allocation, nonzero_params=target, shares=shares)
+    assert planned_params(model, cfg) == target
+    assert sum(int(m.sum()) for m in compute_masks(model, cfg).values()) == target - (total - prunable)
+    with pytest.raises(ConfigError, match=rf"prune\.nonzero_params must lie in \[{total - prunable}, {total}\]"):
+        planned_params(model, PruneConfig(allocation=allocation, nonzero_params=total - prunable - 1))
+
+
 @pytest.mark.parametrize("allocation", ["per_layer", "uniform"])
 def test_planned_params_of_structured_pruning_equals_the_shrunk_models_size(allocation) -> None:
     from autoprune.pruning import shrink_sequential, structured_keep
 
     model = MODELS["bn-cnn"]
-    cfg = PruneConfig(structured=True, allocation=allocation, amount=0.6, sparsity={"conv1": 0.25, "fc1": 0.9})
+    cfg = PruneConfig(structured=True, allocation=allocation, density=0.4, sparsity={"conv1": 0.25, "fc1": 0.9})
     masks = compute_masks(model, cfg)
     keep = {
         n: masks[f"{n}.weight"].flatten(1).any(dim=1).nonzero().flatten() for n in prunable_layers(model)

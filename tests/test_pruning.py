@@ -262,11 +262,11 @@ def test_gradual_compute_masks_keeps_pruned_weights_pruned():
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "gradient", "taylor"])
-@pytest.mark.parametrize("allocation", ["per_layer", "global", "uniform"])
+@pytest.mark.parametrize("allocation", ["per_layer", "global", "uniform", "lamp", "erk"])
 def test_compute_masks_parameter_names_and_counts(criterion, allocation):
     torch.manual_seed(0)
     model = build_model("lenet-300-100", (1, 4, 4), 3)
-    cfg = PruneConfig(criterion=criterion, allocation=allocation, sparsity={"fc1": 0.7, "fc2": 0.4}, amount=0.5)
+    cfg = PruneConfig(criterion=criterion, allocation=allocation, sparsity={"fc1": 0.7, "fc2": 0.4}, density=0.5)
     grads = None
     if criterion != "magnitude":
         grads = gradient_statistics(model, [(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))])
@@ -424,13 +424,17 @@ def test_classifier_cannot_lose_units():
 def test_structured_compute_masks_uniform_spares_classifier():
     torch.manual_seed(0)
     model = build_model("bn-cnn", (1, 8, 8), 10)
-    masks = compute_masks(model, PruneConfig(structured=True, allocation="uniform", amount=0.5))
+    masks = compute_masks(model, PruneConfig(structured=True, allocation="uniform", density=0.5))
     rows_alive = {
         n: int((masks[f"{n}.weight"].reshape(masks[f"{n}.weight"].shape[0], -1) != 0).any(1).sum())
         for n in ("conv1", "conv2", "fc1", "fc2")
     }
-    assert rows_alive == {"conv1": 16, "conv2": 32, "fc1": 64, "fc2": 10}
-    assert int((masks["bn1.weight"] == 0).sum()) == 16
+    # one unit rate r for every layer but the output, the one whose kept weights come nearest half of 52768:
+    # r = 0.297 removes 10 of 32, 19 of 64 and 38 of 128 units and keeps 26208 weights (r = 0.287: 27383)
+    assert rows_alive == {"conv1": 22, "conv2": 45, "fc1": 90, "fc2": 10}
+    kept = sum(int((masks[f"{n}.weight"] != 0).sum()) for n in ("conv1", "conv2", "fc1", "fc2"))
+    assert kept == 26208 and abs(kept - 52768 / 2) < 27383 - 52768 / 2
+    assert int((masks["bn1.weight"] == 0).sum()) == 10
 
 
 def test_structured_rejects_unsupported_chains():

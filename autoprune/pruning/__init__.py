@@ -38,26 +38,23 @@ from .masks import (
 )
 from .schedules import agp_events, agp_fraction, agp_sparsity, density_at, gradual_event_steps, gradual_plan
 from .structured import (
-    STRUCTURED_ALLOCATIONS,
-    check_structured,
+    kept_weights_structured,
     removed_units,
     shrink_sequential,
     structured_keep,
     structured_param_masks,
-    unit_layers,
+    uniform_unit_rate,
     unit_scores,
 )
 
 __all__ = [
     "ALLOCATIONS",
     "CRITERIA",
-    "STRUCTURED_ALLOCATIONS",
     "agp_events",
     "agp_fraction",
     "agp_sparsity",
     "apply_masks",
     "capped_proportional",
-    "check_structured",
     "compute_masks",
     "count_masks",
     "count_params",
@@ -70,6 +67,7 @@ __all__ = [
     "gradual_plan",
     "kept_count",
     "kept_weights",
+    "kept_weights_structured",
     "lamp_scores",
     "layer_counts",
     "layer_scores",
@@ -82,6 +80,6 @@ __all__ = [
     "structured_keep",
     "structured_param_masks",
     "taylor_importance",
-    "unit_layers",
+    "uniform_unit_rate",
     "unit_scores",
 ]

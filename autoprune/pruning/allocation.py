@@ -25,6 +25,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from ..config import ALLOCATIONS
 from ..errors import ConfigError, ModelError
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
     "layer_counts",
     "ranked",
 ]
-
-ALLOCATIONS = ("per_layer", "global", "uniform", "lamp", "erk")
 
 
 def check_rate(where: str, rate: object) -> float:

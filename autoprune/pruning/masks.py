@@ -11,12 +11,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..config import PruneConfig
+from ..config import PruneConfig, check_structured_sparsity, unit_prunable
 from ..errors import ConfigError, ModelError
 from ..models import prunable_layers
-from .allocation import check_rate, check_rates, kept_count, layer_counts, ranked
+from .allocation import check_rates, kept_count, layer_counts, ranked
 from .criteria import layer_scores
-from .structured import check_structured, removed_units, structured_keep, structured_param_masks, unit_layers
+from .structured import (
+    removed_units,
+    structured_keep,
+    structured_param_masks,
+    uniform_unit_rate,
+)
 
 __all__ = [
     "apply_masks",
@@ -76,22 +81,32 @@ def _param_name(layer: str, pname: str) -> str:
 def kept_weights(model: nn.Module, cfg: PruneConfig) -> int:
     """Prunable weights (Linear/Conv2d weights) that ``cfg`` keeps on ``model``, from shapes alone.
 
-    ``per_layer``: the sum over layers of ``numel - round(rate * numel)``; any other allocation:
-    ``round((1 - cfg.amount) * prunable weights)``.
+    ``per_layer``: the sum over layers of ``numel - round(rate * numel)``. Any other allocation:
+    ``round(density * prunable weights)``, or with ``nonzero_params`` what is left of it once every parameter
+    outside the prunable weights (biases, normalisation) is counted. Structured pruning meets the count as nearly
+    as whole units allow (``planned_params`` gives the exact result).
     """
     layers = prunable_layers(model)
     numels = {name: m.weight.numel() for name, m in layers.items()}
+    prunable = sum(numels.values())
     if cfg.allocation == "per_layer":
         rates = check_rates(numels, cfg.sparsity)
         return sum(n - round(rates.get(name, 0.0) * n) for name, n in numels.items())
-    return kept_count(1.0 - cfg.amount, sum(numels.values()))
+    if cfg.nonzero_params is None:
+        return kept_count(cfg.density, prunable)
+    others = sum(p.numel() for p in model.parameters()) - prunable
+    if not others <= cfg.nonzero_params <= others + prunable:
+        raise ConfigError(
+            f"prune.nonzero_params must lie in [{others}, {others + prunable}] for this model (its {others} "
+            f"parameters outside Linear/Conv2d weights always stay), got {cfg.nonzero_params}"
+        )
+    return cfg.nonzero_params - others
 
 
-def _structured_rates(model: nn.Module, cfg: PruneConfig, rates: dict[str, float] | None, amount: float | None):
-    layers = list(prunable_layers(model))
+def _structured_rates(model: nn.Module, cfg: PruneConfig, rates: dict[str, float] | None, kept: int | None):
     if cfg.allocation == "uniform":
-        amount = cfg.amount if amount is None else amount
-        return dict.fromkeys(unit_layers(layers), check_rate("prune.amount", amount))
+        rate = uniform_unit_rate(model, kept_weights(model, cfg) if kept is None else kept)
+        return dict.fromkeys(unit_prunable(list(prunable_layers(model))), rate)
     return dict(cfg.sparsity) if rates is None else rates
 
 
@@ -100,15 +115,15 @@ def planned_params(model: nn.Module, cfg: PruneConfig) -> int:
 
     Unstructured pruning zeroes weights only, so this is every parameter minus the weights removed. Structured
     pruning also removes the units' biases, the BatchNorm entries behind them and the next layer's inputs; the
-    count comes from the removal plan on the model's shapes. Sparse training and finetuning keep kept weights
-    nonzero, so the trial's measured ``params_nonzero`` equals this.
+    count comes from the removal plan on the model's shapes. Training keeps kept weights nonzero, so the
+    trial's measured ``params_nonzero`` equals this.
     """
     params_total = sum(p.numel() for p in model.parameters())
     layers = prunable_layers(model)
     if not cfg.enabled:
         return params_total
     if cfg.structured:
-        check_structured(cfg.allocation, cfg.sparsity, list(layers))
+        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(layers))
         rates = check_rates(layers, _structured_rates(model, cfg, None, None))
         units = {name: m.weight.shape[0] for name, m in layers.items() if name in rates}
         keep = {name: torch.arange(n - removed_units(rates[name], n)) for name, n in units.items()}
@@ -123,16 +138,16 @@ def compute_masks(
     cfg: PruneConfig,
     *,
     rates: dict[str, float] | None = None,
-    amount: float | None = None,
+    kept: int | None = None,
     grads: dict[str, Tensor] | None = None,
     current: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Parameter-name masks (``"fc1.weight"``...) for ``cfg.criterion`` and ``cfg.allocation``.
 
-    ``rates`` default to ``cfg.sparsity`` and ``amount`` to ``cfg.amount`` (a gradual schedule passes its
-    intermediate values); ``current`` holds the masks in force, whose zeros stay zeros when the rates rise. With
-    ``cfg.structured`` the masks remove whole units (see ``structured_param_masks``; the output layer keeps its
-    units).
+    ``rates`` (``per_layer``) default to ``cfg.sparsity`` and ``kept`` (the prunable weights kept, any other
+    allocation) to ``kept_weights(model, cfg)``; a gradual schedule passes its intermediate values. ``current``
+    holds the masks in force, whose zeros stay zeros when the count tightens. With ``cfg.structured`` the masks
+    remove whole units (see ``structured_param_masks``; the output layer keeps its units).
     """
     layers = prunable_layers(model)
     scores = layer_scores(model, cfg.criterion, grads)
@@ -142,15 +157,14 @@ def compute_masks(
             name: current[_param_name(name, "weight")] for name in layers if _param_name(name, "weight") in current
         }
     if cfg.structured:
-        check_structured(cfg.allocation, cfg.sparsity, list(layers))
-        keep = structured_keep(scores, _structured_rates(model, cfg, rates, amount), layer_current)
+        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(layers))
+        keep = structured_keep(scores, _structured_rates(model, cfg, rates, kept), layer_current)
         return structured_param_masks(model, keep)
     if cfg.allocation == "per_layer":
         weight_masks = per_layer_masks(scores, dict(cfg.sparsity) if rates is None else rates, layer_current)
     else:
-        amount = check_rate("prune.amount", cfg.amount if amount is None else amount)
-        kept = kept_count(1.0 - amount, sum(s.numel() for s in scores.values()))
-        counts = layer_counts(cfg.allocation, scores, kept, current=layer_current)
+        kept = kept_weights(model, cfg) if kept is None else kept
+        counts = layer_counts(cfg.allocation, scores, kept, shares=cfg.shares, current=layer_current)
         weight_masks = count_masks(scores, counts, layer_current)
     masks = {}
     for name, mask in weight_masks.items():

@@ -2,42 +2,23 @@
 
 ``structured_keep`` chooses the units each layer keeps; ``structured_param_masks`` expresses the removal as masks on
 the full model; ``shrink_sequential`` builds the physically smaller model that computes the same function. The
-rules of structured pruning live here: ``unit_layers`` (the output layer keeps its units) and
-``STRUCTURED_ALLOCATIONS`` (ranking across layers is unstructured only).
+rules of structured pruning are the configuration's: ``config.unit_prunable`` (the output layer keeps its units)
+and ``config.STRUCTURED_ALLOCATIONS`` (a ranking across layers is unstructured only).
 """
 
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..config import unit_prunable
 from ..errors import ConfigError, ModelError
 from .allocation import check_rates
-
-STRUCTURED_ALLOCATIONS = ("per_layer", "uniform")  # a ranking across layers removes weights, not units
-
-
-def unit_layers(layers: Sequence[str]) -> list[str]:
-    """The layers structured pruning may take units from: all but the last, the output layer (one unit per class)."""
-    return list(layers)[:-1]
-
-
-def check_structured(allocation: str, rates: Mapping[str, float], layers: Sequence[str]) -> None:
-    """The rules of structured pruning, checked before any training: a ConfigError naming the fix if broken."""
-    if allocation not in STRUCTURED_ALLOCATIONS:
-        raise ConfigError(
-            f"prune.allocation {allocation!r} is unstructured only; with prune.structured use "
-            f"{' or '.join(STRUCTURED_ALLOCATIONS)}"
-        )
-    if layers and rates.get(layers[-1]):
-        raise ConfigError(
-            f"prune.sparsity.{layers[-1]}: the output layer cannot lose units under structured pruning; remove it"
-        )
 
 
 def removed_units(rate: float, units: int) -> int:
@@ -114,7 +95,7 @@ def _chain_plan(model: nn.Module, keep: dict[str, Tensor]) -> _Plan:
                 f"structured pruning can remove units only from Linear/Conv2d children of the chain, got {name!r} "
                 f"(children: {', '.join(prunable) or 'none'}); " + _CHAIN_HINT
             )
-    may_lose = set(unit_layers(prunable))
+    may_lose = set(unit_prunable(prunable))
     plan: _Plan = []
     kept: Tensor | None = None  # surviving output units of the latest Linear/Conv2d, None = all
     width = 0  # the size of the axis `kept` indexes
@@ -235,3 +216,40 @@ def shrink_sequential(model: nn.Sequential, keep: dict[str, Tensor]) -> nn.Seque
     shrunk = nn.Sequential(children)
     shrunk.training = model.training
     return shrunk
+
+
+def kept_weights_structured(model: nn.Sequential, rates: Mapping[str, float]) -> int:
+    """Linear/Conv2d weights left once each layer in ``rates`` loses ``removed_units`` of its units (shapes only)."""
+    units = {name: m.weight.shape[0] for name, m in model.named_children() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    keep = {name: torch.arange(n - removed_units(rates[name], n)) for name, n in units.items() if name in rates}
+    masks = structured_param_masks(model, keep)
+    return sum(
+        int(torch.count_nonzero(masks[f"{name}.weight"])) if f"{name}.weight" in masks else m.weight.numel()
+        for name, m in model.named_children()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    )
+
+
+def uniform_unit_rate(model: nn.Sequential, kept: int) -> float:
+    """The one rate of units, taken from every layer but the output, whose kept weights come nearest ``kept``.
+
+    Removing a unit takes a row of one layer and a column block of the next, so a weight count is met only as
+    nearly as whole units allow; the kept count is monotone in the rate, which bisection uses.
+    """
+    layers = unit_prunable([n for n, m in model.named_children() if isinstance(m, (nn.Linear, nn.Conv2d))])
+
+    def count(rate: float) -> int:
+        return kept_weights_structured(model, dict.fromkeys(layers, rate))
+
+    lo, hi = 0.0, 1.0  # count(lo) >= kept > count(hi) unless an end already meets it
+    if count(lo) <= kept:
+        return lo
+    if count(hi) >= kept:
+        return hi
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if count(mid) >= kept:
+            lo = mid
+        else:
+            hi = mid
+    return lo if count(lo) - kept <= kept - count(hi) else hi
