@@ -93,10 +93,8 @@ def rewound_lr_at(
     """
     total = train_epochs * steps_per_epoch
     offset = (train_epochs - finetune_epochs) * steps_per_epoch
-    return lr_at(
-        schedule, base_lr, max(step + offset, 0), total,
-        steps_per_epoch=steps_per_epoch, step_epochs=step_epochs, gamma=gamma,
-    )  # fmt: skip
+    at = max(step + offset, 0)
+    return lr_at(schedule, base_lr, at, total, steps_per_epoch=steps_per_epoch, step_epochs=step_epochs, gamma=gamma)
 
 
 # ------------------------------------------------------------------------------------------------- distillation

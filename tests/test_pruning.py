@@ -266,7 +266,8 @@ def test_gradual_compute_masks_keeps_pruned_weights_pruned():
 def test_compute_masks_parameter_names_and_counts(criterion, allocation):
     torch.manual_seed(0)
     model = build_model("lenet-300-100", (1, 4, 4), 3)
-    cfg = PruneConfig(criterion=criterion, allocation=allocation, sparsity={"fc1": 0.7, "fc2": 0.4}, density=0.5)
+    rates = {"fc1": 0.7, "fc2": 0.4} if allocation == "per_layer" else {}
+    cfg = PruneConfig(criterion=criterion, allocation=allocation, sparsity=rates, density=0.5)
     grads = None
     if criterion != "magnitude":
         grads = gradient_statistics(model, [(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))])

@@ -202,8 +202,10 @@ def layer_counts(
     elif allocation == "global":
         base = dict(global_counts(scores, kept, current))
     elif allocation == "lamp":
-        lamp = {n: lamp_scores(ranked(s, None if current is None else current.get(n)).clamp_min(0)
-                               .view(s.shape)) for n, s in scores.items()}  # fmt: skip
+        masked_to_zero = {
+            n: ranked(s, None if current is None else current.get(n)).clamp_min(0) for n, s in scores.items()
+        }
+        lamp = {n: lamp_scores(flat.view(scores[n].shape)) for n, flat in masked_to_zero.items()}
         base = dict(global_counts(lamp, kept, current))
     else:
         raise ConfigError(f"unknown prune.allocation {allocation!r}; known: {', '.join(ALLOCATIONS)}")
