@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
 from .rundir import RUN_FILE, STUDY_FILE, RunInfo
 from .space import SAMPLERS
@@ -299,6 +300,8 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE and isinstance(t.user_attrs.get("record"), dict):
             rec = {"trial": t.number, **t.user_attrs["record"]}
+            if t.user_attrs.get(BASELINE_ATTR):  # enqueued by baseline seeding
+                rec["baseline"] = t.user_attrs[BASELINE_ATTR]
             if t.user_attrs.get("model_path"):
                 rel = t.user_attrs["model_path"]
                 rec["model_path"] = str((run_dir / rel).resolve()) if run_dir is not None else rel

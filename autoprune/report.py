@@ -65,7 +65,8 @@ def front_table(
 
     Columns: trial number, nonzero parameters, their share of the dense count, validation and test accuracy,
     and the zero fraction of each layer in percent. ``total`` is the number of finished trials; ``baseline``
-    (the dense reference) is shown under a rule when given, and marked ``dense`` where it is on the front.
+    (the dense reference) is shown under a rule when given, and marked ``dense`` where it is on the front; a
+    seeded baseline trial carries its label (``global@0.01``).
     """
     title = f"Pareto front: {len(front)} model{'s' if len(front) != 1 else ''}"
     if total is not None:
@@ -74,9 +75,13 @@ def front_table(
         title += f", {failed} failed"
     header = ["trial", "params", "% dense", "val acc", "test acc", "sparsity % (per layer)"]
     dense = baseline.get("trial") if baseline is not None else None
-    rows = [
-        _table_row(r, f"{r['trial']} dense" if dense is not None and r.get("trial") == dense else None) for r in front
-    ]
+
+    def label(r: dict) -> str | None:
+        if dense is not None and r.get("trial") == dense:
+            return f"{r['trial']} dense"
+        return f"{r['trial']} {r['baseline']}" if r.get("baseline") else None  # a seeded baseline
+
+    rows = [_table_row(r, label(r)) for r in front]
     base_rows = []
     if baseline is not None:
         trial = baseline.get("trial")
@@ -124,9 +129,19 @@ def _plain(value: Any) -> Any:
     return plain(value, where="record", json_safe=True, strict=False)
 
 
+def baseline_front(trials: Sequence[dict]) -> list[dict]:
+    """The Pareto front of the seeded baseline trials alone (records marked ``baseline``)."""
+    from .pareto import pareto_front
+
+    return pareto_front([r for r in trials if r.get("baseline")])
+
+
 def report_document(front: Sequence[dict], trials: Sequence[dict], failed: int) -> dict:
-    """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N}``, JSON-safe."""
-    return {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
+    """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N, "baseline_front": [...]}``,
+    JSON-safe; ``baseline_front`` is the front of the seeded baselines alone, to set the searched front against.
+    """
+    document = {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
+    return {**document, "baseline_front": _plain(baseline_front(trials))}
 
 
 def front_hypervolume(front: Sequence[dict]) -> dict[str, Any] | None:
@@ -218,7 +233,8 @@ def plot_front(
     """Write a PNG of validation accuracy against nonzero parameters (log scale).
 
     Dominated trials are grey dots; the front is a step line with filled markers labelled by trial number,
-    the same models' test accuracy is drawn as hollow markers, and ``baseline`` (the dense model) as a star.
+    the same models' test accuracy is drawn as hollow markers, the seeded baselines' own front as a dashed line,
+    and ``baseline`` (the dense model) as a star.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -265,6 +281,10 @@ def plot_front(
                 ax.annotate(
                     str(r["trial"]), (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8, color="tab:blue"
                 )
+    seeded = baseline_front(trials)
+    if seeded:
+        bx, by = xs(seeded), [float(r["val_accuracy"]) for r in seeded]
+        ax.step(bx, by, where="post", color="0.3", linestyle="--", linewidth=1.0, label="baselines' front")
     if baseline is not None and baseline.get("val_accuracy") is not None:
         ax.scatter(
             xs([baseline]),

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from .baselines import ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     import optuna
 
 _TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp")
-_SEARCH_KEYS = ("trials", "sampler")
+_SEARCH_KEYS = ("trials", "sampler", "baselines")
 _RANGE_KEYS = {"low", "high", "log", "step", "default"}
 _CHOICE_KEYS = {"choices", "default"}
 # Leaves whose value is itself a mapping keyed by layer name.
@@ -102,6 +103,7 @@ class SearchSpace:
     layers: tuple[str, ...]  # prunable layers of the model, in order
     trials: int | None = None  # `search.trials` in the file: the default number of trials
     sampler: str | None = None  # `search.sampler` in the file
+    baselines: Any = None  # `search.baselines` in the file: the baseline ladder (see ``baselines.py``)
 
     @property
     def digest(self) -> str:
@@ -335,6 +337,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         layers=tuple(layers),
         trials=search.get("trials"),
         sampler=search.get("sampler"),
+        baselines=search.get("baselines"),
     )
     _validate_values(space, fail)
     if space.trials is not None and (
@@ -343,6 +346,10 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         raise fail(f"search.trials must be a positive integer, got {space.trials!r}")
     if space.sampler is not None and space.sampler not in SAMPLERS:
         raise fail(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {space.sampler!r}")
+    try:
+        ladder(space)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     return space
 
 
