@@ -1,15 +1,222 @@
-"""The public Python API: the same names and meanings as the ``autoprune`` command.
+"""The public Python API: the same names and meanings as the ``autoprune`` command, for notebooks and scripts.
 
-Everything here is re-exported by ``import autoprune``.
+=================  ==========================  =====================================================
+command            function                    returns
+=================  ==========================  =====================================================
+``trial``          ``run_trial``               ``TrialResult`` (``.record()``, ``.model``, ``.save()``)
+``search``         ``search``                  ``LaunchResult`` (``.results``, ``.ran``, ...)
+``resume``         ``resume``                  ``LaunchResult``
+``report``         ``refresh_report``          ``Results`` (and the files in RUN_DIR/report)
+                   ``load_results``            ``Results``: records, the front, counts
+                   ``results``                 a pandas DataFrame, one row per trial
+``pick``           ``pick``                    the chosen record plus ``"out"``
+``evaluate``       ``evaluate``                re-measured accuracies and counts
+                   ``load_model``              an ``nn.Module`` that takes raw inputs
+=================  ==========================  =====================================================
+
+Everything is re-exported by ``import autoprune``; heavy libraries load only when a function needs them.
+(``refresh_report`` is not called ``report``, and the Ray adapter is ``raytune`` rather than ``search``, so
+that no function shares its name with a module of the package.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import ModelError
+from .errors import ModelError, SearchError
+from .space import load_space
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .config import TrialConfig
+    from .data import Datasets
+    from .ledger import Results
+    from .preprocess import RawInputModel
+    from .raytune import LaunchResult
+    from .space import SearchSpace
+    from .trial import TrialResult
+
+__all__ = [
+    "evaluate",
+    "load_model",
+    "load_results",
+    "load_space",
+    "pick",
+    "refresh_report",
+    "results",
+    "resume",
+    "run_trial",
+    "search",
+]
+
+Log = Callable[[str], None]
+
+
+def run_trial(
+    space: TrialConfig | SearchSpace | str | os.PathLike | None = None,
+    *,
+    overrides: Sequence[str] = (),
+    seed: int | None = None,
+    device: str | None = None,
+    threads: int | None = None,
+    save: str | os.PathLike | None = None,
+    data: Datasets | None = None,
+    log: Log | None = None,
+    on_epoch: Callable[[str, int, int, float], None] | None = None,
+) -> TrialResult:
+    """Run the whole pipeline once (sparse train, prune, finetune, evaluate), without Ray: ``autoprune trial``.
+
+    ``space`` is a ``TrialConfig``, a loaded ``SearchSpace``, a space file or the name of a shipped space
+    (default ``digits_quick``); searched values not fixed by ``overrides`` (``["finetune.lr=0.01"]``) take
+    their defaults. ``save`` exports the model to that file. Returns the ``TrialResult``: ``.record()`` is the
+    JSON trial record, ``.model`` the pruned model.
+    """
+    from .config import TrialConfig
+    from .space import SearchSpace
+    from .trial import run_trial as run
+
+    if isinstance(space, TrialConfig):
+        if overrides:
+            raise SearchError("overrides apply to a space file; change a TrialConfig with dataclasses.replace")
+        cfg = space
+    else:
+        spec = space if isinstance(space, SearchSpace) else load_space(space, overrides)
+        if isinstance(space, SearchSpace) and overrides:
+            raise SearchError("overrides apply to a space file; load the space with them: load_space(path, overrides)")
+        cfg = spec.default_config()
+    if seed is not None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+        cfg = TrialConfig.from_dict(cfg.to_dict())  # validated like any other value
+    result = run(cfg, data=data, device=device, threads=threads, log=log, on_epoch=on_epoch)
+    if save is not None:
+        result.save(save)
+    return result
+
+
+def search(
+    space: str | os.PathLike | None = None,
+    *,
+    run_dir: str | os.PathLike,
+    trials: int | None = None,
+    concurrent: int | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    address: str | None = None,
+    sampler: str | None = None,
+    seed: int = 0,
+    study_storage: str | None = None,
+    overrides: Sequence[str] = (),
+    verbose: bool = False,
+    log: Log | None = None,
+) -> LaunchResult:
+    """Start a search in the new directory ``run_dir`` and run it to the end: ``autoprune search``.
+
+    Ray Tune runs the trials (locally, or on the cluster at ``address``), Optuna's ``sampler`` (tpe, nsga2,
+    random; default the space's ``search.sampler``, else tpe) suggests them, maximizing validation accuracy
+    and minimizing nonzero parameters. ``trials`` defaults to the space's ``search.trials``, else 20. Progress
+    lines go to ``log`` (default: stderr). The returned ``LaunchResult.results`` holds the front.
+    """
+    from .raytune import run_search
+
+    kwargs = {"log": log} if log is not None else {}
+    return run_search(
+        space,
+        run_dir,
+        trials=trials,
+        concurrent=concurrent,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        address=address,
+        sampler=sampler,
+        seed=seed,
+        study_storage=study_storage,
+        overrides=overrides,
+        verbose=verbose,
+        **kwargs,
+    )
+
+
+def resume(
+    run_dir: str | os.PathLike,
+    *,
+    trials: int | None = None,
+    address: str | None = None,
+    concurrent: int | None = None,
+    cpus_per_trial: float | None = None,
+    gpus_per_trial: float | None = None,
+    study_storage: str | None = None,
+    verbose: bool = False,
+    log: Log | None = None,
+) -> LaunchResult:
+    """Finish an interrupted search, or extend it to ``trials`` trials in total: ``autoprune resume``.
+
+    Finished trials are kept and never re-run; trials an interruption left running are closed and replaced;
+    trials enqueued into the study (``optuna.Study.enqueue_trial``) run first.
+    """
+    from .raytune import resume_search
+
+    kwargs = {"log": log} if log is not None else {}
+    return resume_search(
+        run_dir,
+        trials=trials,
+        study_storage=study_storage,
+        address=address,
+        concurrent=concurrent,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        verbose=verbose,
+        **kwargs,
+    )
+
+
+def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None) -> Results:
+    """Every finished trial of a search and its Pareto front, read from the study (no Ray; also mid-search).
+
+    ``.trials`` and ``.front`` are trial records (dicts), ``.failed``, ``.running``, ``.counted`` counts,
+    ``.baseline`` the dense trial when the search has one, ``.frame()`` the DataFrame of ``results``.
+    """
+    from .ledger import load_results as load
+
+    return load(run_dir, study_storage=study_storage)
+
+
+def results(run_dir: str | os.PathLike, *, study_storage: str | None = None) -> pd.DataFrame:
+    """A search as a pandas DataFrame, one row per trial (``optuna.Study.trials_dataframe`` style).
+
+    Columns: ``trial``, ``state``, ``outcome``, ``val_accuracy``, ``test_accuracy``, ``params_nonzero`` and
+    ``params_total`` (integers), ``fraction_dense``, ``sparsity.<layer>``, every searched parameter by its
+    dotted path (``finetune.lr``), ``on_front``, ``baseline`` (a seeded baseline configuration), ``model_path``,
+    ``reason``. The front: ``df[df.on_front]``; the baselines: ``df[df.baseline]``.
+    """
+    return load_results(run_dir, study_storage=study_storage).frame()
+
+
+def refresh_report(
+    run_dir: str | os.PathLike,
+    *,
+    csv: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+    study_storage: str | None = None,
+) -> Results:
+    """Refresh RUN_DIR/report (front.csv, trials.csv, report.json, pareto.png) and return the results:
+    ``autoprune report``. ``csv`` and ``plot`` write extra copies of the trials table and the plot there.
+    """
+    from .report import plot_front, write_csv, write_report
+
+    res = load_results(run_dir, study_storage=study_storage)
+    write_report(run_dir, res.front, res.trials, res.failed, baseline=res.baseline)
+    if csv is not None:
+        front = {id(r) for r in res.front}
+        write_csv([{**r, "on_front": id(r) in front} for r in res.trials], csv)
+    if plot is not None:
+        title = f"{Path(run_dir).name}: Pareto front"
+        plot_front(res.trials, res.front, plot, baseline=res.baseline, title=title)
+    return res
 
 
 def pick(
@@ -22,22 +229,20 @@ def pick(
     trial: int | None = None,
     study_storage: str | None = None,
 ) -> dict[str, Any]:
-    """Choose one model of a search and export it to ``out``; returns its record plus ``"out"``.
+    """Choose one model of a search and export it to ``out``; returns its record plus ``"out"``: ``autoprune pick``.
 
     Exactly one rule: ``max_params`` (the most accurate front model with at most that many nonzero
     parameters), ``min_accuracy`` (the smallest front model at least that accurate on validation data),
     ``knee`` (the front's best trade-off), or ``trial`` (any finished trial, by number).
     """
-    from .errors import SearchError
     from .export import check_output_file, copy_model
-    from .ledger import load_results
     from .pareto import check_one_rule
     from .pareto import pick as pick_record
 
     check_one_rule(max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
     out = check_output_file(out)
-    results = load_results(run_dir, study_storage=study_storage)
-    chosen = pick_record(results.trials, max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
+    res = load_results(run_dir, study_storage=study_storage)
+    chosen = pick_record(res.trials, max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
     source = chosen.get("model_path")
     if not source or not Path(source).is_file():
         raise SearchError(
@@ -53,18 +258,19 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
     dataset: ``test_accuracy``, ``val_accuracy``, ``params_nonzero``, ``params_total`` and what was recorded.
     """
     from .config import TrialConfig, upgrade_config
-    from .data import load_datasets
+    from .data import load_datasets, resolve_device
     from .errors import ConfigError
-    from .export import load_model
+    from .export import load_model as load
     from .pruning import count_params
     from .train import evaluate as accuracy
 
-    loaded = load_model(path, device=device)
+    dev = resolve_device(device)
+    loaded = load(path, device=dev)
     try:
         cfg = TrialConfig.from_dict(upgrade_config(loaded.config))
     except ConfigError as exc:
         raise ModelError(f"{path}: the configuration stored in the file is invalid ({exc})") from None
-    data = load_datasets(cfg.dataset, seed=cfg.seed, device=device)
+    data = load_datasets(cfg.dataset, seed=cfg.seed, device=dev)
     if tuple(data.input_shape) != tuple(loaded.input_shape):
         raise ModelError(
             f"{path}: the model expects inputs {list(loaded.input_shape)} but dataset {cfg.dataset.name!r} gives "
@@ -84,3 +290,24 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
         "params_stored": stored,
         "recorded": recorded,
     }
+
+
+def load_model(path: str | os.PathLike, *, device: str = "cpu") -> RawInputModel:
+    """An exported model as an ``nn.Module`` in eval mode that takes raw inputs (e.g. uint8 28x28 images).
+
+    ``model(raw)`` returns logits; ``model.predict(raw)`` class indices. ``model.model`` is the pruned network
+    itself (taking preprocessed inputs), ``model.preprocess`` the preprocessing, ``model.metrics`` the trial
+    record. Loading never runs code from the file (``torch.load(weights_only=True)``).
+    """
+    from .data import resolve_device
+    from .export import load_model as load
+    from .preprocess import Preprocessing, RawInputModel, for_dataset
+
+    loaded = load(path, device=resolve_device(device))
+    if loaded.preprocessing is not None:
+        spec = Preprocessing.from_dict(loaded.preprocessing, where=f"{path}: preprocessing")
+    else:  # written before files stored it: the built-in datasets' preprocessing is known by name
+        dataset = (loaded.config.get("dataset") or {}).get("name", "")
+        spec = for_dataset(str(dataset), loaded.input_shape)
+    wrapped = RawInputModel(loaded.model, spec, metrics=loaded.metrics, config=loaded.config, masks=loaded.masks)
+    return wrapped.eval()

@@ -1,44 +1,95 @@
-"""The ``autoprune`` command. Commands declare options and hand off to the library.
+"""The ``autoprune`` command: a thin layer over ``autoprune.api``. Commands declare options and hand off.
 
 Library errors (``AutoPruneError``) become one red line on stderr and exit code 1, never a traceback.
+``--json`` prints one JSON document on stdout and nothing else there; logs and progress go to stderr.
 Heavy imports (torch, Ray, pandas, matplotlib) happen inside the commands that need them.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .errors import AutoPruneError
+from .space import SAMPLERS
+
+
+class _BareHelp:
+    """``-h/--help`` shown as a flag, without a value type."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Command(_BareHelp, TyperCommand):
+    pass
+
+
+class _Group(_BareHelp, TyperGroup):
+    pass
+
 
 app = typer.Typer(
     name="autoprune",
+    cls=_Group,
     help="Search sparse-training, pruning and finetuning jointly; get a Pareto front of real, loadable models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+Sampler = enum.Enum("Sampler", {name: name for name in SAMPLERS}, type=str)  # --sampler [tpe|nsga2|random]
+
+
+def _flag(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help, metavar="")
 
 
 # Options that several commands share, declared once.
+SpaceArgument = Annotated[
+    str | None, typer.Argument(help="Space file, or the name of a shipped one (default: digits_quick).")
+]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Fix a leaf by its dotted path: KEY=VALUE (YAML scalar). Repeatable."),
+    typer.Option("--set", metavar="KEY=VALUE", help="Fix a leaf by its dotted path (value: YAML scalar). Repeatable."),
 ]
 StorageOption = Annotated[
     str | None,
-    typer.Option("--study-storage", envvar="AUTOPRUNE_STUDY_STORAGE", help="Storage URL with its password."),
+    typer.Option(
+        "--study-storage",
+        envvar="AUTOPRUNE_STUDY_STORAGE",
+        help="Optuna storage: a database URL (postgresql://user:pw@host/db, sqlite:///file.db) or a journal file "
+        "path. Default: study.db in the run directory.",
+    ),
 ]
-LaunchJsonOption = Annotated[bool, typer.Option("--json", help="At the end print the report JSON on stdout.")]
-VerboseOption = Annotated[bool, typer.Option("--verbose", help="Show Ray's own logs.")]
+LaunchJsonOption = Annotated[bool, _flag("--json", help="At the end print the report JSON on stdout.")]
+VerboseOption = Annotated[bool, _flag("--verbose", help="Show Ray's own logs.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"autoprune {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Print the version and exit.", metavar="", callback=_version, is_eager=True),
+    ] = False,
+) -> None:
     """Search sparse-training, pruning and finetuning jointly; get a Pareto front of real, loadable models."""
 
 
@@ -55,33 +106,36 @@ def _log(message: str) -> None:
     typer.echo(message, err=True)
 
 
-@app.command()
+@app.command(cls=_Command)
 def trial(
-    space: Annotated[
-        str | None, typer.Argument(help="Space file, or the name of a shipped one (default: digits_quick).")
-    ] = None,
+    space: SpaceArgument = None,
     set_: SetOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON trial record on stdout.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or cuda:N (default: the config's, auto).")] = None,
+    as_json: Annotated[
+        bool, _flag("--json", help="Print one JSON trial record on stdout, and nothing on stderr.")
+    ] = False,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: the config's, auto).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads (default: torch's choice).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split, the weights and the batch order.")] = None,
     save: Annotated[Path | None, typer.Option(help="Export the resulting model to this file.")] = None,
 ) -> None:
     """Run one full pipeline (sparse train → prune → finetune → evaluate) with fixed values. No Ray."""
-    from .space import load_space
-    from .trial import run_trial
+    from .api import load_space, run_trial
 
     spec = load_space(space, set_ or [])
-    cfg = spec.default_config()
-    if device is not None:
-        from dataclasses import replace
-
-        cfg = replace(cfg, device=device)
-    if spec.dims:
+    if spec.dims and not as_json:
         unset = ", ".join(f"{d.path}={d.midpoint()!r}" for d in spec.dims)
         _log(f"note: {len(spec.dims)} searched dimensions not fixed by --set take their defaults: {unset}")
-    result = run_trial(cfg, log=_log)
+    log, on_epoch = (None, None) if as_json else (_log, None)
+    if not as_json and sys.stderr.isatty():  # a live status line only where someone watches it
+        from .report import TrialProgress
+
+        budget = spec.default_config().budget
+        status = TrialProgress({"train": budget.train_epochs, "finetune": budget.finetune_epochs}, sys.stderr.write)
+        log, on_epoch = status.line, status
+    result = run_trial(spec, device=device, threads=threads, seed=seed, save=save, log=log, on_epoch=on_epoch)
     record = result.record()
     if save is not None:
-        record["model_path"] = str(result.save(save))
+        record["model_path"] = str(save)
     if as_json:
         _print_json(record)
     else:
@@ -91,11 +145,6 @@ def trial(
 
 
 # ------------------------------------------------------------------------------------------- search commands
-
-_STORAGE_HELP = (
-    "Optuna storage: a database URL (postgresql://user:pw@host/db, sqlite:///file.db) or a journal file path. "
-    "Default: study.db in the run directory."
-)
 
 
 def _print_front(results: Any, run_dir: Path) -> None:
@@ -125,11 +174,9 @@ def _finish_launch(outcome: Any, as_json: bool) -> None:
         )
 
 
-@app.command()
+@app.command(cls=_Command)
 def search(
-    space: Annotated[
-        str | None, typer.Argument(help="Space file, or the name of a shipped one (default: digits_quick).")
-    ] = None,
+    space: SpaceArgument = None,
     run_dir: Annotated[Path, typer.Option("--run-dir", help="New directory for everything the search makes.")] = ...,
     trials: Annotated[
         int | None, typer.Option(help="Number of trials (default: the space's search.trials, else 20).")
@@ -146,28 +193,26 @@ def search(
         typer.Option(help="Connect to a running Ray cluster: auto or host:port (default: start Ray locally)."),
     ] = None,
     sampler: Annotated[
-        str | None, typer.Option(help="tpe, nsga2 or random (default: the space's search.sampler, else tpe).")
+        Sampler | None, typer.Option(help="Optuna sampler (default: the space's search.sampler, else tpe).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Sampler seed; with --concurrent 1 the run is reproducible.")] = 0,
-    study_storage: Annotated[
-        str | None, typer.Option("--study-storage", envvar="AUTOPRUNE_STUDY_STORAGE", help=_STORAGE_HELP)
-    ] = None,
+    study_storage: StorageOption = None,
     set_: SetOption = None,
     as_json: LaunchJsonOption = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Search the pipeline with Ray Tune + Optuna (max val accuracy, min nonzero params) and report the front."""
-    from .search import run_search
+    from .api import search as run
 
-    outcome = run_search(
+    outcome = run(
         space,
-        run_dir,
+        run_dir=run_dir,
         trials=trials,
         concurrent=concurrent,
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
         address=address,
-        sampler=sampler,
+        sampler=sampler.value if sampler is not None else None,
         seed=seed,
         study_storage=study_storage,
         overrides=set_ or [],
@@ -177,7 +222,7 @@ def search(
     _finish_launch(outcome, as_json)
 
 
-@app.command()
+@app.command(cls=_Command)
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a search.")],
     trials: Annotated[
@@ -194,27 +239,27 @@ def resume(
     verbose: VerboseOption = False,
 ) -> None:
     """Finish an interrupted search (finished trials are kept), or extend it with --trials N (N in total)."""
-    from .search import resume_search
+    from .api import resume as run
 
-    outcome = resume_search(
+    outcome = run(
         run_dir,
         trials=trials,
-        study_storage=study_storage,
         address=address,
         concurrent=concurrent,
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
+        study_storage=study_storage,
         verbose=verbose,
         log=_log,
     )
     _finish_launch(outcome, as_json)
 
 
-@app.command()
+@app.command(cls=_Command)
 def report(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a search (finished or running).")],
     as_json: Annotated[
-        bool, typer.Option("--json", help='Print {"front": [...], "trials": [...], "failed": N} on stdout.')
+        bool, _flag("--json", help='Print {"front": [...], "trials": [...], "failed": N} on stdout.')
     ] = False,
     csv: Annotated[
         Path | None, typer.Option(help="Also write every finished trial as CSV here (with an on_front column).")
@@ -223,29 +268,20 @@ def report(
     study_storage: StorageOption = None,
 ) -> None:
     """The Pareto front over every finished trial of the study; refreshes the files in RUN_DIR/report."""
-    from .ledger import load_results
-    from .report import plot_front, report_document, write_csv, write_report
+    from .api import refresh_report
+    from .report import report_document
 
-    results = load_results(run_dir, study_storage=study_storage)
-    try:
-        write_report(run_dir, results.front, results.trials, results.failed, baseline=results.baseline)
-    except OSError as exc:
-        _log(f"warning: could not refresh {run_dir / 'report'}: {exc}")
-    if csv is not None:
-        front = {id(r) for r in results.front}
-        write_csv([{**r, "on_front": id(r) in front} for r in results.trials], csv)
-        _log(f"wrote {csv}")
-    if plot is not None:
-        title = f"{run_dir.name}: Pareto front"
-        plot_front(results.trials, results.front, plot, baseline=results.baseline, title=title)
-        _log(f"wrote {plot}")
+    results = refresh_report(run_dir, csv=csv, plot=plot, study_storage=study_storage)
+    for extra in (csv, plot):
+        if extra is not None:
+            _log(f"wrote {extra}")
     if as_json:
         _print_json(report_document(results.front, results.trials, results.failed))
     else:
         _print_front(results, run_dir)
 
 
-@app.command()
+@app.command(cls=_Command)
 def pick(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a search.")],
     out: Annotated[Path, typer.Option("--out", help="File to export the chosen model to.")] = ...,
@@ -255,15 +291,22 @@ def pick(
     min_accuracy: Annotated[
         float | None, typer.Option(help="The smallest front model with val accuracy >= A (a fraction).")
     ] = None,
-    knee: Annotated[bool, typer.Option("--knee", help="The knee of the front (best trade-off).")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help='Print the chosen record plus "out" on stdout.')] = False,
+    knee: Annotated[bool, _flag("--knee", help="The knee of the front (best trade-off).")] = False,
+    trial: Annotated[int | None, typer.Option(help="Any finished trial, by its number (see report).")] = None,
+    as_json: Annotated[bool, _flag("--json", help='Print the chosen record plus "out" on stdout.')] = False,
     study_storage: StorageOption = None,
 ) -> None:
-    """Choose a Pareto-optimal model by one rule and export it as a self-describing file."""
-    from .api import pick as pick_model
+    """Choose a model by one rule (or by trial number) and export it as a self-describing file."""
+    from .api import pick as choose
 
-    chosen = pick_model(
-        run_dir, out=out, max_params=max_params, min_accuracy=min_accuracy, knee=knee, study_storage=study_storage
+    chosen = choose(
+        run_dir,
+        out=out,
+        max_params=max_params,
+        min_accuracy=min_accuracy,
+        knee=knee,
+        trial=trial,
+        study_storage=study_storage,
     )
     if as_json:
         _print_json(chosen)
@@ -274,18 +317,18 @@ def pick(
         )
 
 
-@app.command()
+@app.command(cls=_Command)
 def evaluate(
     model_file: Annotated[Path, typer.Argument(help="A model file written by `pick` or a search.")],
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print test_accuracy, params_nonzero, params_total (and more) on stdout.")
+        bool, _flag("--json", help="Print test_accuracy, params_nonzero, params_total (and more) on stdout.")
     ] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Reload an exported model (safely, weights only) and re-measure it on its dataset's test split."""
-    from .api import evaluate as evaluate_model
+    from .api import evaluate as measure
 
-    result = evaluate_model(model_file, device=device)
+    result = measure(model_file, device=device)
     if as_json:
         _print_json(result)
     else:

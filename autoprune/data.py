@@ -1,5 +1,7 @@
 """Datasets as resident tensors: a registry, the Fashion-MNIST IDX reader, the stratified split, index batches.
 
+A ``module:function`` dataset is loaded and checked by ``_user_data``.
+
 A trial gets a ``Datasets`` whose tensors already live on its device. Batches are index tensors into them
 (``x[idx]``), so an epoch costs no per-sample Python and no DataLoader workers.
 
@@ -23,7 +25,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ._imports import import_callable
 from .config import DatasetConfig
 from .errors import ConfigError, DataError
 
@@ -252,13 +253,26 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 @register_dataset("digits")
 def digits(cfg: DatasetConfig) -> RawSplits:
     """scikit-learn's 1797 8x8 digits with a fixed stratified 20% test split, standardized by training statistics."""
+    x, y, train_idx, test_idx = _digits_split()
+    mean, std = digits_standardization()
+    train_x, test_x = x[train_idx], x[test_idx]
+    return RawSplits((train_x - mean) / std, y[train_idx], (test_x - mean) / std, y[test_idx], 10)
+
+
+def _digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     images, target = _digits_arrays()
     x = torch.from_numpy(images).div(16.0).unsqueeze(1)
     y = torch.from_numpy(target)
     train_idx, test_idx = stratified_split(y, DIGITS_TEST_FRACTION, DIGITS_TEST_SEED)
-    train_x, test_x = x[train_idx], x[test_idx]
-    mean, std = train_x.mean(), train_x.std()
-    return RawSplits((train_x - mean) / std, y[train_idx], (test_x - mean) / std, y[test_idx], 10)
+    return x, y, train_idx, test_idx
+
+
+@functools.lru_cache(maxsize=1)
+def digits_standardization() -> tuple[float, float]:
+    """Mean and std of the digits training split after scaling to [0, 1]: what ``digits`` standardizes with."""
+    x, _, train_idx, _ = _digits_split()
+    train_x = x[train_idx]
+    return float(train_x.mean()), float(train_x.std())
 
 
 @register_dataset("synthetic")
@@ -278,84 +292,7 @@ def synthetic(cfg: DatasetConfig) -> RawSplits:
     return RawSplits(train_x, train_y, test_x, test_y, num_classes)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# User datasets
-
-
-def _user_dataset(spec: str) -> RawSplits:
-    factory = import_callable(spec, what="dataset")
-    try:
-        out = factory()
-    except Exception as exc:  # user code: report it in one line rather than a traceback from inside autoprune
-        raise DataError(f"dataset {spec!r} raised {type(exc).__name__}: {exc}") from None
-    keys = ("train_x", "train_y", "test_x", "test_y")
-    num_classes: Any = None
-    if isinstance(out, dict):
-        missing = [k for k in keys if k not in out]
-        if missing:
-            raise DataError(
-                f"dataset {spec!r} returned a dict without {', '.join(missing)}; it needs {', '.join(keys)}"
-            )
-        parts = [out[k] for k in keys]
-        num_classes = out.get("num_classes")
-    elif isinstance(out, (tuple, list)) and len(out) == 4:
-        parts = list(out)
-    else:
-        raise DataError(
-            f"dataset {spec!r} returned {type(out).__name__}; return a dict with {', '.join(keys)} "
-            "(and optionally num_classes) or a 4-tuple in that order"
-        )
-    tensors = {k: _as_tensor(spec, k, v) for k, v in zip(keys, parts, strict=True)}
-    for split in ("train", "test"):
-        x, y = tensors[f"{split}_x"], tensors[f"{split}_y"]
-        if x.dim() < 2 or x.shape[0] == 0:
-            raise DataError(
-                f"dataset {spec!r}: {split}_x must be shaped (N, features...) with N >= 1, got {tuple(x.shape)}"
-            )
-        if x.is_complex() or x.dtype == torch.bool:
-            raise DataError(f"dataset {spec!r}: {split}_x must be real numbers, got dtype {x.dtype}")
-        if y.dim() != 1 or y.dtype.is_floating_point or y.is_complex() or y.dtype == torch.bool:
-            raise DataError(
-                f"dataset {spec!r}: {split}_y must be a 1-D integer tensor of class indices, got dtype {y.dtype} "
-                f"shape {tuple(y.shape)}; convert with .long()"
-            )
-        if x.shape[0] != y.shape[0]:
-            raise DataError(f"dataset {spec!r}: {split}_x has {x.shape[0]} samples but {split}_y has {y.shape[0]}")
-    if tensors["train_x"].shape[1:] != tensors["test_x"].shape[1:]:
-        raise DataError(
-            f"dataset {spec!r}: train_x samples are shaped {tuple(tensors['train_x'].shape[1:])} but test_x "
-            f"samples {tuple(tensors['test_x'].shape[1:])}"
-        )
-    train_x, test_x = tensors["train_x"].to(torch.float32), tensors["test_x"].to(torch.float32)
-    train_y, test_y = tensors["train_y"].to(torch.int64), tensors["test_y"].to(torch.int64)
-    for split, x in (("train", train_x), ("test", test_x)):
-        if not bool(torch.isfinite(x).all()):
-            raise DataError(f"dataset {spec!r}: {split}_x holds NaN or infinite values")
-    low = int(min(train_y.min(), test_y.min()))
-    high = int(max(train_y.max(), test_y.max()))
-    if num_classes is None:
-        num_classes = high + 1
-    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
-        raise DataError(f"dataset {spec!r}: num_classes must be an integer >= 2, got {num_classes!r}")
-    num_classes = int(num_classes)
-    if low < 0 or high >= num_classes:
-        raise DataError(
-            f"dataset {spec!r}: labels must lie in [0, {num_classes}), found {low}..{high}; "
-            "map them to class indices 0..K-1 (or return a larger num_classes)"
-        )
-    if num_classes < 2:
-        raise DataError(f"dataset {spec!r}: labels hold a single class {high}; classification needs at least 2")
-    return RawSplits(train_x, train_y, test_x, test_y, num_classes)
-
-
-def _as_tensor(spec: str, key: str, value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu()
-    if isinstance(value, np.ndarray):
-        if value.dtype == object:
-            raise DataError(f"dataset {spec!r}: {key} is a numpy array of Python objects; give a numeric array")
-        return torch.from_numpy(np.ascontiguousarray(value))
-    raise DataError(f"dataset {spec!r}: {key} must be a torch.Tensor or numpy array, got {type(value).__name__}")
+BUILTIN_DATASETS = frozenset(DATASETS)  # what every process knows; anything registered later is local to it
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -486,5 +423,7 @@ def _load_raw(cfg: DatasetConfig) -> RawSplits:
     if cfg.name in DATASETS:
         return DATASETS[cfg.name](cfg)
     if ":" in cfg.name:
-        return _user_dataset(cfg.name)
+        from ._user_data import user_dataset
+
+        return user_dataset(cfg.name)
     raise DataError(f"unknown dataset {cfg.name!r}; known datasets: {', '.join(sorted(DATASETS))}, or module:function")

@@ -2,10 +2,12 @@
 
 A model file is one ``torch.save``'d dict of plain data and tensors, so ``torch.load(weights_only=True)``
 reads it and opening a file from someone else cannot run code. It carries the architecture, the weights
-with pruning applied, the masks, the trial's configuration and metrics, and the input shape and class count
-needed to run it. A plain ``nn.Sequential`` of common layers is described layer by layer, with the shapes
-taken from the modules themselves, so a model made physically smaller by structured pruning rebuilds at its
-smaller size. Any other model is rebuilt by its ``module:function`` factory.
+with pruning applied, the masks, the trial's configuration and metrics, the input shape and class count
+needed to run it, and the preprocessing from raw inputs (``preprocess.Preprocessing``; files written before
+it was stored lack it, and ``autoprune.load_model`` derives it from their dataset's name). A plain
+``nn.Sequential`` of common layers is described layer by layer, with the shapes taken from the modules
+themselves, so a model made physically smaller by structured pruning rebuilds at its smaller size. Any other
+model is rebuilt by its ``module:function`` factory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 
 from ._io import atomic_open, plain
 from .errors import ModelError, first_line
+from .train import MaskSet
 
 FORMAT = "autoprune-model"
 VERSION = 1
@@ -58,6 +61,7 @@ class LoadedModel:
     metrics: dict
     input_shape: tuple[int, ...]
     num_classes: int
+    preprocessing: dict | None = None  # raw input -> model input (``preprocess.Preprocessing``); None: not stored
 
 
 # ---------------------------------------------------------------------------------------------- architecture
@@ -220,6 +224,7 @@ def save_model(
     metrics: dict,
     input_shape: tuple[int, ...],
     num_classes: int,
+    preprocessing: dict | None = None,
 ) -> Path:
     """Write ``model`` with its masks applied, and what is needed to rebuild and run it, to ``path``.
 
@@ -278,6 +283,7 @@ def save_model(
         "metrics": _plain(metrics, "metrics"),
         "input_shape": [int(s) for s in input_shape],
         "num_classes": int(num_classes),
+        "preprocessing": _plain(preprocessing, "preprocessing"),
         "torch_version": str(torch.__version__),
     }
     with atomic_open(path) as fh:
@@ -360,10 +366,8 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         mask = _unpack(packed, f"{path}: mask {name!r}")
         if name not in params or tuple(params[name].shape) != tuple(mask.shape):
             raise ModelError(f"{path} is damaged: mask {name!r} does not match a parameter")
-        mask = mask.to(params[name].device)
-        with torch.no_grad():
-            params[name].mul_(mask)  # already zero in the file; re-applied so the model holds the invariant
-        masks[name] = mask
+        masks[name] = mask.to(params[name].device)
+    MaskSet(model, masks).apply_()  # already zero in the file; re-applied so the model holds the invariant
     model.eval()
     return LoadedModel(
         model=model,
@@ -372,6 +376,7 @@ def load_model(path: str | os.PathLike, *, device: str | torch.device = "cpu") -
         metrics=data["metrics"],
         input_shape=input_shape,
         num_classes=num_classes,
+        preprocessing=data.get("preprocessing") if isinstance(data.get("preprocessing"), dict) else None,
     )
 
 
@@ -386,4 +391,5 @@ def copy_model(source: str | os.PathLike, out: str | os.PathLike, *, metrics: di
         metrics=metrics,
         input_shape=loaded.input_shape,
         num_classes=loaded.num_classes,
+        preprocessing=loaded.preprocessing,
     )

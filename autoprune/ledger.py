@@ -25,6 +25,7 @@ from .space import SAMPLERS
 
 if TYPE_CHECKING:
     import optuna
+    import pandas as pd
 
     from .space import SearchSpace
 
@@ -289,7 +290,44 @@ class Results:
     baseline: dict[str, Any] | None  # the most accurate dense (unpruned) trial, when the search has one
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"trial", "outcome", "reason"}
     run_dir: Path | None = None
-    params: dict[int, dict[str, Any]] = field(default_factory=dict)  # trial number -> its searched values
+    study_trials: list[dict[str, Any]] = field(default_factory=list)  # every trial: trial, state, params, baseline
+
+    def frame(self) -> pd.DataFrame:
+        """One row per trial of the study, flat columns, in trial order (``optuna``'s ``trials_dataframe`` style).
+
+        Columns: ``trial``, ``state`` (COMPLETE, FAIL, RUNNING, WAITING), ``outcome``, ``val_accuracy``,
+        ``test_accuracy``, ``params_nonzero`` and ``params_total`` (nullable integers), ``fraction_dense``,
+        ``sparsity.<layer>``, every searched parameter under its dotted path, ``on_front``, ``baseline`` (seeded
+        by baseline seeding), ``model_path``, ``reason``. The front is ``df[df.on_front]``.
+        """
+        import pandas as pd
+
+        records = {r["trial"]: r for r in self.trials}
+        failures = {f["trial"]: f for f in self.failures}
+        front = {r["trial"] for r in self.front}
+        rows = []
+        for t in self.study_trials:
+            rec, fail = records.get(t["trial"], {}), failures.get(t["trial"], {})
+            row = {"trial": t["trial"], "state": t["state"], "outcome": "complete" if rec else fail.get("outcome")}
+            for key in ("val_accuracy", "test_accuracy", "params_nonzero", "params_total"):
+                row[key] = rec.get(key)
+            total = rec.get("params_total")
+            row["fraction_dense"] = rec["params_nonzero"] / total if total else None
+            row.update({f"sparsity.{k}": v for k, v in (rec.get("layer_sparsity") or {}).items()})
+            row.update(t["params"])
+            row.update(on_front=t["trial"] in front, baseline=bool(t.get("baseline")))
+            row.update(model_path=rec.get("model_path"), reason=fail.get("reason"))
+            rows.append(row)
+        df = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)) or ["trial"])
+        floats = ["val_accuracy", "test_accuracy", "fraction_dense", *(c for c in df if c.startswith("sparsity."))]
+        for col in df:
+            if col in ("params_nonzero", "params_total"):
+                df[col] = df[col].astype("Int64")
+            elif col in floats:
+                df[col] = df[col].astype("float64")
+            elif col in ("on_front", "baseline"):
+                df[col] = df[col].astype(bool)
+        return df
 
 
 def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[list[dict], list[dict], int]:
@@ -332,13 +370,13 @@ def dense_baseline(records: list[dict]) -> dict[str, Any] | None:
 
 def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None = None) -> Results:
     """Records, failures and the Pareto front of a study."""
-    from optuna.trial import TrialState
-
     from .pareto import pareto_front
 
     records, failures, running = trial_records(study, run_dir)
-    done = {r["trial"] for r in records}
-    params = {t.number: dict(t.params) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    every = [
+        {"trial": t.number, "state": t.state.name, "params": dict(t.params), "baseline": BASELINE_ATTR in t.user_attrs}
+        for t in study.get_trials()
+    ]
     return Results(
         trials=records,
         front=pareto_front(records),
@@ -349,7 +387,7 @@ def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None =
         baseline=dense_baseline(records),
         failures=failures,
         run_dir=run_dir,
-        params={n: p for n, p in params.items() if n in done},
+        study_trials=every,
     )
 
 

@@ -2,27 +2,30 @@
 
 Built-in models are ``nn.Sequential`` with named children (``fc1``, ``conv2``, ...): the names are stable,
 so a space file can refer to them, and the chain shape is what structured pruning and the self-describing
-export rely on. A user model comes from ``module:function``; any ``nn.Module`` works for unstructured pruning.
+export rely on. A user model comes from ``module:function``; any ``nn.Module`` works for unstructured pruning,
+and its layers are named by module path (``block.conv1``, ``layer1.0.conv1``).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ._imports import import_callable
-from .errors import ModelError
+from ._imports import call_factory, factory_arguments, import_callable
+from .errors import ModelError, first_line
 
-ModelFactory = Callable[[tuple[int, ...], int], nn.Module]
+ModelFactory = Callable[..., nn.Module]
 MODELS: dict[str, ModelFactory] = {}
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register ``factory(input_shape, num_classes) -> nn.Module`` under ``name``."""
+    """Register a model factory under ``name``; it is called like a ``module:function`` one (see ``build_model``).
+
+    A registration lives in the process that made it: a search refuses such a name (see ``check_importable``).
+    """
 
     def deco(factory: ModelFactory) -> ModelFactory:
         MODELS[name] = factory
@@ -107,24 +110,57 @@ def _image_shape(model: str, input_shape: tuple[int, ...]) -> tuple[int, int, in
     return input_shape[0], input_shape[1], input_shape[2]
 
 
+BUILTIN_MODELS = frozenset(MODELS)  # what every process knows; anything registered later is local to its process
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build a registry model or a user model from ``module:function``.
 
-    A user function may take ``(input_shape, num_classes)`` or no arguments.
+    The factory is called with the keyword arguments it names among ``input_shape``, ``num_classes``,
+    ``in_channels`` (image data) and ``num_features`` / ``in_features`` (flat data): ``def net(*, input_shape,
+    num_classes)``, ``def net(num_features=30, num_classes=2)``, ``def net(num_classes=10, **kw)`` and ``def net()``
+    all work. Its errors, and a result that is not an ``nn.Module``, are one-line ``ModelError``s.
     """
     if ":" in name:
         factory = import_callable(name, what="model")
-        try:
-            params = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            params = {}
-        model = factory(tuple(input_shape), num_classes) if len(params) >= 2 else factory()
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"model factory {name} returned {type(model).__name__}, expected a torch.nn.Module")
-        return model
-    if name not in MODELS:
+    elif name in MODELS:
+        factory = MODELS[name]
+    else:
         raise ModelError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}, or module:function")
-    return MODELS[name](tuple(input_shape), num_classes)
+    model = call_factory(factory, name, factory_arguments(input_shape, num_classes), what="model")
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model factory {name} returned {type(model).__name__}, expected a torch.nn.Module")
+    return model
+
+
+def check_importable(name: str) -> None:
+    """Refuse a model that a fresh process (a Ray trial worker, a later ``evaluate``) could not build.
+
+    A name registered with ``register_model`` in a notebook or script exists only in that process, and so does a
+    ``__main__:function``; the fix is a ``module:function`` in a file. Shipping the function to the workers would
+    still leave exported models that nothing can rebuild later, so it is refused, before the first trial.
+    """
+    module = name.partition(":")[0] if ":" in name else None
+    if module == "__main__":
+        raise ModelError(
+            f"model {name!r} lives in the running script or notebook (__main__), which trial workers cannot import; "
+            "put the function in a file, e.g. my_models.py in the working folder, and use model.name: "
+            "my_models:FUNCTION"
+        )
+    if module is not None or name in BUILTIN_MODELS or name not in MODELS:
+        return  # module:function is imported by the space's validation; unknown names fail there
+    factory = MODELS[name]
+    where = getattr(factory, "__module__", None)
+    hint = (
+        f"use model.name: {where}:{factory.__qualname__} (its factory, importable from its file)"
+        if where and where != "__main__" and "<" not in factory.__qualname__
+        else "put the factory in a file, e.g. my_models.py in the working folder, and use model.name: "
+        "my_models:FUNCTION"
+    )
+    raise ModelError(
+        f"model {name!r} was registered with register_model in this process only; Ray trial workers are other "
+        f"processes and do not know it: {hint}"
+    )
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -145,14 +181,37 @@ def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
             positions[name] = _flat(tuple(out.shape[2:])) if out.dim() > 2 else 1
 
         hooks.append(layer.register_forward_hook(hook))
-    was_training = model.training
     try:
-        model.eval()
-        param = next(model.parameters())
-        with torch.inference_mode():
-            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+        _forward_one(model, input_shape)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return positions
+
+
+def check_fits(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Run one zero sample through ``model``: one that does not fit the data fails here, in one line, not mid-trial."""
+    out = _forward_one(model, input_shape, name)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (1, num_classes):
+        raise ModelError(
+            f"model {name} gives {shape} for one sample shaped {tuple(input_shape)}, but the data has {num_classes} "
+            f"classes: it must give a tensor shaped (batch, {num_classes}); check how its factory uses num_classes"
+        )
+
+
+def _forward_one(model: nn.Module, input_shape: tuple[int, ...], name: str = "") -> object:
+    was_training = model.training
+    try:
+        model.eval()
+        param = next(model.parameters(), None)
+        device, dtype = (param.device, param.dtype) if param is not None else ("cpu", torch.float32)
+        with torch.inference_mode():
+            return model(torch.zeros((1, *input_shape), device=device, dtype=dtype))
+    except Exception as exc:  # user code: one line that says what did not fit, not a traceback
+        raise ModelError(
+            f"model {name or type(model).__name__} does not run on a sample shaped {tuple(input_shape)}: "
+            f"{first_line(exc)}; check how its factory uses input_shape, in_channels or num_features"
+        ) from None
+    finally:
+        model.train(was_training)

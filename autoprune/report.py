@@ -1,4 +1,4 @@
-"""Rendering of a search's results: terminal table, CSV, JSON document and Pareto plot.
+"""Rendering of a search's results: terminal table, CSV, JSON document (the plot is ``plot.py``'s), progress.
 
 Everything here reads records and the front computed by ``pareto.py``; nothing is decided here. pandas and
 matplotlib load only inside the functions that need them, so importing this module stays cheap. Files are
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_open, plain
+from .plot import plot_front
 
 # Column groups of the CSV, in this order; within a group columns keep their first-seen order.
 _LEAD_COLUMNS = ("trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total")
@@ -129,17 +130,12 @@ def _plain(value: Any) -> Any:
     return plain(value, where="record", json_safe=True, strict=False)
 
 
-def baseline_front(trials: Sequence[dict]) -> list[dict]:
-    """The Pareto front of the seeded baseline trials alone (records marked ``baseline``)."""
-    from .pareto import pareto_front
-
-    return pareto_front([r for r in trials if r.get("baseline")])
-
-
 def report_document(front: Sequence[dict], trials: Sequence[dict], failed: int) -> dict:
     """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N, "baseline_front": [...]}``,
     JSON-safe; ``baseline_front`` is the front of the seeded baselines alone, to set the searched front against.
     """
+    from .pareto import baseline_front
+
     document = {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
     return {**document, "baseline_front": _plain(baseline_front(trials))}
 
@@ -216,97 +212,6 @@ def write_csv(records: Sequence[dict], path: str | os.PathLike) -> None:
             frame[col] = frame[col].astype("Int64")
     with atomic_open(Path(path), "w") as fh:
         frame.to_csv(fh, index=False)
-
-
-def _key(record: dict) -> tuple:
-    return (record.get("trial"), record.get("params_nonzero"), record.get("val_accuracy"))
-
-
-def plot_front(
-    trials: Sequence[dict],
-    front: Sequence[dict],
-    path: str | os.PathLike,
-    *,
-    baseline: dict | None = None,
-    title: str = "",
-) -> None:
-    """Write a PNG of validation accuracy against nonzero parameters (log scale).
-
-    Dominated trials are grey dots; the front is a step line with filled markers labelled by trial number,
-    the same models' test accuracy is drawn as hollow markers, the seeded baselines' own front as a dashed line,
-    and ``baseline`` (the dense model) as a star.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 5), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    on_front = {_key(r) for r in front}
-
-    def xs(records: Sequence[dict]) -> list[float]:
-        return [max(float(r["params_nonzero"]), 1.0) for r in records]  # a log axis cannot show 0
-
-    dominated = [r for r in trials if _key(r) not in on_front and r.get("val_accuracy") is not None]
-    if dominated:
-        ax.scatter(
-            xs(dominated),
-            [r["val_accuracy"] for r in dominated],
-            s=14,
-            color="0.65",
-            alpha=0.7,
-            linewidths=0,
-            label=f"dominated trials ({len(dominated)})",
-        )
-    if front:
-        fx, fy = xs(front), [float(r["val_accuracy"]) for r in front]
-        ax.step(fx, fy, where="post", color="tab:blue", linewidth=1.5, alpha=0.8)
-        ax.scatter(fx, fy, s=36, color="tab:blue", zorder=3, label=f"Pareto front, val accuracy ({len(front)})")
-        tested = [
-            (x, float(r["test_accuracy"])) for x, r in zip(fx, front, strict=True) if r.get("test_accuracy") is not None
-        ]
-        if tested:
-            ax.scatter(
-                [t[0] for t in tested],
-                [t[1] for t in tested],
-                s=36,
-                facecolors="none",
-                edgecolors="tab:orange",
-                linewidths=1.3,
-                zorder=3,
-                label="front, test accuracy",
-            )
-        for x, y, r in zip(fx, fy, front, strict=True):
-            if r.get("trial") is not None:
-                ax.annotate(
-                    str(r["trial"]), (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8, color="tab:blue"
-                )
-    seeded = baseline_front(trials)
-    if seeded:
-        bx, by = xs(seeded), [float(r["val_accuracy"]) for r in seeded]
-        ax.step(bx, by, where="post", color="0.3", linestyle="--", linewidth=1.0, label="baselines' front")
-    if baseline is not None and baseline.get("val_accuracy") is not None:
-        ax.scatter(
-            xs([baseline]),
-            [baseline["val_accuracy"]],
-            marker="*",
-            s=180,
-            color="tab:red",
-            zorder=4,
-            label="dense baseline",
-        )
-    if not trials and not front:
-        ax.text(0.5, 0.5, "no finished trials yet", transform=ax.transAxes, ha="center", va="center")
-    else:
-        ax.set_xscale("log")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("nonzero parameters (log scale)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "accuracy vs. parameters")
-    ax.grid(True, which="both", alpha=0.25)
-    fig.tight_layout()
-    with atomic_open(Path(path), "wb") as fh:
-        fig.savefig(fh, format="png")
 
 
 def write_report(
@@ -408,3 +313,31 @@ def _short(n: float) -> str:
         if n >= size:
             return f"{n / size:.3g}{unit}"
     return f"{int(n)}"
+
+
+class TrialProgress:
+    """One self-rewriting status line for ``autoprune trial`` on a terminal: phase, epoch k/N, the epoch's
+    mean loss, and the time left, estimated from the epochs done so far.
+    """
+
+    def __init__(self, epochs: dict[str, int], write: Callable[[str], None]) -> None:
+        self.epochs = dict(epochs)  # phase -> its number of epochs, in running order
+        self.write = write
+        self.started = time.monotonic()
+        self.done: dict[str, int] = dict.fromkeys(epochs, 0)
+
+    def __call__(self, phase: str, epoch: int, epochs: int, loss: float) -> None:
+        self.done[phase] = epoch
+        finished = sum(self.done.values())
+        left = sum(self.epochs.values()) - finished
+        per_epoch = (time.monotonic() - self.started) / max(finished, 1)
+        self.write(f"\r\x1b[K{phase} epoch {epoch}/{epochs}, loss {loss:.4f}, ~{_duration(per_epoch * left)} left")
+
+    def line(self, message: str) -> None:
+        """A message of its own line, over the status line."""
+        self.write(f"\r\x1b[K{message}\n")
+
+
+def _duration(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

@@ -3,6 +3,8 @@
 Every leaf of a space file is either a fixed value or a searched one: ``{low, high, log?, step?, default?}`` for
 numbers, ``{choices: [...], default?}`` for categories. ``prune.sparsity: auto`` searches one rate per prunable layer;
 ``prune.shares: auto`` one multiplier per prunable layer on the allocation's density for it.
+Layer names are module paths and may hold dots (``block.conv1``, ``layer1.0.conv1``): in a dotted key such as
+``prune.sparsity.layer1.0.conv1`` everything after ``prune.sparsity.`` is the layer name.
 A searched leaf left unset (``autoprune trial``) takes its ``default`` when given, else the middle of its range
 (the geometric middle for ``log`` ranges, snapped to ``step``), else its first choice.
 """
@@ -14,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shipped spaces
+from ._spacefile import load_yaml, resolve_space_path
 from .baselines import ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
@@ -40,7 +43,6 @@ AUTO_SHARES = (0.25, 4.0)  # the log range `prune.shares: auto` searches for eve
 # Image shapes of the built-in datasets, so layer names validate without loading any data.
 _INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic": (1, 8, 8)}
 _NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
-DEFAULT_SPACE = "digits_quick"
 SAMPLERS = ("tpe", "nsga2", "random")  # the values of `search.sampler` and `--sampler`
 
 
@@ -110,6 +112,15 @@ class SearchSpace:
         """sha256 of the canonical document: what `resume` compares against the frozen copy."""
         return document_digest(self.document)
 
+    def check_importable(self) -> None:
+        """Refuse, before any trial, a model or dataset that Ray's trial workers (other processes) cannot load."""
+        from ._user_data import check_importable as check_dataset
+        from .models import check_importable as check_model
+
+        cfg = self.default_config()
+        check_model(cfg.model.name)
+        check_dataset(cfg.dataset.name)
+
     def config_for(self, params: Mapping[str, Any]) -> TrialConfig:
         """The trial configuration for values of the searched dimensions (missing ones take their midpoint)."""
         tree = copy.deepcopy(self.base)
@@ -127,58 +138,8 @@ class SearchSpace:
         return self.config_for({})
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no arbitrary objects) that also reads ``1e-4`` as a float, as a user means it.
-
-    YAML 1.1 wants a dot in the mantissa (``1.0e-4``) and would otherwise hand back the string "1e-4".
-    """
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """Parse YAML safely (no Python objects), reading ``1e-4`` as a float."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: as safe as yaml.safe_load
-
-
 def document_digest(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def builtin_spaces() -> dict[str, Path]:
-    """The space files shipped inside the package, by name (file stem)."""
-    folder = Path(__file__).parent / "spaces"
-    return {p.stem: p for p in sorted(folder.glob("*.y*ml"))}
-
-
-def resolve_space_path(spec: str | Path | None) -> Path:
-    """A path to a space file, or the name of a shipped one (``digits_quick``); None means the default."""
-    if spec is None:
-        spec = DEFAULT_SPACE
-    path = Path(spec)
-    if path.is_file():
-        return path
-    shipped = builtin_spaces()
-    if str(spec) in shipped:
-        return shipped[str(spec)]
-    if path.exists():
-        raise ConfigError(f"space file {str(spec)!r} is not a regular file")
-    raise ConfigError(
-        f"space file {str(spec)!r} not found; "
-        f"give a path to a YAML file or a shipped space: {', '.join(sorted(shipped))}"
-    )
 
 
 def load_space(path: str | Path | None, overrides: Iterable[str] = ()) -> SearchSpace:
@@ -216,7 +177,7 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
         raise ConfigError(
             f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"
         ) from None
-    parts = key.split(".")
+    parts = split_key(key)
     _check_known_path(parts, where=f"--set {key}")
     node = document
     for part in parts[:-1]:
@@ -240,8 +201,14 @@ def _check_known_path(parts: list[str], *, where: str) -> None:
         raise ConfigError(f"{where}: unknown key {parts[0]}.{parts[1]}; known keys: {', '.join(known)}")
     if len(parts) > 2 and ".".join(parts[:2]) not in _LAYER_MAPS:
         raise ConfigError(f"{where}: {parts[0]}.{parts[1]} takes a value, not sub-keys")
-    if len(parts) > 3:
-        raise ConfigError(f"{where}: too many parts in the key; layer maps take {parts[0]}.{parts[1]}.LAYER")
+
+
+def split_key(key: str) -> list[str]:
+    """The parts of a dotted key; under a layer map the whole rest is one layer name (``layer1.0.conv1``)."""
+    for mapping in _LAYER_MAPS:
+        if key.startswith(mapping + ".") and len(key) > len(mapping) + 1:
+            return [*mapping.split("."), key[len(mapping) + 1 :]]
+    return key.split(".")
 
 
 def _is_searched(value: Any) -> bool:
@@ -300,9 +267,9 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
             _collect(path, leaf, section, name, dims, fail)
         base[key] = section
 
-    layers = _model_layers(base, fail)
     prune = base.setdefault("prune", {})
     structured = prune.get("structured", False)
+    layers = _model_layers(base, fail, structured=structured is True)
     if prune.get("sparsity") == "auto":
         prune["sparsity"] = {}
         targets = unit_prunable(layers) if structured else layers
@@ -313,8 +280,8 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         prune["shares"] = {}
         dims.extend(Dim(path=f"prune.shares.{n}", low=AUTO_SHARES[0], high=AUTO_SHARES[1], log=True) for n in layers)
     for dim in dims:
-        parts = dim.path.split(".")
-        if dim.path.rsplit(".", 1)[0] in _LAYER_MAPS and parts[-1] not in layers:
+        parts = split_key(dim.path)
+        if ".".join(parts[:2]) in _LAYER_MAPS and parts[-1] not in layers:
             raise fail(f"{dim.path}: unknown layer {parts[-1]!r}; prunable layers: {', '.join(layers)}")
     for mapping in _LAYER_MAPS:
         sec, name = mapping.split(".")
@@ -396,9 +363,15 @@ def _collect(path: str, leaf: Any, section: dict[str, Any], name: str, dims: lis
     dims.append(Dim(path=path, low=low, high=high, log=log, step=step, default=default))
 
 
-def _model_layers(base: dict[str, Any], fail: Any) -> list[str]:
-    """Prunable layer names of the configured model, building it on the CPU (cheap: no data is loaded)."""
-    from .models import build_model, prunable_layers  # torch is needed only here
+def _model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> list[str]:
+    """Prunable layer names of the configured model, building it on the CPU (cheap: no data is loaded).
+
+    Structured pruning removes units along a chain of layers, so it needs an ``nn.Sequential``: any other model
+    is refused here, before a trial trains it only to fail at the pruning step.
+    """
+    from torch import nn
+
+    from .models import build_model, check_fits, prunable_layers  # torch is needed only here
 
     dataset = base.get("dataset", {}).get("name", "digits")
     model = base.get("model", {}).get("name", "lenet-300-100")
@@ -416,9 +389,16 @@ def _model_layers(base: dict[str, Any], fail: Any) -> list[str]:
             raise fail(str(exc)) from None
         shape, classes = data.input_shape, data.num_classes
     try:
-        return list(prunable_layers(build_model(model, shape, classes)))
+        built = build_model(model, shape, classes)
+        check_fits(built, model, shape, classes)
     except AutoPruneError as exc:
         raise fail(str(exc)) from None
+    if structured and not isinstance(built, nn.Sequential):
+        raise fail(
+            f"prune.structured: true needs an nn.Sequential model (structured pruning removes units along a chain "
+            f"of layers), but model {model} is a {type(built).__name__}; use prune.structured: false"
+        )
+    return list(prunable_layers(built))
 
 
 def _validate_values(space: SearchSpace, fail: Any) -> None:
@@ -436,7 +416,7 @@ def _validate_values(space: SearchSpace, fail: Any) -> None:
 
 
 def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
+    parts = split_key(path)
     node = tree
     for part in parts[:-1]:
         node = node.setdefault(part, {})

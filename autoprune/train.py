@@ -158,6 +158,7 @@ def run_phase(
     amp: bool = False,
     lr_fn: Callable[[int], float] | None = None,
     teacher: nn.Module | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[int, MaskSet | None]:
     """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
 
@@ -168,7 +169,8 @@ def run_phase(
 
     ``prune_events`` maps a step number to a function returning new (tighter) masks: gradual pruning. The
     current masks are enforced on weights after every step, on gradients before it, and on momentum buffers
-    whenever they change. Returns the number of steps taken and the final masks.
+    whenever they change. ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1; one
+    host sync per epoch, only when given). Returns the number of steps taken and the final masks.
     """
     if epochs == 0 or len(x) == 0:
         return 0, masks
@@ -204,10 +206,11 @@ def run_phase(
             raise ValueError("finetune.distill_weight > 0 needs a teacher model")
         teacher.eval()
     loss_sum = torch.zeros((), device=x.device)
+    epoch_loss = torch.zeros((), device=x.device) if on_epoch is not None else None
     if masks:
         masks.apply_()
     step = 0
-    for _epoch in range(epochs):
+    for epoch in range(epochs):
         for idx in batch_indices(len(x), batch_size, generator=generator, device=x.device):
             if step in events:
                 masks = events.pop(step)()
@@ -233,11 +236,17 @@ def run_phase(
             opt.step(lr, scale)
             if weight_clip is not None:
                 clip_weights_(weights, weight_clip)
-            loss_sum += loss.detach().float()
+            step_loss = loss.detach().float()
+            loss_sum += step_loss
+            if epoch_loss is not None:
+                epoch_loss += step_loss
             step += 1
             if step % CHECK_EVERY == 0 or step == total:
                 _check_finite(loss_sum, phase.section, step)
                 loss_sum.zero_()
+        if on_epoch is not None and epoch_loss is not None:
+            on_epoch(epoch + 1, float(epoch_loss) / steps_per_epoch)  # the one host sync per epoch
+            epoch_loss.zero_()
     return step, masks
 
 

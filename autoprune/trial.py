@@ -23,10 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import TrialConfig, check_structured_sparsity
+from .config import SGDConfig, TrialConfig, check_structured_sparsity
 from .data import Datasets, load_datasets, resolve_device
 from .errors import ConfigError
 from .models import build_model, layer_positions, prunable_layers
+from .preprocess import for_dataset
 from .pruning import (
     agp_events,
     compute_masks,
@@ -61,6 +62,7 @@ class TrialResult:
     masks: dict[str, torch.Tensor] = field(repr=False)  # parameter name -> 0/1 mask of the final model
     input_shape: tuple[int, ...] = ()
     num_classes: int = 0
+    preprocessing: dict[str, Any] = field(default_factory=dict)  # raw input -> model input (preprocess.py)
 
     def record(self) -> dict[str, Any]:
         """The JSON trial record (DESIGN.md field names)."""
@@ -92,6 +94,7 @@ class TrialResult:
             metrics=self.record(),
             input_shape=self.input_shape,
             num_classes=self.num_classes,
+            preprocessing=self.preprocessing or None,
         )
 
 
@@ -102,11 +105,13 @@ def run_trial(
     device: str | torch.device | None = None,
     threads: int | None = None,
     log: Callable[[str], None] | None = None,
+    on_epoch: Callable[[str, int, int, float], None] | None = None,
 ) -> TrialResult:
     """Run the full pipeline for ``cfg``. Same seed, same device and thread count → same result.
 
-    Raises ``DivergedError`` (phase, step) on a non-finite loss and ``ConfigError`` on a configuration that does
-    not fit the model (e.g. a sparsity for a layer it does not have).
+    ``log`` receives a line after each phase; ``on_epoch(phase, epoch, epochs, mean_loss)`` is called after
+    every epoch of both SGD phases. Raises ``DivergedError`` (phase, step) on a non-finite loss and
+    ``ConfigError`` on a configuration that does not fit the model (e.g. a sparsity for a layer it does not have).
     """
     say = log or (lambda _msg: None)
     dev = resolve_device(device if device is not None else cfg.device)
@@ -130,7 +135,14 @@ def run_trial(
     flops_dense = sum(dense_numel[n] * positions[n] for n in layers)
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
-    loop = {"batch_size": bs, "generator": gen, "amp": cfg.amp}  # what both SGD phases share
+
+    def sgd(phase: SGDConfig, epochs: int, **kwargs: Any) -> tuple[int, MaskSet | None]:
+        """One SGD phase on the training split (both phases share the batch size, batch order and amp)."""
+        report = _epochs(on_epoch, phase.section, epochs)
+        x, y = data.train_x, data.train_y
+        return run_phase(
+            model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=cfg.amp, on_epoch=report, **kwargs
+        )
 
     # The allocation fixes the count before training: say it up front (and fail now on a count that cannot be).
     pc, fc = cfg.prune, cfg.finetune
@@ -185,8 +197,7 @@ def run_trial(
     masks: MaskSet | None = None
     if train_epochs > 0:
         ramp = agp(train_epochs * steps_per_epoch) if schedule == "gradual_train" else None
-        x, y = data.train_x, data.train_y
-        _, masks = run_phase(model, x, y, cfg.train, epochs=train_epochs, prune_events=ramp, **loop)
+        _, masks = sgd(cfg.train, train_epochs, prune_events=ramp)
     val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     seconds["train"] = time.perf_counter() - t0
     say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
@@ -223,19 +234,7 @@ def run_trial(
             gamma=tc.lr_gamma,
         )
     distill_from = teacher[0] if teacher else None
-    x, y = data.train_x, data.train_y
-    _, masks = run_phase(
-        model,
-        x,
-        y,
-        fc,
-        epochs=ft_epochs,
-        masks=masks,
-        prune_events=ft_events,
-        lr_fn=lr_fn,
-        teacher=distill_from,
-        **loop,
-    )
+    _, masks = sgd(fc, ft_epochs, masks=masks, prune_events=ft_events, lr_fn=lr_fn, teacher=distill_from)
     teacher.clear()
     seconds["finetune"] = time.perf_counter() - t0
 
@@ -272,7 +271,16 @@ def run_trial(
         masks={k: v.detach().to("cpu", torch.bool) for k, v in final_masks.items()},
         input_shape=tuple(data.input_shape),
         num_classes=data.num_classes,
+        preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
     )
+
+
+def _epochs(
+    on_epoch: Callable[[str, int, int, float], None] | None, phase: str, epochs: int
+) -> Callable[[int, float], None] | None:
+    if on_epoch is None:
+        return None
+    return lambda epoch, loss: on_epoch(phase, epoch, epochs, loss)
 
 
 def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

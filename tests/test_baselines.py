@@ -13,7 +13,8 @@ from autoprune import ledger
 from autoprune.baselines import STUDY_ATTR, TRIAL_ATTR, ladder, seed_baselines
 from autoprune.errors import ConfigError
 from autoprune.ledger import Outcome
-from autoprune.report import baseline_front, front_table, report_document
+from autoprune.pareto import baseline_front
+from autoprune.report import front_table, report_document
 from autoprune.space import define_by_run, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -127,6 +128,24 @@ def test_seeding_puts_the_ladder_before_sampled_trials_and_marks_it() -> None:
     assert "0 global@0.005" in front_table(doc["front"])
 
 
+def test_the_results_frame_marks_baselines_also_before_they_run() -> None:
+    sp = space()
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
+    seed_baselines(study, sp, limit=3)
+    first = _ask(study, sp.dims)
+    ledger.record_outcome(study, first, Outcome("complete", record=_record(first, 0.8, 100)))
+    df = ledger.study_results(study, requested=5).frame()  # one done, two waiting
+    assert df["baseline"].dtype == bool
+    assert df["baseline"].tolist() == [True, True, True]
+    assert df["state"].tolist() == ["COMPLETE", "WAITING", "WAITING"]
+    for _ in range(4):  # the two waiting baselines, then two sampled trials
+        trial = _ask(study, sp.dims)
+        ledger.record_outcome(study, trial, Outcome("complete", record=_record(trial, 0.7, 300)))
+    df = ledger.study_results(study, requested=5).frame()
+    assert df["baseline"].tolist() == [True, True, True, False, False]
+    assert df.loc[df.baseline, "prune.allocation"].tolist() == ["global"] * 3
+
+
 def test_resume_never_reruns_a_baseline() -> None:
     sp = space()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -147,8 +166,8 @@ def test_resume_never_reruns_a_baseline() -> None:
 
 def test_ray_tunes_optuna_searcher_asks_the_seeded_baselines_first() -> None:
     pytest.importorskip("ray.tune.search.optuna")
-    from autoprune.search._launch import _searcher_class
-    from autoprune.search._worker import suggest
+    from autoprune.raytune._launch import _searcher_class
+    from autoprune.raytune._worker import suggest
 
     sp = space({"densities": 2, "allocations": ["global"]})
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from _helpers import run_cli
 
+import autoprune
+from autoprune.errors import SearchError
 from autoprune.ledger import redact_url
 from autoprune.rundir import RunInfo
 
@@ -166,13 +168,18 @@ def test_bad_search_options(tmp_path, space_file, capsys, monkeypatch) -> None:
     base = ["search", str(space_file), "--run-dir", str(tmp_path / "run")]
     for extra, expected in (
         (["--trials", "0"], "--trials must be a positive integer"),
-        (["--sampler", "grid"], "--sampler must be one of tpe, nsga2, random"),
         (["--cpus-per-trial", "0"], "--cpus-per-trial must be > 0"),
         (["--gpus-per-trial", "1.5"], "--gpus-per-trial above 1 must be a whole number"),
         (["--concurrent", "0"], "--concurrent must be a positive integer"),
     ):
         code, _, err = run_cli([*base, *extra], capsys, monkeypatch)
         assert code == 1 and expected in one_error_line(err), extra
+    # A value outside a fixed set is a usage error that lists the set; the Python API says the same in one line.
+    code, _, err = run_cli([*base, "--sampler", "grid"], capsys, monkeypatch)
+    text = " ".join(err.translate({ord(c): " " for c in "│╭╮╰╯─"}).split())  # without the error box
+    assert code == 2 and "'grid' is not one of 'tpe', 'nsga2', 'random'" in text
+    with pytest.raises(SearchError, match="--sampler must be one of tpe, nsga2, random, got 'grid'"):
+        autoprune.search(space_file, run_dir=tmp_path / "run", sampler="grid")
     assert not (tmp_path / "run").exists()
 
 

@@ -124,3 +124,17 @@ def test_diverging_trial_reports_phase_and_step(tmp_path: Path) -> None:
         )
     )
     assert "non-finite loss in phase 'train' at step" in line
+
+
+def test_trial_progress_on_a_terminal_and_silence_with_json(capsys, monkeypatch) -> None:
+    from _helpers import run_cli
+
+    args = ["trial", "digits_quick", *TINY, "--threads", "1", "--seed", "5"]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0 and "val accuracy" in out
+    assert "train epoch 1/1, loss " in err and "finetune epoch 1/1, loss " in err and " left" in err
+    assert "trained: val accuracy" in err
+    code, out, err = run_cli([*args, "--json"], capsys, monkeypatch)
+    assert code == 0 and err == ""
+    assert json.loads(out)["config"]["seed"] == 5

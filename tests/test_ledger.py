@@ -107,7 +107,20 @@ def test_study_results_front_baseline_and_searched_values() -> None:
     assert [r["trial"] for r in res.front] == [1, 0]
     assert res.baseline is not None and res.baseline["trial"] == 0
     assert (res.failed, res.counted, res.requested, res.running) == (1, 4, 5, 0)
-    assert res.params == {0: {"x": 0.1}, 1: {"x": 0.2}, 2: {"x": 0.3}}
+    study.ask()  # a trial still running
+    df = ledger.study_results(study, requested=5).frame()
+    assert df["trial"].tolist() == [0, 1, 2, 3, 4]
+    assert df["state"].tolist() == ["COMPLETE", "COMPLETE", "COMPLETE", "FAIL", "RUNNING"]
+    assert df["outcome"].tolist()[:4] == ["complete", "complete", "complete", "error"]
+    assert df["x"].tolist()[:4] == [0.1, 0.2, 0.3, 0.4]
+    assert df.loc[df.on_front, "trial"].tolist() == [0, 1]
+    assert df["params_nonzero"].tolist()[:3] == [1000, 300, 500]
+    assert df["params_nonzero"].isna().tolist() == [False, False, False, True, True]
+    assert df["fraction_dense"].tolist()[:3] == pytest.approx([1.0, 0.3, 0.5])
+    assert df["reason"][3] == "boom"
+    dtypes = df.dtypes.astype(str).to_dict()
+    assert dtypes["trial"] == "int64" and dtypes["params_nonzero"] == "Int64" and dtypes["on_front"] == "bool"
+    assert dtypes["val_accuracy"] == dtypes["fraction_dense"] == dtypes["sparsity.fc1"] == "float64"
 
 
 def test_a_new_study_says_what_it_is(tmp_path: Path) -> None:

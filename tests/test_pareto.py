@@ -12,6 +12,7 @@ from autoprune.pareto import (
     hypervolume,
     knee_point,
     pareto_front,
+    pick,
     pick_max_params,
     pick_min_accuracy,
 )
@@ -172,3 +173,19 @@ def test_pick_rejects_bad_constraints_and_empty_fronts():
         pick_min_accuracy(FRONT, 95)
     with pytest.raises(SearchError, match="non-negative integer"):
         pick_max_params(FRONT, -1)
+
+
+def test_pick_takes_exactly_one_rule_and_any_finished_trial_by_number() -> None:
+    records = [rec(0, 100, 0.9), rec(1, 50, 0.8), rec(2, 200, 0.85)]  # trial 2 is dominated
+    assert pick(records, trial=2) is records[2]
+    assert pick(records, knee=True)["trial"] in (0, 1)
+    assert pick(records, max_params=60) is records[1]
+    assert pick(records, min_accuracy=0.85) is records[0]
+    with pytest.raises(SearchError, match=r"trial 7 is not a finished trial of this search; finished trials: 0, 1, 2"):
+        pick(records, trial=7)
+    with pytest.raises(SearchError, match=r"exactly one of .* \(got --knee, --trial\)"):
+        pick(records, knee=True, trial=1)
+    with pytest.raises(SearchError, match=r"\(got none\)"):
+        pick(records)
+    with pytest.raises(SearchError, match="no finished trials yet"):
+        pick([], trial=0)

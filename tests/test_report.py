@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from autoprune.pareto import hypervolume, pareto_front
-from autoprune.report import front_table, plot_front, report_document, write_csv, write_report
+from autoprune.report import (
+    Progress,
+    TrialProgress,
+    front_table,
+    plot_front,
+    report_document,
+    write_csv,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -196,3 +204,26 @@ def test_a_failed_write_keeps_the_previous_file_and_no_temporary(tmp_path: Path)
         write_csv([{"trial": 1, "val_accuracy": Unprintable()}], path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["trials.csv"]
+
+
+def test_search_progress_counts_trials_whose_process_runs():
+    lines: list[str] = []
+    progress = Progress(log=lines.append, requested=3, already=1, records=[])
+    progress.trial_started("a")
+    progress.trial_started("b")
+    rec = {"val_accuracy": 0.9, "params_nonzero": 1200}
+    progress.finished(4, "complete", rec, None, counted=True, key="a")
+    assert "2/4 done, 1 running, 0 failed | trial 4: val 0.9000, 1200 params | front 1: 0.9000@1.2k" in lines[-1]
+    progress.finished(5, "error", None, "ValueError: x", counted=True, key="b")
+    assert "3/4 done, 0 running, 1 failed | trial 5 failed (error): ValueError: x" in lines[-1]
+    progress.finished(6, "interrupted", None, "stopped", counted=False, key="c")
+    assert "3/4 done, 0 running, 1 failed | trial 6 stopped (interrupted)" in lines[-1]
+
+
+def test_trial_progress_line_estimates_the_time_left():
+    written: list[str] = []
+    status = TrialProgress({"train": 2, "finetune": 2}, written.append)
+    status("train", 1, 2, 0.5)
+    assert written[-1].startswith("\r\x1b[Ktrain epoch 1/2, loss 0.5000, ~") and written[-1].endswith("s left")
+    status.line("trained: val accuracy 0.9")
+    assert written[-1] == "\r\x1b[Ktrained: val accuracy 0.9\n"

@@ -29,8 +29,8 @@ from autoprune.api import evaluate as evaluate_model  # noqa: E402
 from autoprune.api import pick as pick_model  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
 from autoprune.ledger import load_results  # noqa: E402
+from autoprune.raytune import resume_search, run_search  # noqa: E402
 from autoprune.rundir import RunInfo  # noqa: E402
-from autoprune.search import resume_search, run_search  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -150,8 +150,9 @@ def test_report_json_is_one_document(finished_run: Path, capsys, monkeypatch) ->
     code, out, _ = run_cli(["report", str(finished_run), "--json"], capsys, monkeypatch)
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"front", "trials", "failed"}
+    assert set(doc) == {"front", "trials", "failed", "baseline_front"}
     assert {r["trial"] for r in doc["front"]} == _brute_force_front(_study(finished_run))
+    assert doc["baseline_front"] == []  # a space of per-layer rates is not seeded with baselines
 
 
 def test_pick_then_evaluate_round_trip(finished_run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -372,5 +373,6 @@ def test_a_density_space_runs_its_baselines_first_and_resume_adds_none(local_ray
         assert records[n]["config"]["prune"]["allocation"] == "global"
         assert records[n]["params_nonzero"] == records[n]["params_planned"]
     resume_search(run_dir, trials=4, log=lambda _m: None)
-    labels = [r.get("baseline") for r in load_results(run_dir).trials]
-    assert labels == ["global@0.02", "global@0.2", None, None]
+    res = load_results(run_dir)
+    assert [r.get("baseline") for r in res.trials] == ["global@0.02", "global@0.2", None, None]
+    assert res.frame()["baseline"].tolist() == [True, True, False, False]  # the API's DataFrame says so too

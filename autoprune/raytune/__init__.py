@@ -1,4 +1,4 @@
-"""The search: Ray Tune schedules pipeline trials, Optuna suggests them, the study keeps the ledger.
+"""The search on Ray Tune: Ray Tune schedules pipeline trials, Optuna suggests them, the study keeps the ledger.
 
 This package is the only place that uses Ray, and it imports Ray only inside the functions that start trials;
 nothing imports it but the command line and the public API. The run directory is ``rundir.py``'s, the study
@@ -123,6 +123,7 @@ def run_search(
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     spec = load_space(space, overrides)
+    spec.check_importable()  # a model or dataset the trial workers cannot load: refused before anything exists
     n = trials if trials is not None else (spec.trials or DEFAULT_TRIALS)
     _check_positive_int("--trials", n)
     sampler = ledger.check_sampler(sampler or spec.sampler or ledger.DEFAULT_SAMPLER)
@@ -231,7 +232,8 @@ def resume_search(
     info = RunInfo.read(run_dir)
     if trials is not None:
         _check_positive_int("--trials", trials)
-    _, space_yaml = rundir.read_frozen_space(run_dir, info)
+    frozen, space_yaml = rundir.read_frozen_space(run_dir, info)
+    frozen.check_importable()
     resources = dict(info.resources)
     overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
     resources.update({key: value for key, value in overrides.items() if value is not None})

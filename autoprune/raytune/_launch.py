@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ledger, rundir
+from .._imports import worker_runtime_env
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
 from ..rundir import RunInfo
@@ -122,7 +123,13 @@ def init_ray(address: str | None, verbose: bool) -> bool:
         return False
     level = logging.INFO if verbose else logging.ERROR
     try:
-        ray.init(address=address or "local", include_dashboard=False, logging_level=level, log_to_driver=verbose)
+        ray.init(
+            address=address or "local",
+            include_dashboard=False,
+            logging_level=level,
+            log_to_driver=verbose,
+            runtime_env=worker_runtime_env(address),  # trial workers import user modules as the driver does
+        )
     except Exception as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray runtime"
         hint = (
