@@ -18,8 +18,9 @@ LR_SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
 PENALTIES = ("l1", "group_lasso", "none")
 LAMBDA_SCHEDULES = ("constant", "linear", "step", "cosine")
 CRITERIA = ("magnitude", "gradient", "taylor")
-ALLOCATIONS = ("per_layer", "global", "uniform")
-PRUNE_SCHEDULES = ("one_shot", "gradual")
+ALLOCATIONS = ("per_layer", "global", "uniform", "lamp", "erk")
+STRUCTURED_ALLOCATIONS = ("per_layer", "uniform")  # a ranking across layers removes weights, not whole units
+PRUNE_SCHEDULES = ("one_shot", "gradual", "gradual_train")
 # torch CPU threads of one trial (`autoprune trial`; a search trial gets --cpus-per-trial). One thread: on a
 # shared machine a busy neighbour slows it in proportion, where two threads collapse (benchmarks/threads.py).
 DEFAULT_THREADS = 1
@@ -165,18 +166,26 @@ def check_structured_sparsity(rated: Iterable[str], layers: Sequence[str]) -> No
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Phase 2: which weights to remove, how many, and when."""
+    """Phase 2: which weights to remove, how many, and when.
+
+    How many: ``per_layer`` takes a rate per layer from ``sparsity``; every other allocation keeps ``density`` of
+    the prunable weights (or what leaves ``nonzero_params`` parameters in all) and shares them among layers by its
+    rule, so the count is exact and known before training (``pruning.planned_params``).
+    """
 
     enabled: bool = True  # False keeps the dense model (a baseline)
     criterion: str = "magnitude"  # magnitude |w| | gradient |dL/dw| | taylor |w * dL/dw|
-    allocation: str = "per_layer"  # per_layer (sparsity[layer]) | global (amount, ranked across layers) | uniform
-    schedule: str = "one_shot"  # one_shot (before finetuning) | gradual (cubic ramp during finetuning)
+    allocation: str = "per_layer"  # per_layer (sparsity) | global | uniform | lamp | erk (density)
+    schedule: str = "one_shot"  # one_shot | gradual (AGP in finetuning) | gradual_train (AGP in phase 1)
     sparsity: dict[str, float] = field(default_factory=dict)  # per_layer: layer -> fraction of zeros
-    amount: float = 0.9  # global and uniform: the overall fraction of prunable weights to remove
+    density: float = 0.1  # other allocations: fraction of the prunable (Linear/Conv2d) weights kept
+    nonzero_params: int | None = None  # other allocations: nonzero parameters of the pruned model, instead of density
+    shares: dict[str, float] = field(default_factory=dict)  # layer -> multiplier on its allocated density
     structured: bool = False  # remove whole output units (neurons/channels): a physically smaller model
     grad_batches: int = 8  # batches to accumulate gradients over for gradient/taylor importance
-    gradual_end: float = 0.75  # gradual: fraction of finetuning by which the target sparsity is reached
-    gradual_steps: int = 10  # gradual: number of pruning steps
+    gradual_start: float = 0.0  # gradual schedules: fraction of their phase at which the first pruning step happens
+    gradual_end: float = 0.75  # gradual schedules: fraction of their phase by which the target is reached
+    gradual_steps: int = 10  # gradual schedules: number of pruning steps
 
     def __post_init__(self) -> None:
         _check_choice("prune.criterion", self.criterion, CRITERIA)
@@ -184,13 +193,29 @@ class PruneConfig:
         _check_choice("prune.schedule", self.schedule, PRUNE_SCHEDULES)
         for name, rate in self.sparsity.items():
             _check_number(f"prune.sparsity.{name}", rate, low=0.0, high=1.0, high_open=True)
-        _check_number("prune.amount", self.amount, low=0.0, high=1.0, high_open=True)
+        _check_number("prune.density", self.density, low=0.0, high=1.0, low_open=True)
+        if self.nonzero_params is not None:
+            _check_number("prune.nonzero_params", self.nonzero_params, low=1, integer=True)
+        for name, share in self.shares.items():
+            _check_number(f"prune.shares.{name}", share, low=0.0, low_open=True)
         _check_number("prune.grad_batches", self.grad_batches, low=1, integer=True)
         _check_number("prune.gradual_end", self.gradual_end, low=0.0, high=1.0, low_open=True)
+        _check_number("prune.gradual_start", self.gradual_start, low=0.0, high=self.gradual_end)
         _check_number("prune.gradual_steps", self.gradual_steps, low=1, integer=True)
-        if self.structured and self.allocation == "global":
+        if self.structured and self.allocation not in STRUCTURED_ALLOCATIONS:
             raise ConfigError(
-                "prune.allocation 'global' is unstructured only; use per_layer or uniform with structured"
+                f"prune.allocation {self.allocation!r} is unstructured only; with prune.structured use "
+                f"{' or '.join(STRUCTURED_ALLOCATIONS)}"
+            )
+        if self.sparsity and self.allocation != "per_layer":
+            raise ConfigError(
+                f"prune.sparsity sets per-layer rates, which only allocation per_layer uses; got allocation "
+                f"{self.allocation!r}: set prune.allocation per_layer or give prune.density instead"
+            )
+        if self.shares and (self.allocation == "per_layer" or self.structured):
+            raise ConfigError(
+                "prune.shares reshape an unstructured density allocation (global, uniform, lamp, erk); "
+                f"got allocation {self.allocation!r}{' with structured' if self.structured else ''}; remove them"
             )
 
 
@@ -201,6 +226,14 @@ class FinetuneConfig(SGDConfig):
     section: ClassVar[str] = "finetune"
 
     lr: float = 0.01
+    distill_weight: float = 0.0  # a in (1-a)·CE + a·T²·KL(teacher ‖ student); the teacher is the model before pruning
+    distill_temperature: float = 4.0  # T, softens both distributions
+    lr_rewind: bool = False  # replay phase 1's lr schedule over its last finetune epochs instead of lr/lr_schedule
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_number("finetune.distill_weight", self.distill_weight, low=0.0, high=1.0)
+        _check_number("finetune.distill_temperature", self.distill_temperature, low=0.0, low_open=True)
 
 
 @dataclass(frozen=True)

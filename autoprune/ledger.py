@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _urls
 from ._paths import PathError, check_input_file, inside_run
+from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
 from .rundir import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
 from .space import SAMPLERS
@@ -286,15 +287,15 @@ class Results:
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"trial", "outcome", "reason"}
     stopped: list[dict[str, Any]] = field(default_factory=list)  # PRUNED: {"trial", "rung", "epoch", "val_accuracy"}
     run_dir: Path | None = None
-    study_trials: list[dict[str, Any]] = field(default_factory=list)  # every trial: {"trial", "state", "params"}
+    study_trials: list[dict[str, Any]] = field(default_factory=list)  # every trial: trial, state, params, baseline
 
     def frame(self) -> pd.DataFrame:
         """One row per trial of the study, flat columns, in trial order (``optuna``'s ``trials_dataframe`` style).
 
         Columns: ``trial``, ``state`` (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), ``outcome``, ``val_accuracy``,
         ``test_accuracy``, ``params_nonzero`` and ``params_total`` (nullable integers), ``fraction_dense``,
-        ``sparsity.<layer>``, every searched parameter under its dotted path, ``on_front``, ``model_path``,
-        ``reason``. The front is ``df[df.on_front]``.
+        ``sparsity.<layer>``, every searched parameter under its dotted path, ``on_front``, ``baseline`` (seeded
+        by baseline seeding), ``model_path``, ``reason``. The front is ``df[df.on_front]``.
         """
         import pandas as pd
 
@@ -311,7 +312,8 @@ class Results:
             row["fraction_dense"] = rec["params_nonzero"] / total if total else None
             row.update({f"sparsity.{k}": v for k, v in (rec.get("layer_sparsity") or {}).items()})
             row.update(t["params"])
-            row.update(on_front=t["trial"] in front, model_path=rec.get("model_path"), reason=fail.get("reason"))
+            row.update(on_front=t["trial"] in front, baseline=bool(t.get("baseline")))
+            row.update(model_path=rec.get("model_path"), reason=fail.get("reason"))
             rows.append(row)
         df = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)) or ["trial"])
         floats = ["val_accuracy", "test_accuracy", "fraction_dense", *(c for c in df if c.startswith("sparsity."))]
@@ -320,8 +322,8 @@ class Results:
                 df[col] = df[col].astype("Int64")
             elif col in floats:
                 df[col] = df[col].astype("float64")
-        if "on_front" in df:
-            df["on_front"] = df["on_front"].astype(bool)
+            elif col in ("on_front", "baseline"):
+                df[col] = df[col].astype(bool)
         return df
 
 
@@ -334,6 +336,8 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE and isinstance(t.user_attrs.get("record"), dict):
             rec = {"trial": t.number, **t.user_attrs["record"]}
+            if t.user_attrs.get(BASELINE_ATTR):  # enqueued by baseline seeding
+                rec["baseline"] = t.user_attrs[BASELINE_ATTR]
             if t.user_attrs.get("model_path"):
                 rel = t.user_attrs["model_path"]
                 rec["model_path"] = rel
@@ -378,7 +382,10 @@ def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None =
 
     records, unfinished, running = trial_records(study, run_dir)
     failures = [f for f in unfinished if f["outcome"] != "pruned"]
-    every = [{"trial": t.number, "state": t.state.name, "params": dict(t.params)} for t in study.get_trials()]
+    every = [
+        {"trial": t.number, "state": t.state.name, "params": dict(t.params), "baseline": BASELINE_ATTR in t.user_attrs}
+        for t in study.get_trials()
+    ]
     return Results(
         trials=records,
         front=pareto_front(records),

@@ -58,6 +58,11 @@ def pareto_front(records: Sequence[dict]) -> list[dict]:
     return [rows[i] for i in order[keep]]
 
 
+def baseline_front(records: Sequence[dict]) -> list[dict]:
+    """The Pareto front of the seeded baseline trials alone (records marked ``baseline``)."""
+    return pareto_front([r for r in records if r.get("baseline")])
+
+
 def hypervolume(
     front: Sequence[dict], *, ref_params: float, ref_accuracy: float = 0.0, log_params: bool = True
 ) -> float:

@@ -27,10 +27,13 @@ def plot_front(
     """Write a PNG of validation accuracy against nonzero parameters (log scale).
 
     Dominated trials are grey dots; the front is a step line with filled markers labelled by trial number,
-    the same models' test accuracy is drawn as hollow markers, and ``baseline`` (the dense model) as a star.
+    the same models' test accuracy is drawn as hollow markers, the seeded baselines' own front as a dashed line,
+    and ``baseline`` (the dense model) as a star.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from .pareto import baseline_front
 
     fig = Figure(figsize=(8, 5), dpi=110)
     FigureCanvasAgg(fig)
@@ -74,6 +77,10 @@ def plot_front(
                 ax.annotate(
                     str(r["trial"]), (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8, color="tab:blue"
                 )
+    seeded = baseline_front(trials)
+    if seeded:
+        bx, by = xs(seeded), [float(r["val_accuracy"]) for r in seeded]
+        ax.step(bx, by, where="post", color="0.3", linestyle="--", linewidth=1.0, label="baselines' front")
     if baseline is not None and baseline.get("val_accuracy") is not None:
         ax.scatter(
             xs([baseline]),

@@ -66,7 +66,8 @@ def front_table(
 
     Columns: trial number, nonzero parameters, their share of the dense count, validation and test accuracy,
     and the zero fraction of each layer in percent. ``total`` is the number of finished trials; ``baseline``
-    (the dense reference) is shown under a rule when given, and marked ``dense`` where it is on the front.
+    (the dense reference) is shown under a rule when given, and marked ``dense`` where it is on the front; a
+    seeded baseline trial carries its label (``global@0.01``).
     """
     title = f"Pareto front: {len(front)} model{'s' if len(front) != 1 else ''}"
     if total is not None:
@@ -75,9 +76,13 @@ def front_table(
         title += f", {failed} failed"
     header = ["trial", "params", "% dense", "val acc", "test acc", "sparsity % (per layer)"]
     dense = baseline.get("trial") if baseline is not None else None
-    rows = [
-        _table_row(r, f"{r['trial']} dense" if dense is not None and r.get("trial") == dense else None) for r in front
-    ]
+
+    def label(r: dict) -> str | None:
+        if dense is not None and r.get("trial") == dense:
+            return f"{r['trial']} dense"
+        return f"{r['trial']} {r['baseline']}" if r.get("baseline") else None  # a seeded baseline
+
+    rows = [_table_row(r, label(r)) for r in front]
     base_rows = []
     if baseline is not None:
         trial = baseline.get("trial")
@@ -126,8 +131,13 @@ def _plain(value: Any) -> Any:
 
 
 def report_document(front: Sequence[dict], trials: Sequence[dict], failed: int) -> dict:
-    """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N}``, JSON-safe."""
-    return {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
+    """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N, "baseline_front": [...]}``,
+    JSON-safe; ``baseline_front`` is the front of the seeded baselines alone, to set the searched front against.
+    """
+    from .pareto import baseline_front
+
+    document = {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
+    return {**document, "baseline_front": _plain(baseline_front(trials))}
 
 
 def front_hypervolume(front: Sequence[dict]) -> dict[str, Any] | None:

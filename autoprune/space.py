@@ -1,7 +1,8 @@
 """Search-space files: YAML → validated ``SearchSpace`` → Optuna define-by-run → ``TrialConfig``.
 
 Every leaf of a space file is either a fixed value or a searched one: ``{low, high, log?, step?, default?}`` for
-numbers, ``{choices: [...], default?}`` for categories. ``prune.sparsity: auto`` searches one rate per prunable layer.
+numbers, ``{choices: [...], default?}`` for categories. ``prune.sparsity: auto`` searches one rate per prunable layer;
+``prune.shares: auto`` one multiplier per prunable layer on the allocation's density for it.
 Layer names are module paths and may hold dots (``block.conv1``, ``layer1.0.conv1``): in a dotted key such as
 ``prune.sparsity.layer1.0.conv1`` everything after ``prune.sparsity.`` is the layer name.
 A searched leaf left unset (``autoprune trial``) takes its ``default`` when given, else the middle of its range
@@ -24,6 +25,7 @@ import yaml
 
 from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shipped spaces
 from ._spacefile import load_yaml, resolve_space_path
+from .baselines import ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
 
@@ -31,12 +33,13 @@ if TYPE_CHECKING:
     import optuna
 
 _TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp")
-_SEARCH_KEYS = ("trials", "sampler")
+_SEARCH_KEYS = ("trials", "sampler", "baselines")
 _RANGE_KEYS = {"low", "high", "log", "step", "default"}
 _CHOICE_KEYS = {"choices", "default"}
 # Leaves whose value is itself a mapping keyed by layer name.
-_LAYER_MAPS = ("prune.sparsity", "train.lr_multipliers")
+_LAYER_MAPS = ("prune.sparsity", "prune.shares", "train.lr_multipliers")
 AUTO_SPARSITY = (0.0, 0.95)  # the range `prune.sparsity: auto` searches for every prunable layer
+AUTO_SHARES = (0.25, 4.0)  # the log range `prune.shares: auto` searches for every prunable layer
 # Image shapes of the built-in datasets, so layer names validate without loading any data.
 _INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic": (1, 8, 8)}
 _NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
@@ -102,6 +105,7 @@ class SearchSpace:
     layers: tuple[str, ...]  # prunable layers of the model, in order
     trials: int | None = None  # `search.trials` in the file: the default number of trials
     sampler: str | None = None  # `search.sampler` in the file
+    baselines: Any = None  # `search.baselines` in the file: the baseline ladder (see ``baselines.py``)
 
     @property
     def digest(self) -> str:
@@ -249,7 +253,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
             if name not in known:
                 raise fail(f"unknown key {path}; known keys: {', '.join(sorted(known))}")
             if path in _LAYER_MAPS:
-                if leaf == "auto" and path == "prune.sparsity":
+                if leaf == "auto" and path in ("prune.sparsity", "prune.shares"):
                     section[name] = "auto"
                     continue
                 if leaf is None:
@@ -272,6 +276,9 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         dims.extend(
             Dim(path=f"prune.sparsity.{layer}", low=AUTO_SPARSITY[0], high=AUTO_SPARSITY[1]) for layer in targets
         )
+    if prune.get("shares") == "auto":
+        prune["shares"] = {}
+        dims.extend(Dim(path=f"prune.shares.{n}", low=AUTO_SHARES[0], high=AUTO_SHARES[1], log=True) for n in layers)
     for dim in dims:
         parts = split_key(dim.path)
         if ".".join(parts[:2]) in _LAYER_MAPS and parts[-1] not in layers:
@@ -297,6 +304,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         layers=tuple(layers),
         trials=search.get("trials"),
         sampler=search.get("sampler"),
+        baselines=search.get("baselines"),
     )
     _validate_values(space, fail)
     if space.trials is not None and (
@@ -305,6 +313,10 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         raise fail(f"search.trials must be a positive integer, got {space.trials!r}")
     if space.sampler is not None and space.sampler not in SAMPLERS:
         raise fail(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {space.sampler!r}")
+    try:
+        ladder(space)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     return space
 
 

@@ -1,4 +1,5 @@
-"""Regularizers, schedules and clipping for sparse training, as small pure functions.
+"""Regularizers, schedules, clipping and the distillation loss for sparse training and finetuning, as small pure
+functions.
 
 The penalty λ·R(w) enters training through its (sub)gradient, added to ``w.grad`` in place after the loss's
 backward pass. That is exact for SGD (the update sees ∇L + λ∇R, as it would through autograd) and avoids
@@ -11,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 
 # ---------------------------------------------------------------------------------------------------- schedules
 
@@ -68,6 +70,61 @@ def lr_at(
             cycle *= 2
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * pos / cycle))
     raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
+def rewound_lr_at(
+    schedule: str,
+    base_lr: float,
+    step: int,
+    *,
+    steps_per_epoch: int,
+    train_epochs: int,
+    finetune_epochs: int,
+    step_epochs: int = 3,
+    gamma: float = 0.1,
+) -> float:
+    """Learning-rate rewinding (Renda et al. 2020): the finetune replays phase 1's lr schedule from a rewind point.
+
+    Phase 1 ran ``T = train_epochs`` epochs under ``schedule``/``base_lr``; a finetune of ``F = finetune_epochs``
+    epochs rewinds to epoch ``T - F`` of it, so finetune step ``s`` takes phase 1's lr at step
+    ``(T - F) * steps_per_epoch + s``: the finetune's lr sequence is exactly the last ``F`` epochs of phase 1's.
+    When ``F > T`` the rewind point is the start of phase 1 and the first ``F - T`` epochs hold phase 1's initial
+    lr before the replay (the steps before phase 1's start clamp to its step 0).
+    """
+    total = train_epochs * steps_per_epoch
+    offset = (train_epochs - finetune_epochs) * steps_per_epoch
+    at = max(step + offset, 0)
+    return lr_at(schedule, base_lr, at, total, steps_per_epoch=steps_per_epoch, step_epochs=step_epochs, gamma=gamma)
+
+
+# ------------------------------------------------------------------------------------------------- distillation
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    weight: float,
+    temperature: float,
+) -> torch.Tensor:
+    """Hinton et al.'s knowledge distillation: ``(1 - a) * CE(s, y) + a * T**2 * KL(softmax(t/T) || softmax(s/T))``.
+
+    ``a = weight``, ``T = temperature``; the KL divergence is averaged over the batch (``batchmean``), and the
+    ``T**2`` keeps its gradient on the scale of the cross-entropy's as ``T`` grows. The teacher's logits carry no
+    gradient. ``weight = 0`` is plain cross-entropy.
+    """
+    ce = F.cross_entropy(student_logits, targets)
+    if weight == 0.0:
+        return ce
+    t = temperature
+    kl = F.kl_div(
+        F.log_softmax(student_logits.float() / t, dim=1),
+        F.log_softmax(teacher_logits.detach().float() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1.0 - weight) * ce + (weight * t * t) * kl
 
 
 # ------------------------------------------------------------------------------------------------- regularizers

@@ -8,17 +8,26 @@ gradient, clipping and masks are applied in place with foreach kernels.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import SGDConfig, TrainConfig
+from .config import FinetuneConfig, SGDConfig, TrainConfig
 from .data import batch_indices
 from .errors import DivergedError
 from .models import prunable_layers
-from .sparsity import add_group_lasso_grad_, add_l1_grad_, clip_weights_, grad_clip_scale, lambda_at, lr_at
+from .sparsity import (
+    add_group_lasso_grad_,
+    add_l1_grad_,
+    clip_weights_,
+    distillation_loss,
+    grad_clip_scale,
+    lambda_at,
+    lr_at,
+)
 
 CHECK_EVERY = 32  # steps between non-finite checks (one host sync each)
 
@@ -147,11 +156,16 @@ def run_phase(
     masks: MaskSet | None = None,
     prune_events: Mapping[int, Callable[[], MaskSet]] | None = None,
     amp: bool = False,
+    lr_fn: Callable[[int], float] | None = None,
+    teacher: nn.Module | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> tuple[int, MaskSet | None]:
     """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
 
     A ``TrainConfig`` adds sparse training (penalty, clipping, per-layer lr); any other phase is plain SGD.
+    ``lr_fn(step)`` replaces the phase's own lr schedule (learning-rate rewinding passes phase 1's tail). With a
+    ``teacher`` and a ``FinetuneConfig`` whose ``distill_weight`` is above 0, the loss is the distillation loss
+    against the teacher's logits, computed in eval mode without gradients for each batch.
 
     ``prune_events`` maps a step number to a function returning new (tighter) masks: gradual pruning. The
     current masks are enforced on weights after every step, on gradients before it, and on momentum buffers
@@ -176,6 +190,21 @@ def run_phase(
         if amp and x.device.type == "cuda"
         else contextlib.nullcontext()
     )
+    if lr_fn is None:
+        lr_fn = functools.partial(
+            lr_at,
+            phase.lr_schedule,
+            phase.lr,
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+            step_epochs=phase.lr_step_epochs,
+            gamma=phase.lr_gamma,
+        )
+    distill = phase if isinstance(phase, FinetuneConfig) and phase.distill_weight > 0 else None
+    if distill is not None:
+        if teacher is None:
+            raise ValueError("finetune.distill_weight > 0 needs a teacher model")
+        teacher.eval()
     loss_sum = torch.zeros((), device=x.device)
     epoch_loss = torch.zeros((), device=x.device) if on_epoch is not None else None
     if masks:
@@ -187,18 +216,17 @@ def run_phase(
                 masks = events.pop(step)()
                 masks.apply_()
                 masks.mask_momentum_(opt)
-            lr = lr_at(
-                phase.lr_schedule,
-                phase.lr,
-                step,
-                total,
-                steps_per_epoch=steps_per_epoch,
-                step_epochs=phase.lr_step_epochs,
-                gamma=phase.lr_gamma,
-            )
+            lr = lr_fn(step)
             opt.zero_grad()
             with autocast:
-                loss = F.cross_entropy(model(x[idx]), y[idx])
+                logits = model(x[idx])
+                if distill is not None and teacher is not None:
+                    with torch.inference_mode():
+                        soft = teacher(x[idx])
+                    a, t = distill.distill_weight, distill.distill_temperature
+                    loss = distillation_loss(logits, soft, y[idx], weight=a, temperature=t)
+                else:
+                    loss = F.cross_entropy(logits, y[idx])
             loss.backward()
             if penalty is not None:
                 penalty(step / total)

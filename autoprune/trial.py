@@ -1,9 +1,11 @@
 """``run_trial``: the whole pipeline for one fixed configuration, in plain PyTorch (no Ray).
 
 1. sparse train: SGD(+momentum) with λ(t)·L1 or group lasso, weight clipping, gradient-norm clipping
-2. prune: importance → per-layer amounts → masks, one-shot or gradual (during finetuning); structured pruning
-   removes whole units and ends with a physically smaller model
-3. finetune: masked SGD with its own lr schedule (pruned weights, their gradients and momentum stay zero)
+2. prune: importance → per-layer counts (fixed by the allocation before training: ``params_planned``) → masks,
+   one-shot, gradual during finetuning, or gradual over the end of phase 1 (AGP); structured pruning removes
+   whole units and ends with a physically smaller model
+3. finetune: masked SGD with its own lr schedule or phase 1's rewound one, optionally distilling from the model
+   as it was right before its first pruning (pruned weights, their gradients and momentum stay zero)
 4. evaluate: validation and test accuracy, parameters, FLOPs
 
 With ``report``, the pipeline also reports an ``IntermediateResult`` after each epoch of sparse training and
@@ -15,7 +17,8 @@ reports are for deciding early whether a trial is worth finishing; only the fina
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -26,20 +29,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import PruneConfig, SGDConfig, TrialConfig, check_structured_sparsity
+from .config import SGDConfig, TrialConfig, check_structured_sparsity
 from .data import Datasets, load_datasets, resolve_device
 from .errors import ConfigError
 from .models import build_model, layer_positions, prunable_layers
 from .preprocess import for_dataset
 from .pruning import (
-    agp_sparsity,
+    agp_events,
     compute_masks,
     count_params,
     gradient_statistics,
-    gradual_event_steps,
-    gradual_plan,
+    kept_weights,
+    planned_params,
     shrink_sequential,
 )
+from .sparsity import rewound_lr_at
 from .train import MaskSet, batches_for_statistics, evaluate, run_phase
 
 REPORT_VAL_SAMPLES = 2048  # validation samples measured for an intermediate result
@@ -65,6 +69,7 @@ class TrialResult:
     test_accuracy: float  # reported, never used to choose
     params_nonzero: int  # nonzero parameters of the final model (weights, biases, BatchNorm)
     params_total: int  # parameters of the dense model
+    params_planned: int  # nonzero parameters the configuration fixes before training (equals params_nonzero)
     layer_sparsity: dict[str, float]  # prunable layer -> fraction of its dense weights that are zero or removed
     val_accuracy_trained: float  # after phase 1
     val_accuracy_pruned: float | None  # right after one-shot pruning, before finetuning; None for gradual
@@ -86,6 +91,7 @@ class TrialResult:
             "test_accuracy": self.test_accuracy,
             "params_nonzero": self.params_nonzero,
             "params_total": self.params_total,
+            "params_planned": self.params_planned,
             "layer_sparsity": dict(self.layer_sparsity),
             "val_accuracy_trained": self.val_accuracy_trained,
             "val_accuracy_pruned": self.val_accuracy_pruned,
@@ -164,64 +170,99 @@ def run_trial(
             model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=cfg.amp, on_epoch=after, **kwargs
         )
 
-    # 1. sparse training
-    t0 = time.perf_counter()
-    if trained_epochs > 0:
-        sgd(cfg.train, trained_epochs)
-    val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
-    seconds["train"] = time.perf_counter() - t0
-    say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
-
-    # 2. pruning (one-shot now; gradual as events during finetuning) and 3. finetuning
-    pc = cfg.prune
+    # The allocation fixes the count before training: say it up front (and fail now on a count that cannot be).
+    pc, fc = cfg.prune, cfg.finetune
+    params_planned = planned_params(model, pc)
+    say(f"planned: {params_planned} of {params_total} params nonzero after pruning")
     ft_epochs = cfg.budget.finetune_epochs
-    ft_steps = -(-len(data.train_x) // bs) * ft_epochs
-    gradual = pc.enabled and pc.schedule == "gradual" and ft_steps > 0
+    steps_per_epoch = -(-len(data.train_x) // bs)
+    _check_phase_one(cfg, trained_epochs)
+    schedule = pc.schedule if pc.enabled else None
+    if schedule == "gradual" and ft_epochs == 0:  # no finetuning to ramp in: prune at once
+        schedule = "one_shot"
+    final_kept = kept_weights(model, pc) if pc.enabled and pc.allocation != "per_layer" else 0
+    prunable = sum(dense_numel.values())
+    teacher: list[nn.Module] = []  # the model right before its first pruning, when distilling
 
-    def prune_to(rates: dict[str, float] | None, amount: float | None, current: MaskSet | None) -> MaskSet:
+    def keep_teacher() -> None:
+        if fc.distill_weight > 0 and not teacher:
+            frozen = copy.deepcopy(model).requires_grad_(False).eval()
+            frozen.zero_grad(set_to_none=True)
+            teacher.append(frozen)
+
+    def prune_to(fraction: float, current: MaskSet | None) -> MaskSet:
+        """Masks ``fraction`` of the way (AGP) from dense to the configured target; 1 is the target exactly."""
         grads = None
         if pc.criterion != "magnitude":
             batches = batches_for_statistics(
                 data.train_x, data.train_y, batch_size=bs, count=pc.grad_batches, generator=gen
             )
             grads = gradient_statistics(model, batches, layers=list(layers))
+        rates = {name: rate * fraction for name, rate in pc.sparsity.items()}
+        kept = final_kept + round((1.0 - fraction) * (prunable - final_kept))
         current_masks = current.masks if current is not None else None
-        return MaskSet(model, compute_masks(model, pc, rates=rates, amount=amount, grads=grads, current=current_masks))
+        return MaskSet(model, compute_masks(model, pc, rates=rates, kept=kept, grads=grads, current=current_masks))
 
-    rates = dict(pc.sparsity) if pc.allocation == "per_layer" else None
-    t0 = time.perf_counter()
-    masks: MaskSet | None = None
-    events: dict[int, Callable[[], MaskSet]] = {}
-    if pc.enabled and not gradual:
-        masks = prune_to(rates, pc.amount, None)
-        masks.apply_()
-    elif gradual:  # AGP: the cubic ramp of Zhu & Gupta, one event per step of the plan
-        plan = gradual_plan(rates, pc.gradual_steps) if rates is not None else None
-        at_steps = gradual_event_steps(ft_steps, pc.gradual_steps, pc.gradual_end)
-        state: dict[str, MaskSet | None] = {"masks": None}
-        for k, at in enumerate(at_steps):
+    def agp(total_steps: int) -> dict[int, Callable[[], MaskSet]]:
+        """AGP events over [gradual_start, gradual_end] of a phase of ``total_steps``."""
+        state: list[MaskSet] = []
+        events: dict[int, Callable[[], MaskSet]] = {}
+        for at, fraction in agp_events(total_steps, pc.gradual_steps, pc.gradual_start, pc.gradual_end):
 
-            def event(k: int = k) -> MaskSet:
-                amount = agp_sparsity(k + 1, pc.gradual_steps, pc.amount)
-                state["masks"] = prune_to(plan[k] if plan is not None else None, amount, state["masks"])
-                return state["masks"]
+            def event(fraction: float = fraction) -> MaskSet:
+                keep_teacher()
+                state[:] = [prune_to(fraction, state[0] if state else None)]
+                return state[0]
 
             events[at] = event  # when two events share a step, the later (tighter) one wins
-    val_pruned: float | None = (
-        evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp) if masks else val_trained
-    )
-    seconds["prune"] = time.perf_counter() - t0
-    if pc.enabled and not gradual:
+        return events
+
+    # 1. sparse training (gradual_train: AGP over the end of it)
+    t0 = time.perf_counter()
+    masks: MaskSet | None = None
+    if trained_epochs > 0:
+        ramp = agp(trained_epochs * steps_per_epoch) if schedule == "gradual_train" else None
+        _, masks = sgd(cfg.train, trained_epochs, prune_events=ramp)
+    val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
+    seconds["train"] = time.perf_counter() - t0
+    say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
+
+    # 2. pruning: one-shot now; gradual as events during finetuning; gradual_train is done already
+    t0 = time.perf_counter()
+    ft_events = None
+    val_pruned: float | None = val_trained  # dense, or pruned within phase 1
+    if schedule == "one_shot":
+        keep_teacher()
+        masks = prune_to(1.0, None)
+        masks.apply_()
+        val_pruned = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
         say(f"pruned: val accuracy {val_pruned:.4f}")
         if progress:
             progress("prune", trained_epochs)(0)
-
-    t0 = time.perf_counter()
-    if gradual:  # pruning happens inside finetuning: there is no pruned-but-not-finetuned model to measure
-        _, masks = sgd(cfg.finetune, ft_epochs, masks=masks, prune_events=events)
+    elif schedule == "gradual":  # there is no pruned-but-not-finetuned model to measure
+        ft_events = agp(ft_epochs * steps_per_epoch)
         val_pruned = None
-    else:
-        sgd(cfg.finetune, ft_epochs, masks=masks)
+    seconds["prune"] = time.perf_counter() - t0
+
+    # 3. finetuning, from the teacher's knowledge and phase 1's rewound lr when asked
+    t0 = time.perf_counter()
+    keep_teacher()
+    lr_fn = None
+    if fc.lr_rewind:
+        tc = cfg.train
+        lr_fn = functools.partial(
+            rewound_lr_at,
+            tc.lr_schedule,
+            tc.lr,
+            steps_per_epoch=steps_per_epoch,
+            train_epochs=trained_epochs,
+            finetune_epochs=ft_epochs,
+            step_epochs=tc.lr_step_epochs,
+            gamma=tc.lr_gamma,
+        )
+    distill_from = teacher[0] if teacher else None
+    _, masks = sgd(fc, ft_epochs, masks=masks, prune_events=ft_events, lr_fn=lr_fn, teacher=distill_from)
+    teacher.clear()
     seconds["finetune"] = time.perf_counter() - t0
 
     # 4. evaluation (structured: on the physically smaller model, whose outputs equal the masked model's)
@@ -244,6 +285,7 @@ def run_trial(
         test_accuracy=test_acc,
         params_nonzero=params_nonzero,
         params_total=params_total,
+        params_planned=params_planned,
         layer_sparsity=layer_sparsity,
         val_accuracy_trained=val_trained,
         val_accuracy_pruned=val_pruned,
@@ -279,20 +321,6 @@ def _each(*callbacks: Callable[[int, float], None] | None) -> Callable[[int, flo
             callback(epoch, loss)
 
     return call
-
-
-def planned_params(model: nn.Module, pc: PruneConfig) -> int:
-    """The parameters ``model`` keeps after pruning by ``pc``: known before training, since the allocation fixes
-    how many weights (or units) each layer loses. Counts stored entries the masks keep (a weight that becomes
-    exactly zero in training would make the final nonzero count lower).
-    """
-    total = sum(p.numel() for p in model.parameters())
-    if not pc.enabled:
-        return total
-    # Which weights go depends on the criterion and the trained weights; how many does not (magnitude needs no
-    # gradients). Gradual pruning ends at the same rates.
-    masks = compute_masks(model, dataclasses.replace(pc, criterion="magnitude"))
-    return total - sum(int(m.numel() - torch.count_nonzero(m)) for m in masks.values())
 
 
 def _progress_reporter(
@@ -332,9 +360,28 @@ def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch
     return keep
 
 
+def _check_phase_one(cfg: TrialConfig, train_epochs: int) -> None:
+    """Levers that reuse phase 1 need one."""
+    if train_epochs > 0:
+        return
+    for needs, key in (
+        (cfg.prune.enabled and cfg.prune.schedule == "gradual_train", "prune.schedule gradual_train"),
+        (cfg.finetune.lr_rewind, "finetune.lr_rewind"),
+    ):
+        if needs:
+            raise ConfigError(
+                f"{key} works within phase 1's schedule, but phase 1 is off (train.enabled false or "
+                "budget.train_epochs 0); enable phase 1 or choose another option"
+            )
+
+
 def _check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
     names = list(layers)
-    for where, mapping in (("prune.sparsity", cfg.prune.sparsity), ("train.lr_multipliers", cfg.train.lr_multipliers)):
+    for where, mapping in (
+        ("prune.sparsity", cfg.prune.sparsity),
+        ("prune.shares", cfg.prune.shares),
+        ("train.lr_multipliers", cfg.train.lr_multipliers),
+    ):
         for layer in mapping:
             if layer not in layers:
                 raise ConfigError(f"{where}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(names)}")

@@ -96,7 +96,7 @@ def main() -> None:
         for name, loop in order if r % 2 else order[::-1]:  # alternate the order: drift cancels out
             torch.manual_seed(r)
             model = build_model(args.model, data.input_shape, data.num_classes).to(x.device)
-            model.bench_masks = MaskSet(model, compute_masks(model, PruneConfig(allocation="uniform", amount=0.5)))
+            model.bench_masks = MaskSet(model, compute_masks(model, PruneConfig(allocation="uniform", density=0.5)))
             sync()
             t0 = time.perf_counter()
             loop(model, x, y, args.batch_size)

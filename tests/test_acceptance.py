@@ -17,7 +17,8 @@ def test_dense_lenet300_reaches_0885_test_accuracy() -> None:
 
 
 def test_pruned_lenet300_keeps_0875_with_exact_layer_sparsity() -> None:
-    overrides = ["prune.sparsity.fc1=0.95", "prune.sparsity.fc2=0.90", "prune.sparsity.fc3=0.5"]
+    overrides = ["prune.allocation=per_layer", "prune.sparsity.fc1=0.95", "prune.sparsity.fc2=0.90"]
+    overrides.append("prune.sparsity.fc3=0.5")
     result = run_trial(load_space("lenet300_fashion", overrides).default_config(), device="cpu")
     assert result.layer_sparsity == pytest.approx({"fc1": 0.95, "fc2": 0.90, "fc3": 0.5}, abs=0.002)
     # 784*300*0.05 + 300*100*0.10 + 100*10*0.5 kept weights, plus the 410 biases

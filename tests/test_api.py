@@ -77,7 +77,13 @@ def test_a_file_without_stored_preprocessing_gets_its_datasets(tmp_path: Path) -
 @pytest.mark.fashion
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs the Fashion-MNIST files")
 def test_readme_plain_torch_loader_matches_the_recorded_accuracy(tmp_path: Path, monkeypatch) -> None:
-    overrides = [*TINY, "dataset.limit=3000", "prune.sparsity.fc1=0.9", "prune.sparsity.fc2=0.8"]
+    overrides = [
+        *TINY,
+        "dataset.limit=3000",
+        "prune.allocation=per_layer",
+        "prune.sparsity.fc1=0.9",
+        "prune.sparsity.fc2=0.8",
+    ]
     result = autoprune.run_trial("lenet300_fashion", overrides=overrides, save=tmp_path / "model.pt")
     monkeypatch.chdir(tmp_path)
     scope: dict = {}

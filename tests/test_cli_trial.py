@@ -30,7 +30,8 @@ def autoprune(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
 
 def test_trial_json_prints_one_record_and_saves_a_loadable_model(tmp_path: Path) -> None:
     out = tmp_path / "model.pt"
-    proc = autoprune("trial", "digits_quick", *TINY, "--set", "prune.sparsity.fc1=0.9", "--json", "--save", str(out))
+    per_layer = ("--set", "prune.allocation=per_layer", "--set", "prune.sparsity.fc1=0.9")
+    proc = autoprune("trial", "digits_quick", *TINY, *per_layer, "--json", "--save", str(out))
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)  # stdout holds exactly one JSON document
     assert record["layer_sparsity"]["fc1"] == pytest.approx(0.9, abs=0.002)

@@ -16,21 +16,23 @@ from autoprune.pruning import (
     agp_sparsity,
     apply_masks,
     compute_masks,
+    count_masks,
     count_params,
-    global_masks,
+    global_counts,
     gradient_importance,
     gradient_statistics,
     gradual_event_steps,
     gradual_plan,
+    layer_counts,
     layer_scores,
     layer_sparsity,
     magnitude_importance,
     per_layer_masks,
+    planned_params,
     shrink_sequential,
     structured_keep,
     structured_param_masks,
     taylor_importance,
-    uniform_masks,
     unit_scores,
 )
 
@@ -160,24 +162,25 @@ def test_ties_are_broken_deterministically_with_exact_count():
 def test_global_ranking_takes_more_from_the_layer_with_smaller_scores():
     torch.manual_seed(0)
     scores = {"small": torch.rand(200) * 0.5, "large": torch.rand(300) * 0.5 + 0.25}
-    masks = global_masks(scores, 0.4)
+    counts = global_counts(scores, 300)
+    masks = count_masks(scores, counts)
     zeros = {name: int((m == 0).sum()) for name, m in masks.items()}
-    assert sum(zeros.values()) == round(0.4 * 500)
+    assert sum(zeros.values()) == 200
     assert zeros["small"] > zeros["large"]
     threshold = torch.cat([s[m == 1] for s, m in zip(scores.values(), masks.values(), strict=True)]).min()
     removed = torch.cat([s[m == 0] for s, m in zip(scores.values(), masks.values(), strict=True)])
     assert (removed <= threshold).all()
 
 
-def test_uniform_every_layer_at_amount():
+def test_uniform_every_layer_at_the_same_density():
     torch.manual_seed(0)
     scores = {"a": torch.rand(50), "b": torch.rand(8, 3, 3, 3)}
-    masks = uniform_masks(scores, 0.6)
+    masks = count_masks(scores, layer_counts("uniform", scores, round(0.4 * 266)))
     assert int((masks["a"] == 0).sum()) == 30
     assert int((masks["b"] == 0).sum()) == round(0.6 * 216)
 
 
-@pytest.mark.parametrize("alloc", ["per_layer", "global", "uniform"])
+@pytest.mark.parametrize("alloc", ["per_layer", "global", "uniform", "lamp", "erk"])
 def test_masks_are_monotone_with_current(alloc):
     torch.manual_seed(0)
     scores = {"a": torch.rand(40), "b": torch.rand(60)}
@@ -185,9 +188,8 @@ def test_masks_are_monotone_with_current(alloc):
     def masks_at(rate, current):
         if alloc == "per_layer":
             return per_layer_masks(scores, {"a": rate, "b": rate}, current)
-        if alloc == "global":
-            return global_masks(scores, rate, current)
-        return uniform_masks(scores, rate, current)
+        counts = layer_counts(alloc, scores, round((1 - rate) * 100), current=current)
+        return count_masks(scores, counts, current)
 
     # an arbitrary current mask that disagrees with the scores: it must still be kept pruned
     current = {"a": (torch.arange(40) % 4 != 0).float(), "b": (torch.arange(60) % 5 != 0).float()}
@@ -260,11 +262,12 @@ def test_gradual_compute_masks_keeps_pruned_weights_pruned():
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "gradient", "taylor"])
-@pytest.mark.parametrize("allocation", ["per_layer", "global", "uniform"])
+@pytest.mark.parametrize("allocation", ["per_layer", "global", "uniform", "lamp", "erk"])
 def test_compute_masks_parameter_names_and_counts(criterion, allocation):
     torch.manual_seed(0)
     model = build_model("lenet-300-100", (1, 4, 4), 3)
-    cfg = PruneConfig(criterion=criterion, allocation=allocation, sparsity={"fc1": 0.7, "fc2": 0.4}, amount=0.5)
+    rates = {"fc1": 0.7, "fc2": 0.4} if allocation == "per_layer" else {}
+    cfg = PruneConfig(criterion=criterion, allocation=allocation, sparsity=rates, density=0.5)
     grads = None
     if criterion != "magnitude":
         grads = gradient_statistics(model, [(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))])
@@ -413,20 +416,26 @@ def test_classifier_cannot_lose_units():
         shrink_sequential(model, keep)
     with pytest.raises(ConfigError, match="classifier"):
         structured_param_masks(model, keep)
-    with pytest.raises(ConfigError, match="classifier"):
+    with pytest.raises(ConfigError, match="output layer cannot lose units"):
         compute_masks(model, PruneConfig(structured=True, sparsity={"fc2": 0.5}))
+    with pytest.raises(ConfigError, match="output layer cannot lose units"):
+        planned_params(model, PruneConfig(structured=True, sparsity={"fc2": 0.5}))
 
 
 def test_structured_compute_masks_uniform_spares_classifier():
     torch.manual_seed(0)
     model = build_model("bn-cnn", (1, 8, 8), 10)
-    masks = compute_masks(model, PruneConfig(structured=True, allocation="uniform", amount=0.5))
+    masks = compute_masks(model, PruneConfig(structured=True, allocation="uniform", density=0.5))
     rows_alive = {
         n: int((masks[f"{n}.weight"].reshape(masks[f"{n}.weight"].shape[0], -1) != 0).any(1).sum())
         for n in ("conv1", "conv2", "fc1", "fc2")
     }
-    assert rows_alive == {"conv1": 16, "conv2": 32, "fc1": 64, "fc2": 10}
-    assert int((masks["bn1.weight"] == 0).sum()) == 16
+    # one unit rate r for every layer but the output, the one whose kept weights come nearest half of 52768:
+    # r = 0.297 removes 10 of 32, 19 of 64 and 38 of 128 units and keeps 26208 weights (r = 0.287: 27383)
+    assert rows_alive == {"conv1": 22, "conv2": 45, "fc1": 90, "fc2": 10}
+    kept = sum(int((masks[f"{n}.weight"] != 0).sum()) for n in ("conv1", "conv2", "fc1", "fc2"))
+    assert kept == 26208 and abs(kept - 52768 / 2) < 27383 - 52768 / 2
+    assert int((masks["bn1.weight"] == 0).sum()) == 10
 
 
 def test_structured_rejects_unsupported_chains():

@@ -98,7 +98,8 @@ def test_report_document_layout_is_json_safe():
     trials[1]["model_path"] = Path("models/x.pt")
     front = pareto_front(trials)
     doc = report_document(front, trials, failed=3)
-    assert set(doc) == {"front", "trials", "failed"}
+    assert set(doc) == {"front", "trials", "failed", "baseline_front"}
+    assert doc["baseline_front"] == []  # no seeded baselines among these trials
     assert doc["failed"] == 3
     assert [r["trial"] for r in doc["front"]] == [r["trial"] for r in front]
     assert len(doc["trials"]) == 6

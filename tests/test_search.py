@@ -151,8 +151,9 @@ def test_report_json_is_one_document(finished_run: Path, capsys, monkeypatch) ->
     code, out, _ = run_cli(["report", str(finished_run), "--json"], capsys, monkeypatch)
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"front", "trials", "failed"}
+    assert set(doc) == {"front", "trials", "failed", "baseline_front"}
     assert {r["trial"] for r in doc["front"]} == _brute_force_front(_study(finished_run))
+    assert doc["baseline_front"] == []  # a space of per-layer rates is not seeded with baselines
 
 
 def test_pick_then_evaluate_round_trip(finished_run: Path, tmp_path: Path, capsys, monkeypatch) -> None:
@@ -356,3 +357,23 @@ def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch)
     assert code == 0 and len(doc["trials"]) == 4 and doc["failed"] == 0
     assert {r["trial"] for r in doc["front"]} == _brute_force_front(study)
     assert all(Path(r["model_path"]).is_file() for r in doc["trials"])
+
+
+def test_a_density_space_runs_its_baselines_first_and_resume_adds_none(local_ray, tmp_path: Path) -> None:
+    text = TINY_SPACE.replace(
+        "prune:\n  sparsity:\n    fc1: {low: 0.5, high: 0.99}\n    fc2: {low: 0.3, high: 0.95}\n",
+        "prune:\n  allocation: {choices: [global, erk]}\n  density: {low: 0.02, high: 0.2, log: true}\n",
+    )
+    path = tmp_path / "density.yaml"
+    path.write_text(text + "search: {baselines: {densities: 2, allocations: [global]}}\n")
+    run_dir = tmp_path / "run"
+    run_search(path, run_dir, trials=3, concurrent=1, seed=0, log=lambda _m: None)
+    records = {r["trial"]: r for r in load_results(run_dir).trials}
+    assert [records[n].get("baseline") for n in sorted(records)] == ["global@0.02", "global@0.2", None]
+    for n in (0, 1):
+        assert records[n]["config"]["prune"]["allocation"] == "global"
+        assert records[n]["params_nonzero"] == records[n]["params_planned"]
+    resume_search(run_dir, trials=4, log=lambda _m: None)
+    res = load_results(run_dir)
+    assert [r.get("baseline") for r in res.trials] == ["global@0.02", "global@0.2", None, None]
+    assert res.frame()["baseline"].tolist() == [True, True, False, False]  # the API's DataFrame says so too

@@ -157,7 +157,10 @@ BAD = [
     (with_("train.lr", {"low": 0.1, "high": 0.2, "lg": True}), "unknown key 'lg'"),
     (with_("model.name", "resnet-9000"), "unknown model 'resnet-9000'; known models:"),
     (with_("budget.batch_size", 0), "budget.batch_size must be >= 1, got 0"),
-    (with_("finetune.schedule", "step"), "unknown key finetune.schedule; known keys: lr, lr_gamma, lr_schedule"),
+    (
+        with_("finetune.schedule", "step"),
+        "unknown key finetune.schedule; known keys: distill_temperature, distill_weight, lr, lr_gamma, lr_rewind",
+    ),
     (with_("finetune.lr_schedule", "linear"), "finetune.lr_schedule must be one of constant, step, cosine"),
     (with_("finetune.nesterov", True) | {"finetune": {"nesterov": True, "momentum": 0.0}}, "finetune.nesterov needs"),
 ]
@@ -229,3 +232,41 @@ def test_trial_config_round_trips_and_rejects_unknown_keys() -> None:
 def test_exponent_floats_without_a_dot_are_numbers(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, "train: {lambda_max: {low: 1e-6, high: 1e-3, log: true}}\n"), ["train.lr=5e-2"])
     assert space.dims[0].low == 1e-6 and space.default_config().train.lr == 0.05
+
+
+def test_a_space_searches_the_density_its_allocation_and_per_layer_shares() -> None:
+    doc = {
+        **BASE,
+        "prune": {
+            "allocation": {"choices": ["global", "uniform", "lamp", "erk"]},
+            "density": {"low": 0.005, "high": 0.3, "log": True},
+            "shares": "auto",
+        },
+    }
+    space = parse_space(doc)
+    dims = {d.path: d for d in space.dims}
+    assert dims["prune.density"].log and (dims["prune.density"].low, dims["prune.density"].high) == (0.005, 0.3)
+    assert dims["prune.allocation"].choices == ("global", "uniform", "lamp", "erk")
+    assert [p for p in dims if p.startswith("prune.shares.")] == [f"prune.shares.fc{i}" for i in (1, 2, 3)]
+    assert all(dims[f"prune.shares.{n}"].log for n in ("fc1", "fc2", "fc3"))
+    cfg = space.config_for({"prune.density": 0.01, "prune.allocation": "lamp", "prune.shares.fc2": 2.0})
+    assert (cfg.prune.density, cfg.prune.allocation) == (0.01, "lamp")
+    assert cfg.prune.shares == {"fc1": 1.0, "fc2": 2.0, "fc3": 1.0}
+    assert space.default_config().prune.density == pytest.approx((0.005 * 0.3) ** 0.5)
+
+
+@pytest.mark.parametrize(
+    ("prune", "message"),
+    [
+        ({"allocation": "erk", "density": {"low": 0.01, "high": 1.5}}, "prune.density must be <= 1.0, got 1.5"),
+        ({"allocation": {"choices": ["global", "magic"]}}, "prune.allocation must be one of per_layer, global"),
+        ({"allocation": "lamp", "structured": True}, "prune.allocation 'lamp' is unstructured only"),
+        ({"allocation": "per_layer", "shares": {"fc1": 2.0}}, "prune.shares reshape an unstructured density"),
+        ({"allocation": "global", "shares": {"fc9": 2.0}}, "prune.shares.fc9: unknown layer 'fc9'"),
+        ({"allocation": "global", "nonzero_params": 0.5}, "prune.nonzero_params must be an integer"),
+    ],
+)
+def test_density_leaves_validate(prune: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_space({**BASE, "prune": prune})
+    assert message in str(info.value)

@@ -9,9 +9,11 @@ from autoprune.sparsity import (
     add_group_lasso_grad_,
     add_l1_grad_,
     clip_weights_,
+    distillation_loss,
     grad_clip_scale,
     lambda_at,
     lr_at,
+    rewound_lr_at,
 )
 
 
@@ -110,3 +112,47 @@ def test_grad_norm_clipping_scales_to_threshold_globally() -> None:
     total = math.sqrt(float(a.grad.pow(2).sum() + b.grad.pow(2).sum()))
     assert total == pytest.approx(1.0, rel=1e-5)
     assert a.grad[0] / b.grad[0] == pytest.approx(0.75)
+
+
+def test_distillation_loss_is_hintons_mix_of_cross_entropy_and_tempered_kl() -> None:
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    t, a = 3.0, 0.7
+    p_t, p_s = torch.softmax(teacher / t, 1), torch.softmax(student / t, 1)
+    kl = (p_t * (p_t.log() - p_s.log())).sum(1).mean()
+    ce = -torch.log_softmax(student, 1)[torch.arange(6), y].mean()
+    loss = distillation_loss(student, teacher, y, weight=a, temperature=t)
+    torch.testing.assert_close(loss, (1 - a) * ce + a * t * t * kl)
+    torch.testing.assert_close(distillation_loss(student, teacher, y, weight=0.0, temperature=t), ce)
+
+
+def test_pure_distillation_gradient_is_t_times_the_softmax_difference() -> None:
+    g = torch.Generator().manual_seed(1)
+    student = torch.randn(5, 3, generator=g).requires_grad_(True)
+    teacher = torch.randn(5, 3, generator=g).requires_grad_(True)
+    t = 4.0
+    distillation_loss(student, teacher, torch.zeros(5, dtype=torch.long), weight=1.0, temperature=t).backward()
+    # d/ds [T^2 KL(softmax(t/T) || softmax(s/T))] = T * (softmax(s/T) - softmax(t/T)), averaged over the batch
+    expected = t * (torch.softmax(student.detach() / t, 1) - torch.softmax(teacher.detach() / t, 1)) / 5
+    torch.testing.assert_close(student.grad, expected)
+    assert teacher.grad is None  # the teacher is not trained through the loss
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "cosine_restarts"])
+def test_rewound_lr_replays_the_tail_of_phase_one(schedule: str) -> None:
+    spe, T, F = 7, 10, 4
+    kw = {"steps_per_epoch": spe, "step_epochs": 2, "gamma": 0.5}
+    phase1 = [lr_at(schedule, 0.1, s, T * spe, **kw) for s in range(T * spe)]
+    rewound = [rewound_lr_at(schedule, 0.1, s, train_epochs=T, finetune_epochs=F, **kw) for s in range(F * spe)]
+    assert rewound == phase1[(T - F) * spe :]
+    if schedule == "cosine":  # rewinding to epoch 6 of 10: the replay starts at (1 + cos(0.6 pi)) / 2 of the lr
+        assert rewound[0] == pytest.approx(0.1 * (1 + math.cos(0.6 * math.pi)) / 2)
+
+
+def test_rewinding_further_than_phase_one_holds_its_initial_lr_first() -> None:
+    spe, T, F = 5, 2, 3
+    kw = {"steps_per_epoch": spe, "step_epochs": 1, "gamma": 0.5}
+    phase1 = [lr_at("cosine", 0.2, s, T * spe, **kw) for s in range(T * spe)]
+    rewound = [rewound_lr_at("cosine", 0.2, s, train_epochs=T, finetune_epochs=F, **kw) for s in range(F * spe)]
+    assert rewound == [0.2] * spe + phase1

@@ -84,13 +84,14 @@ def test_gradual_pruning_reaches_the_target_and_keeps_zeros(criterion: str) -> N
         assert torch.all(dict(result.model.named_parameters())[name][~mask] == 0)
 
 
-@pytest.mark.parametrize("allocation", ["global", "uniform"])
-def test_global_and_uniform_allocations_hit_the_overall_amount(allocation: str) -> None:
-    result = run_trial(cfg(prune=PruneConfig(allocation=allocation, amount=0.8)))
+@pytest.mark.parametrize("allocation", ["global", "uniform", "lamp", "erk"])
+def test_density_allocations_keep_exactly_the_planned_count(allocation: str) -> None:
+    result = run_trial(cfg(prune=PruneConfig(allocation=allocation, density=0.2)))
     layers = prunable_layers(build_model("lenet-300-100", (1, 8, 8), 4))
     total = sum(m.weight.numel() for m in layers.values())
-    zeros = sum(result.layer_sparsity[n] * m.weight.numel() for n, m in layers.items())
-    assert zeros / total == pytest.approx(0.8, abs=1e-3)
+    zeros = sum(round(result.layer_sparsity[n] * m.weight.numel()) for n, m in layers.items())
+    assert total - zeros == round(0.2 * total)
+    assert result.params_nonzero == result.params_planned == result.record()["params_planned"]
     if allocation == "uniform":
         assert all(v == pytest.approx(0.8, abs=2e-3) for v in result.layer_sparsity.values())
 

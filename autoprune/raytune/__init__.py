@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ledger, rundir
+from ..baselines import seed_baselines
 from ..errors import SearchError
 from ..ledger import Results
 from ..rundir import RunInfo
@@ -196,6 +197,9 @@ def run_search(
                 study_name = f"autoprune-{run_dir.resolve().name}-{secrets.token_hex(3)}"
             study = ledger.create_study(storage, study_name, spec, rundir.autoprune_version())
             new_study = (study_name, storage)
+            seeded = seed_baselines(study, spec, n)
+            if seeded:
+                log(f"search: the first {len(seeded)} trials are baselines: {', '.join(seeded)}")
             created.append(run_dir / rundir.SPACE_FILE)
             space_yaml = rundir.freeze_space(run_dir, spec)
             info = RunInfo(

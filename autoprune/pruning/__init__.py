@@ -1,0 +1,85 @@
+"""Pruning: importance criteria, allocation of a density among layers, masks, gradual schedules, structured removal.
+
+- ``criteria``: element-wise importance (magnitude, gradient, Taylor) and the gradient statistics they use.
+- ``allocation``: how many weights each layer keeps (uniform, ERK, global, LAMP, shares), summing exactly.
+- ``masks``: 0/1 masks from scores and counts; ``compute_masks`` and ``planned_params`` for a model and config.
+- ``schedules``: AGP gradual pruning as lists of events.
+- ``structured``: whole-unit removal, its rules, and the physically smaller model.
+"""
+
+from __future__ import annotations
+
+from .allocation import (
+    ALLOCATIONS,
+    capped_proportional,
+    erk_densities,
+    global_counts,
+    kept_count,
+    lamp_scores,
+    layer_counts,
+)
+from .criteria import (
+    CRITERIA,
+    gradient_importance,
+    gradient_statistics,
+    layer_scores,
+    magnitude_importance,
+    taylor_importance,
+)
+from .masks import (
+    apply_masks,
+    compute_masks,
+    count_masks,
+    count_params,
+    kept_weights,
+    layer_sparsity,
+    per_layer_masks,
+    planned_params,
+)
+from .schedules import agp_events, agp_fraction, agp_sparsity, density_at, gradual_event_steps, gradual_plan
+from .structured import (
+    kept_weights_structured,
+    removed_units,
+    shrink_sequential,
+    structured_keep,
+    structured_param_masks,
+    uniform_unit_rate,
+    unit_scores,
+)
+
+__all__ = [
+    "ALLOCATIONS",
+    "CRITERIA",
+    "agp_events",
+    "agp_fraction",
+    "agp_sparsity",
+    "apply_masks",
+    "capped_proportional",
+    "compute_masks",
+    "count_masks",
+    "count_params",
+    "density_at",
+    "erk_densities",
+    "global_counts",
+    "gradient_importance",
+    "gradient_statistics",
+    "gradual_event_steps",
+    "gradual_plan",
+    "kept_count",
+    "kept_weights",
+    "kept_weights_structured",
+    "lamp_scores",
+    "layer_counts",
+    "layer_scores",
+    "layer_sparsity",
+    "magnitude_importance",
+    "per_layer_masks",
+    "planned_params",
+    "removed_units",
+    "shrink_sequential",
+    "structured_keep",
+    "structured_param_masks",
+    "taylor_importance",
+    "uniform_unit_rate",
+    "unit_scores",
+]

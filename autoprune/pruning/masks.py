@@ -1,0 +1,208 @@
+"""Masks: from scores and counts to 0/1 tensors, and the entry points that tie them to a model and a config.
+
+A mask is a 0/1 tensor with the shape, device and dtype of one parameter, keyed by the parameter's name in
+``model.named_parameters()`` (``"fc1.weight"``, ``"block.conv1.weight"``); the training loop keeps masked entries
+at exactly zero. ``compute_masks`` is the one function that turns a ``PruneConfig`` into masks for a model, and
+``planned_params`` says, before any training, how many nonzero parameters those masks leave.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import PruneConfig, check_structured_sparsity, unit_prunable
+from ..errors import ConfigError, ModelError
+from ..models import prunable_layers
+from .allocation import check_rates, kept_count, layer_counts, ranked
+from .criteria import layer_scores
+from .structured import (
+    removed_units,
+    structured_keep,
+    structured_param_masks,
+    uniform_unit_rate,
+)
+
+__all__ = [
+    "apply_masks",
+    "compute_masks",
+    "count_masks",
+    "count_params",
+    "kept_weights",
+    "layer_sparsity",
+    "per_layer_masks",
+    "planned_params",
+]
+
+
+def _lowest_k_mask(flat: Tensor, k: int) -> Tensor:
+    """A flat 0/1 mask with zeros at the ``k`` lowest entries; ties go to the lower index (stable sort)."""
+    mask = torch.ones_like(flat)
+    if k > 0:
+        order = torch.argsort(flat, stable=True)
+        mask[order[:k]] = 0
+    return mask
+
+
+def count_masks(
+    scores: dict[str, Tensor], counts: dict[str, int], current: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Weight masks keeping exactly ``counts[layer]`` entries of each layer, the highest-scoring ones.
+
+    ``current`` (layer -> weight mask) ranks already-masked entries lowest, so a tighter count keeps them pruned.
+    """
+    masks = {}
+    for name, score in scores.items():
+        flat = ranked(score, None if current is None else current.get(name))
+        keep = counts[name]
+        if not 0 <= keep <= flat.numel():
+            raise ConfigError(f"layer {name!r} cannot keep {keep} of its {flat.numel()} weights")
+        masks[name] = _lowest_k_mask(flat, flat.numel() - keep).view(score.shape).to(score.dtype)
+    return masks
+
+
+def per_layer_masks(
+    scores: dict[str, Tensor], rates: dict[str, float], current: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """Weight masks with exactly ``round(rates[layer] * numel)`` zeros in each layer (absent layers: none)."""
+    rates = check_rates(scores, rates)
+    counts = {name: s.numel() - round(rates.get(name, 0.0) * s.numel()) for name, s in scores.items()}
+    return count_masks(scores, counts, current)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The pipeline's entry points.
+
+
+def _param_name(layer: str, pname: str) -> str:
+    return f"{layer}.{pname}" if layer else pname
+
+
+def kept_weights(model: nn.Module, cfg: PruneConfig) -> int:
+    """Prunable weights (Linear/Conv2d weights) that ``cfg`` keeps on ``model``, from shapes alone.
+
+    ``per_layer``: the sum over layers of ``numel - round(rate * numel)``. Any other allocation:
+    ``round(density * prunable weights)``, or with ``nonzero_params`` what is left of it once every parameter
+    outside the prunable weights (biases, normalisation) is counted. Structured pruning meets the count as nearly
+    as whole units allow (``planned_params`` gives the exact result).
+    """
+    layers = prunable_layers(model)
+    numels = {name: m.weight.numel() for name, m in layers.items()}
+    prunable = sum(numels.values())
+    if cfg.allocation == "per_layer":
+        rates = check_rates(numels, cfg.sparsity)
+        return sum(n - round(rates.get(name, 0.0) * n) for name, n in numels.items())
+    if cfg.nonzero_params is None:
+        return kept_count(cfg.density, prunable)
+    others = sum(p.numel() for p in model.parameters()) - prunable
+    if not others <= cfg.nonzero_params <= others + prunable:
+        raise ConfigError(
+            f"prune.nonzero_params must lie in [{others}, {others + prunable}] for this model (its {others} "
+            f"parameters outside Linear/Conv2d weights always stay), got {cfg.nonzero_params}"
+        )
+    return cfg.nonzero_params - others
+
+
+def _structured_rates(model: nn.Module, cfg: PruneConfig, rates: dict[str, float] | None, kept: int | None):
+    if cfg.allocation == "uniform":
+        rate = uniform_unit_rate(model, kept_weights(model, cfg) if kept is None else kept)
+        return dict.fromkeys(unit_prunable(list(prunable_layers(model))), rate)
+    return dict(cfg.sparsity) if rates is None else rates
+
+
+def planned_params(model: nn.Module, cfg: PruneConfig) -> int:
+    """Nonzero parameters ``model`` will have once pruned by ``cfg``: a pure function of shapes and config.
+
+    Unstructured pruning zeroes weights only, so this is every parameter minus the weights removed. Structured
+    pruning also removes the units' biases, the BatchNorm entries behind them and the next layer's inputs; the
+    count comes from the removal plan on the model's shapes. Training keeps kept weights nonzero, so the
+    trial's measured ``params_nonzero`` equals this.
+    """
+    params_total = sum(p.numel() for p in model.parameters())
+    layers = prunable_layers(model)
+    if not cfg.enabled:
+        return params_total
+    if cfg.structured:
+        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(layers))
+        rates = check_rates(layers, _structured_rates(model, cfg, None, None))
+        units = {name: m.weight.shape[0] for name, m in layers.items() if name in rates}
+        keep = {name: torch.arange(n - removed_units(rates[name], n)) for name, n in units.items()}
+        masks = structured_param_masks(model, keep)
+        return params_total - sum(int(m.numel() - torch.count_nonzero(m)) for m in masks.values())
+    prunable = sum(m.weight.numel() for m in layers.values())
+    return params_total - prunable + kept_weights(model, cfg)
+
+
+def compute_masks(
+    model: nn.Module,
+    cfg: PruneConfig,
+    *,
+    rates: dict[str, float] | None = None,
+    kept: int | None = None,
+    grads: dict[str, Tensor] | None = None,
+    current: dict[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Parameter-name masks (``"fc1.weight"``...) for ``cfg.criterion`` and ``cfg.allocation``.
+
+    ``rates`` (``per_layer``) default to ``cfg.sparsity`` and ``kept`` (the prunable weights kept, any other
+    allocation) to ``kept_weights(model, cfg)``; a gradual schedule passes its intermediate values. ``current``
+    holds the masks in force, whose zeros stay zeros when the count tightens. With ``cfg.structured`` the masks
+    remove whole units (see ``structured_param_masks``; the output layer keeps its units).
+    """
+    layers = prunable_layers(model)
+    scores = layer_scores(model, cfg.criterion, grads)
+    layer_current = None
+    if current is not None:
+        layer_current = {
+            name: current[_param_name(name, "weight")] for name in layers if _param_name(name, "weight") in current
+        }
+    if cfg.structured:
+        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(layers))
+        keep = structured_keep(scores, _structured_rates(model, cfg, rates, kept), layer_current)
+        return structured_param_masks(model, keep)
+    if cfg.allocation == "per_layer":
+        weight_masks = per_layer_masks(scores, dict(cfg.sparsity) if rates is None else rates, layer_current)
+    else:
+        kept = kept_weights(model, cfg) if kept is None else kept
+        counts = layer_counts(cfg.allocation, scores, kept, shares=cfg.shares, current=layer_current)
+        weight_masks = count_masks(scores, counts, layer_current)
+    masks = {}
+    for name, mask in weight_masks.items():
+        w = layers[name].weight
+        masks[_param_name(name, "weight")] = mask.to(device=w.device, dtype=w.dtype)
+    return masks
+
+
+def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    """Multiply each named parameter by its mask, in place."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            if name not in params:
+                raise ModelError(f"mask for unknown parameter {name!r}; the model's parameters: {', '.join(params)}")
+            p = params[name]
+            if mask.shape != p.shape:
+                raise ModelError(
+                    f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(p.shape)}; "
+                    "recompute the masks on this model"
+                )
+            p.mul_(mask.to(device=p.device, dtype=p.dtype))
+
+
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exactly-zero weight entries of each prunable layer."""
+    layers = prunable_layers(model)
+    if not layers:
+        return {}
+    # integer counts divided on the host give exact fractions (0.8, not float32's 0.800000011920929)
+    zeros = torch.stack([(m.weight.detach() == 0).sum().cpu() for m in layers.values()]).tolist()
+    return {name: z / m.weight.numel() for (name, m), z in zip(layers.items(), zeros, strict=True)}
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """``(nonzero, total)`` over all parameters: weights, biases and normalisation parameters."""
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return 0, 0
+    nonzero = torch.stack([torch.count_nonzero(p).cpu() for p in params]).sum()
+    return int(nonzero), sum(p.numel() for p in params)

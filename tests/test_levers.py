@@ -1,0 +1,172 @@
+"""The levers of the pipeline at high sparsity: distillation, lr rewinding, gradual pruning in phase 1."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autoprune import train, trial
+from autoprune.config import (
+    BudgetConfig,
+    DatasetConfig,
+    FinetuneConfig,
+    ModelConfig,
+    PruneConfig,
+    TrainConfig,
+    TrialConfig,
+)
+from autoprune.errors import ConfigError
+from autoprune.trial import run_trial
+
+
+def cfg(**sections) -> TrialConfig:
+    base = {
+        "dataset": DatasetConfig(name="synthetic"),
+        "model": ModelConfig(name="lenet-300-100"),
+        "budget": BudgetConfig(train_epochs=3, finetune_epochs=2, batch_size=128),
+        "prune": PruneConfig(allocation="global", density=0.1),
+        "device": "cpu",
+    }
+    base.update(sections)
+    return TrialConfig(**base)
+
+
+@pytest.fixture
+def lrs(monkeypatch) -> list[float]:
+    """The lr of every optimizer step, in order (the step itself runs unchanged)."""
+    seen: list[float] = []
+    step = train.SGD.step
+
+    def recording(self, lr, grad_scale=1.0):
+        seen.append(lr)
+        return step(self, lr, grad_scale)
+
+    monkeypatch.setattr(train.SGD, "step", recording)
+    return seen
+
+
+@pytest.fixture
+def phases(monkeypatch) -> list[dict]:
+    """What the pipeline hands ``run_phase`` for each phase: its config, masks, events and teacher (copied)."""
+    seen: list[dict] = []
+    run_phase = trial.run_phase
+
+    def recording(model, x, y, phase, **kw):
+        teacher = kw.get("teacher")
+        seen.append(
+            {
+                "phase": phase,
+                "events": sorted(kw.get("prune_events") or {}),
+                "masks": None if kw.get("masks") is None else dict(kw["masks"].masks),
+                "teacher": None if teacher is None else copy.deepcopy(teacher.state_dict()),
+                "teacher_training": None if teacher is None else teacher.training,
+            }
+        )
+        return run_phase(model, x, y, phase, **kw)
+
+    monkeypatch.setattr(trial, "run_phase", recording)
+    return seen
+
+
+def test_lr_rewinding_replays_the_tail_of_phase_one(lrs) -> None:
+    rewound = cfg(finetune=FinetuneConfig(lr=0.001, lr_rewind=True))
+    run_trial(rewound)
+    spe = len(lrs) // 5  # 3 + 2 epochs
+    phase1, finetune = lrs[: 3 * spe], lrs[3 * spe :]
+    assert finetune == phase1[spe:]  # rewound to epoch T - F = 1 of phase 1's cosine
+    assert finetune[0] > 0.02  # phase 1's lr of 0.05, not the finetune's 0.001
+    lrs.clear()
+    run_trial(dataclasses.replace(rewound, finetune=FinetuneConfig(lr=0.001)))
+    assert lrs[3 * spe] == 0.001 and max(lrs[3 * spe :]) == 0.001
+
+
+def test_pure_distillation_steps_along_the_distillation_gradient() -> None:
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    teacher = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).requires_grad_(False)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    t, lr = 3.0, 0.5
+
+    def expected_step(loss_of_logits) -> list[torch.Tensor]:
+        ref = copy.deepcopy(student)
+        loss = loss_of_logits(ref(x))
+        grads = torch.autograd.grad(loss, list(ref.parameters()))
+        return [p.detach() - lr * g for p, g in zip(ref.parameters(), grads, strict=True)]
+
+    def kd(logits):  # T^2 * KL(softmax(teacher / T) || softmax(student / T)), by hand
+        p_t = torch.softmax(teacher(x) / t, 1)
+        return t * t * (p_t * (p_t.log() - torch.log_softmax(logits / t, 1))).sum(1).mean()
+
+    def run(weight: float) -> list[torch.Tensor]:
+        model = copy.deepcopy(student)
+        phase = FinetuneConfig(
+            lr=lr, momentum=0.0, lr_schedule="constant", distill_weight=weight, distill_temperature=t
+        )
+        gen = torch.Generator().manual_seed(0)
+        train.run_phase(model, x, y, phase, epochs=1, batch_size=32, generator=gen, teacher=teacher)
+        return [p.detach() for p in model.parameters()]
+
+    for got, want in zip(run(1.0), expected_step(kd), strict=True):
+        torch.testing.assert_close(got, want)
+    for got, want in zip(run(0.0), expected_step(lambda logits: F.cross_entropy(logits, y)), strict=True):
+        torch.testing.assert_close(got, want)
+    half = expected_step(lambda logits: 0.5 * F.cross_entropy(logits, y) + 0.5 * kd(logits))
+    for got, want in zip(run(0.5), half, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_teacher_is_the_trials_own_model_right_before_pruning(phases) -> None:
+    distilled = cfg(finetune=FinetuneConfig(distill_weight=0.7, distill_temperature=2.0))
+    result = run_trial(distilled)
+    finetune = phases[-1]
+    assert isinstance(finetune["phase"], FinetuneConfig) and finetune["teacher_training"] is False
+    # the same seed without pruning or finetuning stops right after phase 1: that model is the teacher
+    trained = run_trial(
+        cfg(prune=PruneConfig(enabled=False), budget=dataclasses.replace(distilled.budget, finetune_epochs=0))
+    ).model
+    for key, value in trained.state_dict().items():
+        assert torch.equal(finetune["teacher"][key], value)
+    assert (finetune["teacher"]["fc1.weight"] != 0).all()  # dense: taken before the masks
+    plain = run_trial(dataclasses.replace(distilled, finetune=FinetuneConfig()))
+    assert phases[-1]["teacher"] is None
+    assert not torch.equal(plain.model.fc1.weight, result.model.fc1.weight)
+    assert result.params_nonzero == plain.params_nonzero == result.params_planned
+
+
+def test_gradual_pruning_over_the_end_of_phase_one(phases) -> None:
+    prune = PruneConfig(
+        allocation="erk", density=0.05, schedule="gradual_train", gradual_start=0.5, gradual_end=0.75, gradual_steps=3
+    )
+    result = run_trial(cfg(prune=prune, budget=BudgetConfig(train_epochs=4, finetune_epochs=1, batch_size=128)))
+    first, finetune = phases
+    assert first["events"] == [18, 22, 27]  # 0.5, 0.625 and 0.75 of phase 1's 4 * 9 steps (1080 samples / 128)
+    assert finetune["events"] == []
+    kept = sum(int(m.sum()) for m in finetune["masks"].values())  # at the target before finetuning starts
+    assert kept == round(0.05 * (64 * 300 + 300 * 100 + 100 * 4))
+    assert result.params_nonzero == result.params_planned
+    assert result.val_accuracy_pruned == result.val_accuracy_trained
+
+
+def test_levers_that_reuse_phase_one_need_it() -> None:
+    off = BudgetConfig(train_epochs=0, finetune_epochs=1)
+    with pytest.raises(ConfigError, match=r"finetune\.lr_rewind works within phase 1's schedule"):
+        run_trial(cfg(budget=off, finetune=FinetuneConfig(lr_rewind=True)))
+    with pytest.raises(ConfigError, match=r"prune\.schedule gradual_train works within phase 1's schedule"):
+        run_trial(cfg(train=TrainConfig(enabled=False), prune=PruneConfig(schedule="gradual_train", density=0.5)))
+
+
+@pytest.mark.parametrize("schedule", ["gradual", "gradual_train"])
+def test_structured_uniform_density_keeps_the_planned_count(schedule: str) -> None:
+    c = cfg(
+        model=ModelConfig(name="bn-cnn"),
+        budget=BudgetConfig(train_epochs=2, finetune_epochs=1, batch_size=128),
+        prune=PruneConfig(structured=True, allocation="uniform", density=0.3, schedule=schedule, gradual_steps=3),
+    )
+    result = run_trial(c)
+    assert result.params_nonzero == result.params_planned < 0.45 * result.params_total
+    assert result.masks == {}  # physically smaller
