@@ -7,9 +7,10 @@
 Three things run on the same pipeline and the same per-trial budget (the space's ``budget``):
 1. the dense model (``prune.enabled: false``, every other leaf at its default): the reference accuracy;
 2. ``autoprune search`` of ``--trials`` trials (the space's own baseline seeding included);
-3. the global-magnitude baseline ladder: global allocation, magnitude criterion, one-shot pruning, every other
-   leaf at its default, at ``--ladder`` sizes given as fractions of the dense parameter count (each trial is
-   pruned to exactly that many nonzero parameters with ``prune.nonzero_params``).
+3. the global-magnitude baseline ladder: global allocation, magnitude criterion, one-shot pruning, plain
+   finetuning (no distillation, no lr rewinding), every other leaf at its default, at ``--ladder`` sizes given as
+   fractions of the dense parameter count (each trial is pruned to exactly that many nonzero parameters with
+   ``prune.nonzero_params``).
 
 For each size bucket (at most 2%, 5% and 10% of the dense parameters) it prints the model that a user would
 choose on validation accuracy among the search's trials and among the baselines that fit, with its test accuracy
@@ -52,8 +53,14 @@ def _run(args: tuple[str, list[str], dict[str, Any], int]) -> dict[str, Any]:
     return out
 
 
-# A global-magnitude baseline: these fixed, every other leaf at its default.
-GLOBAL_MAGNITUDE = ["prune.allocation=global", "prune.criterion=magnitude", "prune.schedule=one_shot"]
+# A global-magnitude baseline, what a user does by hand: these fixed, every other leaf at its default.
+GLOBAL_MAGNITUDE = [
+    "prune.allocation=global",
+    "prune.criterion=magnitude",
+    "prune.schedule=one_shot",
+    "finetune.distill_weight=0",
+    "finetune.lr_rewind=false",
+]
 
 
 def best_within(records: list[dict], limit: float) -> dict | None:
