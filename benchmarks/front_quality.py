@@ -1,0 +1,169 @@
+"""How good is the searched front? A search of a given budget against the global-magnitude baseline ladder.
+
+    python benchmarks/front_quality.py                       # lenet300_fashion, 60 trials, 2 at a time
+    python benchmarks/front_quality.py --quick               # digits_quick, 12 trials (a few minutes)
+    python benchmarks/front_quality.py --trials 20 --run-dir runs/fq20
+
+Three things run on the same pipeline and the same per-trial budget (the space's ``budget``):
+1. the dense model (``prune.enabled: false``, every other leaf at its default): the reference accuracy;
+2. ``autoprune search`` of ``--trials`` trials (the space's own baseline seeding included);
+3. the global-magnitude baseline ladder: global allocation, magnitude criterion, one-shot pruning, plain
+   finetuning (no distillation, no lr rewinding), every other leaf at its default, at ``--ladder`` sizes given as
+   fractions of the dense parameter count (each trial is pruned to exactly that many nonzero parameters with
+   ``prune.nonzero_params``).
+
+For each size bucket (at most 2%, 5% and 10% of the dense parameters) it prints the model that a user would
+choose on validation accuracy among the search's trials and among the baselines that fit, with its test accuracy
+and the drop from the dense model's. "Dominates" means: at every size where a baseline exists, the search's best
+model by validation accuracy within that size has a test accuracy at least the baseline's (and, separately, a
+validation accuracy at least the baseline's). Prints the seed and the wall time of each part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+BUCKETS = (0.02, 0.05, 0.10)
+LADDER = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.10)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _run(args: tuple[str, list[str], dict[str, Any], int]) -> dict[str, Any]:
+    """One trial of ``space`` with ``overrides`` and searched values ``params`` (in a worker process)."""
+    from autoprune.models import prunable_layers
+    from autoprune.space import load_space
+    from autoprune.trial import run_trial
+
+    space, overrides, params, threads = args
+    spec = load_space(space, overrides)
+    result = run_trial(spec.config_for(params), device="cpu", threads=threads)
+    record = result.record()
+    out = {k: record[k] for k in ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "config")}
+    out["prunable"] = sum(m.weight.numel() for m in prunable_layers(result.model).values())
+    return out
+
+
+# A global-magnitude baseline, what a user does by hand: these fixed, every other leaf at its default.
+GLOBAL_MAGNITUDE = [
+    "prune.allocation=global",
+    "prune.criterion=magnitude",
+    "prune.schedule=one_shot",
+    "finetune.distill_weight=0",
+    "finetune.lr_rewind=false",
+]
+
+
+def best_within(records: list[dict], limit: float) -> dict | None:
+    """The record with the best validation accuracy among those with at most ``limit`` nonzero parameters."""
+    fits = [r for r in records if r["params_nonzero"] <= limit]
+    return max(fits, key=lambda r: (r["val_accuracy"], -r["params_nonzero"])) if fits else None
+
+
+def dominates(search: list[dict], baselines: list[dict], key: str) -> bool:
+    """At each baseline's size, the search's best-by-validation model that fits scores at least as well."""
+    for b in baselines:
+        s = best_within(search, b["params_nonzero"])
+        if s is None or s[key] < best_within(baselines, b["params_nonzero"])[key]:
+            return False
+    return True
+
+
+def row(name: str, r: dict | None, dense_test: float, total: int) -> str:
+    if r is None:
+        return f"  {name:<9} none fits"
+    trial = f"trial {r['trial']}" if r.get("trial") is not None else "ladder"
+    tag = f" [{r['baseline']}]" if r.get("baseline") else ""
+    drop = 100 * (dense_test - r["test_accuracy"])
+    return (
+        f"  {name:<9} {r['params_nonzero']:>7} params ({100 * r['params_nonzero'] / total:5.2f}%)  "
+        f"val {r['val_accuracy']:.4f}  test {r['test_accuracy']:.4f}  drop {drop:+.2f} pt  ({trial}{tag})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", default=None, help="space file or shipped name (default lenet300_fashion)")
+    parser.add_argument("--trials", type=int, default=None, help="search trials (default 60; --quick 12)")
+    parser.add_argument("--concurrent", type=int, default=2, help="trials at a time, search and ladder (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    parser.add_argument("--run-dir", default=None, help="search run directory (default: a temporary one)")
+    parser.add_argument("--ladder", default=",".join(map(str, LADDER)), help="baseline sizes, fractions of dense")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", help="KEY=VALUE for the space")
+    parser.add_argument("--quick", action="store_true", help="digits_quick, 12 trials")
+    parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from autoprune.ledger import load_results
+    from autoprune.search import run_search
+    from autoprune.space import load_space
+
+    name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")
+    trials = args.trials or (12 if args.quick else 60)
+    load_space(name, args.overrides)  # a bad space or override fails here, before anything runs
+    run_dir = Path(args.run_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fq-{os.getpid()}"))
+    t_start = time.perf_counter()
+    what = " ".join([name, *args.overrides])
+    say(f"front quality: {what}, {trials} trials, {args.concurrent} at a time, seed {args.seed}")
+
+    # 1 and 3: the dense model and the baseline ladder, in worker processes (one thread each)
+    t0 = time.perf_counter()
+    dense_job = (name, [*args.overrides, "prune.enabled=false"], {}, 1)
+    with ProcessPoolExecutor(max_workers=args.concurrent) as pool:
+        dense = pool.submit(_run, dense_job).result()
+        total = dense["params_total"]
+        floor = total - dense["prunable"]  # biases and normalisation parameters always stay
+        sizes = [float(x) for x in args.ladder.split(",") if x.strip()]
+        counts = [int(f * total) for f in sizes if int(f * total) >= floor]
+        if len(counts) < len(sizes):
+            say(f"ladder: sizes below {floor} parameters (the model's biases and normalisation) are left out")
+        base = [*args.overrides, *GLOBAL_MAGNITUDE]
+        jobs = [(name, [*base, f"prune.nonzero_params={n}"], {}, 1) for n in counts]
+        ladder = list(pool.map(_run, jobs))
+    t_side = time.perf_counter() - t0
+    say(f"dense: val {dense['val_accuracy']:.4f}, test {dense['test_accuracy']:.4f}; ladder of {len(ladder)} done")
+
+    # 2: the search
+    t0 = time.perf_counter()
+    run_search(name, run_dir, trials=trials, concurrent=args.concurrent, seed=args.seed, overrides=args.overrides)
+    t_search = time.perf_counter() - t0
+    found = load_results(run_dir).trials
+
+    dense_test = dense["test_accuracy"]
+    lines = [
+        f"front quality: {name}, search of {trials} trials (seed {args.seed}, {args.concurrent} at a time), "
+        f"{len(found)} finished; run dir {run_dir}",
+        f"dense: {total} params, val {dense['val_accuracy']:.4f}, test {dense_test:.4f}",
+    ]
+    summary: dict[str, Any] = {"space": name, "trials": trials, "seed": args.seed, "dense": dense, "buckets": {}}
+    for b in BUCKETS:
+        s, g = best_within(found, b * total), best_within(ladder, b * total)
+        lines += [f"<= {100 * b:g}% of dense params:", row("search", s, dense_test, total)]
+        lines.append(row("baseline", g, dense_test, total))
+        summary["buckets"][str(b)] = {"search": s, "baseline": g}
+    dom_test, dom_val = dominates(found, ladder, "test_accuracy"), dominates(found, ladder, "val_accuracy")
+    lines.append(
+        f"search front dominates the global-magnitude front at every size: test {'yes' if dom_test else 'NO'}, "
+        f"val {'yes' if dom_val else 'NO'}"
+    )
+    wall = time.perf_counter() - t_start
+    lines.append(f"wall time: search {t_search:.0f}s, dense + ladder {t_side:.0f}s, total {wall:.0f}s")
+    print("\n".join(lines), flush=True)
+    if args.json:
+        summary.update(ladder=ladder, dominates={"test": dom_test, "val": dom_val}, seconds=wall)
+        Path(args.json).write_text(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
