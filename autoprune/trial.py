@@ -397,18 +397,21 @@ def _check_not_emptied(cfg: TrialConfig, numel: dict[str, int]) -> None:
     """
     pc = cfg.prune
     if pc.allocation == "per_layer":
-        rates = {name: (f"prune.sparsity.{name}", rate) for name, rate in pc.sparsity.items()}
-    elif pc.allocation == "global":
-        rates = {"all layers": ("prune.amount", pc.amount)}
-        numel = {"all layers": sum(numel.values())}
-    elif pc.allocation == "uniform":
-        rates = {name: ("prune.amount", pc.amount) for name in numel}
-    else:  # other allocations spread the amount by their own rule
+        for name, rate in pc.sparsity.items():
+            n = numel.get(name, 0)
+            if n and round(rate * n) >= n:
+                raise ConfigError(
+                    f"prune.sparsity.{name}={rate!r} prunes all {n} weights of {name} (the rate rounds to 100% "
+                    f"zeros); use a rate below {1 - 0.5 / n:.6g}"
+                )
         return
-    for name, (key, rate) in rates.items():
-        n = numel.get(name, 0)
-        if n and round(rate * n) >= n:
+    if pc.nonzero_params is not None:  # a target count is checked against the model by the allocation itself
+        return
+    # Other allocations keep round(density * weights) in all (uniform: in every layer); none may round to zero.
+    groups = numel if pc.allocation == "uniform" else {"all layers": sum(numel.values())}
+    for name, n in groups.items():
+        if n and round(pc.density * n) == 0:
             raise ConfigError(
-                f"{key}={rate!r} prunes all {n} weights of {name} (the rate rounds to 100% zeros); use a rate "
-                f"below {1 - 0.5 / n:.6g}"
+                f"prune.density={pc.density!r} keeps none of the {n} weights of {name} (the density rounds to "
+                f"0 weights); use a density of at least {0.5 / n:.3g}"
             )

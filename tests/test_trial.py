@@ -174,7 +174,7 @@ def test_one_device_resolver_for_trials_and_data() -> None:
     "prune",
     [
         PruneConfig(sparsity=SPARSITY),
-        PruneConfig(allocation="global", amount=0.8, criterion="taylor"),
+        PruneConfig(allocation="global", density=0.2, criterion="taylor"),
         PruneConfig(schedule="gradual", sparsity=SPARSITY, gradual_steps=3),
         PruneConfig(enabled=False),
     ],
