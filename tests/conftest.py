@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-# Fault tests SIGKILL trial workers and drivers and fill disks. Seen once under heavy load: a Ray started in the
-# pytest process after them lost every trial worker at start. Until that is explained they run last, so no
-# other test's Ray shares the machine with what a fault left behind.
+# Fault tests SIGKILL trial workers and drivers and fill disks. After the killed-driver test, a Ray started in
+# the pytest process lost every trial worker at start (cause not found yet). Until that is explained the fault
+# tests run last, so no other test's Ray follows what a fault left behind.
 _LAST = ("test_faults.py",)
 
 
