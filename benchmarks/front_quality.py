@@ -104,9 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from autoprune.search import run_search
-
     from autoprune.ledger import load_results
+    from autoprune.raytune import run_search
     from autoprune.space import load_space
 
     name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")
