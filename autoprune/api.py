@@ -127,9 +127,10 @@ def search(
     Ray Tune runs the trials (locally, or on the cluster at ``address``), Optuna's ``sampler`` (tpe, nsga2,
     random; default the space's ``search.sampler``, else tpe) suggests them, maximizing validation accuracy
     and minimizing nonzero parameters. ``trials`` defaults to the space's ``search.trials``, else 20.
-    ``early_stop`` (``off`` or ``asha``, with ``reduction_factor`` and ``grace_period``) stops trials that trail
-    the trials of their size or smaller at a rung; ``timeout`` (seconds, or ``"1h30m"``) starts no trial after
-    it. Progress lines go to ``log`` (default: stderr). The returned ``LaunchResult.results`` holds the front.
+    ``early_stop`` (``off`` or ``asha``, default the space's ``search.early_stop``, else off; with
+    ``reduction_factor`` and ``grace_period``) stops trials that trail the trials of their size or smaller at a
+    rung; ``timeout`` (seconds, or ``"1h30m"``) starts no trial after it. Progress lines go to ``log``
+    (default: stderr). The returned ``LaunchResult.results`` holds the front.
     """
     from .raytune import run_search
 

@@ -31,7 +31,6 @@ from ._cli_options import (
 )
 from .config import DEFAULT_THREADS
 from .errors import AutoPruneError, first_line
-from .stopping import DEFAULT_EARLY_STOP
 
 
 def _version(value: bool) -> None:
@@ -165,7 +164,7 @@ def search(
     set_: SetOption = None,
     early_stop: Annotated[
         EarlyStop | None,
-        typer.Option(help=f"Stop trials that trail those of their size or smaller (default: {DEFAULT_EARLY_STOP})."),
+        typer.Option(help="Stop trials that trail those of their size or smaller (default: the space's, else off)."),
     ] = None,
     reduction_factor: ReductionOption = None,
     grace_period: GraceOption = None,

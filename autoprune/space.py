@@ -28,12 +28,13 @@ from ._spacefile import load_yaml, resolve_space_path
 from .baselines import ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
+from .stopping import EARLY_STOP_MODES
 
 if TYPE_CHECKING:
     import optuna
 
 _TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp")
-_SEARCH_KEYS = ("trials", "sampler", "baselines")
+_SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop")
 _RANGE_KEYS = {"low", "high", "log", "step", "default"}
 _CHOICE_KEYS = {"choices", "default"}
 # Leaves whose value is itself a mapping keyed by layer name.
@@ -106,6 +107,7 @@ class SearchSpace:
     trials: int | None = None  # `search.trials` in the file: the default number of trials
     sampler: str | None = None  # `search.sampler` in the file
     baselines: Any = None  # `search.baselines` in the file: the baseline ladder (see ``baselines.py``)
+    early_stop: str | None = None  # `search.early_stop` in the file: off | asha
 
     @property
     def digest(self) -> str:
@@ -305,6 +307,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         trials=search.get("trials"),
         sampler=search.get("sampler"),
         baselines=search.get("baselines"),
+        early_stop=search.get("early_stop"),
     )
     _validate_values(space, fail)
     if space.trials is not None and (
@@ -317,6 +320,8 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         ladder(space)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    if space.early_stop is not None and space.early_stop not in EARLY_STOP_MODES:
+        raise fail(f"search.early_stop must be one of {', '.join(EARLY_STOP_MODES)}, got {space.early_stop!r}")
     return space
 
 

@@ -232,3 +232,14 @@ def test_bad_stopping_options_fail_in_one_line_before_anything_starts(args, mess
     code, out, err = run_cli([a.format(tmp=tmp_path) for a in args], capsys, monkeypatch)
     assert code == 1 and out == "" and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_a_space_can_ask_for_early_stopping():
+    from autoprune.errors import ConfigError
+    from autoprune.space import load_space, parse_space
+
+    assert load_space("digits_quick").early_stop is None
+    assert load_space("digits_quick", ["search.early_stop=asha"]).early_stop == "asha"
+    doc = {"dataset": {"name": "digits"}, "model": {"name": "lenet-300-100"}, "search": {"early_stop": "median"}}
+    with pytest.raises(ConfigError, match=r"search\.early_stop must be one of off, asha, got 'median'"):
+        parse_space(doc, source="s.yaml")

@@ -153,8 +153,8 @@ def run_search(
     ``trials`` defaults to the space's ``search.trials``, else 20; ``sampler`` to its ``search.sampler``, else
     tpe. ``concurrent`` defaults to as many trials as the cluster's CPUs (and GPUs) fit. With ``concurrent=1``
     the sequence of suggested configurations is reproducible for a given ``seed``. ``early_stop`` is ``off`` or
-    ``asha`` (default ``stopping.DEFAULT_EARLY_STOP``), kept in run.json for resume. After ``timeout`` (seconds,
-    or a duration such as ``"1h30m"``, counted from this call) no new trial starts.
+    ``asha`` (default: the space's ``search.early_stop``, else off), kept in run.json for resume. After
+    ``timeout`` (seconds, or a duration such as ``"1h30m"``, counted from this call) no new trial starts.
     """
     import optuna
 
@@ -169,8 +169,8 @@ def run_search(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise SearchError(f"--seed must be a non-negative integer, got {seed!r}")
     _check_resources(concurrent, cpus_per_trial, gpus_per_trial)
-    stopping = early_stop_settings(early_stop, reduction_factor, grace_period)
     _check_something_to_search(spec, n)
+    stopping = early_stop_settings(early_stop or spec.early_stop, reduction_factor, grace_period)
     rundir.check_new_run_dir(run_dir)
     ledger.quiet_optuna()
     # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
