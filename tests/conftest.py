@@ -1,14 +1,11 @@
-"""Suite-wide test ordering."""
+"""Suite-wide settings for the Ray that tests start in the pytest process."""
 
 from __future__ import annotations
 
-import pytest
+import os
 
-# Fault tests SIGKILL trial workers and drivers and fill disks. After the killed-driver test, a Ray started in
-# the pytest process lost every trial worker at start (cause not found yet). Until that is explained the fault
-# tests run last, so no other test's Ray follows what a fault left behind.
-_LAST = ("test_faults.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name in _LAST)  # stable: every other test keeps its order
+# Ray reads its authentication mode once per process: a Ray started later in the same process with another mode
+# loses every trial worker at start ("Missing authorization header"). Every in-process Ray of the suite is a
+# local one on loopback, so the whole suite runs with authentication off, and subprocesses inherit the setting.
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"

@@ -98,7 +98,6 @@ def test_readme_plain_torch_loader_matches_the_recorded_accuracy(tmp_path: Path,
 @pytest.mark.ray
 def test_readme_python_example_then_evaluate(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     scope: dict = {}
     exec(readme_python(0), scope)

@@ -43,7 +43,6 @@ def prepared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from autoprune.raytune import run_search
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         ray.shutdown()
     folder = tmp_path_factory.mktemp("prepared")

@@ -209,7 +209,6 @@ def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(space:
 def test_resources_no_node_has_leave_nothing_behind(option, value, space, tmp_path, capsys, monkeypatch) -> None:
     if ray.is_initialized():
         ray.shutdown()
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     children = descendants(os.getpid())
     run_dir = tmp_path / "run"
     code, out, err = run_cli(["search", str(space), "--run-dir", str(run_dir), option, value], capsys, monkeypatch)

@@ -26,7 +26,6 @@ prune:
 
 
 def test_local_search_listens_on_loopback_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("AUTOPRUNE_STUDY_STORAGE", "")  # present but empty: hidden from Ray, restored after
     if ray.is_initialized():
         ray.shutdown()

@@ -54,7 +54,6 @@ def ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A private root for Ray's session folders (short: Ray's socket paths must fit in 107 bytes)."""
     folder = Path(tempfile.mkdtemp(prefix="aprt-"))
     monkeypatch.setenv("RAY_TMPDIR", str(folder))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
 

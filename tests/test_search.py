@@ -34,7 +34,6 @@ from autoprune.rundir import RunInfo  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 TINY_SPACE = """\
@@ -319,7 +318,6 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
 def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
         cluster.add_node(num_cpus=1)

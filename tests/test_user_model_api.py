@@ -87,7 +87,6 @@ def test_resnet_trial_through_the_api_then_load_model_on_raw_images(user: UserFo
 def test_resnet_search_results_pick_and_load_model_through_the_api(
     user: UserFolder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     # The trials run in Ray's worker processes, each in its own trial folder: they must import my_models too.
     launch = autoprune.search(
