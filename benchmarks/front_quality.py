@@ -10,7 +10,8 @@ Three things run on the same pipeline and the same per-trial budget (the space's
 3. the global-magnitude baseline ladder: global allocation, magnitude criterion, one-shot pruning, plain
    finetuning (no distillation, no lr rewinding), every other leaf at its default, at ``--ladder`` sizes given as
    fractions of the dense parameter count (each trial is pruned to exactly that many nonzero parameters with
-   ``prune.nonzero_params``).
+   ``prune.nonzero_params``). Sizes below the smallest model the space can make (its lowest ``prune.density``)
+   are left out: there the search has nothing to compare.
 
 For each size bucket (at most 2%, 5% and 10% of the dense parameters) it prints the model that a user would
 choose on validation accuracy among the search's trials and among the baselines that fit, with its test accuracy
@@ -63,6 +64,16 @@ GLOBAL_MAGNITUDE = [
 ]
 
 
+def smallest_model(dims: dict[str, Any], prunable: int, floor: int) -> int:
+    """The fewest nonzero parameters a trial of the space can end with: the baselines are compared where the
+    search can reach (biases and normalisation parameters always stay)."""
+    if "prune.nonzero_params" in dims:
+        return max(floor, int(dims["prune.nonzero_params"].low))
+    if "prune.density" in dims:
+        return floor + round(float(dims["prune.density"].low) * prunable)
+    return floor
+
+
 def best_within(records: list[dict], limit: float) -> dict | None:
     """The record with the best validation accuracy among those with at most ``limit`` nonzero parameters."""
     fits = [r for r in records if r["params_nonzero"] <= limit]
@@ -110,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
     name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")
     trials = args.trials or (12 if args.quick else 60)
-    load_space(name, args.overrides)  # a bad space or override fails here, before anything runs
+    spec = load_space(name, args.overrides)  # a bad space or override fails here, before anything runs
+    dims = {d.path: d for d in spec.dims}
     run_dir = Path(args.run_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fq-{os.getpid()}"))
     t_start = time.perf_counter()
     what = " ".join([name, *args.overrides])
@@ -124,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         total = dense["params_total"]
         floor = total - dense["prunable"]  # biases and normalisation parameters always stay
         sizes = [float(x) for x in args.ladder.split(",") if x.strip()]
-        counts = [int(f * total) for f in sizes if int(f * total) >= floor]
+        smallest = smallest_model(dims, dense["prunable"], floor)
+        counts = [int(f * total) for f in sizes if int(f * total) >= smallest]
         if len(counts) < len(sizes):
-            say(f"ladder: sizes below {floor} parameters (the model's biases and normalisation) are left out")
+            say(f"ladder: sizes below {smallest} parameters, the smallest model the space can make, are left out")
         base = [*args.overrides, *GLOBAL_MAGNITUDE]
         jobs = [(name, [*base, f"prune.nonzero_params={n}"], {}, 1) for n in counts]
         ladder = list(pool.map(_run, jobs))
