@@ -15,7 +15,9 @@ Progress is counted in epochs of sparse training plus finetuning. The rungs are 
 grace period, ``η`` the reduction factor), below the trial's last epoch (stopping a trial at its end saves
 nothing). A trial is judged once per rung, at its first result at or past the rung's epoch, against the trials
 recorded there *so far* (asynchronous: no trial waits for others), and its value is recorded there whatever the
-decision. A trial with fewer than ``min_peers`` peers at a rung continues.
+decision. A trial with fewer than ``min_peers`` peers at a rung continues. A seeded baseline (``exempt``) is
+recorded at its rungs like any trial, so it sets the bar for the others, but is never stopped: it is the reference
+the search's front must beat.
 """
 
 from __future__ import annotations
@@ -109,10 +111,18 @@ class ParetoHalving:
         return k if k >= 0 else None
 
     def judge(
-        self, trial: str, epoch: float, accuracy: float, params: float | None, last: float | None = None
+        self,
+        trial: str,
+        epoch: float,
+        accuracy: float,
+        params: float | None,
+        last: float | None = None,
+        *,
+        exempt: bool = False,
     ) -> Decision:
         """Decide on one intermediate result: ``trial`` reached ``epoch`` (epochs done, both phases) with
-        validation ``accuracy`` and will end with ``params`` parameters after ``last`` epochs.
+        validation ``accuracy`` and will end with ``params`` parameters after ``last`` epochs. An ``exempt``
+        trial (a seeded baseline) is recorded but never stopped.
 
         Records the result at the rung it reaches (once per trial and rung). Results with an unknown size or a
         non-finite accuracy are neither judged nor recorded.
@@ -134,6 +144,8 @@ class ParetoHalving:
         n = len(peers)
         base = dict(rung=rung, epoch=self.epoch_of(rung), peers=n)
         size = f"≤ {_short(limit)} params"
+        if exempt:
+            return Decision(stop=False, **base, reason=f"{at}: val {accuracy:.4f}; a baseline runs to the end")
         if n < self.min_peers:
             few = f"{n} peers {size}, fewer than {self.min_peers}"
             return Decision(stop=False, **base, reason=f"{at}: val {accuracy:.4f}; {few} → continue")

@@ -41,6 +41,34 @@ def test_bottom_of_equal_sized_peers_stops_and_the_top_continues():
     assert h.rungs[0]["x"] == (0.81, 1000) and h.rungs[0]["y"] == (0.85, 1000)  # stopped or not, recorded
 
 
+def test_a_baseline_is_recorded_as_a_peer_but_never_stopped():
+    h = halving()
+    table(h, 0, {"a": (0.80, 1000), "b": (0.82, 1000), "c": (0.84, 1000), "d": (0.86, 1000)})
+    base = h.judge("base", 1, 0.10, 1000, exempt=True)  # last of 5: a sampled trial here would stop
+    assert not base.stop and base.rung == 0 and "a baseline runs to the end" in base.reason
+    assert h.rungs[0]["base"] == (0.10, 1000)
+    x = h.judge("x", 1, 0.11, 1000)  # the baseline counts among x's peers: x ranks 5 of 6, the top 2 go on
+    assert x.stop and (x.peers, x.better) == (5, 4)
+
+
+def test_a_seeded_baseline_is_marked_in_its_tune_config_and_exempt():
+    import optuna
+
+    from autoprune.baselines import TRIAL_ATTR
+    from autoprune.raytune._worker import is_baseline, suggest
+    from autoprune.space import load_space
+
+    dims = load_space("digits_quick").dims
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.enqueue_trial({"prune.density": 0.01}, user_attrs={TRIAL_ATTR: "global@0.01"})
+    seeded, sampled = study.ask(), study.ask()
+    config = {**suggest(seeded, dims), **seeded.params}
+    assert config["prune.density"] == 0.01  # the enqueued value
+    assert is_baseline(SimpleNamespace(config=config)) and config["_trial"] == 0
+    config = {**suggest(sampled, dims), **sampled.params}
+    assert not is_baseline(SimpleNamespace(config=config)) and config["_trial"] == 1
+
+
 def test_a_small_model_is_never_compared_with_bigger_ones():
     h = halving()
     table(h, 0, {f"big{i}": (0.90 + i / 100, 50_000) for i in range(6)})
@@ -203,6 +231,11 @@ def test_ray_scheduler_applies_the_decisions():
     assert len(logged) == 5 and logged[-1].startswith("trial 4 epoch 1") and logged[-1].endswith("→ stop")
     copy = cloudpickle.loads(cloudpickle.dumps(sched))
     assert copy.log is None and copy.halving.rungs == sched.halving.rungs
+    # A baseline (exempt) at the bottom of the same rung goes on; the table still gains its value.
+    sched.exempt = lambda t: t.config.get("base", False)
+    base = SimpleNamespace(trial_id="b", config={"n": 9, "base": True})
+    assert sched.on_trial_result(None, base, {**result, "acc": 0.1}) == TrialScheduler.CONTINUE
+    assert "b" not in sched.stopped and sched.halving.rungs[0]["9"] == (0.1, 100)
 
 
 def test_early_stop_settings_from_options_and_a_resumed_run():

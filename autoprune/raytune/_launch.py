@@ -28,6 +28,7 @@ from ._worker import (
     EPOCHS_KEY,
     NO_SPACE,
     Job,
+    is_baseline,
     outcome_of,
     suggest,
     trial_dirname,
@@ -360,4 +361,5 @@ def _early_stop_scheduler(early_stop: dict[str, Any], log: Log | None) -> Any:
         last_key=EPOCHS_KEY,
         label=trial_label,
         log=log,
+        exempt=is_baseline,
     )

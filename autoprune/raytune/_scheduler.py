@@ -17,7 +17,8 @@ def scheduler_class() -> type:
     ``scheduler_class()(halving, epoch_key=..., accuracy_key=..., params_key=..., last_key=...)``: results without
     ``epoch_key`` (a trial's final result) are not judged. ``label(trial)`` names a trial in the rung tables and
     logs; ``log`` receives the reason of every decision taken at a rung. ``stopped`` maps the Ray trial id of
-    every trial it stopped to its ``Decision``.
+    every trial it stopped to its ``Decision``. ``exempt(trial)`` is true for a trial that is recorded at the
+    rungs but never stopped (a seeded baseline).
     """
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
@@ -32,12 +33,14 @@ def scheduler_class() -> type:
             last_key: str | None = None,
             label: Callable[[Any], str] | None = None,
             log: Callable[[str], None] | None = None,
+            exempt: Callable[[Any], bool] | None = None,
         ) -> None:
             super().__init__()
             self.halving = halving
             self.keys = (epoch_key, accuracy_key, params_key, last_key)
             self.label = label
             self.log = log
+            self.exempt = exempt
             self.stopped: dict[str, Decision] = {}
 
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
@@ -52,6 +55,7 @@ def scheduler_class() -> type:
                 float(result[accuracy_key]),
                 None if params is None else float(params),
                 None if last is None else float(last),
+                exempt=bool(self.exempt and self.exempt(trial)),
             )
             if decision.judged and self.log is not None:
                 self.log(decision.reason)
@@ -66,7 +70,7 @@ def scheduler_class() -> type:
 
         def __getstate__(self) -> dict:
             # Tune pickles the scheduler with its Tuner: keep the rungs, drop the callables (log, label).
-            return {**self.__dict__, "label": None, "log": None}
+            return {**self.__dict__, "label": None, "log": None, "exempt": None}
 
     ParetoHalvingScheduler.__qualname__ = ParetoHalvingScheduler.__name__
     return ParetoHalvingScheduler

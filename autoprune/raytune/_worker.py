@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import rundir
+from ..baselines import TRIAL_ATTR as BASELINE_ATTR
 from ..errors import DivergedError, first_line
 from ..ledger import OBJECTIVES, Outcome
 from ..space import define_by_run
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from ..stopping import Decision
 
 _NUMBER_KEY = "_trial"  # the Optuna trial number, added to each suggested config
+_BASELINE_KEY = "_baseline"  # True in the config of a seeded baseline (early stopping lets it finish)
 _RECORD_KEY = "autoprune_record"
 _MODEL_KEY = "autoprune_model"
 _OUTCOME_KEY = "autoprune_outcome"
@@ -53,13 +55,22 @@ class Job:
     rungs: tuple[float, float] | None = None  # early stopping: (grace period, reduction factor); None: off
 
 
-def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, int]:
-    """Define-by-run space for OptunaSearch: every searched dimension, plus the trial number as a constant.
+def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, Any]:
+    """Define-by-run space for OptunaSearch: every searched dimension, plus as constants the trial number and,
+    for a seeded baseline, that it is one.
 
     Module level so that it pickles by reference (bind ``dims`` with ``functools.partial``).
     """
     define_by_run(trial, dims)
-    return {_NUMBER_KEY: trial.number}
+    constants: dict[str, Any] = {_NUMBER_KEY: trial.number}
+    if trial.user_attrs.get(BASELINE_ATTR):
+        constants[_BASELINE_KEY] = True
+    return constants
+
+
+def is_baseline(trial: Any) -> bool:
+    """Whether a Tune trial runs a seeded baseline."""
+    return bool(trial.config.get(_BASELINE_KEY))
 
 
 def trial_label(trial: Any) -> str:
@@ -96,7 +107,7 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         tune.report({**values, EPOCH_KEY: p.epoch, EPOCHS_KEY: p.epochs, STAGE_KEY: p.stage})
 
     number = int(config[_NUMBER_KEY])
-    params = {k: v for k, v in config.items() if k != _NUMBER_KEY}
+    params = {k: v for k, v in config.items() if k not in (_NUMBER_KEY, _BASELINE_KEY)}
     node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
     started = time.perf_counter()
     report: dict[str, Any]
