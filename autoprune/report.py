@@ -130,14 +130,16 @@ def _plain(value: Any) -> Any:
     return plain(value, where="record", json_safe=True, strict=False)
 
 
-def report_document(front: Sequence[dict], trials: Sequence[dict], failed: int) -> dict:
-    """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N, "baseline_front": [...]}``,
-    JSON-safe; ``baseline_front`` is the front of the seeded baselines alone, to set the searched front against.
+def report_document(front: Sequence[dict], trials: Sequence[dict], failed: int, stopped: Sequence[dict] = ()) -> dict:
+    """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N, "stopped": [...],
+    "baseline_front": [...]}``, JSON-safe. ``stopped`` lists the trials early stopping stopped (trial, rung, epoch,
+    val_accuracy, reason); ``baseline_front`` is the front of the seeded baselines alone, to set the searched
+    front against.
     """
     from .pareto import baseline_front
 
     document = {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
-    return {**document, "baseline_front": _plain(baseline_front(trials))}
+    return {**document, "stopped": _plain(list(stopped)), "baseline_front": _plain(baseline_front(trials))}
 
 
 def front_hypervolume(front: Sequence[dict]) -> dict[str, Any] | None:
@@ -221,6 +223,7 @@ def write_report(
     failed: int,
     *,
     baseline: dict | None = None,
+    stopped: Sequence[dict] = (),
 ) -> dict[str, Path]:
     """Write ``run_dir/report/{front.csv, trials.csv, report.json, pareto.png}`` atomically.
 
@@ -239,7 +242,7 @@ def write_report(
     front, trials = _relative_paths(front, run_dir), _relative_paths(trials, run_dir)
     write_csv(front, paths["front_csv"])
     write_csv(trials, paths["trials_csv"])
-    document = {**report_document(front, trials, failed), "hypervolume": front_hypervolume(front)}
+    document = {**report_document(front, trials, failed, stopped), "hypervolume": front_hypervolume(front)}
     with atomic_open(paths["json"], "w") as fh:
         json.dump(document, fh, indent=2, allow_nan=False)
         fh.write("\n")

@@ -97,10 +97,13 @@ def test_report_document_layout_is_json_safe():
     trials[0]["val_accuracy_pruned"] = float("nan")
     trials[1]["model_path"] = Path("models/x.pt")
     front = pareto_front(trials)
-    doc = report_document(front, trials, failed=3)
-    assert set(doc) == {"front", "trials", "failed", "baseline_front"}
+    stopped = [{"trial": 9, "outcome": "pruned", "rung": 0, "epoch": 1, "val_accuracy": float("nan"), "reason": "r"}]
+    doc = report_document(front, trials, failed=3, stopped=stopped)
+    assert set(doc) == {"front", "trials", "failed", "stopped", "baseline_front"}
     assert doc["baseline_front"] == []  # no seeded baselines among these trials
-    assert doc["failed"] == 3
+    assert doc["failed"] == 3 and [s["trial"] for s in doc["stopped"]] == [9]
+    assert doc["stopped"][0]["val_accuracy"] is None  # JSON-safe like the rest
+    assert report_document(front, trials, failed=0)["stopped"] == []
     assert [r["trial"] for r in doc["front"]] == [r["trial"] for r in front]
     assert len(doc["trials"]) == 6
     text = json.dumps(doc, allow_nan=False)  # raises if a NaN slipped through

@@ -113,6 +113,8 @@ def test_early_stopping_prunes_trials_outside_the_front_and_resumes_after_a_kill
     pruned_numbers = {t.number for t in pruned}
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert not pruned_numbers & {r["trial"] for r in report["front"] + report["trials"]}
+    assert {s["trial"] for s in report["stopped"]} == pruned_numbers  # listed apart, with their rungs
+    assert all(s["rung"] in (0, 1, 2) for s in report["stopped"])
     assert {r["trial"] for r in outcome.results.front} <= {t.number for t in complete}
     assert {s["trial"] for s in outcome.results.stopped} == pruned_numbers
     for number, (state, done) in before.items():  # finished before the kill: kept, not re-run

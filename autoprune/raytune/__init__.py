@@ -89,7 +89,9 @@ def _finish(
     results = ledger.study_results(study, requested=requested, run_dir=run_dir)
     files: dict[str, Path] = {}
     try:
-        files = write_report(run_dir, results.front, results.trials, results.failed, baseline=results.baseline)
+        files = write_report(
+            run_dir, results.front, results.trials, results.failed, baseline=results.baseline, stopped=results.stopped
+        )
     except OSError as exc:
         log(f"warning: could not write the report files: {exc}")
     return LaunchResult(
