@@ -10,9 +10,9 @@
 
 With ``report``, the pipeline also reports an ``IntermediateResult`` after each epoch of sparse training and
 of finetuning, and right after one-shot pruning: validation accuracy on a fixed subset of the validation split
-(``REPORT_VAL_SAMPLES`` samples drawn once with a fixed seed, so that every trial on the same split is measured
-on the same samples, for a few per cent of an epoch's time) and the trial's planned parameter count. These
-reports are for deciding early whether a trial is worth finishing; only the final result counts.
+(``REPORT_VAL_SAMPLES`` samples drawn once with a fixed seed: every trial on the same split is measured on the
+same samples, for a few per cent of an epoch's time), the trial's planned parameter count, and whether pruning
+is done (``at_size``). They decide early whether a trial is worth finishing; only the final result counts.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class IntermediateResult:
     epochs: int  # the trial's epochs in all (train_epochs + finetune_epochs)
     val_accuracy: float  # on the fixed validation subset
     params_planned: int  # the parameters the trial's model keeps after pruning (all of them when dense)
+    at_size: bool = True  # pruning is done (or the trial is dense): the accuracy is that of a model of its size
 
 
 @dataclass
@@ -159,15 +160,16 @@ def run_trial(
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
     trained_epochs = cfg.budget.train_epochs if cfg.train.enabled else 0
-    progress = _progress_reporter(cfg, model, data, trained_epochs, report)
+    pruned = [not cfg.prune.enabled]  # the final masks are in place
+    progress = _progress_reporter(cfg, model, data, trained_epochs, report, lambda: pruned[0])
 
     def sgd(phase: SGDConfig, epochs: int, **kwargs: Any) -> tuple[int, MaskSet | None]:
         """One SGD phase on the training split (both phases share the batch size, batch order and amp)."""
         offset = 0 if phase.section == "train" else trained_epochs
         after = _each(_epochs(on_epoch, phase.section, epochs), progress(phase.section, offset) if progress else None)
-        x, y = data.train_x, data.train_y
+        x, y, amp = data.train_x, data.train_y, cfg.amp
         return run_phase(
-            model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=cfg.amp, on_epoch=after, **kwargs
+            model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=amp, on_epoch=after, **kwargs
         )
 
     # The allocation fixes the count before training: say it up front (and fail now on a count that cannot be).
@@ -178,8 +180,7 @@ def run_trial(
     steps_per_epoch = -(-len(data.train_x) // bs)
     _check_phase_one(cfg, trained_epochs)
     schedule = pc.schedule if pc.enabled else None
-    if schedule == "gradual" and ft_epochs == 0:  # no finetuning to ramp in: prune at once
-        schedule = "one_shot"
+    schedule = "one_shot" if schedule == "gradual" and ft_epochs == 0 else schedule  # no finetuning to ramp in
     final_kept = kept_weights(model, pc) if pc.enabled and pc.allocation != "per_layer" else 0
     prunable = sum(dense_numel.values())
     teacher: list[nn.Module] = []  # the model right before its first pruning, when distilling
@@ -201,6 +202,7 @@ def run_trial(
         rates = {name: rate * fraction for name, rate in pc.sparsity.items()}
         kept = final_kept + round((1.0 - fraction) * (prunable - final_kept))
         current_masks = current.masks if current is not None else None
+        pruned[0] = fraction >= 1.0
         return MaskSet(model, compute_masks(model, pc, rates=rates, kept=kept, grads=grads, current=current_masks))
 
     def agp(total_steps: int) -> dict[int, Callable[[], MaskSet]]:
@@ -329,6 +331,7 @@ def _progress_reporter(
     data: Datasets,
     trained_epochs: int,
     report: Callable[[IntermediateResult], None] | None,
+    at_size: Callable[[], bool],
 ) -> Callable[[str, int], Callable[[int, float], None]] | None:
     """``progress(stage, offset)`` returns the per-epoch callback of a stage, or None without ``report``."""
     if report is None:
@@ -343,7 +346,7 @@ def _progress_reporter(
     def progress(stage: str, offset: int) -> Callable[[int, float], None]:
         def after_epoch(k: int, _loss: float = 0.0) -> None:
             acc = evaluate(model, x, y, batch_size=cfg.budget.eval_batch_size, amp=cfg.amp)
-            report(IntermediateResult(stage, offset + k, epochs, val_accuracy=acc, params_planned=planned))
+            report(IntermediateResult(stage, offset + k, epochs, acc, params_planned=planned, at_size=at_size()))
 
         return after_epoch
 

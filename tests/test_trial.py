@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -193,9 +194,24 @@ def test_progress_reports_every_epoch_with_the_planned_size(prune: PruneConfig) 
     assert {p.params_planned for p in reports} == {result.params_nonzero}
     assert all(0.0 <= p.val_accuracy <= 1.0 for p in reports)
     assert reports[-1].val_accuracy > 0.5  # measured on the trial's own model, which has learnt by then
+    # at_size: the final masks are in place (from one-shot pruning on; at the end of a ramp; always when dense).
+    flags = [p.at_size for p in reports]
+    assert flags == sorted(flags) and flags[-1]  # once at its size, a trial stays there
+    assert all(flags) if not prune.enabled else not any(p.at_size for p in reports if p.stage == "train")
+    if one_shot:
+        assert all(p.at_size for p in reports if p.stage != "train")
     # Reporting measures the model without changing it.
     plain = run_trial(c)
     assert plain.record() | {"seconds": None} == result.record() | {"seconds": None}
+
+
+def test_a_ramp_in_phase_one_reaches_its_size_where_the_ramp_ends() -> None:
+    prune = PruneConfig(allocation="global", density=0.1, schedule="gradual_train", gradual_start=0.0)
+    c = cfg(prune=dataclasses.replace(prune, gradual_end=0.5), budget=BudgetConfig(4, 1, batch_size=64))
+    reports: list[IntermediateResult] = []
+    run_trial(c, report=reports.append)
+    assert [(p.epoch, p.at_size) for p in reports][:1] == [(1, False)]  # half-way up the ramp
+    assert all(p.at_size for p in reports if p.epoch >= 3)  # the ramp ended at epoch 2
 
 
 def test_progress_is_measured_on_a_subset_of_the_validation_split(monkeypatch) -> None:

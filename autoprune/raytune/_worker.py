@@ -100,6 +100,8 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
 
     def progress(p: IntermediateResult) -> None:
         history.append([p.epoch, p.stage, p.val_accuracy])
+        if not p.at_size:
+            return  # still denser than it will end: its accuracy says little about the model it will be
         if not any(reported[0] < rung <= p.epoch for rung in rung_epochs(*job.rungs, p.epochs)):
             return  # no rung reached since the last report: nothing for the scheduler to judge
         reported[0] = p.epoch
