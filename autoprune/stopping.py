@@ -15,9 +15,11 @@ Progress is counted in epochs of sparse training plus finetuning. The rungs are 
 grace period, ``η`` the reduction factor), below the trial's last epoch (stopping a trial at its end saves
 nothing). A trial is judged once per rung, at its first result at or past the rung's epoch, against the trials
 recorded there *so far* (asynchronous: no trial waits for others), and its value is recorded there whatever the
-decision. A trial with fewer than ``min_peers`` peers at a rung continues. A seeded baseline (``exempt``) is
-recorded at its rungs like any trial, so it sets the bar for the others, but is never stopped: it is the reference
-the search's front must beat.
+decision. A trial with fewer than ``min_peers`` peers at a rung continues.
+
+Trials send results only once their pruning is done (``IntermediateResult.at_size``): a denser model's accuracy
+would rank them on the wrong model. A seeded baseline (``exempt``) is recorded at its rungs like any trial, so it
+sets the bar for the others, but is never stopped: it is the reference the search's front must beat.
 """
 
 from __future__ import annotations
