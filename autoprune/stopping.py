@@ -46,9 +46,8 @@ __all__ = [
 ]
 
 EARLY_STOP_MODES = ("off", "asha")
-# Off unless a space asks for it (`search.early_stop`): measured with benchmarks/search_efficiency.py, early
-# stopping paid off where a trial's training dominates its cost (LeNet-300-100 on Fashion-MNIST) and did not where
-# per-trial overhead does (digits, a fraction of a second of training per trial). See README.
+# Off unless a space (`search.early_stop`) or --early-stop asks for it: at the same wall time it did not improve
+# the front on LeNet-300-100/Fashion-MNIST or on digits (benchmarks/search_efficiency.py; numbers in README).
 DEFAULT_EARLY_STOP = "off"
 DEFAULT_REDUCTION_FACTOR = 3.0
 DEFAULT_GRACE_PERIOD = 1.0  # epochs
