@@ -261,6 +261,10 @@ def _relative_paths(records: Sequence[dict], run_dir: str | os.PathLike) -> list
 # ------------------------------------------------------------------------------------------- search progress
 
 
+def _no_log(_line: str) -> None:
+    """The log of a pickled copy of ``Progress``."""
+
+
 @dataclass
 class Progress:
     """Progress lines of a search on stderr: counts, elapsed time, the front size and its best points."""
@@ -275,6 +279,11 @@ class Progress:
     stopped: int = 0  # by early stopping (counted: they were judged, not lost)
     cut: int = 0
     running: set[Any] = field(default_factory=set)  # keys of trials whose process started and did not end
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its callbacks and searcher, which hold this object, when it saves the experiment's state.
+        # The live object in the driver keeps the caller's log, which need not pickle (a lock, a file, a widget).
+        return {**self.__dict__, "log": _no_log}
 
     def elapsed(self) -> str:
         s = int(time.monotonic() - self.started)

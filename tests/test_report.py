@@ -223,6 +223,32 @@ def test_search_progress_counts_trials_whose_process_runs():
     assert "3/4 done, 0 running, 1 failed | trial 6 stopped (interrupted)" in lines[-1]
 
 
+def test_search_progress_pickles_without_the_callers_log():
+    """Ray Tune cloudpickles the callbacks and the searcher that hold the progress; a log need not pickle."""
+    import threading
+
+    ray = pytest.importorskip("ray")
+    from autoprune.raytune._launch import _started_callback
+
+    class Widget:  # a log that holds a lock, as a notebook widget or a logger would
+        def __init__(self) -> None:
+            self.lock, self.lines = threading.Lock(), []
+
+        def write(self, line: str) -> None:
+            with self.lock:
+                self.lines.append(line)
+
+    widget = Widget()
+    progress = Progress(log=widget.write, requested=2, already=0, records=[])
+    with pytest.raises(TypeError, match="lock"):
+        ray.cloudpickle.dumps(widget.write)
+    copy = ray.cloudpickle.loads(ray.cloudpickle.dumps(progress))
+    copy.finished(1, "complete", {"val_accuracy": 0.9, "params_nonzero": 10}, None, counted=True)  # silent
+    progress.finished(1, "complete", {"val_accuracy": 0.9, "params_nonzero": 10}, None, counted=True)
+    assert len(widget.lines) == 1 and progress.log == widget.write and copy.done == 1
+    assert ray.cloudpickle.loads(ray.cloudpickle.dumps(_started_callback(progress))) is not None
+
+
 def test_trial_progress_line_estimates_the_time_left():
     written: list[str] = []
     status = TrialProgress({"train": 2, "finetune": 2}, written.append)
