@@ -33,7 +33,7 @@ BUCKETS = (0.01, 0.02, 0.05, 0.10, 0.25, 1.0)  # fractions of the dense paramete
 
 
 class LogTo:
-    """A log function that appends to a file; picklable, since Tune pickles what the search's callbacks hold."""
+    """A log function that appends each line to a file (one file per run)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
