@@ -8,6 +8,16 @@ import pytest
 
 from autoprune import cli
 
+# The smallest real search: 300 digits, one epoch per phase, one searched rate. Ray tests use it.
+TINY_SPACE = """\
+dataset: {name: digits, val_fraction: 0.2, limit: 300}
+model: {name: lenet-300-100}
+budget: {train_epochs: 1, finetune_epochs: 1, batch_size: 64}
+prune:
+  sparsity:
+    fc1: {low: 0.5, high: 0.99}
+"""
+
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     """Run ``autoprune ARGS`` in this process through ``cli.main``: (exit code, stdout, stderr)."""

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from _session import kill_session
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 USER_FILES = ("my_models.py", "my_data.py", "resnet_fashion.yaml", "tabular.yaml")
@@ -68,21 +69,6 @@ def console_env() -> dict[str, str]:
     return env
 
 
-def _session_pids(sid: int) -> list[int]:
-    """Processes in session ``sid``: a command started with start_new_session and everything it (or Ray) forked."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
-
-
 def run_console(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``autoprune ARGS`` in ``cwd``; whatever it started (a local Ray included) is stopped before returning."""
     proc = subprocess.Popen(
@@ -97,12 +83,8 @@ def run_console(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.
     try:
         out, err = proc.communicate(timeout=timeout)
     finally:
-        for pid in _session_pids(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if proc.poll() is None:
-            proc.kill()
+        running = proc.poll() is None
+        kill_session(proc)
+        if running:
             proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

@@ -20,18 +20,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import TINY_SPACE as SPACE
 from _helpers import run_cli
 
 pytestmark = pytest.mark.ray
 
-SPACE = """\
-dataset: {name: digits, val_fraction: 0.2, limit: 300}
-model: {name: lenet-300-100}
-budget: {train_epochs: 1, finetune_epochs: 1, batch_size: 64}
-prune:
-  sparsity:
-    fc1: {low: 0.5, high: 0.99}
-"""
 FIXED_SPACE = SPACE.replace("fc1: {low: 0.5, high: 0.99}", "fc1: 0.9")
 SECRET = "Xk9/q2Lm"
 

@@ -7,21 +7,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from _helpers import TINY_SPACE as SPACE
 from _helpers import run_cli
 
 import autoprune
 from autoprune.errors import SearchError
 from autoprune.ledger import redact_url
 from autoprune.rundir import RunInfo
-
-SPACE = """\
-dataset: {name: digits, val_fraction: 0.2, limit: 300}
-model: {name: lenet-300-100}
-budget: {train_epochs: 1, finetune_epochs: 1, batch_size: 64}
-prune:
-  sparsity:
-    fc1: {low: 0.5, high: 0.99}
-"""
 
 
 def one_error_line(err: str) -> str:

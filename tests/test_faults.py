@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from _helpers import TINY_SPACE as SPACE
 from _helpers import run_cli
+from _session import driver_env, session_processes, stop_session
 from _sockets import descendants
 
 ray = pytest.importorskip("ray")
@@ -25,16 +27,6 @@ from autoprune.raytune import resume_search  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-SPACE = """\
-dataset: {name: digits, val_fraction: 0.2, limit: 300}
-model: {name: lenet-300-100}
-budget: {train_epochs: 1, finetune_epochs: 1, batch_size: 64}
-prune:
-  sparsity:
-    fc1: {low: 0.5, high: 0.99}
-"""
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture
 def space(tmp_path: Path) -> Path:
@@ -43,40 +35,8 @@ def space(tmp_path: Path) -> Path:
     return path
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "autoprune.cli", *args]
-
-
-def _session(sid: int) -> dict[int, str]:
-    """pid -> name of every process in session ``sid`` (a driver started with start_new_session, and Ray's)."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[3]) == sid and fields[0] != "Z":
-                    found[int(entry)] = Path(f"/proc/{entry}/comm").read_text().strip()
-            except OSError:
-                continue
-    return found
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    for pid in _session(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
 
 
 def _wait_for(predicate, timeout: float) -> bool:
@@ -96,11 +56,15 @@ def test_a_killed_worker_counts_as_failed_and_the_search_ends_with_what_was_aske
     run_dir = tmp_path / "run"
     cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "3", "--concurrent", "1",
                "--set", "budget.train_epochs=40")  # fmt: skip
-    driver = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    driver = subprocess.Popen(
+        cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
 
         def worker() -> int | None:
-            names = {pid: name for pid, name in _session(driver.pid).items() if name.startswith("ray::ImplicitFu")}
+            names = {
+                pid: name for pid, name in session_processes(driver.pid).items() if name.startswith("ray::ImplicitFu")
+            }
             return next(iter(names), None)
 
         assert _wait_for(lambda: worker() is not None, 120), "no trial worker started"
@@ -108,7 +72,7 @@ def test_a_killed_worker_counts_as_failed_and_the_search_ends_with_what_was_aske
         os.kill(worker(), signal.SIGKILL)  # what the OOM killer does
         _, err = driver.communicate(timeout=300)
     finally:
-        _stop(driver)
+        stop_session(driver)
     err = err.decode()
     assert driver.returncode == 0, err
     assert "Traceback" not in err and "(raylet)" not in err and "ERROR" not in err, err
@@ -136,7 +100,7 @@ def test_a_full_disk_stops_in_one_line_keeps_what_finished_and_resume_works(spac
     try:
         run_dir = disk / "run"
         cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "4", "--concurrent", "1")
-        done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, env=driver_env(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 1, done.stderr
         assert "Traceback" not in done.stderr and done.stdout == ""
         (line,) = _error_lines(done.stderr)
@@ -147,7 +111,9 @@ def test_a_full_disk_stops_in_one_line_keeps_what_finished_and_resume_works(spac
         before = {r["trial"]: Path(r["model_path"]).read_bytes() for r in kept.trials}
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True, timeout=30)  # space freed
-        done = subprocess.run(_cli("resume", str(run_dir)), env=_env(), capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            _cli("resume", str(run_dir)), env=driver_env(), capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         after = load_results(run_dir)
         assert after.counted == 4 == len(after.trials)
@@ -161,14 +127,14 @@ def test_racing_drivers_one_wins_and_the_loser_deletes_nothing(space: Path, tmp_
     run_dir = tmp_path / "run"
     cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "2", "--concurrent", "1")
     drivers = [
-        subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         for _ in range(2)
     ]
     try:
         outputs = [d.communicate(timeout=300) for d in drivers]
     finally:
         for d in drivers:
-            _stop(d)
+            stop_session(d)
     codes = sorted(d.returncode for d in drivers)
     assert codes == [0, 1], [o[1].decode() for o in outputs]
     loser = outputs[[d.returncode for d in drivers].index(1)][1].decode()
@@ -187,18 +153,20 @@ def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(space:
     run_dir = tmp_path / "run"
     cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "3", "--concurrent", "1",
                "--set", "budget.train_epochs=40")  # fmt: skip
-    driver = subprocess.Popen(cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+    driver = subprocess.Popen(cmd, env=driver_env(), start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        assert _wait_for(lambda: any(n.startswith("ray::ImplicitFu") for n in _session(driver.pid).values()), 120)
-        ray_names = set(_session(driver.pid).values())
+        assert _wait_for(
+            lambda: any(n.startswith("ray::ImplicitFu") for n in session_processes(driver.pid).values()), 120
+        )
+        ray_names = set(session_processes(driver.pid).values())
         assert {"gcs_server", "raylet"} <= ray_names
         os.kill(driver.pid, signal.SIGKILL)  # the driver alone: Ray's processes are on their own now
         driver.wait(timeout=30)
-        gone = _wait_for(lambda: not _session(driver.pid), 30)
-        left = _session(driver.pid)
+        gone = _wait_for(lambda: not session_processes(driver.pid), 30)
+        left = session_processes(driver.pid)
     finally:
-        _stop(driver)
+        stop_session(driver)
     assert gone, f"Ray processes outlived the driver by 30 s: {left}"
     outcome = resume_search(run_dir, log=lambda _m: None)
     assert outcome.results.counted == 3 and not outcome.interrupted

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from _helpers import TINY_SPACE as SPACE
 from _sockets import descendants, is_loopback, listening
 
 ray = pytest.importorskip("ray")
@@ -14,15 +15,6 @@ from autoprune._localray import ray_start_environment  # noqa: E402
 from autoprune.raytune import run_search  # noqa: E402
 
 pytestmark = pytest.mark.ray
-
-SPACE = """\
-dataset: {name: digits, val_fraction: 0.2, limit: 300}
-model: {name: lenet-300-100}
-budget: {train_epochs: 1, finetune_epochs: 1, batch_size: 64}
-prune:
-  sparsity:
-    fc1: {low: 0.5, high: 0.99}
-"""
 
 
 def test_local_search_listens_on_loopback_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
+from _helpers import TINY_SPACE as SPACE
 from _helpers import run_cli
 from _postgres import PostgresServer, PostgresUnavailable, postgres_server
 
@@ -22,14 +23,6 @@ pytestmark = pytest.mark.ray
 
 PASSWORD = "Xk9/q2#Lm[@zz7"
 FORMS = {PASSWORD, quote(PASSWORD, safe=""), quote(PASSWORD, safe=" +"), quote_plus(PASSWORD)}
-SPACE = """\
-dataset: {name: digits, val_fraction: 0.2, limit: 300}
-model: {name: lenet-300-100}
-budget: {train_epochs: 1, finetune_epochs: 1, batch_size: 64}
-prune:
-  sparsity:
-    fc1: {low: 0.5, high: 0.99}
-"""
 
 
 @pytest.fixture(scope="module")

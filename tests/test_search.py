@@ -10,15 +10,14 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from _helpers import run_cli
+from _session import driver_env, kill_driver_when, stop_session
 
 optuna = pytest.importorskip("optuna")
 ray = pytest.importorskip("ray")
@@ -51,38 +50,6 @@ prune:
 finetune:
   lr: {low: 1.0e-3, high: 0.1, log: true}
 """
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    env.pop("RAY_ADDRESS", None)
-    return env
-
-
-def _session_pids(sid: int) -> list[int]:
-    """Processes in session ``sid``: a driver started with start_new_session and everything Ray forked from it."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            pids.append(int(entry))
-    return pids
-
-
-def _stop_session(proc: subprocess.Popen) -> None:
-    for pid in _session_pids(proc.pid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
 
 
 def _study(run_dir: Path) -> optuna.Study:
@@ -284,17 +251,7 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
         "--set",
         "budget.train_epochs=30",
     ]
-    driver = subprocess.Popen(
-        cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not _completed(run_dir) and driver.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert driver.poll() is None, "the search ended before it could be killed: " + driver.stderr.read().decode()
-        os.kill(driver.pid, signal.SIGKILL)
-    finally:
-        _stop_session(driver)
+    kill_driver_when(cmd, lambda: bool(_completed(run_dir)), 60)
     finished_before = _completed(run_dir)
     assert 1 <= len(finished_before) < 4
     models_before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir()}
@@ -338,12 +295,12 @@ def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch)
             cluster.address,
         ]
         driver = subprocess.Popen(
-            cmd, env=_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         try:
             _, err = driver.communicate(timeout=120)
         finally:
-            _stop_session(driver)
+            stop_session(driver)
         assert driver.returncode == 0, err.decode()
     finally:
         cluster.shutdown()

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from _session import kill_driver_when
 
 optuna = pytest.importorskip("optuna")
 ray = pytest.importorskip("ray")
 
 from optuna.trial import TrialState  # noqa: E402
-from test_search import _env, _stop_session, _study  # noqa: E402
+from test_search import _study  # noqa: E402
 
 from autoprune.raytune import resume_search, run_search  # noqa: E402
 from autoprune.rundir import RunInfo  # noqa: E402
@@ -79,20 +77,12 @@ def test_early_stopping_prunes_trials_outside_the_front_and_resumes_after_a_kill
         "--grace-period",
         "1",
     ]
-    driver = subprocess.Popen(
-        cmd, env=_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while driver.poll() is None and time.monotonic() < deadline:
-            states = list(_states(run_dir).values())
-            if "PRUNED" in states and states.count("COMPLETE") + states.count("PRUNED") >= 5:
-                break
-            time.sleep(0.05)
-        assert driver.poll() is None, "the search ended before it could be killed: " + driver.stderr.read().decode()
-        os.kill(driver.pid, signal.SIGKILL)
-    finally:
-        _stop_session(driver)
+
+    def ready() -> bool:
+        states = list(_states(run_dir).values())
+        return "PRUNED" in states and states.count("COMPLETE") + states.count("PRUNED") >= 5
+
+    kill_driver_when(cmd, ready, 180)
     before = {t.number: (t.state, t.datetime_complete) for t in _study(run_dir).trials if t.state.is_finished()}
     assert any(state == TrialState.PRUNED for state, _ in before.values())
 
