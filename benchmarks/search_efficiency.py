@@ -7,7 +7,9 @@ go in a rotating order, so that load from other users of a shared machine falls 
 For each run it prints the trials finished and stopped, the hypervolume of the final front (validation
 accuracy vs log10 of nonzero parameters, above ``--ref-accuracy`` and left of the dense parameter count: one
 reference point for every run of a space), and the best validation accuracy within size buckets (fractions of
-the dense parameters), then the hypervolume ratios of each mode to TPE without early stopping, paired by seed.
+the dense parameters), then the hypervolume ratios of each mode to TPE without early stopping, paired by seed,
+and the ceiling: the hypervolume of a front at the best accuracy any run reached, at every size from the
+smallest model any run made. A ratio much above ceiling / TPE's hypervolume is out of reach of any scheduler.
 
     python benchmarks/search_efficiency.py --space digits_quick --budget 60 --seeds 0,1,2
     python benchmarks/search_efficiency.py --space lenet300_fashion --budget 200 --seeds 0,1 --json out.json
@@ -85,9 +87,26 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
         "failed": res.failed,
         "front": len(res.front),
         "params_dense": dense,
+        "params_smallest": min((r["params_nonzero"] for r in res.front), default=None),
+        "best_accuracy": max((r["val_accuracy"] for r in res.front), default=None),
         "hypervolume": hv,
         "best_by_size": best,
     }
+
+
+def ceiling(rows: list[dict], ref_accuracy: float) -> float | None:
+    """The hypervolume of a front as good as every run's best put together: the best validation accuracy any
+    run reached, at every size from the smallest front model of any run up to the dense count. No search of the
+    same pipeline does much better, so a hypervolume ratio to another run can hardly exceed ceiling / its HV."""
+    import math
+
+    ran = [r for r in rows if r.get("params_smallest") and r.get("best_accuracy") is not None]
+    if not ran:
+        return None
+    smallest = min(r["params_smallest"] for r in ran)
+    best = max(r["best_accuracy"] for r in ran)
+    dense = max(r["params_dense"] for r in ran)
+    return max(best - ref_accuracy, 0.0) * math.log10(dense / smallest)
 
 
 def summarize(rows: list[dict], ref_accuracy: float) -> None:
@@ -104,6 +123,10 @@ def summarize(rows: list[dict], ref_accuracy: float) -> None:
         mine = [r for r in rows if r["space"] == space]
         base = {r["seed"]: r["hypervolume"] for r in mine if r["mode"] == "tpe"}
         print(f"\n{Path(space).stem}: hypervolume / tpe without early stopping, paired by seed")
+        top = ceiling(mine, ref_accuracy)
+        if top is not None and base:
+            reach = top / statistics.median(base.values())
+            print(f"  ceiling (every run's best accuracy at every size): HV {top:.3f} = {reach:.3f} x tpe's median")
         for mode in MODES:
             if mode == "tpe":
                 continue
