@@ -25,6 +25,7 @@ from . import _urls
 from ._paths import PathError, check_input_file, inside_run
 from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
+from .refine import REFINE_ATTR
 from .rundir import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
 from .space import SAMPLERS
 
@@ -295,7 +296,8 @@ class Results:
         Columns: ``trial``, ``state`` (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), ``outcome``, ``val_accuracy``,
         ``test_accuracy``, ``params_nonzero`` and ``params_total`` (nullable integers), ``fraction_dense``,
         ``sparsity.<layer>``, every searched parameter under its dotted path, ``on_front``, ``baseline`` (seeded
-        by baseline seeding), ``model_path``, ``reason``. The front is ``df[df.on_front]``.
+        by baseline seeding), ``refined_from`` (the trial whose settings a front refinement carries, else
+        missing), ``model_path``, ``reason``. The front is ``df[df.on_front]``.
         """
         import pandas as pd
 
@@ -312,7 +314,7 @@ class Results:
             row["fraction_dense"] = rec["params_nonzero"] / total if total else None
             row.update({f"sparsity.{k}": v for k, v in (rec.get("layer_sparsity") or {}).items()})
             row.update(t["params"])
-            row.update(on_front=t["trial"] in front, baseline=bool(t.get("baseline")))
+            row.update(on_front=t["trial"] in front, baseline=bool(t.get("baseline")), refined_from=t.get(REFINE_ATTR))
             row.update(model_path=rec.get("model_path"), reason=fail.get("reason"))
             rows.append(row)
         df = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)) or ["trial"])
@@ -324,6 +326,8 @@ class Results:
                 df[col] = df[col].astype("float64")
             elif col in ("on_front", "baseline"):
                 df[col] = df[col].astype(bool)
+            elif col == REFINE_ATTR:
+                df[col] = df[col].astype("Int64")
         return df
 
 
@@ -338,6 +342,8 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
             rec = {"trial": t.number, **t.user_attrs["record"]}
             if t.user_attrs.get(BASELINE_ATTR):  # enqueued by baseline seeding
                 rec["baseline"] = t.user_attrs[BASELINE_ATTR]
+            if REFINE_ATTR in t.user_attrs:  # enqueued by front refinement: the trial whose settings it carries
+                rec[REFINE_ATTR] = t.user_attrs[REFINE_ATTR]
             if t.user_attrs.get("model_path"):
                 rel = t.user_attrs["model_path"]
                 rec["model_path"] = rel
@@ -383,7 +389,13 @@ def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None =
     records, unfinished, running = trial_records(study, run_dir)
     failures = [f for f in unfinished if f["outcome"] != "pruned"]
     every = [
-        {"trial": t.number, "state": t.state.name, "params": dict(t.params), "baseline": BASELINE_ATTR in t.user_attrs}
+        {
+            "trial": t.number,
+            "state": t.state.name,
+            "params": dict(t.params),
+            "baseline": BASELINE_ATTR in t.user_attrs,
+            REFINE_ATTR: t.user_attrs.get(REFINE_ATTR),
+        }
         for t in study.get_trials()
     ]
     return Results(

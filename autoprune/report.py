@@ -67,7 +67,8 @@ def front_table(
     Columns: trial number, nonzero parameters, their share of the dense count, validation and test accuracy,
     and the zero fraction of each layer in percent. ``total`` is the number of finished trials; ``baseline``
     (the dense reference) is shown under a rule when given, and marked ``dense`` where it is on the front; a
-    seeded baseline trial carries its label (``global@0.01``).
+    seeded baseline trial carries its label (``global@0.01``), a front refinement the trial whose settings it
+    carries (``from 17``).
     """
     title = f"Pareto front: {len(front)} model{'s' if len(front) != 1 else ''}"
     if total is not None:
@@ -80,7 +81,9 @@ def front_table(
     def label(r: dict) -> str | None:
         if dense is not None and r.get("trial") == dense:
             return f"{r['trial']} dense"
-        return f"{r['trial']} {r['baseline']}" if r.get("baseline") else None  # a seeded baseline
+        if r.get("baseline"):  # a seeded baseline
+            return f"{r['trial']} {r['baseline']}"
+        return f"{r['trial']} from {r['refined_from']}" if r.get("refined_from") is not None else None
 
     rows = [_table_row(r, label(r)) for r in front]
     base_rows = []

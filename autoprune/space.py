@@ -28,13 +28,14 @@ from ._spacefile import load_yaml, resolve_space_path
 from .baselines import ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
+from .refine import refine_settings
 from .stopping import EARLY_STOP_MODES
 
 if TYPE_CHECKING:
     import optuna
 
 _TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp")
-_SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop")
+_SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine")
 _RANGE_KEYS = {"low", "high", "log", "step", "default"}
 _CHOICE_KEYS = {"choices", "default"}
 # Leaves whose value is itself a mapping keyed by layer name.
@@ -108,6 +109,7 @@ class SearchSpace:
     sampler: str | None = None  # `search.sampler` in the file
     baselines: Any = None  # `search.baselines` in the file: the baseline ladder (see ``baselines.py``)
     early_stop: str | None = None  # `search.early_stop` in the file: off | asha
+    refine: Any = None  # `search.refine` in the file: front refinement (see ``refine.py``)
 
     @property
     def digest(self) -> str:
@@ -308,6 +310,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         sampler=search.get("sampler"),
         baselines=search.get("baselines"),
         early_stop=search.get("early_stop"),
+        refine=search.get("refine"),
     )
     _validate_values(space, fail)
     if space.trials is not None and (
@@ -318,6 +321,10 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         raise fail(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {space.sampler!r}")
     try:
         ladder(space)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    try:
+        refine_settings(space.refine)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     if space.early_stop is not None and space.early_stop not in EARLY_STOP_MODES:

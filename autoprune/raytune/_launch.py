@@ -20,6 +20,7 @@ from .._imports import worker_runtime_env
 from .._localray import ray_start_environment
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
+from ..refine import Refiner, refine_settings
 from ..rundir import RunInfo
 from ..stopping import ParetoHalving
 from ._scheduler import scheduler_class
@@ -62,6 +63,7 @@ def _searcher_class() -> type:
         deadline: float | None = None  # time.monotonic() after which no trial starts
         timed_out: bool = False
         stop_reason: str | None = None  # set when going on would only fail: no new trial is started
+        refiner: Refiner | None = None  # front refinement: may enqueue the next trial's parameters
 
         def suggest(self, trial_id: str) -> dict | str | None:
             if self.stop_reason is not None:
@@ -69,6 +71,8 @@ def _searcher_class() -> type:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.timed_out = True
                 return TuneSearcher.FINISHED  # running trials go on; no new one starts
+            if self.refiner is not None and trial_id not in self._ot_trials:
+                self.refiner.before_ask(self._ot_study)  # the ask below takes what it enqueues
             return super().suggest(trial_id)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -267,8 +271,9 @@ def launch(
     fits = cluster_concurrency(cpus, gpus)
     concurrent = min(int(res["concurrent"]), fits) if res.get("concurrent") else fits
     concurrent = max(1, min(concurrent, n_trials))
+    space = rundir.space_from_text(space_yaml)
     searcher = _searcher_class()(
-        space=functools.partial(suggest, dims=rundir.space_from_text(space_yaml).dims),
+        space=functools.partial(suggest, dims=space.dims),
         metric=list(OBJECTIVES),
         mode=list(_MODES),
         sampler=ledger.make_sampler(info.sampler, sampler_seed, info.sampler_options),
@@ -277,6 +282,7 @@ def launch(
     )
     searcher.progress = Progress(log=log, requested=n_trials, already=already_counted, records=list(already))
     searcher.deadline = deadline
+    searcher.refiner = Refiner(refine_settings(space.refine), space.dims, log=log)
     scheduler = _early_stop_scheduler(info.early_stop, log if verbose else None)
     searcher.early_stop = scheduler
     job = Job(

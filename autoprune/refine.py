@@ -1,0 +1,192 @@
+"""Front refinement: trials that carry a front model's settings to a size where the front is thin.
+
+A trial's size is an input of the search (its ``prune.density``, or its ``prune.nonzero_params``), so the settings
+that made a good model at one size are the best guess at a neighbouring size. The sampler does not know that: it
+draws the size with everything else, and the front ends up with gaps, where the best model within a size budget
+is a much smaller one. Refinement fills them. Once the seeded baselines and ``after`` sampled trials have
+finished, every ``every``-th new trial is a refinement:
+
+- between two neighbouring models of the front, it picks the gap whose staircase loses the most area:
+  (log10 params of the larger − log10 params of the smaller) × (accuracy of the larger − of the smaller);
+- it takes every setting of the larger (more accurate) model and a size at the gap's geometric middle;
+- it is put into the study (``study.enqueue_trial``) marked with the user attribute ``refined_from`` (the source
+  trial's number), so the sampler learns from its result like from any other trial.
+
+A gap too narrow for a size 10% away from both neighbours, or one whose middle a trial with the same settings
+already holds (finished, running or queued), is passed over for the next one. The space file chooses, under
+``search.refine``: omitted or ``true`` for the defaults, ``false`` or ``0`` for none, a number for ``every``, or a
+mapping ``{every: N, after: M}``. Spaces that search no overall size (per-layer rates only) are never refined.
+
+Optuna only: nothing here imports Ray or torch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .baselines import TRIAL_ATTR as BASELINE_ATTR
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from .space import Dim
+
+__all__ = ["REFINE_ATTR", "SIZE_DIMS", "Proposal", "RefineSettings", "Refiner", "propose", "refine_settings"]
+
+REFINE_ATTR = "refined_from"  # trial user attribute: the number of the trial whose settings it carries
+SIZE_DIMS = ("prune.density", "prune.nonzero_params")  # the searched leaves that set a trial's size
+MIN_RATIO = 1.1  # a refinement's size differs from both neighbours' by at least this factor
+DEFAULT_EVERY = 3
+DEFAULT_AFTER = 10
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    every: int  # every N-th new trial is a refinement; 0: never
+    after: int  # sampled trials (not baselines, not refinements) that must have finished first
+
+
+def refine_settings(raw: Any) -> RefineSettings:
+    """``search.refine`` from a space file, checked (a ``ConfigError`` names the value and the fix)."""
+    where = "search.refine"
+    if raw is None or raw is True:
+        return RefineSettings(DEFAULT_EVERY, DEFAULT_AFTER)
+    if raw is False:
+        return RefineSettings(0, DEFAULT_AFTER)
+    values: dict[str, Any]
+    if isinstance(raw, int):
+        values = {"every": raw}
+    elif isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"every", "after"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: every, after")
+        values = raw
+    else:
+        raise ConfigError(f"{where} must be true, false, a number (every N-th trial) or {{every, after}}, got {raw!r}")
+    every, after = values.get("every", DEFAULT_EVERY), values.get("after", DEFAULT_AFTER)
+    for key, value in (("every", every), ("after", after)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where}.{key} must be a whole number >= 0, got {value!r}")
+    if every == 1:
+        raise ConfigError(f"{where}.every is 1, which leaves no trial to the sampler; use 2 or more, or 0 for none")
+    return RefineSettings(every, after)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One refinement: the full parameters of the trial to run, and where they come from."""
+
+    params: dict[str, Any]
+    source: int  # the front trial whose settings it carries
+    reason: str  # one line for the log
+
+
+def _size_dim(dims: Sequence[Dim]) -> Dim | None:
+    searched = {d.path: d for d in dims}
+    return next((searched[p] for p in SIZE_DIMS if p in searched and searched[p].low is not None), None)
+
+
+def _front(trials: Sequence[optuna.trial.FrozenTrial], size: str) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials no other beats on (accuracy, parameters), smallest first; one per size."""
+    import optuna
+
+    done = [
+        t
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE and t.values and len(t.values) == 2 and size in t.params
+    ]
+    done.sort(key=lambda t: (t.values[1], -t.values[0], t.number))
+    front, best = [], -math.inf
+    for t in done:  # by size ascending: a trial is on the front when it beats every smaller one
+        if t.values[0] > best:
+            front.append(t)
+            best = t.values[0]
+    return front
+
+
+def _holds(trials: Sequence[optuna.trial.FrozenTrial], params: dict[str, Any], size: str) -> bool:
+    """Whether a trial with the same settings (size apart) already sits within MIN_RATIO of this size."""
+    value = float(params[size])
+    for t in trials:
+        other = t.params if t.params else t.system_attrs.get("fixed_params", {})
+        if size not in other or any(other.get(k) != v for k, v in params.items() if k != size):
+            continue
+        if max(value, float(other[size])) / max(min(value, float(other[size])), 1e-300) < MIN_RATIO:
+            return True
+    return False
+
+
+def propose(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim) -> Proposal | None:
+    """The next refinement for a study with these ``trials`` whose size is the searched leaf ``dim``; None when
+    the front has no gap left to fill."""
+    size = dim.path
+    front = _front(trials, size)
+    gaps = []
+    for lo, hi in itertools.pairwise(front):
+        width = math.log10(max(hi.values[1], 1.0)) - math.log10(max(lo.values[1], 1.0))
+        gaps.append((width * (hi.values[0] - lo.values[0]), lo, hi))
+    gaps.sort(key=lambda g: -g[0])
+    for _, lo, hi in gaps:
+        a, b = float(lo.params[size]), float(hi.params[size])
+        if a <= 0 or b / a < MIN_RATIO**2:
+            continue
+        value: float | int = math.sqrt(a * b)
+        if dim.is_int:
+            value = round(value)
+        value = min(max(value, dim.low), dim.high)  # type: ignore[type-var]
+        params = {**hi.params, size: value}
+        if _holds(trials, params, size):
+            continue
+        reason = (
+            f"refine: trial {hi.number}'s settings at {size.split('.')[-1]} {value:.4g}, between the front's "
+            f"{lo.values[1]:.0f} params (trial {lo.number}, val {lo.values[0]:.4f}) and {hi.values[1]:.0f} params "
+            f"(trial {hi.number}, val {hi.values[0]:.4f})"
+        )
+        return Proposal(params=params, source=hi.number, reason=reason)
+    return None
+
+
+class Refiner:
+    """Decides, before each new trial of a search, whether it is a refinement, and enqueues it into the study."""
+
+    def __init__(self, settings: RefineSettings, dims: Sequence[Dim], log: Callable[[str], None] | None = None):
+        self.settings = settings
+        self.dim = _size_dim(dims)
+        self.log = log
+        self.asked = 0  # new trials asked for since refinement became due
+
+    @property
+    def active(self) -> bool:
+        return self.settings.every > 0 and self.dim is not None
+
+    def before_ask(self, study: optuna.Study) -> Proposal | None:
+        """Call right before ``study.ask()`` for a new trial: enqueue a refinement when one is due."""
+        import optuna
+
+        if not self.active or self.dim is None:
+            return None
+        trials = study.get_trials(deepcopy=False)
+        if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+            return None  # baselines (or a refinement) still queued: they go first
+        finished = [
+            t
+            for t in trials
+            if t.state.is_finished() and BASELINE_ATTR not in t.user_attrs and REFINE_ATTR not in t.user_attrs
+        ]
+        if len(finished) < self.settings.after:
+            return None
+        self.asked += 1
+        if self.asked % self.settings.every:
+            return None
+        proposal = propose(trials, self.dim)
+        if proposal is None:
+            return None
+        study.enqueue_trial(proposal.params, user_attrs={REFINE_ATTR: proposal.source})
+        if self.log is not None:
+            self.log(proposal.reason)
+        return proposal
