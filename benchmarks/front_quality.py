@@ -5,10 +5,12 @@
     python benchmarks/front_quality.py --trials 20 --run-dir runs/fq20
 
 Three things run on the same pipeline and the same per-trial budget (the space's ``budget``):
-1. the dense model (``prune.enabled: false``, every other leaf at its default): the reference accuracy;
+1. the dense model: plain SGD (``train.penalty: none``, ``prune.enabled: false``), every other leaf at its
+   default: the reference accuracy;
 2. ``autoprune search`` of ``--trials`` trials (the space's own baseline seeding included);
-3. the global-magnitude baseline ladder: global allocation, magnitude criterion, one-shot pruning, plain
-   finetuning (no distillation, no lr rewinding), every other leaf at its default, at ``--ladder`` sizes given as
+3. the global-magnitude baseline ladder, what a user does with ``torch.nn.utils.prune``: plain SGD training (no
+   sparsity penalty), global allocation, magnitude criterion, one-shot pruning, plain finetuning (no
+   distillation, no lr rewinding), every other leaf at its default, at ``--ladder`` sizes given as
    fractions of the dense parameter count (each trial is pruned to exactly that many nonzero parameters with
    ``prune.nonzero_params``). Sizes below the smallest model the space can make (its lowest ``prune.density``)
    are left out: there the search has nothing to compare.
@@ -54,8 +56,12 @@ def _run(args: tuple[str, list[str], dict[str, Any], int]) -> dict[str, Any]:
     return out
 
 
+# Plain SGD: the dense reference and the baselines train without the sparsity penalty, so that neither depends
+# on the space's default λ (which the search's own seeded baselines use).
+PLAIN = ["train.penalty=none"]
 # A global-magnitude baseline, what a user does by hand: these fixed, every other leaf at its default.
 GLOBAL_MAGNITUDE = [
+    *PLAIN,
     "prune.allocation=global",
     "prune.criterion=magnitude",
     "prune.schedule=one_shot",
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1 and 3: the dense model and the baseline ladder, in worker processes (one thread each)
     t0 = time.perf_counter()
-    dense_job = (name, [*args.overrides, "prune.enabled=false"], {}, 1)
+    dense_job = (name, [*args.overrides, *PLAIN, "prune.enabled=false"], {}, 1)
     with ProcessPoolExecutor(max_workers=args.concurrent) as pool:
         dense = pool.submit(_run, dense_job).result()
         total = dense["params_total"]
