@@ -5,11 +5,11 @@
     python benchmarks/front_quality.py --trials 20 --run-dir runs/fq20
 
 Three things run on the same pipeline and the same per-trial budget (the space's ``budget``):
-1. the dense model: plain SGD (``train.penalty: none``, ``prune.enabled: false``), every other leaf at its
-   default: the reference accuracy;
+1. the dense model (``prune.enabled: false``, with the ``REFERENCE`` training settings, every other leaf at its
+   default): the reference accuracy;
 2. ``autoprune search`` of ``--trials`` trials (the space's own baseline seeding included);
-3. the global-magnitude baseline ladder, what a user does with ``torch.nn.utils.prune``: plain SGD training (no
-   sparsity penalty), global allocation, magnitude criterion, one-shot pruning, plain finetuning (no
+3. the global-magnitude baseline ladder, what a user does with ``torch.nn.utils.prune``: the ``REFERENCE``
+   training settings, global allocation, magnitude criterion, one-shot pruning, plain finetuning (no
    distillation, no lr rewinding), every other leaf at its default, at ``--ladder`` sizes given as
    fractions of the dense parameter count (each trial is pruned to exactly that many nonzero parameters with
    ``prune.nonzero_params``). Sizes below the smallest model the space can make (its lowest ``prune.density``)
@@ -56,12 +56,14 @@ def _run(args: tuple[str, list[str], dict[str, Any], int]) -> dict[str, Any]:
     return out
 
 
-# Plain SGD: the dense reference and the baselines train without the sparsity penalty, so that neither depends
-# on the space's default λ (which the search's own seeded baselines use).
-PLAIN = ["train.penalty=none"]
+# The dense reference and the baselines train with these, whatever the space's defaults (which the search's own
+# seeded baselines use): a light constant L1 and finetune lr 0.01. On LeNet-300-100 / Fashion-MNIST this beats
+# plain SGD (no penalty) at every size measured: dense test 0.8978 vs 0.8969, 5% val 0.8927 vs 0.8880, 2% val
+# 0.8748 vs 0.8663; so the reference and the baselines are the stronger of the two.
+REFERENCE = ["train.lambda_max=1e-5", "train.lambda_schedule=constant", "finetune.lr=0.01"]
 # A global-magnitude baseline, what a user does by hand: these fixed, every other leaf at its default.
 GLOBAL_MAGNITUDE = [
-    *PLAIN,
+    *REFERENCE,
     "prune.allocation=global",
     "prune.criterion=magnitude",
     "prune.schedule=one_shot",
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1 and 3: the dense model and the baseline ladder, in worker processes (one thread each)
     t0 = time.perf_counter()
-    dense_job = (name, [*args.overrides, *PLAIN, "prune.enabled=false"], {}, 1)
+    dense_job = (name, [*args.overrides, *REFERENCE, "prune.enabled=false"], {}, 1)
     with ProcessPoolExecutor(max_workers=args.concurrent) as pool:
         dense = pool.submit(_run, dense_job).result()
         total = dense["params_total"]
