@@ -43,6 +43,7 @@ SIZE_DIMS = ("prune.density", "prune.nonzero_params")  # the searched leaves tha
 MIN_RATIO = 1.1  # a refinement's size differs from both neighbours' by at least this factor
 DEFAULT_EVERY = 3
 DEFAULT_AFTER = 10
+# A finished trial's values are (validation accuracy, nonzero parameters): the study layout of ``ledger.OBJECTIVES``.
 
 
 @dataclass(frozen=True)
