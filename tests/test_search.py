@@ -333,3 +333,31 @@ def test_a_density_space_runs_its_baselines_first_and_resume_adds_none(local_ray
     res = load_results(run_dir)
     assert [r.get("baseline") for r in res.trials] == ["global@0.02", "global@0.2", None, None]
     assert res.frame()["baseline"].tolist() == [True, True, False, False]  # the API's DataFrame says so too
+
+
+def test_front_refinement_in_a_real_search_and_after_resume(local_ray, tmp_path: Path) -> None:
+    text = TINY_SPACE.replace(
+        "prune:\n  sparsity:\n    fc1: {low: 0.5, high: 0.99}\n    fc2: {low: 0.3, high: 0.95}\n",
+        "prune:\n  allocation: {choices: [global, erk]}\n  density: {low: 0.01, high: 0.3, log: true}\n",
+    )
+    path = tmp_path / "refine.yaml"
+    path.write_text(text + "search: {baselines: {densities: 3, allocations: [global]}, refine: {every: 2, after: 1}}\n")
+    run_dir, lines = tmp_path / "run", []
+    # trials 0-2: baselines; 3: the warm-up; then every second new trial of a launch is a refinement
+    run_search(path, run_dir, trials=6, concurrent=1, seed=0, log=lines.append)
+    resume_search(run_dir, trials=8, log=lines.append)
+    res = load_results(run_dir)
+    assert len(res.trials) == 8
+    refined = {r["trial"]: r for r in res.trials if "refined_from" in r}
+    assert set(refined) == {5, 7}  # the second new trial of each launch
+    assert sum(line.startswith("refine: trial ") for line in lines) == len(refined)
+    records = {r["trial"]: r for r in res.trials}
+    study = _study(run_dir)
+    for number, rec in refined.items():
+        source = records[rec["refined_from"]]
+        assert source["trial"] < number
+        same = {k: v for k, v in study.trials[number].params.items() if k != "prune.density"}
+        assert same == {k: v for k, v in study.trials[source["trial"]].params.items() if k != "prune.density"}
+        assert rec["config"]["prune"]["density"] != source["config"]["prune"]["density"]
+        assert rec["params_nonzero"] == rec["params_planned"]
+    assert res.frame()["refined_from"].notna().sum() == len(refined)
