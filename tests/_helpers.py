@@ -26,3 +26,20 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.
         cli.main()
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
+
+
+def tune_searcher(study, dims):
+    """Ray Tune's Optuna searcher as a search builds it, over an in-memory ``study`` (its storage and name)."""
+    import functools
+
+    from autoprune import ledger
+    from autoprune.raytune._launch import _searcher_class
+    from autoprune.raytune._worker import suggest
+
+    return _searcher_class()(
+        space=functools.partial(suggest, dims=dims),
+        metric=list(ledger.OBJECTIVES),
+        mode=["max", "min"],
+        study_name=study.study_name,
+        storage=study._storage,
+    )

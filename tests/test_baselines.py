@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import optuna
 import pytest
+from _helpers import tune_searcher
 from optuna.trial import TrialState
 
 from autoprune import ledger
@@ -166,19 +166,10 @@ def test_resume_never_reruns_a_baseline() -> None:
 
 def test_ray_tunes_optuna_searcher_asks_the_seeded_baselines_first() -> None:
     pytest.importorskip("ray.tune.search.optuna")
-    from autoprune.raytune._launch import _searcher_class
-    from autoprune.raytune._worker import suggest
-
     sp = space({"densities": 2, "allocations": ["global"]})
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")
     seed_baselines(study, sp, limit=3)
-    searcher = _searcher_class()(
-        space=functools.partial(suggest, dims=sp.dims),
-        metric=list(ledger.OBJECTIVES),
-        mode=["max", "min"],
-        study_name="s",
-        storage=study._storage,
-    )
+    searcher = tune_searcher(study, sp.dims)
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["prune.density"] for c in configs[:2]] == pytest.approx([0.005, 0.32])  # what the workers run
     assert all(c["prune.allocation"] == "global" for c in configs[:2])

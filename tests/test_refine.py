@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
 import optuna
 import pytest
+from _helpers import tune_searcher
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -206,21 +206,12 @@ def test_no_refinement_when_off_or_when_the_space_searches_no_overall_size() -> 
 
 def test_ray_tunes_optuna_searcher_runs_the_refinement_it_enqueues() -> None:
     pytest.importorskip("ray.tune.search.optuna")
-    from autoprune.raytune._launch import _searcher_class
-    from autoprune.raytune._worker import suggest
-
     sp = parse_space(SPACE)
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")
     for density, lr in ((0.005, 0.001), (0.08, 0.03)):
         study.enqueue_trial({"prune.density": density, "finetune.lr": lr, "prune.allocation": "lamp"})
         _finish(study, _ask(study, sp.dims))
-    searcher = _searcher_class()(
-        space=functools.partial(suggest, dims=sp.dims),
-        metric=list(ledger.OBJECTIVES),
-        mode=["max", "min"],
-        study_name="s",
-        storage=study._storage,
-    )
+    searcher = tune_searcher(study, sp.dims)
     searcher.refiner = Refiner(RefineSettings(every=2, after=0), sp.dims)
     first, second = searcher.suggest("t0"), searcher.suggest("t1")
     assert first["prune.density"] != pytest.approx(math.sqrt(0.005 * 0.08))  # the sampler's

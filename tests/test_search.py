@@ -315,13 +315,21 @@ def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch)
     assert all(Path(r["model_path"]).is_file() for r in doc["trials"])
 
 
-def test_a_density_space_runs_its_baselines_first_and_resume_adds_none(local_ray, tmp_path: Path) -> None:
+def _density_space(folder: Path, density: str, search: str) -> Path:
+    """TINY_SPACE searching the overall density (global or ERK allocation) instead of per-layer rates."""
     text = TINY_SPACE.replace(
         "prune:\n  sparsity:\n    fc1: {low: 0.5, high: 0.99}\n    fc2: {low: 0.3, high: 0.95}\n",
-        "prune:\n  allocation: {choices: [global, erk]}\n  density: {low: 0.02, high: 0.2, log: true}\n",
+        f"prune:\n  allocation: {{choices: [global, erk]}}\n  density: {density}\n",
     )
-    path = tmp_path / "density.yaml"
-    path.write_text(text + "search: {baselines: {densities: 2, allocations: [global]}}\n")
+    path = folder / "density.yaml"
+    path.write_text(f"{text}search: {search}\n")
+    return path
+
+
+def test_a_density_space_runs_its_baselines_first_and_resume_adds_none(local_ray, tmp_path: Path) -> None:
+    path = _density_space(
+        tmp_path, "{low: 0.02, high: 0.2, log: true}", "{baselines: {densities: 2, allocations: [global]}}"
+    )
     run_dir = tmp_path / "run"
     run_search(path, run_dir, trials=3, concurrent=1, seed=0, log=lambda _m: None)
     records = {r["trial"]: r for r in load_results(run_dir).trials}
@@ -336,12 +344,8 @@ def test_a_density_space_runs_its_baselines_first_and_resume_adds_none(local_ray
 
 
 def test_front_refinement_in_a_real_search_and_after_resume(local_ray, tmp_path: Path) -> None:
-    text = TINY_SPACE.replace(
-        "prune:\n  sparsity:\n    fc1: {low: 0.5, high: 0.99}\n    fc2: {low: 0.3, high: 0.95}\n",
-        "prune:\n  allocation: {choices: [global, erk]}\n  density: {low: 0.01, high: 0.3, log: true}\n",
-    )
-    path = tmp_path / "refine.yaml"
-    path.write_text(text + "search: {baselines: {densities: 3, allocations: [global]}, refine: {every: 2, after: 1}}\n")
+    search = "{baselines: {densities: 3, allocations: [global]}, refine: {every: 2, after: 1}}"
+    path = _density_space(tmp_path, "{low: 0.01, high: 0.3, log: true}", search)
     run_dir, lines = tmp_path / "run", []
     # trials 0-2: baselines; 3: the warm-up; then every second new trial of a launch is a refinement
     run_search(path, run_dir, trials=6, concurrent=1, seed=0, log=lines.append)
