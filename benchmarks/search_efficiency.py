@@ -98,15 +98,16 @@ def ceiling(rows: list[dict], ref_accuracy: float) -> float | None:
     """The hypervolume of a front as good as every run's best put together: the best validation accuracy any
     run reached, at every size from the smallest front model of any run up to the dense count. No search of the
     same pipeline does much better, so a hypervolume ratio to another run can hardly exceed ceiling / its HV."""
-    import math
+    from autoprune.pareto import hypervolume
 
     ran = [r for r in rows if r.get("params_smallest") and r.get("best_accuracy") is not None]
     if not ran:
         return None
-    smallest = min(r["params_smallest"] for r in ran)
-    best = max(r["best_accuracy"] for r in ran)
-    dense = max(r["params_dense"] for r in ran)
-    return max(best - ref_accuracy, 0.0) * math.log10(dense / smallest)
+    corner = {
+        "params_nonzero": min(r["params_smallest"] for r in ran),
+        "val_accuracy": max(r["best_accuracy"] for r in ran),
+    }
+    return hypervolume([corner], ref_params=max(r["params_dense"] for r in ran), ref_accuracy=ref_accuracy)
 
 
 def summarize(rows: list[dict], ref_accuracy: float) -> None:

@@ -28,6 +28,15 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.
     return exit_info.value.code, out, err
 
 
+def ask(study, dims):
+    """``study.ask()`` with every searched dimension suggested, as a search's define-by-run space does."""
+    from autoprune.space import define_by_run
+
+    trial = study.ask()
+    define_by_run(trial, dims)
+    return trial
+
+
 def tune_searcher(study, dims):
     """Ray Tune's Optuna searcher as a search builds it, over an in-memory ``study`` (its storage and name)."""
     import functools

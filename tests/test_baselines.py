@@ -6,7 +6,7 @@ import math
 
 import optuna
 import pytest
-from _helpers import tune_searcher
+from _helpers import ask, tune_searcher
 from optuna.trial import TrialState
 
 from autoprune import ledger
@@ -15,7 +15,7 @@ from autoprune.errors import ConfigError
 from autoprune.ledger import Outcome
 from autoprune.pareto import baseline_front
 from autoprune.report import front_table, report_document
-from autoprune.space import define_by_run, parse_space
+from autoprune.space import parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -89,12 +89,6 @@ def test_a_space_of_per_layer_rates_has_no_baselines() -> None:
     assert ladder(parse_space(doc)) == []
 
 
-def _ask(study: optuna.Study, dims) -> optuna.Trial:
-    trial = study.ask()
-    define_by_run(trial, dims)
-    return trial
-
-
 def _record(trial: optuna.Trial, acc: float, params: int) -> dict:
     return {
         "val_accuracy": acc,
@@ -113,7 +107,7 @@ def test_seeding_puts_the_ladder_before_sampled_trials_and_marks_it() -> None:
     assert labels == [b.label for b in ladder(sp)[:5]]
     assert study.user_attrs[STUDY_ATTR] == labels
     assert [t.state for t in study.trials] == [TrialState.WAITING] * 5
-    asked = [_ask(study, sp.dims) for _ in range(7)]
+    asked = [ask(study, sp.dims) for _ in range(7)]
     for trial, baseline in zip(asked[:5], ladder(sp)[:5], strict=True):
         assert trial.params == pytest.approx(baseline.params)
         assert study.trials[trial.number].user_attrs[TRIAL_ATTR] == baseline.label
@@ -132,14 +126,14 @@ def test_the_results_frame_marks_baselines_also_before_they_run() -> None:
     sp = space()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
     seed_baselines(study, sp, limit=3)
-    first = _ask(study, sp.dims)
+    first = ask(study, sp.dims)
     ledger.record_outcome(study, first, Outcome("complete", record=_record(first, 0.8, 100)))
     df = ledger.study_results(study, requested=5).frame()  # one done, two waiting
     assert df["baseline"].dtype == bool
     assert df["baseline"].tolist() == [True, True, True]
     assert df["state"].tolist() == ["COMPLETE", "WAITING", "WAITING"]
     for _ in range(4):  # the two waiting baselines, then two sampled trials
-        trial = _ask(study, sp.dims)
+        trial = ask(study, sp.dims)
         ledger.record_outcome(study, trial, Outcome("complete", record=_record(trial, 0.7, 300)))
     df = ledger.study_results(study, requested=5).frame()
     assert df["baseline"].tolist() == [True, True, True, False, False]
@@ -150,14 +144,14 @@ def test_resume_never_reruns_a_baseline() -> None:
     sp = space()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
     seed_baselines(study, sp, limit=12)
-    done = [_ask(study, sp.dims) for _ in range(3)]
+    done = [ask(study, sp.dims) for _ in range(3)]
     for trial in done:
         ledger.record_outcome(study, trial, Outcome("complete", record=_record(trial, 0.9, 100)))
-    _ask(study, sp.dims)  # running when the search is interrupted
+    ask(study, sp.dims)  # running when the search is interrupted
     # resume: stale trials closed, seeding asked again (it must add nothing), the rest asked for
     assert ledger.close_stale_trials(study) == 1
     assert seed_baselines(study, sp, limit=12) == []
-    rest = [_ask(study, sp.dims) for _ in range(10)]
+    rest = [ask(study, sp.dims) for _ in range(10)]
     labels = [study.trials[t.number].user_attrs.get(TRIAL_ATTR) for t in rest]
     assert labels == [b.label for b in ladder(sp)[4:]] + [None, None]  # the waiting ones, then sampled
     all_labels = [t.user_attrs.get(TRIAL_ATTR) for t in study.trials if t.user_attrs.get(TRIAL_ATTR)]

@@ -7,7 +7,7 @@ from typing import Any
 
 import optuna
 import pytest
-from _helpers import tune_searcher
+from _helpers import ask, tune_searcher
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -17,7 +17,7 @@ from autoprune.errors import ConfigError
 from autoprune.ledger import Outcome
 from autoprune.refine import REFINE_ATTR, Refiner, RefineSettings, propose, refine_settings
 from autoprune.report import front_table
-from autoprune.space import Dim, define_by_run, parse_space
+from autoprune.space import Dim, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -138,12 +138,6 @@ SPACE = {
 }
 
 
-def _ask(study: optuna.Study, dims) -> optuna.Trial:
-    trial = study.ask()
-    define_by_run(trial, dims)
-    return trial
-
-
 def _finish(study: optuna.Study, trial: optuna.Trial) -> None:
     """Complete ``trial`` as if it ran: bigger models are more accurate (a smooth front)."""
     params = round(266_000 * trial.params["prune.density"]) + 410
@@ -161,7 +155,7 @@ def test_refinements_start_after_the_baselines_and_warm_up_then_take_every_nth_t
     kinds = []
     for _ in range(14):
         proposal = refiner.before_ask(study)
-        trial = _ask(study, sp.dims)
+        trial = ask(study, sp.dims)
         attrs = study.trials[trial.number].user_attrs
         kinds.append("b" if "baseline" in attrs else "r" if REFINE_ATTR in attrs else "s")
         if proposal is not None:  # the ask took exactly what was enqueued
@@ -196,7 +190,7 @@ def test_no_refinement_when_off_or_when_the_space_searches_no_overall_size() -> 
         study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=1))
         for _ in range(6):
             assert refiner.before_ask(study) is None
-            trial = _ask(study, dims)
+            trial = ask(study, dims)
             if "prune.density" in trial.params:
                 _finish(study, trial)
             else:
@@ -210,7 +204,7 @@ def test_ray_tunes_optuna_searcher_runs_the_refinement_it_enqueues() -> None:
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")
     for density, lr in ((0.005, 0.001), (0.08, 0.03)):
         study.enqueue_trial({"prune.density": density, "finetune.lr": lr, "prune.allocation": "lamp"})
-        _finish(study, _ask(study, sp.dims))
+        _finish(study, ask(study, sp.dims))
     searcher = tune_searcher(study, sp.dims)
     searcher.refiner = Refiner(RefineSettings(every=2, after=0), sp.dims)
     first, second = searcher.suggest("t0"), searcher.suggest("t1")
