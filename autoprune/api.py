@@ -242,7 +242,7 @@ def refresh_report(
     if len(outputs) == 2 and outputs[0] == outputs[1]:
         raise SearchError(f"--csv and --plot are the same file {csv}; give two file names")
     res = load_results(run_dir, study_storage=study_storage)
-    write_report(run_dir, res.front, res.trials, res.failed, baseline=res.baseline, stopped=res.stopped)
+    write_report(run_dir, res)
     if csv is not None:
         front = {id(r) for r in res.front}
         write_csv([{**r, "on_front": id(r) in front} for r in res.trials], csv)

@@ -126,7 +126,7 @@ def _finish_launch(outcome: Any, as_json: bool) -> None:
 
     res = outcome.results
     if as_json:
-        _print_json(report_document(res.front, res.trials, res.failed, res.stopped))
+        _print_json(report_document(res))
     else:
         _print_front(res, outcome.run_dir)
     _log(f"started {outcome.ran} trial(s) in {outcome.seconds:.1f}s")
@@ -259,7 +259,7 @@ def report(
         if extra is not None:
             _log(f"wrote {extra}")
     if as_json:
-        _print_json(report_document(results.front, results.trials, results.failed, results.stopped))
+        _print_json(report_document(results))
     else:
         _print_front(results, run_dir)
 

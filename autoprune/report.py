@@ -13,12 +13,15 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_open, plain
 from .plot import plot_front
+
+if TYPE_CHECKING:
+    from .ledger import Results
 
 # Column groups of the CSV, in this order; within a group columns keep their first-seen order.
 _LEAD_COLUMNS = ("trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total")
@@ -133,16 +136,17 @@ def _plain(value: Any) -> Any:
     return plain(value, where="record", json_safe=True, strict=False)
 
 
-def report_document(front: Sequence[dict], trials: Sequence[dict], failed: int, stopped: Sequence[dict] = ()) -> dict:
-    """The ``report --json`` document: ``{"front": [...], "trials": [...], "failed": N, "stopped": [...],
-    "baseline_front": [...]}``, JSON-safe. ``stopped`` lists the trials early stopping stopped (trial, rung, epoch,
-    val_accuracy, reason); ``baseline_front`` is the front of the seeded baselines alone, to set the searched
-    front against.
+def report_document(results: Results) -> dict:
+    """The ``report --json`` document of a run's results: ``{"front": [...], "trials": [...], "failed": N,
+    "stopped": [...], "baseline_front": [...]}``, JSON-safe. ``stopped`` lists the trials early stopping stopped
+    (trial, rung, epoch, val_accuracy, reason); ``baseline_front`` is the front of the seeded baselines alone, to
+    set the searched front against.
     """
     from .pareto import baseline_front
 
-    document = {"front": _plain(list(front)), "trials": _plain(list(trials)), "failed": int(failed)}
-    return {**document, "stopped": _plain(list(stopped)), "baseline_front": _plain(baseline_front(trials))}
+    trials = list(results.trials)
+    document = {"front": _plain(list(results.front)), "trials": _plain(trials), "failed": int(results.failed)}
+    return {**document, "stopped": _plain(list(results.stopped)), "baseline_front": _plain(baseline_front(trials))}
 
 
 def front_hypervolume(front: Sequence[dict]) -> dict[str, Any] | None:
@@ -219,16 +223,8 @@ def write_csv(records: Sequence[dict], path: str | os.PathLike) -> None:
         frame.to_csv(fh, index=False)
 
 
-def write_report(
-    run_dir: str | os.PathLike,
-    front: Sequence[dict],
-    trials: Sequence[dict],
-    failed: int,
-    *,
-    baseline: dict | None = None,
-    stopped: Sequence[dict] = (),
-) -> dict[str, Path]:
-    """Write ``run_dir/report/{front.csv, trials.csv, report.json, pareto.png}`` atomically.
+def write_report(run_dir: str | os.PathLike, results: Results) -> dict[str, Path]:
+    """Write a run's ``results`` to ``run_dir/report/{front.csv, trials.csv, report.json, pareto.png}`` atomically.
 
     report.json is the ``report --json`` document plus the front's ``hypervolume`` (see ``front_hypervolume``).
     Model paths in the files are relative to ``run_dir``, so the report stays true when the run directory is
@@ -242,14 +238,15 @@ def write_report(
         "json": folder / "report.json",
         "plot": folder / "pareto.png",
     }
-    front, trials = _relative_paths(front, run_dir), _relative_paths(trials, run_dir)
+    front, trials = _relative_paths(results.front, run_dir), _relative_paths(results.trials, run_dir)
     write_csv(front, paths["front_csv"])
     write_csv(trials, paths["trials_csv"])
-    document = {**report_document(front, trials, failed, stopped), "hypervolume": front_hypervolume(front)}
+    document = report_document(replace(results, front=front, trials=trials))
+    document["hypervolume"] = front_hypervolume(front)
     with atomic_open(paths["json"], "w") as fh:
         json.dump(document, fh, indent=2, allow_nan=False)
         fh.write("\n")
-    plot_front(trials, front, paths["plot"], baseline=baseline, title=f"{Path(run_dir).name}: Pareto front")
+    plot_front(trials, front, paths["plot"], baseline=results.baseline, title=f"{Path(run_dir).name}: Pareto front")
     return paths
 
 

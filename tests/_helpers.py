@@ -52,3 +52,22 @@ def tune_searcher(study, dims):
         study_name=study.study_name,
         storage=study._storage,
     )
+
+
+def results_of(trials, front=None, *, failed=0, stopped=(), baseline=None):
+    """A finished run's ``ledger.Results`` over these trial records; the front defaults to their Pareto front."""
+    from autoprune.ledger import Results
+    from autoprune.pareto import pareto_front
+
+    front = pareto_front(trials) if front is None else front
+    done = len(trials) + failed + len(stopped)
+    return Results(
+        trials=list(trials),
+        front=list(front),
+        failed=failed,
+        running=0,
+        counted=done,
+        requested=done,
+        baseline=baseline,
+        stopped=list(stopped),
+    )

@@ -117,7 +117,7 @@ def test_seeding_puts_the_ladder_before_sampled_trials_and_marks_it() -> None:
     records, _, _ = ledger.trial_records(study)
     assert [r.get("baseline") for r in records] == [*labels, None, None]
     assert [r["trial"] for r in baseline_front(records)] == [0, 1, 2, 3, 4]
-    doc = report_document(ledger.study_results(study, requested=7).front, records, 0)
+    doc = report_document(ledger.study_results(study, requested=7))
     assert [r["baseline"] for r in doc["baseline_front"]] == labels
     assert "0 global@0.005" in front_table(doc["front"])
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _helpers import results_of
 
 from autoprune.pareto import hypervolume, pareto_front
 from autoprune.report import (
@@ -98,12 +99,12 @@ def test_report_document_layout_is_json_safe():
     trials[1]["model_path"] = Path("models/x.pt")
     front = pareto_front(trials)
     stopped = [{"trial": 9, "outcome": "pruned", "rung": 0, "epoch": 1, "val_accuracy": float("nan"), "reason": "r"}]
-    doc = report_document(front, trials, failed=3, stopped=stopped)
+    doc = report_document(results_of(trials, front, failed=3, stopped=stopped))
     assert set(doc) == {"front", "trials", "failed", "stopped", "baseline_front"}
     assert doc["baseline_front"] == []  # no seeded baselines among these trials
     assert doc["failed"] == 3 and [s["trial"] for s in doc["stopped"]] == [9]
     assert doc["stopped"][0]["val_accuracy"] is None  # JSON-safe like the rest
-    assert report_document(front, trials, failed=0)["stopped"] == []
+    assert report_document(results_of(trials, front))["stopped"] == []
     assert [r["trial"] for r in doc["front"]] == [r["trial"] for r in front]
     assert len(doc["trials"]) == 6
     text = json.dumps(doc, allow_nan=False)  # raises if a NaN slipped through
@@ -169,7 +170,7 @@ def test_write_report_writes_all_files_atomically(tmp_path: Path):
     trials = make_trials()
     front = pareto_front(trials)
     run_dir = tmp_path / "run"
-    paths = write_report(run_dir, front, trials, failed=1, baseline=baseline_record())
+    paths = write_report(run_dir, results_of(trials, front, failed=1, baseline=baseline_record()))
     assert set(paths) == {"front_csv", "trials_csv", "json", "plot"}
     report = run_dir / "report"
     assert sorted(p.name for p in report.iterdir()) == ["front.csv", "pareto.png", "report.json", "trials.csv"]
@@ -184,12 +185,12 @@ def test_write_report_writes_all_files_atomically(tmp_path: Path):
     # Model paths are stored relative to the run directory, however the records name them.
     assert [r["model_path"] for r in doc["trials"]] == [f"models/trial_{i}.pt" for i in range(len(trials))]
     absolute = [{**r, "model_path": str((run_dir / r["model_path"]).resolve())} for r in trials]
-    write_report(run_dir, pareto_front(absolute), absolute, failed=1)
+    write_report(run_dir, results_of(absolute, failed=1))
     assert json.loads(paths["json"].read_text())["trials"][3]["model_path"] == "models/trial_3.pt"
     assert pd.read_csv(paths["front_csv"])["model_path"].str.startswith("models/").all()
     assert paths["plot"].read_bytes()[:8] == PNG_MAGIC
     # Writing again replaces the files in place and still leaves no temporaries behind.
-    write_report(run_dir, front[:1], trials, failed=0)
+    write_report(run_dir, results_of(trials, front[:1]))
     assert sorted(p.name for p in report.iterdir()) == ["front.csv", "pareto.png", "report.json", "trials.csv"]
     assert json.loads(paths["json"].read_text())["failed"] == 0
 

@@ -89,9 +89,7 @@ def _finish(
     results = ledger.study_results(study, requested=requested, run_dir=run_dir)
     files: dict[str, Path] = {}
     try:
-        files = write_report(
-            run_dir, results.front, results.trials, results.failed, baseline=results.baseline, stopped=results.stopped
-        )
+        files = write_report(run_dir, results)
     except OSError as exc:
         log(f"warning: could not write the report files: {exc}")
     return LaunchResult(
