@@ -9,11 +9,16 @@ requested, and a study is seeded once: a resume runs the baselines still waiting
 
 The space file chooses the ladder under ``search.baselines``:
 
-- omitted or ``true``: ``DEFAULT_RUNGS`` densities, log-spaced over the ``prune.density`` range, for every declared
-  allocation but ``per_layer``;
+- omitted or ``true``: ``DEFAULT_RUNGS`` densities for every declared allocation but ``per_layer``;
 - ``false`` or ``0``: no baselines;
-- a number N: N densities; a list: those densities;
+- a number N: N densities per allocation; a list: those densities, for every allocation;
 - a mapping ``{densities: N | [d, ...], allocations: [global, ...]}``: both chosen.
+
+A number of densities N with A allocations interleaves them: A·N densities log-spaced over the ``prune.density``
+range, the first allocation at the 1st, (A+1)-th, ... of them, the second at the 2nd, (A+2)-th, .... Each allocation
+still gets N sizes spread over the range, and the ladder covers the parameter axis at A·N sizes instead of N: the
+allocations differ little at one size, while a front with three times as many strong points leaves refinement and
+the sampler narrower gaps. N = 1 puts every allocation at the range's geometric middle.
 
 Optuna only: nothing here imports Ray or torch.
 """
@@ -71,21 +76,27 @@ def _spec(raw: Any) -> tuple[Any, Any]:
     )
 
 
-def _densities(spec: Any, dim: Dim | None) -> list[float | None]:
+def _densities(spec: Any, dim: Dim | None, allocations: int) -> list[list[float | None]]:
+    """The densities of each of ``allocations`` allocations (interleaved for a number of them, see above)."""
     where = "search.baselines.densities"
+    counted = not isinstance(spec, list)
+    if counted and (isinstance(spec, bool) or not isinstance(spec, int) or spec < 0):
+        raise ConfigError(f"{where} must be a list of densities or a number of them >= 0, got {spec!r}")
+    if spec == 0 or spec == []:
+        return [[]] * allocations
     if dim is None:  # the density is not searched: the baselines differ by allocation only
-        return [None]
+        return [[None]] * allocations
     low, high = float(dim.low), float(dim.high)  # type: ignore[arg-type]
-    if isinstance(spec, list):
+    if not counted:
         for d in spec:
             if isinstance(d, bool) or not isinstance(d, (int, float)) or not low <= d <= high:
                 raise ConfigError(f"{where}: {d!r} is not a density within prune.density's range [{low}, {high}]")
-        return [float(d) for d in spec]
-    if isinstance(spec, bool) or not isinstance(spec, int) or spec < 0:
-        raise ConfigError(f"{where} must be a list of densities or a number of them >= 0, got {spec!r}")
-    if spec <= 1:
-        return [math.sqrt(low * high)] if spec == 1 else []
-    return [low * (high / low) ** (i / (spec - 1)) for i in range(spec)]
+        return [[float(d) for d in spec]] * allocations
+    if spec == 1:
+        return [[math.sqrt(low * high)]] * allocations
+    n = spec * allocations
+    sizes = [low * (high / low) ** (i / (n - 1)) for i in range(n)]
+    return [sizes[a::allocations] for a in range(allocations)]
 
 
 def _allocations(spec: Any, space: SearchSpace, dim: Dim | None) -> list[str]:
@@ -111,17 +122,17 @@ def ladder(space: SearchSpace) -> list[Baseline]:
     """The baselines of ``space`` in the order they run: every density of one allocation, global first."""
     dims = _dims(space)
     raw_densities, raw_allocations = _spec(space.baselines)
-    densities = _densities(raw_densities, dims.get("prune.density"))
-    if not densities or (dims.get("prune.density") is None and "prune.allocation" not in dims):
+    if dims.get("prune.density") is None and "prune.allocation" not in dims:
         return []
     allocations = _allocations(raw_allocations, space, dims.get("prune.allocation"))
+    densities = _densities(raw_densities, dims.get("prune.density"), len(allocations))
     defaults = {path: dim.midpoint() for path, dim in dims.items()}
     criterion = dims.get("prune.criterion")
     if criterion is not None and criterion.choices and "magnitude" in criterion.choices:
         defaults["prune.criterion"] = "magnitude"
     out = []
-    for allocation in allocations:
-        for density in densities:
+    for allocation, sizes in zip(allocations, densities, strict=True):
+        for density in sizes:
             params = dict(defaults)
             if "prune.allocation" in dims:
                 params["prune.allocation"] = allocation

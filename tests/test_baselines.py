@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import optuna
@@ -44,9 +45,14 @@ def test_the_default_ladder_spans_the_density_range_global_magnitude_first() -> 
     plan = ladder(space())
     assert len(plan) == 3 * 4
     assert [b.params["prune.allocation"] for b in plan] == ["global"] * 4 + ["lamp"] * 4 + ["erk"] * 4
+    # 12 sizes log-spaced over [0.005, 0.32], a factor 64 ** (1/11) = 1.46 apart; each allocation takes every third
+    sizes = sorted(b.params["prune.density"] for b in plan)
+    assert sizes[0] == pytest.approx(0.005) and sizes[-1] == pytest.approx(0.32)
+    assert [b / a for a, b in itertools.pairwise(sizes)] == pytest.approx([64 ** (1 / 11)] * 11)
     densities = [b.params["prune.density"] for b in plan[:4]]
-    assert densities == pytest.approx([0.005, 0.02, 0.08, 0.32])  # log-spaced: a factor 4 apart
-    assert [b.label for b in plan[:2]] == ["global@0.005", "global@0.02"]
+    assert densities == pytest.approx([0.005, 0.015544, 0.048325, 0.15024], rel=1e-4)  # a factor 3.1 apart
+    assert [b.params["prune.density"] for b in plan[8:]][-1] == pytest.approx(0.32)  # erk reaches the top
+    assert [b.label for b in plan[:2]] == ["global@0.005", "global@0.01554"]
     for b in plan:  # the other searched leaves at their defaults, the criterion magnitude
         assert b.params["prune.criterion"] == "magnitude"
         assert b.params["prune.schedule"] == "one_shot"
@@ -63,6 +69,7 @@ def test_the_default_ladder_spans_the_density_range_global_magnitude_first() -> 
         (1, ["global@0.04", "lamp@0.04", "erk@0.04"]),
         ([0.01, 0.3], ["global@0.01", "global@0.3", "lamp@0.01", "lamp@0.3", "erk@0.01", "erk@0.3"]),
         ({"densities": 2, "allocations": ["erk"]}, ["erk@0.005", "erk@0.32"]),
+        ({"densities": 2, "allocations": ["global", "erk"]}, ["global@0.005", "global@0.08", "erk@0.02", "erk@0.32"]),
     ],
 )
 def test_the_space_chooses_the_ladder(spec, labels) -> None:
@@ -87,6 +94,13 @@ def test_a_bad_ladder_is_refused_when_the_space_loads(spec, message) -> None:
 def test_a_space_of_per_layer_rates_has_no_baselines() -> None:
     doc = {**SPACE, "prune": {"sparsity": {"fc1": {"low": 0.5, "high": 0.9}}}}
     assert ladder(parse_space(doc)) == []
+
+
+def test_a_space_that_searches_the_allocation_alone_has_one_baseline_each_unless_turned_off() -> None:
+    doc = {**SPACE, "prune": {"allocation": {"choices": ["lamp", "global"]}, "density": 0.05}}
+    assert [b.label for b in ladder(parse_space(doc))] == ["global", "lamp"]
+    for off in (False, 0, []):
+        assert ladder(parse_space({**doc, "search": {"baselines": off}})) == []
 
 
 def _record(trial: optuna.Trial, acc: float, params: int) -> dict:
