@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -136,10 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     what = " ".join([name, *args.overrides])
     say(f"front quality: {what}, {trials} trials, {args.concurrent} at a time, seed {args.seed}")
 
-    # 1 and 3: the dense model and the baseline ladder, in worker processes (one thread each)
+    # 1 and 3: the dense model and the baseline ladder, in worker processes (one thread each). Spawned, not
+    # forked: this process has imported Ray and torch, whose threads can hold a lock that a fork copies locked.
     t0 = time.perf_counter()
     dense_job = (name, [*args.overrides, *REFERENCE, "prune.enabled=false"], {}, 1)
-    with ProcessPoolExecutor(max_workers=args.concurrent) as pool:
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=args.concurrent, mp_context=spawn) as pool:
         dense = pool.submit(_run, dense_job).result()
         total = dense["params_total"]
         floor = total - dense["prunable"]  # biases and normalisation parameters always stay
