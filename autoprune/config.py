@@ -103,6 +103,7 @@ class SGDConfig:
     lr_schedule: str = "cosine"  # constant | step | cosine | cosine_restarts
     lr_step_epochs: int = 3  # step: decay every this many epochs; cosine_restarts: first cycle length
     lr_gamma: float = 0.1  # step: multiply the lr by this at each step
+    lr_warmup: float = 0.0  # fraction of the phase over which the lr ramps up linearly to its schedule's value
 
     def __post_init__(self) -> None:
         at = self.section
@@ -112,6 +113,7 @@ class SGDConfig:
         _check_choice(f"{at}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check_number(f"{at}.lr_step_epochs", self.lr_step_epochs, low=1, integer=True)
         _check_number(f"{at}.lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
+        _check_number(f"{at}.lr_warmup", self.lr_warmup, low=0.0, high=1.0, high_open=True)
         if self.nesterov and self.momentum == 0:
             raise ConfigError(f"{at}.nesterov needs {at}.momentum > 0, got momentum 0")
 

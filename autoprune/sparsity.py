@@ -9,7 +9,7 @@ building an autograd graph over every weight, which costs about a quarter of a L
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,12 @@ def lr_at(
             cycle *= 2
         return base_lr * 0.5 * (1.0 + math.cos(math.pi * pos / cycle))
     raise ValueError(f"unknown lr schedule {schedule!r}")
+
+
+def warmed_up_lr(lr_fn: Callable[[int], float], warmup_steps: int, step: int) -> float:
+    """``lr_fn(step)`` times a linear warm-up: 1/``warmup_steps`` at step 0, rising to 1 at step ``warmup_steps`` - 1
+    and staying there. The warm-up scales whatever schedule ``lr_fn`` is (the phase's own, or rewound)."""
+    return lr_fn(step) * min(1.0, (step + 1) / max(warmup_steps, 1))
 
 
 def rewound_lr_at(

@@ -27,6 +27,7 @@ from .sparsity import (
     grad_clip_scale,
     lambda_at,
     lr_at,
+    warmed_up_lr,
 )
 
 CHECK_EVERY = 32  # steps between non-finite checks (one host sync each)
@@ -163,7 +164,8 @@ def run_phase(
     """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
 
     A ``TrainConfig`` adds sparse training (penalty, clipping, per-layer lr); any other phase is plain SGD.
-    ``lr_fn(step)`` replaces the phase's own lr schedule (learning-rate rewinding passes phase 1's tail). With a
+    ``lr_fn(step)`` replaces the phase's own lr schedule (learning-rate rewinding passes phase 1's tail); the
+    phase's ``lr_warmup`` ramps either one up linearly over that fraction of the phase's steps. With a
     ``teacher`` and a ``FinetuneConfig`` whose ``distill_weight`` is above 0, the loss is the distillation loss
     against the teacher's logits, computed in eval mode without gradients for each batch.
 
@@ -200,6 +202,9 @@ def run_phase(
             step_epochs=phase.lr_step_epochs,
             gamma=phase.lr_gamma,
         )
+    warmup_steps = round(phase.lr_warmup * total)
+    if warmup_steps > 1:
+        lr_fn = functools.partial(warmed_up_lr, lr_fn, warmup_steps)
     distill = phase if isinstance(phase, FinetuneConfig) and phase.distill_weight > 0 else None
     if distill is not None:
         if teacher is None:

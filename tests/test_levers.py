@@ -85,6 +85,28 @@ def test_lr_rewinding_replays_the_tail_of_phase_one(lrs) -> None:
     assert lrs[3 * spe] == 0.001 and max(lrs[3 * spe :]) == 0.001
 
 
+def test_lr_warmup_ramps_the_phases_schedule_up_linearly(lrs) -> None:
+    warm = cfg(finetune=FinetuneConfig(lr=0.04, lr_schedule="constant", lr_warmup=0.5))
+    run_trial(warm)
+    spe = len(lrs) // 5  # 3 + 2 epochs
+    phase1, finetune = lrs[: 3 * spe], lrs[3 * spe :]
+    ramp = round(0.5 * len(finetune))
+    assert finetune == pytest.approx([0.04 * min(1.0, (k + 1) / ramp) for k in range(len(finetune))])
+    assert finetune[0] < 0.04 / (ramp - 1) and finetune[ramp - 1 :] == [0.04] * (len(finetune) - ramp + 1)
+    lrs.clear()
+    run_trial(dataclasses.replace(warm, finetune=FinetuneConfig(lr=0.04, lr_schedule="constant")))
+    assert lrs[: 3 * spe] == phase1  # phase 1 has no warm-up of its own
+    assert lrs[3 * spe :] == [0.04] * len(finetune)
+    lrs.clear()
+    run_trial(cfg(finetune=FinetuneConfig(lr_rewind=True, lr_warmup=0.25)))  # the ramp scales the rewound lr too
+    ramp = round(0.25 * 2 * spe)
+    assert lrs[3 * spe :] == pytest.approx([lr * min(1.0, (k + 1) / ramp) for k, lr in enumerate(phase1[spe:])])
+    lrs.clear()
+    run_trial(cfg(train=TrainConfig(lr=0.05, lr_warmup=0.1)))  # and phase 1's own schedule
+    ramp = round(0.1 * 3 * spe)
+    assert lrs[0] == pytest.approx(phase1[0] / ramp) and lrs[ramp : 3 * spe] == phase1[ramp:]
+
+
 def test_pure_distillation_steps_along_the_distillation_gradient() -> None:
     torch.manual_seed(0)
     student = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))

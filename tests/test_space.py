@@ -161,6 +161,7 @@ BAD = [
         with_("finetune.schedule", "step"),
         "unknown key finetune.schedule; known keys: distill_temperature, distill_weight, lr, lr_gamma, lr_rewind",
     ),
+    (with_("finetune.lr_warmup", 1.0), "finetune.lr_warmup must be < 1.0, got 1.0"),
     (with_("finetune.lr_schedule", "linear"), "finetune.lr_schedule must be one of constant, step, cosine"),
     (with_("finetune.nesterov", True) | {"finetune": {"nesterov": True, "momentum": 0.0}}, "finetune.nesterov needs"),
 ]
