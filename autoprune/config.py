@@ -104,6 +104,7 @@ class SGDConfig:
     lr_step_epochs: int = 3  # step: decay every this many epochs; cosine_restarts: first cycle length
     lr_gamma: float = 0.1  # step: multiply the lr by this at each step
     lr_warmup: float = 0.0  # fraction of the phase over which the lr ramps up linearly to its schedule's value
+    grad_clip: float | None = None  # clip the global gradient norm to this (after masking); None = off
 
     def __post_init__(self) -> None:
         at = self.section
@@ -114,6 +115,8 @@ class SGDConfig:
         _check_number(f"{at}.lr_step_epochs", self.lr_step_epochs, low=1, integer=True)
         _check_number(f"{at}.lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
         _check_number(f"{at}.lr_warmup", self.lr_warmup, low=0.0, high=1.0, high_open=True)
+        if self.grad_clip is not None:
+            _check_number(f"{at}.grad_clip", self.grad_clip, low=0.0, low_open=True)
         if self.nesterov and self.momentum == 0:
             raise ConfigError(f"{at}.nesterov needs {at}.momentum > 0, got momentum 0")
 
@@ -132,7 +135,6 @@ class TrainConfig(SGDConfig):
     lambda_warmup: float = 0.0  # fraction of phase 1 with lambda = 0 before the schedule starts
     lambda_steps: int = 3  # step schedule: number of equal stages, lambda_max * k / steps in stage k
     weight_clip: float | None = None  # clamp weights to [-c, c] after each step; None = off
-    grad_clip: float | None = None  # clip the global gradient norm; None = off
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,8 +147,6 @@ class TrainConfig(SGDConfig):
         _check_number("train.lambda_steps", self.lambda_steps, low=1, integer=True)
         if self.weight_clip is not None:
             _check_number("train.weight_clip", self.weight_clip, low=0.0, low_open=True)
-        if self.grad_clip is not None:
-            _check_number("train.grad_clip", self.grad_clip, low=0.0, low_open=True)
 
 
 def unit_prunable(layers: Sequence[str]) -> list[str]:

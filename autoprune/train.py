@@ -163,7 +163,8 @@ def run_phase(
 ) -> tuple[int, MaskSet | None]:
     """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
 
-    A ``TrainConfig`` adds sparse training (penalty, clipping, per-layer lr); any other phase is plain SGD.
+    Either phase clips the global gradient norm when its ``grad_clip`` is set; a ``TrainConfig`` adds sparse
+    training (penalty, weight clipping, per-layer lr), any other phase is plain SGD.
     ``lr_fn(step)`` replaces the phase's own lr schedule (learning-rate rewinding passes phase 1's tail); the
     phase's ``lr_warmup`` ramps either one up linearly over that fraction of the phase's steps. With a
     ``teacher`` and a ``FinetuneConfig`` whose ``distill_weight`` is above 0, the loss is the distillation loss
@@ -185,7 +186,7 @@ def run_phase(
     total = steps_per_epoch * epochs
     events = dict(prune_events or {})
     penalty = _penalty(sparse, weights) if sparse else None
-    grad_clip = sparse.grad_clip if sparse else None
+    grad_clip = phase.grad_clip
     weight_clip = sparse.weight_clip if sparse else None
     autocast = (
         torch.autocast(device_type="cuda", dtype=torch.bfloat16)

@@ -159,9 +159,10 @@ BAD = [
     (with_("budget.batch_size", 0), "budget.batch_size must be >= 1, got 0"),
     (
         with_("finetune.schedule", "step"),
-        "unknown key finetune.schedule; known keys: distill_temperature, distill_weight, lr, lr_gamma, lr_rewind",
+        "unknown key finetune.schedule; known keys: distill_temperature, distill_weight, grad_clip, lr, lr_gamma",
     ),
     (with_("finetune.lr_warmup", 1.0), "finetune.lr_warmup must be < 1.0, got 1.0"),
+    (with_("finetune.grad_clip", 0.0), "finetune.grad_clip must be > 0.0, got 0.0"),
     (with_("finetune.lr_schedule", "linear"), "finetune.lr_schedule must be one of constant, step, cosine"),
     (with_("finetune.nesterov", True) | {"finetune": {"nesterov": True, "momentum": 0.0}}, "finetune.nesterov needs"),
 ]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from autoprune.config import FinetuneConfig, PruneConfig, SGDConfig, TrainConfig
+from autoprune.data import batch_indices
 from autoprune.errors import DivergedError
 from autoprune.models import build_model
 from autoprune.pruning import compute_masks
@@ -91,6 +94,41 @@ def test_sgd_matches_torch_optim_sgd_with_clip_grad_norm(momentum, nesterov, wei
         ref_opt.step()
     for (name, a), b in zip(ours.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_finetuning_clips_the_masked_gradient_norm_as_clip_grad_norm_does() -> None:
+    x, y = blobs(128)
+    start = tiny_model()
+    masks = compute_masks(start, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.5}))
+
+    def finetune(clip: float | None) -> torch.nn.Module:
+        model = copy.deepcopy(start)
+        settings = FinetuneConfig(lr=0.1, momentum=0.9, lr_schedule="constant", grad_clip=clip)
+        gen = torch.Generator().manual_seed(3)
+        run_phase(model, x, y, settings, epochs=2, batch_size=16, generator=gen, masks=MaskSet(model, masks))
+        return model
+
+    ref = copy.deepcopy(start)
+    params = dict(ref.named_parameters())
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    gen, norms = torch.Generator().manual_seed(3), []
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].mul_(m)
+    for _ in range(2):
+        for idx in batch_indices(len(x), 16, generator=gen, device="cpu"):
+            opt.zero_grad()
+            F.cross_entropy(ref(x[idx]), y[idx]).backward()
+            for name, m in masks.items():
+                params[name].grad.mul_(m)
+            norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)))
+            opt.step()
+    assert min(norms) > 0.05, "the threshold binds at every step"
+    clipped, unclipped = finetune(0.05), finetune(None)
+    for (name, a), b in zip(clipped.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.allclose(clipped.fc1.weight, unclipped.fc1.weight, atol=1e-3)
+    assert torch.all(clipped.fc1.weight[masks["fc1.weight"] == 0] == 0)
 
 
 def test_masked_momentum_buffers_stay_zero_inside_the_phase() -> None:
