@@ -111,10 +111,13 @@ def trial(
 
 
 def _print_front(results: Any, run_dir: Path) -> None:
-    from .report import front_table
+    from .report import finetune_setbacks, front_table
 
     total = len(results.trials) + results.failed + len(results.stopped)
     typer.echo(front_table(results.front, total=len(results.trials), failed=results.failed, baseline=results.baseline))
+    setbacks = finetune_setbacks(results.trials)
+    if setbacks:
+        _log(setbacks)
     if results.running:
         _log(f"note: {results.running} trial(s) of {run_dir} are still running (or were cut off: see resume)")
     stopped = f" ({len(results.stopped)} stopped early)" if results.stopped else ""

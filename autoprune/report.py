@@ -109,6 +109,43 @@ def front_table(
     return "\n".join(out)
 
 
+SETBACK = 0.05  # finetuning that ends this far below the pruned model it started from went wrong
+
+
+def finetune_setbacks(records: Sequence[dict], margin: float = SETBACK) -> str | None:
+    """A one-line note on the trials whose finetuning lowered validation accuracy by more than ``margin`` from
+    the model it started from (``val_accuracy_pruned``), or None when there are none.
+
+    Finetuning exists to recover what pruning lost: ending well below its start means its updates were too
+    large for the model (the lr too high, or no gradient clipping). Among sampled trials one such trial is the
+    sampler exploring; among the seeded baselines it means the space's defaults do not suit the model.
+    """
+    hit = [
+        r
+        for r in records
+        if r.get("val_accuracy_pruned") is not None
+        and r.get("val_accuracy") is not None
+        and r["val_accuracy"] < r["val_accuracy_pruned"] - margin
+    ]
+    if not hit:
+        return None
+    worst = max(hit, key=lambda r: r["val_accuracy_pruned"] - r["val_accuracy"])
+    baselines = sum(1 for r in hit if r.get("baseline"))
+    among = ""
+    if baselines:
+        among = f", including {baselines} seeded baseline{'s' if baselines > 1 else ''} (the space's defaults)"
+    ft = (worst.get("config") or {}).get("finetune") or {}
+    lr = " with phase 1's rewound lr" if ft.get("lr_rewind") else f" at lr {ft['lr']:.3g}" if "lr" in ft else ""
+    clip = ft.get("grad_clip")
+    fix = "lower finetune.lr" + (f" or finetune.grad_clip (now {clip:g})" if clip else " or set finetune.grad_clip")
+    return (
+        f"note: finetuning lost more than {100 * margin:g} pt of validation accuracy in {len(hit)} of "
+        f"{len(records)} trials{among}; worst: trial {worst.get('trial', '?')}, "
+        f"{_fmt_acc(worst['val_accuracy_pruned'])} after pruning, {_fmt_acc(worst['val_accuracy'])} after "
+        f"finetuning{lr}: its steps are too large for this model; {fix}"
+    )
+
+
 def trial_summary(record: dict) -> str:
     """A few lines describing one trial record (``autoprune trial`` without ``--json``)."""
     sec = record.get("seconds") or {}

@@ -1,4 +1,4 @@
-"""The levers of the pipeline at high sparsity: distillation, lr rewinding, gradual pruning in phase 1."""
+"""The levers of the pipeline at high sparsity: distillation, lr rewinding, gradual pruning in phase 1, clipping."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from autoprune.config import (
     TrialConfig,
 )
 from autoprune.errors import ConfigError
+from autoprune.report import finetune_setbacks
 from autoprune.trial import run_trial
 
 
@@ -172,6 +173,21 @@ def test_gradual_pruning_over_the_end_of_phase_one(phases) -> None:
     assert kept == round(0.05 * (64 * 300 + 300 * 100 + 100 * 4))
     assert result.params_nonzero == result.params_planned
     assert result.val_accuracy_pruned == result.val_accuracy_trained
+
+
+def test_a_finetune_that_collapses_is_reported_and_gradient_clipping_holds_it() -> None:
+    """Finetuning at a far too high lr wrecks a mildly pruned model; clipping the gradient norm keeps it."""
+    pruned = PruneConfig(allocation="global", density=0.3)
+    wild = run_trial(cfg(prune=pruned, finetune=FinetuneConfig(lr=5.0)))
+    held = run_trial(cfg(prune=pruned, finetune=FinetuneConfig(lr=5.0, grad_clip=1.0)))
+    assert wild.val_accuracy_pruned == held.val_accuracy_pruned > 0.8  # the same model before finetuning
+    assert wild.val_accuracy < wild.val_accuracy_pruned - 0.3
+    assert held.val_accuracy > held.val_accuracy_pruned - 0.02
+    records = [{"trial": 0, **wild.record()}, {"trial": 1, **held.record()}]
+    note = finetune_setbacks(records)
+    assert note is not None and "in 1 of 2 trials" in note and "worst: trial 0" in note
+    assert f"{wild.val_accuracy:.4f} after finetuning at lr 5" in note and "set finetune.grad_clip" in note
+    assert finetune_setbacks(records[1:]) is None
 
 
 def test_levers_that_reuse_phase_one_need_it() -> None:

@@ -13,6 +13,7 @@ from autoprune.pareto import hypervolume, pareto_front
 from autoprune.report import (
     Progress,
     TrialProgress,
+    finetune_setbacks,
     front_table,
     plot_front,
     report_document,
@@ -91,6 +92,28 @@ def test_front_table_of_an_empty_search():
     table = front_table([], total=0)
     assert table.splitlines()[0] == "Pareto front: 0 models of 0 finished trials"
     assert "no finished trials yet" in table
+
+
+def test_finetune_setbacks_names_the_worst_trial_and_the_seeded_baselines_among_them():
+    def record(trial: int, pruned: float | None, final: float, **extra) -> dict:
+        ft = {"lr": 0.05, "grad_clip": 5.0, "lr_rewind": trial == 2}
+        return {
+            "trial": trial,
+            "val_accuracy_pruned": pruned,
+            "val_accuracy": final,
+            "config": {"finetune": ft},
+            **extra,
+        }
+
+    recovered = [record(0, 0.25, 0.88), record(1, 0.90, 0.87), record(5, None, 0.1)]  # gradual: no pruned model
+    assert finetune_setbacks(recovered) is None  # 3 pt lost: within the 5 pt margin
+    assert finetune_setbacks(recovered, margin=0.02) is not None
+    lost = [*recovered, record(2, 0.66, 0.29, baseline="erk@0.3"), record(3, 0.80, 0.70, baseline="global@0.05")]
+    note = finetune_setbacks(lost)
+    assert note is not None and "\n" not in note
+    assert "in 2 of 5 trials, including 2 seeded baselines (the space's defaults)" in note
+    assert "worst: trial 2, 0.6600 after pruning, 0.2900 after finetuning with phase 1's rewound lr" in note
+    assert note.endswith("lower finetune.lr or finetune.grad_clip (now 5)")
 
 
 def test_report_document_layout_is_json_safe():
