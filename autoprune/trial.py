@@ -4,9 +4,8 @@
 2. prune: importance → per-layer counts (fixed by the allocation before training: ``params_planned``) → masks,
    one-shot, gradual during finetuning, or gradual over the end of phase 1 (AGP); structured pruning removes
    whole units and ends with a physically smaller model
-3. finetune: masked SGD (optionally gradient-norm clipped) with its own lr schedule or phase 1's rewound one,
-   optionally distilling from the model as it was right before its first pruning (pruned weights, their
-   gradients and momentum stay zero)
+3. finetune: masked SGD (gradient-norm clipping optional), its own lr schedule or phase 1's rewound one,
+   optionally distilling from the model right before its first pruning (pruned weights, grads, momentum stay 0)
 4. evaluate: validation and test accuracy, parameters, FLOPs
 
 With ``report``, the pipeline also reports an ``IntermediateResult`` after each epoch of sparse training and
