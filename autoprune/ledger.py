@@ -25,7 +25,7 @@ from . import _urls
 from ._paths import PathError, check_input_file, inside_run
 from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
-from .refine import REFINE_ATTR
+from .refine import REFINE_ATTR, SIZE_ATTR
 from .rundir import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
 from .space import SAMPLERS
 
@@ -344,6 +344,8 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
                 rec["baseline"] = t.user_attrs[BASELINE_ATTR]
             if REFINE_ATTR in t.user_attrs:  # enqueued by front refinement: the trial whose settings it carries
                 rec[REFINE_ATTR] = t.user_attrs[REFINE_ATTR]
+            if SIZE_ATTR in t.user_attrs:  # a size refinement: the parameter count it was asked for
+                rec[SIZE_ATTR] = t.user_attrs[SIZE_ATTR]
             if t.user_attrs.get("model_path"):
                 rel = t.user_attrs["model_path"]
                 rec["model_path"] = rel

@@ -17,6 +17,16 @@ already holds (finished, running or queued), is passed over for the next one. Th
 ``search.refine``: omitted or ``true`` for the defaults, ``false`` or ``0`` for none, a number for ``every``, or a
 mapping ``{every: N, after: M}``. Spaces that search no overall size (per-layer rates only) are never refined.
 
+Sizes a user will pick at (``search.sizes``: fractions of the dense model's parameters, or parameter counts) get
+refinements of their own. The best model a pick at size S can return is the most accurate one with at most S
+parameters, and the front rarely has one at S itself: the ladder and the sampler put their sizes anywhere. Once a
+finished trial has told the driver the model's parameter counts, each new trial is a size refinement while one is
+due: for a size S whose best model within S (by validation accuracy) has fewer than ``SIZE_SLACK`` × S
+parameters, it takes that model's settings at exactly S parameters (``refined_from`` and ``target_size`` user
+attributes). A size is due again whenever a model with other settings becomes its best, so a size refinement
+never runs twice with the same settings. Sizes need an allocation that keeps an exact count (not the structured
+ones).
+
 Optuna only: nothing here imports Ray or torch.
 """
 
@@ -36,9 +46,22 @@ if TYPE_CHECKING:
 
     from .space import Dim
 
-__all__ = ["REFINE_ATTR", "SIZE_DIMS", "Proposal", "RefineSettings", "Refiner", "propose", "refine_settings"]
+__all__ = [
+    "REFINE_ATTR",
+    "SIZE_ATTR",
+    "SIZE_DIMS",
+    "Proposal",
+    "RefineSettings",
+    "Refiner",
+    "propose",
+    "propose_size",
+    "refine_settings",
+    "size_targets",
+]
 
 REFINE_ATTR = "refined_from"  # trial user attribute: the number of the trial whose settings it carries
+SIZE_ATTR = "target_size"  # user attribute of a size refinement: the parameter count it was asked for
+SIZE_SLACK = 0.99  # a size is refined while its best model holds fewer than this fraction of its parameters
 SIZE_DIMS = ("prune.density", "prune.nonzero_params")  # the searched leaves that set a trial's size
 MIN_RATIO = 1.1  # a refinement's size differs from both neighbours' by at least this factor
 DEFAULT_EVERY = 3
@@ -78,6 +101,23 @@ def refine_settings(raw: Any) -> RefineSettings:
     return RefineSettings(every, after)
 
 
+def size_targets(raw: Any) -> tuple[float, ...]:
+    """``search.sizes`` from a space file, checked: fractions of the dense parameters (at most 1) or parameter
+    counts (whole numbers above 1), in the order given."""
+    where = "search.sizes"
+    if raw is None:
+        return ()
+    values = raw if isinstance(raw, list) else [raw]
+    for value in values:
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+        if bad or (value > 1 and value != int(value)):
+            raise ConfigError(
+                f"{where} must list fractions of the dense parameters (0 < f <= 1) or parameter counts (whole "
+                f"numbers > 1), got {value!r}; e.g. sizes: [0.02, 0.05, 50000]"
+            )
+    return tuple(float(v) for v in values)
+
+
 @dataclass(frozen=True)
 class Proposal:
     """One refinement: the full parameters of the trial to run, and where they come from."""
@@ -85,6 +125,7 @@ class Proposal:
     params: dict[str, Any]
     source: int  # the front trial whose settings it carries
     reason: str  # one line for the log
+    size: int | None = None  # a size refinement: the parameter count it was asked for
 
 
 def _size_dim(dims: Sequence[Dim]) -> Dim | None:
@@ -110,14 +151,16 @@ def _front(trials: Sequence[optuna.trial.FrozenTrial], size: str) -> list[optuna
     return front
 
 
-def _holds(trials: Sequence[optuna.trial.FrozenTrial], params: dict[str, Any], size: str) -> bool:
-    """Whether a trial with the same settings (size apart) already sits within MIN_RATIO of this size."""
+def _holds(
+    trials: Sequence[optuna.trial.FrozenTrial], params: dict[str, Any], size: str, ratio: float = MIN_RATIO
+) -> bool:
+    """Whether a trial with the same settings (size apart) already sits within ``ratio`` of this size."""
     value = float(params[size])
     for t in trials:
         other = t.params if t.params else t.system_attrs.get("fixed_params", {})
         if size not in other or any(other.get(k) != v for k, v in params.items() if k != size):
             continue
-        if max(value, float(other[size])) / max(min(value, float(other[size])), 1e-300) < MIN_RATIO:
+        if max(value, float(other[size])) / max(min(value, float(other[size])), 1e-300) < ratio:
             return True
     return False
 
@@ -152,18 +195,75 @@ def propose(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim) -> Proposal | 
     return None
 
 
+def _counts(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, int] | None:
+    """(parameters of the dense model, of them in prunable weights), from the first finished trial's record."""
+    for t in trials:
+        rec = t.user_attrs.get("record")
+        counts = (rec.get("params_total"), rec.get("params_prunable")) if isinstance(rec, dict) else (None, None)
+        if all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+            return counts  # type: ignore[return-value]
+    return None
+
+
+def propose_size(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim, sizes: Sequence[float]) -> Proposal | None:
+    """The next size refinement (see the module's docstring) for a study with these ``trials`` whose size is the
+    searched leaf ``dim``; None when no size is due or the model's parameter counts are not known yet."""
+    import optuna
+
+    counts = _counts(trials)
+    if counts is None or not sizes:
+        return None
+    total, prunable = counts
+    others = total - prunable  # parameters every allocation keeps (biases, BatchNorm)
+    size = dim.path
+    done = [
+        t
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE and t.values and len(t.values) == 2 and size in t.params
+    ]
+    for target in sizes:
+        count = math.floor(target * total) if target <= 1 else int(target)
+        if not others < count < total:
+            continue
+        within = [t for t in done if t.values[1] <= count]
+        if not within:
+            continue
+        best = max(within, key=lambda t: (t.values[0], -t.values[1], -t.number))
+        if best.values[1] >= SIZE_SLACK * count:
+            continue
+        value: float | int = count if dim.is_int else (count - others) / prunable
+        if not dim.low <= value <= dim.high:  # type: ignore[operator]
+            continue
+        params = {**best.params, size: value}
+        if _holds(trials, params, size, ratio=1.0 + 1e-9):
+            continue
+        reason = (
+            f"refine: trial {best.number}'s settings at exactly {count} params (size {target:g}), the best model "
+            f"within it so far having {best.values[1]:.0f} params (val {best.values[0]:.4f})"
+        )
+        return Proposal(params=params, source=best.number, reason=reason, size=count)
+    return None
+
+
 class Refiner:
     """Decides, before each new trial of a search, whether it is a refinement, and enqueues it into the study."""
 
-    def __init__(self, settings: RefineSettings, dims: Sequence[Dim], log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        settings: RefineSettings,
+        dims: Sequence[Dim],
+        log: Callable[[str], None] | None = None,
+        sizes: Sequence[float] = (),
+    ):
         self.settings = settings
         self.dim = _size_dim(dims)
         self.log = log
+        self.sizes = tuple(sizes)
         self.asked = 0  # new trials asked for since refinement became due
 
     @property
     def active(self) -> bool:
-        return self.settings.every > 0 and self.dim is not None
+        return (self.settings.every > 0 or bool(self.sizes)) and self.dim is not None
 
     def before_ask(self, study: optuna.Study) -> Proposal | None:
         """Call right before ``study.ask()`` for a new trial: enqueue a refinement when one is due."""
@@ -174,6 +274,11 @@ class Refiner:
         trials = study.get_trials(deepcopy=False)
         if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
             return None  # baselines (or a refinement) still queued: they go first
+        proposal = propose_size(trials, self.dim, self.sizes)
+        if proposal is not None:
+            return self._enqueue(study, proposal)
+        if self.settings.every == 0:
+            return None
         finished = [
             t
             for t in trials
@@ -185,9 +290,13 @@ class Refiner:
         if self.asked % self.settings.every:
             return None
         proposal = propose(trials, self.dim)
-        if proposal is None:
-            return None
-        study.enqueue_trial(proposal.params, user_attrs={REFINE_ATTR: proposal.source})
+        return None if proposal is None else self._enqueue(study, proposal)
+
+    def _enqueue(self, study: optuna.Study, proposal: Proposal) -> Proposal:
+        attrs: dict[str, Any] = {REFINE_ATTR: proposal.source}
+        if proposal.size is not None:
+            attrs[SIZE_ATTR] = proposal.size
+        study.enqueue_trial(proposal.params, user_attrs=attrs)
         if self.log is not None:
             self.log(proposal.reason)
         return proposal

@@ -28,14 +28,14 @@ from ._spacefile import load_yaml, resolve_space_path
 from .baselines import ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
-from .refine import refine_settings
+from .refine import SIZE_DIMS, refine_settings, size_targets
 from .stopping import EARLY_STOP_MODES
 
 if TYPE_CHECKING:
     import optuna
 
 _TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp")
-_SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine")
+_SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine", "sizes")
 _RANGE_KEYS = {"low", "high", "log", "step", "default"}
 _CHOICE_KEYS = {"choices", "default"}
 # Leaves whose value is itself a mapping keyed by layer name.
@@ -110,6 +110,7 @@ class SearchSpace:
     baselines: Any = None  # `search.baselines` in the file: the baseline ladder (see ``baselines.py``)
     early_stop: str | None = None  # `search.early_stop` in the file: off | asha
     refine: Any = None  # `search.refine` in the file: front refinement (see ``refine.py``)
+    sizes: Any = None  # `search.sizes` in the file: sizes a user will pick at, refined to exactly (``refine.py``)
 
     @property
     def digest(self) -> str:
@@ -311,6 +312,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         baselines=search.get("baselines"),
         early_stop=search.get("early_stop"),
         refine=search.get("refine"),
+        sizes=search.get("sizes"),
     )
     _validate_values(space, fail)
     if space.trials is not None and (
@@ -325,8 +327,14 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         raise fail(str(exc)) from None
     try:
         refine_settings(space.refine)
+        sizes = size_targets(space.sizes)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+    if sizes and not any(d.path in SIZE_DIMS and d.low is not None for d in space.dims):
+        raise fail(
+            "search.sizes needs a space that searches the overall size (prune.density or prune.nonzero_params "
+            "as a range); this one does not: search one, or remove search.sizes"
+        )
     if space.early_stop is not None and space.early_stop not in EARLY_STOP_MODES:
         raise fail(f"search.early_stop must be one of {', '.join(EARLY_STOP_MODES)}, got {space.early_stop!r}")
     return space

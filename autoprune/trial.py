@@ -70,6 +70,7 @@ class TrialResult:
     test_accuracy: float  # reported, never used to choose
     params_nonzero: int  # nonzero parameters of the final model (weights, biases, BatchNorm)
     params_total: int  # parameters of the dense model
+    params_prunable: int  # of them, the weights of Linear and Conv2d layers (what the allocations share out)
     params_planned: int  # nonzero parameters the configuration fixes before training (equals params_nonzero)
     layer_sparsity: dict[str, float]  # prunable layer -> fraction of its dense weights that are zero or removed
     val_accuracy_trained: float  # after phase 1
@@ -92,6 +93,7 @@ class TrialResult:
             "test_accuracy": self.test_accuracy,
             "params_nonzero": self.params_nonzero,
             "params_total": self.params_total,
+            "params_prunable": self.params_prunable,
             "params_planned": self.params_planned,
             "layer_sparsity": dict(self.layer_sparsity),
             "val_accuracy_trained": self.val_accuracy_trained,
@@ -155,7 +157,7 @@ def run_trial(
     _check_layers(cfg, layers)
     positions = layer_positions(model, data.input_shape)
     dense_numel = {name: m.weight.numel() for name, m in layers.items()}
-    _, params_total = count_params(model)
+    prunable, (_, params_total) = sum(dense_numel.values()), count_params(model)
     flops_dense = sum(dense_numel[n] * positions[n] for n in layers)
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
@@ -182,7 +184,6 @@ def run_trial(
     schedule = pc.schedule if pc.enabled else None
     schedule = "one_shot" if schedule == "gradual" and ft_epochs == 0 else schedule  # no finetuning to ramp in
     final_kept = kept_weights(model, pc) if pc.enabled and pc.allocation != "per_layer" else 0
-    prunable = sum(dense_numel.values())
     teacher: list[nn.Module] = []  # the model right before its first pruning, when distilling
 
     def keep_teacher() -> None:
@@ -287,6 +288,7 @@ def run_trial(
         test_accuracy=test_acc,
         params_nonzero=params_nonzero,
         params_total=params_total,
+        params_prunable=prunable,
         params_planned=params_planned,
         layer_sparsity=layer_sparsity,
         val_accuracy_trained=val_trained,
@@ -307,9 +309,7 @@ def run_trial(
 def _epochs(
     on_epoch: Callable[[str, int, int, float], None] | None, phase: str, epochs: int
 ) -> Callable[[int, float], None] | None:
-    if on_epoch is None:
-        return None
-    return lambda epoch, loss: on_epoch(phase, epoch, epochs, loss)
+    return None if on_epoch is None else (lambda epoch, loss: on_epoch(phase, epoch, epochs, loss))
 
 
 def _each(*callbacks: Callable[[int, float], None] | None) -> Callable[[int, float], None] | None:

@@ -15,7 +15,16 @@ from autoprune import ledger
 from autoprune.baselines import seed_baselines
 from autoprune.errors import ConfigError
 from autoprune.ledger import Outcome
-from autoprune.refine import REFINE_ATTR, Refiner, RefineSettings, propose, refine_settings
+from autoprune.refine import (
+    REFINE_ATTR,
+    SIZE_ATTR,
+    Refiner,
+    RefineSettings,
+    propose,
+    propose_size,
+    refine_settings,
+    size_targets,
+)
 from autoprune.report import front_table
 from autoprune.space import Dim, parse_space
 
@@ -213,3 +222,149 @@ def test_ray_tunes_optuna_searcher_runs_the_refinement_it_enqueues() -> None:
     assert second["finetune.lr"] == 0.03 and second["prune.allocation"] == "lamp"
     assert searcher.suggest("t1") == second  # asking again for the same Tune trial enqueues nothing new
     assert sum(REFINE_ATTR in t.user_attrs for t in study.trials) == 1
+
+
+# --- sizes a user will pick at (search.sizes) --------------------------------------------------------------------
+
+TOTAL, PRUNABLE = 266_610, 266_200  # LeNet-300-100 on 28×28 inputs: 410 biases stay
+
+
+def sized(density: float, acc: float, lr: float = 0.01, allocation: str = "global", **kw) -> Any:
+    """A finished trial whose record carries the model's counts, as every trial of a search does."""
+    params = round(density * PRUNABLE) + TOTAL - PRUNABLE
+    rec = {"params_total": TOTAL, "params_prunable": PRUNABLE}
+    return done(density, acc, params, lr=lr, allocation=allocation, user_attrs={"record": rec}, **kw)
+
+
+def test_a_size_gets_the_settings_of_its_best_model_at_exactly_its_parameter_count() -> None:
+    trials = numbered(
+        [
+            sized(0.01, 0.80, lr=0.001),
+            sized(0.045, 0.86, lr=0.02, allocation="lamp"),  # the best within 5%: 12,389 params
+            sized(0.04, 0.87, lr=0.03),  # ... no: this one is more accurate and smaller, so it is the best
+            sized(0.2, 0.90, lr=0.05),
+        ]
+    )
+    p = propose_size(trials, DENSITY, [0.05])
+    count = math.floor(0.05 * TOTAL)
+    assert p is not None and p.source == 2 and p.size == count == 13_330
+    assert p.params == {"prune.density": (count - 410) / PRUNABLE, "finetune.lr": 0.03, "prune.allocation": "global"}
+    assert round(p.params["prune.density"] * PRUNABLE) + 410 == count  # what the allocation will keep
+    assert "trial 2's settings at exactly 13330 params" in p.reason
+    # a count instead of a fraction names the same size
+    assert propose_size(trials, DENSITY, [13_330]).params == p.params
+
+
+def test_a_size_is_passed_over_when_it_is_held_or_cannot_be_asked_for() -> None:
+    base = [sized(0.01, 0.80), sized(0.04, 0.87, lr=0.03)]
+    count = math.floor(0.05 * TOTAL)
+    density = (count - 410) / PRUNABLE
+    # its best model already has 99% of it or more
+    near = sized(0.0482, 0.88, lr=0.04)
+    assert near.values[1] <= count and near.values[1] >= 0.99 * count
+    assert propose_size(numbered([*base, near]), DENSITY, [0.05]) is None
+    # the same settings already ran (or are queued, or running) at exactly that size, even if less accurate
+    ran = sized(density, 0.86, lr=0.03)
+    assert propose_size(numbered([*base, ran]), DENSITY, [0.05]) is None
+    queued = create_trial(
+        state=TrialState.RUNNING, params={**base[1].params, "prune.density": density}, distributions=DISTRIBUTIONS
+    )
+    assert propose_size(numbered([*base, queued]), DENSITY, [0.05]) is None
+    # ... but a new best within the size, with other settings, makes it due again
+    better = sized(0.03, 0.875, lr=0.06)
+    again = propose_size(numbered([*base, ran, better]), DENSITY, [0.05])
+    assert again is not None and again.source == 3 and again.params["finetune.lr"] == 0.06
+    # nothing is known about the model before a trial has finished; nothing lies within a size below every model
+    plain = numbered([done(0.01, 0.80, 3072), done(0.04, 0.87, 11058)])
+    assert propose_size(plain, DENSITY, [0.05]) is None
+    assert propose_size(numbered(base), DENSITY, [0.001]) is None
+    # a size whose density lies outside the searched range is not asked for; the next size is
+    assert propose_size(numbered(base), DENSITY, [0.9, 0.05]).size == count
+
+
+def test_a_proposed_size_is_what_a_real_trial_keeps_for_each_exact_allocation() -> None:
+    from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrialConfig
+    from autoprune.trial import run_trial
+
+    def trial(allocation: str, density: float) -> Any:
+        return run_trial(
+            TrialConfig(
+                dataset=DatasetConfig(name="synthetic"),
+                model=ModelConfig(name="lenet-300-100"),
+                budget=BudgetConfig(train_epochs=1, finetune_epochs=1, batch_size=64),
+                prune=PruneConfig(allocation=allocation, density=density),
+                device="cpu",
+            )
+        )
+
+    first = trial("global", 0.02)
+    rec = first.record()
+    assert rec["params_prunable"] == sum(m.weight.numel() for m in first.model.modules() if hasattr(m, "weight"))
+    dims = {"prune.density": FloatDistribution(0.001, 0.5, log=True), "prune.allocation": ALLOCATION_DIST}
+    for allocation in ("global", "lamp", "erk", "uniform"):
+        seen = create_trial(
+            params={"prune.density": 0.02, "prune.allocation": allocation},
+            distributions=dims,
+            values=[0.5, first.params_nonzero],
+            user_attrs={"record": rec},
+        )
+        size = 0.037 * rec["params_total"]  # an awkward count
+        p = propose_size([seen], Dim(path="prune.density", low=0.001, high=0.5, log=True), [math.floor(size)])
+        assert p is not None and p.params["prune.allocation"] == allocation
+        assert trial(allocation, p.params["prune.density"]).params_nonzero == p.size == math.floor(size)
+
+
+ALLOCATION_DIST = CategoricalDistribution(["global", "lamp", "erk", "uniform"])
+
+
+def test_size_refinements_run_right_after_the_baselines_once_per_size_and_are_marked() -> None:
+    sp = parse_space({**SPACE, "search": {"sizes": [0.02, 0.05]}})
+    assert size_targets(sp.sizes) == (0.02, 0.05)
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
+    seed_baselines(study, sp, limit=4)
+    lines: list[str] = []
+    refiner = Refiner(RefineSettings(every=0, after=3), sp.dims, log=lines.append, sizes=size_targets(sp.sizes))
+    assert refiner.active
+    kinds = []
+    for _ in range(10):
+        proposal = refiner.before_ask(study)
+        trial = ask(study, sp.dims)
+        attrs = study.trials[trial.number].user_attrs
+        kinds.append("b" if "baseline" in attrs else "z" if SIZE_ATTR in attrs else "s")
+        if proposal is not None:
+            assert attrs[SIZE_ATTR] == proposal.size and attrs[REFINE_ATTR] == proposal.source
+        _finish_sized(study, trial)
+    assert "".join(kinds).startswith("bbbbzz")  # both sizes, before any sampled trial, then only if due again
+    records, _, _ = ledger.trial_records(study)
+    at = {r[SIZE_ATTR]: r for r in records if SIZE_ATTR in r}
+    assert sorted(at) == [math.floor(0.02 * 266_610), math.floor(0.05 * 266_610)]
+    assert all(r["params_nonzero"] == size for size, r in at.items())
+    assert len(lines) == kinds.count("z")
+
+
+def _finish_sized(study: optuna.Study, trial: optuna.Trial) -> None:
+    params = round(266_200 * trial.params["prune.density"]) + 410
+    acc = 0.95 - 0.04 / trial.params["prune.density"] ** 0.5 * 0.1
+    record = {"val_accuracy": acc, "test_accuracy": acc, "params_nonzero": params, "params_total": 266_610}
+    record.update(params_prunable=266_200, layer_sparsity={}, config={})
+    ledger.record_outcome(study, trial, Outcome("complete", record=record))
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ([0.05, 1.5], "got 1.5"),
+        ([0], "got 0"),
+        (["5%"], "got '5%'"),
+        (True, "got True"),
+    ],
+)
+def test_bad_sizes_are_refused_when_the_space_loads(sizes, message) -> None:
+    with pytest.raises(ConfigError, match=f"search.sizes must list fractions.*{message}"):
+        parse_space({**SPACE, "search": {"sizes": sizes}})
+
+
+def test_sizes_need_a_space_that_searches_the_overall_size() -> None:
+    per_layer = {**SPACE, "prune": {"sparsity": {"fc1": {"low": 0.5, "high": 0.99}}}, "search": {"sizes": [0.05]}}
+    with pytest.raises(ConfigError, match=r"search\.sizes needs a space that searches the overall size"):
+        parse_space(per_layer)

@@ -20,7 +20,7 @@ from .._imports import worker_runtime_env
 from .._localray import ray_start_environment
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
-from ..refine import Refiner, refine_settings
+from ..refine import Refiner, refine_settings, size_targets
 from ..rundir import RunInfo
 from ..stopping import ParetoHalving
 from ._scheduler import scheduler_class
@@ -282,7 +282,7 @@ def launch(
     )
     searcher.progress = Progress(log=log, requested=n_trials, already=already_counted, records=list(already))
     searcher.deadline = deadline
-    searcher.refiner = Refiner(refine_settings(space.refine), space.dims, log=log)
+    searcher.refiner = Refiner(refine_settings(space.refine), space.dims, log=log, sizes=size_targets(space.sizes))
     scheduler = _early_stop_scheduler(info.early_stop, log if verbose else None)
     searcher.early_stop = scheduler
     job = Job(
