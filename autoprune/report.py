@@ -109,6 +109,31 @@ def front_table(
     return "\n".join(out)
 
 
+def sizes_table(front: Sequence[dict], sizes: Sequence[float]) -> str | None:
+    """For each size a space declares (``search.sizes``: fractions of the dense parameters, or counts), the
+    model ``pick --max-params`` returns there: the most accurate front model within it. None without sizes."""
+    from .errors import SearchError
+    from .pareto import pick_max_params
+
+    totals = [r["params_total"] for r in front if r.get("params_total")]
+    if not sizes or not totals:
+        return None
+    lines = ["At the declared sizes (autoprune pick RUN --max-params N):"]
+    for size in sizes:
+        limit = math.floor(size * totals[0]) if size <= 1 else int(size)
+        name = f"<= {limit} params" + (f" ({100 * size:g}%)" if size <= 1 else "")
+        try:
+            r = pick_max_params(front, limit)
+        except SearchError:
+            lines.append(f"  {name}: no model yet")
+            continue
+        lines.append(
+            f"  {name}: trial {r.get('trial')}, {r['params_nonzero']} params, val {_fmt_acc(r.get('val_accuracy'))}, "
+            f"test {_fmt_acc(r.get('test_accuracy'))}"
+        )
+    return "\n".join(lines)
+
+
 SETBACK = 0.05  # finetuning that ends this far below the pruned model it started from went wrong
 
 

@@ -365,3 +365,23 @@ def test_front_refinement_in_a_real_search_and_after_resume(local_ray, tmp_path:
         assert rec["config"]["prune"]["density"] != source["config"]["prune"]["density"]
         assert rec["params_nonzero"] == rec["params_planned"]
     assert res.frame()["refined_from"].notna().sum() == len(refined)
+
+
+def test_declared_sizes_are_refined_to_exactly_in_a_real_search(local_ray, tmp_path: Path, capsys, monkeypatch) -> None:
+    search = "{baselines: {densities: 2, allocations: [global]}, refine: false, sizes: [0.05]}"
+    path = _density_space(tmp_path, "{low: 0.01, high: 0.3, log: true}", search)
+    run_dir, lines = tmp_path / "run", []
+    run_search(path, run_dir, trials=4, concurrent=1, seed=0, log=lines.append)
+    res = load_results(run_dir)
+    records = {r["trial"]: r for r in res.trials}
+    size = int(0.05 * records[0]["params_total"])
+    # trials 0-1: baselines (1% and 30% density); 2: global@0.01's settings at exactly 5% of the parameters
+    assert records[2]["target_size"] == size == records[2]["params_nonzero"] and records[2]["refined_from"] == 0
+    assert records[2]["params_prunable"] == records[0]["params_prunable"] < records[0]["params_total"]
+    assert [line for line in lines if line.startswith("refine: ")] == [
+        line for line in lines if f"at exactly {size} params" in line
+    ]
+    assert "target_size" not in records[3]  # the size's best is held now: the sampler's turn
+    code, out, _ = run_cli(["report", str(run_dir)], capsys, monkeypatch)
+    best = max((r for r in res.front if r["params_nonzero"] <= size), key=lambda r: r["val_accuracy"])
+    assert code == 0 and f"<= {size} params (5%): trial {best['trial']}, {best['params_nonzero']} params" in out
