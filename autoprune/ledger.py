@@ -340,12 +340,9 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
     for t in study.get_trials(deepcopy=False):
         if t.state == TrialState.COMPLETE and isinstance(t.user_attrs.get("record"), dict):
             rec = {"trial": t.number, **t.user_attrs["record"]}
-            if t.user_attrs.get(BASELINE_ATTR):  # enqueued by baseline seeding
-                rec["baseline"] = t.user_attrs[BASELINE_ATTR]
-            if REFINE_ATTR in t.user_attrs:  # enqueued by front refinement: the trial whose settings it carries
-                rec[REFINE_ATTR] = t.user_attrs[REFINE_ATTR]
-            if SIZE_ATTR in t.user_attrs:  # a size refinement: the parameter count it was asked for
-                rec[SIZE_ATTR] = t.user_attrs[SIZE_ATTR]
+            for attr in (BASELINE_ATTR, REFINE_ATTR, SIZE_ATTR):  # seeded; refined from a trial; to a size
+                if t.user_attrs.get(attr) is not None:
+                    rec[attr] = t.user_attrs[attr]
             if t.user_attrs.get("model_path"):
                 rel = t.user_attrs["model_path"]
                 rec["model_path"] = rel

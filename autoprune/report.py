@@ -121,16 +121,13 @@ def sizes_table(front: Sequence[dict], sizes: Sequence[float]) -> str | None:
     lines = ["At the declared sizes (autoprune pick RUN --max-params N):"]
     for size in sizes:
         limit = math.floor(size * totals[0]) if size <= 1 else int(size)
-        name = f"<= {limit} params" + (f" ({100 * size:g}%)" if size <= 1 else "")
+        name = f"  <= {limit} params" + (f" ({100 * size:g}%)" if size <= 1 else "")
         try:
             r = pick_max_params(front, limit)
+            acc = f"val {_fmt_acc(r.get('val_accuracy'))}, test {_fmt_acc(r.get('test_accuracy'))}"
+            lines.append(f"{name}: trial {r.get('trial')}, {r['params_nonzero']} params, {acc}")
         except SearchError:
-            lines.append(f"  {name}: no model yet")
-            continue
-        lines.append(
-            f"  {name}: trial {r.get('trial')}, {r['params_nonzero']} params, val {_fmt_acc(r.get('val_accuracy'))}, "
-            f"test {_fmt_acc(r.get('test_accuracy'))}"
-        )
+            lines.append(f"{name}: no model yet")
     return "\n".join(lines)
 
 
