@@ -112,10 +112,11 @@ def trial(
 
 def _print_front(results: Any, run_dir: Path) -> None:
     from .report import finetune_setbacks, front_table, sizes_table
+    from .rundir import declared_sizes
 
     total = len(results.trials) + results.failed + len(results.stopped)
     typer.echo(front_table(results.front, total=len(results.trials), failed=results.failed, baseline=results.baseline))
-    at_sizes = sizes_table(results.front, _declared_sizes(run_dir))
+    at_sizes = sizes_table(results.front, declared_sizes(run_dir))
     if at_sizes:
         typer.echo(at_sizes)
     setbacks = finetune_setbacks(results.trials)
@@ -125,25 +126,6 @@ def _print_front(results: Any, run_dir: Path) -> None:
         _log(f"note: {results.running} trial(s) of {run_dir} are still running (or were cut off: see resume)")
     stopped = f" ({len(results.stopped)} stopped early)" if results.stopped else ""
     _log(f"{total} trials in the study{stopped}; report files in {run_dir / 'report'}")
-
-
-def _declared_sizes(run_dir: Path) -> tuple[float, ...]:
-    """``search.sizes`` of the run's frozen space, read as data (nothing it names is imported); () if none."""
-    import yaml
-
-    from ._spacefile import load_yaml
-    from .errors import ConfigError
-    from .refine import size_targets
-    from .rundir import SPACE_FILE
-
-    path = run_dir / SPACE_FILE
-    try:
-        if path.stat().st_size > 1 << 20:  # a frozen space is a few kB
-            return ()
-        search = (load_yaml(path.read_text()) or {}).get("search") or {}
-        return size_targets(search.get("sizes"))
-    except (OSError, ValueError, AttributeError, ConfigError, yaml.YAMLError):
-        return ()
 
 
 def _finish_launch(outcome: Any, as_json: bool) -> None:

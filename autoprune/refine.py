@@ -56,6 +56,8 @@ __all__ = [
     "propose",
     "propose_size",
     "refine_settings",
+    "size_count",
+    "size_dim",
     "size_targets",
 ]
 
@@ -118,6 +120,11 @@ def size_targets(raw: Any) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def size_count(size: float, total: int) -> int:
+    """The parameter count a declared size stands for: a fraction of the dense model's ``total``, or a count."""
+    return math.floor(size * total) if size <= 1 else int(size)
+
+
 @dataclass(frozen=True)
 class Proposal:
     """One refinement: the full parameters of the trial to run, and where they come from."""
@@ -128,20 +135,23 @@ class Proposal:
     size: int | None = None  # a size refinement: the parameter count it was asked for
 
 
-def _size_dim(dims: Sequence[Dim]) -> Dim | None:
+def size_dim(dims: Sequence[Dim]) -> Dim | None:
+    """The searched leaf that sets a trial's overall size (a range over one of ``SIZE_DIMS``); None if none."""
     searched = {d.path: d for d in dims}
     return next((searched[p] for p in SIZE_DIMS if p in searched and searched[p].low is not None), None)
 
 
-def _front(trials: Sequence[optuna.trial.FrozenTrial], size: str) -> list[optuna.trial.FrozenTrial]:
-    """The finished trials no other beats on (accuracy, parameters), smallest first; one per size."""
+def _finished(trials: Sequence[optuna.trial.FrozenTrial], size: str) -> list[optuna.trial.FrozenTrial]:
+    """The COMPLETE trials with both values whose size is the searched leaf ``size``."""
     import optuna
 
-    done = [
-        t
-        for t in trials
-        if t.state == optuna.trial.TrialState.COMPLETE and t.values and len(t.values) == 2 and size in t.params
-    ]
+    done = optuna.trial.TrialState.COMPLETE
+    return [t for t in trials if t.state == done and t.values and len(t.values) == 2 and size in t.params]
+
+
+def _front(trials: Sequence[optuna.trial.FrozenTrial], size: str) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials no other beats on (accuracy, parameters), smallest first; one per size."""
+    done = _finished(trials, size)
     done.sort(key=lambda t: (t.values[1], -t.values[0], t.number))
     front, best = [], -math.inf
     for t in done:  # by size ascending: a trial is on the front when it beats every smaller one
@@ -208,7 +218,6 @@ def _counts(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, int] | Non
 def propose_size(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim, sizes: Sequence[float]) -> Proposal | None:
     """The next size refinement (see the module's docstring) for a study with these ``trials`` whose size is the
     searched leaf ``dim``; None when no size is due or the model's parameter counts are not known yet."""
-    import optuna
 
     counts = _counts(trials)
     if counts is None or not sizes:
@@ -216,13 +225,9 @@ def propose_size(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim, sizes: Se
     total, prunable = counts
     others = total - prunable  # parameters every allocation keeps (biases, BatchNorm)
     size = dim.path
-    done = [
-        t
-        for t in trials
-        if t.state == optuna.trial.TrialState.COMPLETE and t.values and len(t.values) == 2 and size in t.params
-    ]
+    done = _finished(trials, size)
     for target in sizes:
-        count = math.floor(target * total) if target <= 1 else int(target)
+        count = size_count(target, total)
         if not others < count < total:
             continue
         within = [t for t in done if t.values[1] <= count]
@@ -256,7 +261,7 @@ class Refiner:
         sizes: Sequence[float] = (),
     ):
         self.settings = settings
-        self.dim = _size_dim(dims)
+        self.dim = size_dim(dims)
         self.log = log
         self.sizes = tuple(sizes)
         self.asked = 0  # new trials asked for since refinement became due

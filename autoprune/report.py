@@ -114,13 +114,14 @@ def sizes_table(front: Sequence[dict], sizes: Sequence[float]) -> str | None:
     model ``pick --max-params`` returns there: the most accurate front model within it. None without sizes."""
     from .errors import SearchError
     from .pareto import pick_max_params
+    from .refine import size_count
 
     totals = [r["params_total"] for r in front if r.get("params_total")]
     if not sizes or not totals:
         return None
     lines = ["At the declared sizes (autoprune pick RUN --max-params N):"]
     for size in sizes:
-        limit = math.floor(size * totals[0]) if size <= 1 else int(size)
+        limit = size_count(size, totals[0])
         name = f"  <= {limit} params" + (f" ({100 * size:g}%)" if size <= 1 else "")
         try:
             r = pick_max_params(front, limit)

@@ -195,6 +195,21 @@ def read_frozen_space(run_dir: Path, info: RunInfo) -> tuple[SearchSpace, str]:
     return space, text
 
 
+def declared_sizes(run_dir: Path) -> tuple[float, ...]:
+    """``search.sizes`` of the run's frozen space, read as data (nothing the space names is imported or
+    checked); () when the space declares none, or is missing, unreadable or not a space."""
+    from .errors import AutoPruneError
+    from .refine import size_targets
+
+    path = run_dir / SPACE_FILE
+    try:
+        check_input_file(path, what="frozen space", max_bytes=_MAX_RECORD_BYTES, error=SearchError)
+        search = (load_yaml(path.read_text()) or {}).get("search") or {}
+        return size_targets(search.get("sizes"))
+    except (AutoPruneError, OSError, ValueError, AttributeError, yaml.YAMLError):
+        return ()
+
+
 # ------------------------------------------------------------------------------------------- output paths
 
 

@@ -28,7 +28,7 @@ from ._spacefile import load_yaml, resolve_space_path
 from .baselines import ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
-from .refine import SIZE_DIMS, refine_settings, size_targets
+from .refine import refine_settings, size_dim, size_targets
 from .stopping import EARLY_STOP_MODES
 
 if TYPE_CHECKING:
@@ -330,7 +330,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         sizes = size_targets(space.sizes)
     except ConfigError as exc:
         raise fail(str(exc)) from None
-    if sizes and not any(d.path in SIZE_DIMS and d.low is not None for d in space.dims):
+    if sizes and size_dim(space.dims) is None:
         raise fail(
             "search.sizes needs a space that searches the overall size (prune.density or prune.nonzero_params "
             "as a range); this one does not: search one, or remove search.sizes"

@@ -148,11 +148,12 @@ SPACE = {
 
 
 def _finish(study: optuna.Study, trial: optuna.Trial) -> None:
-    """Complete ``trial`` as if it ran: bigger models are more accurate (a smooth front)."""
-    params = round(266_000 * trial.params["prune.density"]) + 410
+    """Complete ``trial`` as if it ran LeNet-300-100: bigger models are more accurate (a smooth front)."""
+    params = round(266_200 * trial.params["prune.density"]) + 410
     acc = 0.95 - 0.04 / trial.params["prune.density"] ** 0.5 * 0.1
     record = {"val_accuracy": acc, "test_accuracy": acc, "params_nonzero": params, "params_total": 266_610}
-    ledger.record_outcome(study, trial, Outcome("complete", record={**record, "layer_sparsity": {}, "config": {}}))
+    record.update(params_prunable=266_200, layer_sparsity={}, config={})
+    ledger.record_outcome(study, trial, Outcome("complete", record=record))
 
 
 def test_refinements_start_after_the_baselines_and_warm_up_then_take_every_nth_trial() -> None:
@@ -333,21 +334,13 @@ def test_size_refinements_run_right_after_the_baselines_once_per_size_and_are_ma
         kinds.append("b" if "baseline" in attrs else "z" if SIZE_ATTR in attrs else "s")
         if proposal is not None:
             assert attrs[SIZE_ATTR] == proposal.size and attrs[REFINE_ATTR] == proposal.source
-        _finish_sized(study, trial)
+        _finish(study, trial)
     assert "".join(kinds).startswith("bbbbzz")  # both sizes, before any sampled trial, then only if due again
     records, _, _ = ledger.trial_records(study)
     at = {r[SIZE_ATTR]: r for r in records if SIZE_ATTR in r}
     assert sorted(at) == [math.floor(0.02 * 266_610), math.floor(0.05 * 266_610)]
     assert all(r["params_nonzero"] == size for size, r in at.items())
     assert len(lines) == kinds.count("z")
-
-
-def _finish_sized(study: optuna.Study, trial: optuna.Trial) -> None:
-    params = round(266_200 * trial.params["prune.density"]) + 410
-    acc = 0.95 - 0.04 / trial.params["prune.density"] ** 0.5 * 0.1
-    record = {"val_accuracy": acc, "test_accuracy": acc, "params_nonzero": params, "params_total": 266_610}
-    record.update(params_prunable=266_200, layer_sparsity={}, config={})
-    ledger.record_outcome(study, trial, Outcome("complete", record=record))
 
 
 @pytest.mark.parametrize(
@@ -368,3 +361,19 @@ def test_sizes_need_a_space_that_searches_the_overall_size() -> None:
     per_layer = {**SPACE, "prune": {"sparsity": {"fc1": {"low": 0.5, "high": 0.99}}}, "search": {"sizes": [0.05]}}
     with pytest.raises(ConfigError, match=r"search\.sizes needs a space that searches the overall size"):
         parse_space(per_layer)
+
+
+def test_the_report_reads_the_declared_sizes_of_a_run_as_data(tmp_path) -> None:
+    import os
+
+    from autoprune.rundir import SPACE_FILE, declared_sizes
+
+    assert declared_sizes(tmp_path) == ()  # no frozen space
+    (tmp_path / SPACE_FILE).write_text("model: {name: 'evil:module'}\nsearch: {sizes: [0.02, 13330]}\n")
+    assert declared_sizes(tmp_path) == (0.02, 13330.0)  # nothing the space names is imported
+    for text in ("search: {sizes: [1.5]}\n", "search: [1, 2]\n", "search: {sizes: [0.02\n", "- a list\n"):
+        (tmp_path / SPACE_FILE).write_text(text)
+        assert declared_sizes(tmp_path) == ()
+    (tmp_path / SPACE_FILE).unlink()
+    os.mkfifo(tmp_path / SPACE_FILE)  # never opened: reading a pipe would block the report
+    assert declared_sizes(tmp_path) == ()
