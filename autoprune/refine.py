@@ -24,8 +24,8 @@ finished trial has told the driver the model's parameter counts, each new trial 
 due: for a size S whose best model within S (by validation accuracy) has fewer than ``SIZE_SLACK`` × S
 parameters, it takes that model's settings at exactly S parameters (``refined_from`` and ``target_size`` user
 attributes). A size is due again whenever a model with other settings becomes its best, so a size refinement
-never runs twice with the same settings. A best model whose settings cannot be pinned to a count (per-layer
-rates, structured pruning of whole units) passes the size to the best model whose settings can.
+never runs twice with the same settings. Sizes need an allocation that keeps an exact count (not the structured
+ones).
 
 Optuna only: nothing here imports Ray or torch.
 """
@@ -215,21 +215,6 @@ def _counts(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, int] | Non
     return None
 
 
-def _rank(trial: optuna.trial.FrozenTrial) -> tuple[float, float, int]:
-    """Most accurate first; then fewer parameters, then the earlier trial."""
-    return trial.values[0], -trial.values[1], -trial.number
-
-
-def _keeps_exact_count(trial: optuna.trial.FrozenTrial) -> bool:
-    """Whether the trial's settings can be pinned to another parameter count: not per-layer rates, not
-    structured (whole units). Read from its searched values, else from its record's configuration."""
-    rec = trial.user_attrs.get("record")
-    prune = rec.get("config", {}).get("prune", {}) if isinstance(rec, dict) else {}
-    prune = prune if isinstance(prune, dict) else {}
-    allocation = trial.params.get("prune.allocation", prune.get("allocation"))
-    return allocation != "per_layer" and not trial.params.get("prune.structured", prune.get("structured", False))
-
-
 def propose_size(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim, sizes: Sequence[float]) -> Proposal | None:
     """The next size refinement (see the module's docstring) for a study with these ``trials`` whose size is the
     searched leaf ``dim``; None when no size is due or the model's parameter counts are not known yet."""
@@ -248,13 +233,9 @@ def propose_size(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim, sizes: Se
         within = [t for t in done if t.values[1] <= count]
         if not within:
             continue
-        if max(within, key=_rank).values[1] >= SIZE_SLACK * count:
+        best = max(within, key=lambda t: (t.values[0], -t.values[1], -t.number))
+        if best.values[1] >= SIZE_SLACK * count:
             continue
-        # settings that cannot be pinned to a count (per-layer rates, whole units) pass to the next best model
-        exact = [t for t in within if _keeps_exact_count(t)]
-        if not exact:
-            continue
-        best = max(exact, key=_rank)
         value: float | int = count if dim.is_int else (count - others) / prunable
         if not dim.low <= value <= dim.high:  # type: ignore[operator]
             continue
@@ -263,7 +244,7 @@ def propose_size(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim, sizes: Se
             continue
         reason = (
             f"refine: trial {best.number}'s settings at exactly {count} params (size {target:g}), the best model "
-            f"within it so far that can be resized having {best.values[1]:.0f} params (val {best.values[0]:.4f})"
+            f"within it so far having {best.values[1]:.0f} params (val {best.values[0]:.4f})"
         )
         return Proposal(params=params, source=best.number, reason=reason, size=count)
     return None

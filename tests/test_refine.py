@@ -283,29 +283,6 @@ def test_a_size_is_passed_over_when_it_is_held_or_cannot_be_asked_for() -> None:
     assert propose_size(numbered(base), DENSITY, [0.9, 0.05]).size == count
 
 
-def test_a_best_model_that_cannot_be_resized_passes_its_size_to_the_best_that_can() -> None:
-    count = math.floor(0.05 * TOTAL)
-    choices = {**DISTRIBUTIONS, "prune.allocation": CategoricalDistribution(["global", "per_layer"])}
-    rec = {"params_total": TOTAL, "params_prunable": PRUNABLE}
-    rates = create_trial(  # per-layer rates: its density leaf does not set its size
-        params={"prune.density": 0.05, "finetune.lr": 0.05, "prune.allocation": "per_layer"},
-        distributions=choices,
-        values=[0.89, 12_000],
-        user_attrs={"record": rec},
-    )
-    units = sized(0.045, 0.885, lr=0.04)  # structured, fixed by the space: only its record says so
-    units.user_attrs["record"] = {**rec, "config": {"prune": {"allocation": "global", "structured": True}}}
-    plain = sized(0.03, 0.87, lr=0.03)
-    p = propose_size(numbered([rates, units, plain]), DENSITY, [0.05])
-    assert p is not None and p.source == 2 and p.size == count and p.params["finetune.lr"] == 0.03
-    assert "trial 2's settings at exactly 13330 params" in p.reason
-    # with nothing resizable within the size, no trial is spent on it
-    assert propose_size(numbered([rates, units]), DENSITY, [0.05]) is None
-    # a resizable best at 99% of the size or more still means the size is held
-    assert propose_size(numbered([rates, plain, sized(0.0483, 0.80)]), DENSITY, [0.05]) is not None
-    assert propose_size(numbered([sized(0.0483, 0.90), rates, plain]), DENSITY, [0.05]) is None
-
-
 def test_a_proposed_size_is_what_a_real_trial_keeps_for_each_exact_allocation() -> None:
     from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrialConfig
     from autoprune.trial import run_trial
