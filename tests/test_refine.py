@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -156,6 +157,16 @@ def _finish(study: optuna.Study, trial: optuna.Trial) -> None:
     ledger.record_outcome(study, trial, Outcome("complete", record=record))
 
 
+def _drive(study: optuna.Study, refiner: Refiner, dims: list, n: int) -> Iterator[tuple[Any, optuna.Trial, dict]]:
+    """``n`` new trials as a search runs them: the refiner's turn, the ask, then (once the caller has looked at
+    the refiner's proposal, the trial and its user attributes) the trial's completion."""
+    for _ in range(n):
+        proposal = refiner.before_ask(study)
+        trial = ask(study, dims)
+        yield proposal, trial, study.trials[trial.number].user_attrs
+        _finish(study, trial)
+
+
 def test_refinements_start_after_the_baselines_and_warm_up_then_take_every_nth_trial() -> None:
     sp = parse_space(SPACE)
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
@@ -163,10 +174,7 @@ def test_refinements_start_after_the_baselines_and_warm_up_then_take_every_nth_t
     lines: list[str] = []
     refiner = Refiner(RefineSettings(every=2, after=3), sp.dims, log=lines.append)
     kinds = []
-    for _ in range(14):
-        proposal = refiner.before_ask(study)
-        trial = ask(study, sp.dims)
-        attrs = study.trials[trial.number].user_attrs
+    for proposal, trial, attrs in _drive(study, refiner, sp.dims, 14):
         kinds.append("b" if "baseline" in attrs else "r" if REFINE_ATTR in attrs else "s")
         if proposal is not None:  # the ask took exactly what was enqueued
             assert trial.params == pytest.approx(proposal.params)
@@ -175,7 +183,6 @@ def test_refinements_start_after_the_baselines_and_warm_up_then_take_every_nth_t
             assert {k: v for k, v in trial.params.items() if k != "prune.density"} == {
                 k: v for k, v in source.items() if k != "prune.density"
             }
-        _finish(study, trial)
     assert len(seeded) == 4
     # 4 baselines, 3 sampled trials of warm-up, then every second new trial is a refinement
     assert "".join(kinds) == "bbbb" + "sss" + "srsrsrs"
@@ -327,14 +334,10 @@ def test_size_refinements_run_right_after_the_baselines_once_per_size_and_are_ma
     refiner = Refiner(RefineSettings(every=0, after=3), sp.dims, log=lines.append, sizes=size_targets(sp.sizes))
     assert refiner.active
     kinds = []
-    for _ in range(10):
-        proposal = refiner.before_ask(study)
-        trial = ask(study, sp.dims)
-        attrs = study.trials[trial.number].user_attrs
+    for proposal, _, attrs in _drive(study, refiner, sp.dims, 10):
         kinds.append("b" if "baseline" in attrs else "z" if SIZE_ATTR in attrs else "s")
         if proposal is not None:
             assert attrs[SIZE_ATTR] == proposal.size and attrs[REFINE_ATTR] == proposal.source
-        _finish(study, trial)
     assert "".join(kinds).startswith("bbbbzz")  # both sizes, before any sampled trial, then only if due again
     records, _, _ = ledger.trial_records(study)
     at = {r[SIZE_ATTR]: r for r in records if SIZE_ATTR in r}
