@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from .errors import ConfigError
 
 LR_SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
+FINETUNE_OPTIMIZERS = ("sgd", "adam")
 PENALTIES = ("l1", "group_lasso", "none")
 LAMBDA_SCHEDULES = ("constant", "linear", "step", "cosine")
 CRITERIA = ("magnitude", "gradient", "taylor")
@@ -223,17 +224,24 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig(SGDConfig):
-    """Phase 3: masked SGD finetuning (pruned weights stay exactly zero)."""
+    """Phase 3: masked finetuning (pruned weights stay exactly zero), with SGD or Adam.
+
+    Adam (decoupled weight decay, as ``torch.optim.AdamW``) takes ``momentum`` as its β1 and ignores
+    ``nesterov``; it adapts each weight's step to its own gradient scale, which after pruning differs from unit to
+    unit by the number of inputs each kept.
+    """
 
     section: ClassVar[str] = "finetune"
 
     lr: float = 0.01
+    optimizer: str = "sgd"  # sgd | adam
     distill_weight: float = 0.0  # a in (1-a)·CE + a·T²·KL(teacher ‖ student); the teacher is the model before pruning
     distill_temperature: float = 4.0  # T, softens both distributions
     lr_rewind: bool = False  # replay phase 1's lr schedule over its last finetune epochs instead of lr/lr_schedule
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_choice("finetune.optimizer", self.optimizer, FINETUNE_OPTIMIZERS)
         _check_number("finetune.distill_weight", self.distill_weight, low=0.0, high=1.0)
         _check_number("finetune.distill_temperature", self.distill_temperature, low=0.0, low_open=True)
 

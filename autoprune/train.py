@@ -62,7 +62,7 @@ class MaskSet:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     @torch.no_grad()
-    def mask_momentum_(self, optimizer: SGD) -> None:
+    def mask_momentum_(self, optimizer: SGD | Adam) -> None:
         for p, m in zip(self.params, self.values, strict=True):
             buf = optimizer.momentum_buffer(p)
             if buf is not None:
@@ -130,8 +130,37 @@ class SGD:
                 torch._foreach_add_(ps, bs, alpha=-step_lr)
 
 
-def make_optimizer(model: nn.Module, phase: SGDConfig) -> SGD:
-    """One parameter group per layer that has an lr multiplier; the rest share one group."""
+class Adam:
+    """``torch.optim.AdamW`` (foreach kernels) behind the ``SGD`` class's interface: ``step(lr, grad_scale)`` and
+    ``momentum_buffer`` (the first moment: masking it keeps a newly pruned weight at zero, since a masked weight's
+    gradient is zero and its update is its first moment over the second's square root)."""
+
+    def __init__(self, params: list[torch.Tensor], *, beta1: float, weight_decay: float) -> None:
+        self.params = params
+        self.opt = torch.optim.AdamW(params, lr=1.0, betas=(beta1, 0.999), weight_decay=weight_decay, foreach=True)
+
+    def momentum_buffer(self, param: torch.Tensor) -> torch.Tensor | None:
+        return self.opt.state.get(param, {}).get("exp_avg")
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, lr: float, grad_scale: float | torch.Tensor = 1.0) -> None:
+        if isinstance(grad_scale, torch.Tensor) or grad_scale != 1.0:
+            torch._foreach_mul_([p.grad for p in self.params if p.grad is not None], grad_scale)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+
+
+def make_optimizer(model: nn.Module, phase: SGDConfig) -> SGD | Adam:
+    """One parameter group per layer that has an lr multiplier; the rest share one group. Finetuning may use
+    Adam (``finetune.optimizer``); sparse training is SGD."""
+    if isinstance(phase, FinetuneConfig) and phase.optimizer == "adam":
+        params = [p for p in model.parameters() if p.requires_grad]
+        return Adam(params, beta1=phase.momentum, weight_decay=phase.weight_decay)
     groups: list[tuple[list[torch.Tensor], float]] = []
     taken: set[int] = set()
     modules = dict(model.named_modules())

@@ -4,7 +4,7 @@
 2. prune: importance → per-layer counts (fixed by the allocation before training: ``params_planned``) → masks,
    one-shot, gradual during finetuning, or gradual over the end of phase 1 (AGP); structured pruning removes
    whole units and ends with a physically smaller model
-3. finetune: masked SGD (gradient-norm clipping optional), its own lr schedule or phase 1's rewound one,
+3. finetune: masked SGD or Adam (gradient-norm clipping optional), its own lr schedule or phase 1's rewound one,
    optionally distilling from the model right before its first pruning (pruned weights, grads, momentum stay 0)
 4. evaluate: validation and test accuracy, parameters, FLOPs
 
@@ -252,11 +252,11 @@ def run_trial(
     keep_teacher()
     lr_fn = None
     if fc.lr_rewind:
-        tc = cfg.train
+        tc = cfg.train  # Adam replays phase 1's schedule at its own lr: an SGD lr does not carry to Adam
         lr_fn = functools.partial(
             rewound_lr_at,
             tc.lr_schedule,
-            tc.lr,
+            fc.lr if fc.optimizer == "adam" else tc.lr,
             steps_per_epoch=steps_per_epoch,
             train_epochs=trained_epochs,
             finetune_epochs=ft_epochs,

@@ -41,13 +41,13 @@ def cfg(**sections) -> TrialConfig:
 def lrs(monkeypatch) -> list[float]:
     """The lr of every optimizer step, in order (the step itself runs unchanged)."""
     seen: list[float] = []
-    step = train.SGD.step
+    for optimizer in (train.SGD, train.Adam):
 
-    def recording(self, lr, grad_scale=1.0):
-        seen.append(lr)
-        return step(self, lr, grad_scale)
+        def recording(self, lr, grad_scale=1.0, step=optimizer.step):
+            seen.append(lr)
+            return step(self, lr, grad_scale)
 
-    monkeypatch.setattr(train.SGD, "step", recording)
+        monkeypatch.setattr(optimizer, "step", recording)
     return seen
 
 
@@ -84,6 +84,24 @@ def test_lr_rewinding_replays_the_tail_of_phase_one(lrs) -> None:
     lrs.clear()
     run_trial(dataclasses.replace(rewound, finetune=FinetuneConfig(lr=0.001)))
     assert lrs[3 * spe] == 0.001 and max(lrs[3 * spe :]) == 0.001
+
+
+def test_lr_rewinding_under_adam_replays_phase_ones_schedule_at_the_finetune_lr(lrs, monkeypatch) -> None:
+    steppers: list[str] = []
+    make = train.make_optimizer
+
+    def making(model, phase):
+        opt = make(model, phase)
+        steppers.append(type(opt).__name__)
+        return opt
+
+    monkeypatch.setattr(train, "make_optimizer", making)
+    run_trial(cfg(finetune=FinetuneConfig(optimizer="adam", lr=0.002, lr_rewind=True)))
+    spe = len(lrs) // 5  # 3 + 2 epochs
+    phase1, finetune = lrs[: 3 * spe], lrs[3 * spe :]
+    assert steppers == ["SGD", "Adam"]  # sparse training stays SGD
+    assert max(phase1) == 0.05 and finetune[0] < 0.002  # rewound to epoch 1 of the cosine: past its peak
+    assert finetune == pytest.approx([lr * 0.002 / 0.05 for lr in phase1[spe:]])
 
 
 def test_lr_warmup_ramps_the_phases_schedule_up_linearly(lrs) -> None:

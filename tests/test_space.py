@@ -164,6 +164,7 @@ BAD = [
     (with_("finetune.lr_warmup", 1.0), "finetune.lr_warmup must be < 1.0, got 1.0"),
     (with_("finetune.grad_clip", 0.0), "finetune.grad_clip must be > 0.0, got 0.0"),
     (with_("finetune.lr_schedule", "linear"), "finetune.lr_schedule must be one of constant, step, cosine"),
+    (with_("finetune.optimizer", {"choices": ["adam", "lbfgs"]}), "finetune.optimizer must be one of sgd, adam"),
     (with_("finetune.nesterov", True) | {"finetune": {"nesterov": True, "momentum": 0.0}}, "finetune.nesterov needs"),
 ]
 

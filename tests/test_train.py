@@ -209,3 +209,67 @@ def test_lr_multipliers_make_per_layer_groups() -> None:
     opt.step(0.1)
     assert torch.allclose(before[0] - model.fc1.weight, torch.full_like(before[0], 0.05))
     assert torch.allclose(before[1] - model.fc2.weight, torch.full_like(before[1], 0.1))
+
+
+def test_adam_finetuning_is_adamw_on_the_masked_gradients_clipped() -> None:
+    x, y = blobs(128)
+    start = tiny_model()
+    masks = compute_masks(start, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.5}))
+
+    def finetune(optimizer: str) -> torch.nn.Module:
+        model = copy.deepcopy(start)
+        settings = FinetuneConfig(
+            optimizer=optimizer, lr=0.01, momentum=0.8, weight_decay=0.1, lr_schedule="constant", grad_clip=0.05
+        )
+        gen = torch.Generator().manual_seed(3)
+        run_phase(model, x, y, settings, epochs=2, batch_size=16, generator=gen, masks=MaskSet(model, masks))
+        return model
+
+    ref = copy.deepcopy(start)
+    params = dict(ref.named_parameters())
+    opt = torch.optim.AdamW(ref.parameters(), lr=0.01, betas=(0.8, 0.999), weight_decay=0.1)
+    gen, norms = torch.Generator().manual_seed(3), []
+    with torch.no_grad():
+        for name, m in masks.items():
+            params[name].mul_(m)
+    for _ in range(2):
+        for idx in batch_indices(len(x), 16, generator=gen, device="cpu"):
+            opt.zero_grad()
+            F.cross_entropy(ref(x[idx]), y[idx]).backward()
+            for name, m in masks.items():
+                params[name].grad.mul_(m)
+            norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)))
+            opt.step()
+    assert sum(n > 0.05 for n in norms) >= 4, "the threshold binds at some steps"
+    adam, sgd = finetune("adam"), finetune("sgd")
+    for (name, a), b in zip(adam.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    for name, m in masks.items():
+        assert torch.all(dict(adam.named_parameters())[name][m == 0] == 0), name
+    assert not torch.allclose(adam.fc1.weight, sgd.fc1.weight, atol=1e-3)
+
+
+def test_adam_keeps_weights_pruned_mid_phase_at_zero() -> None:
+    """Gradual pruning during an Adam finetune: a weight pruned at a later step had a first moment, which must be
+    cleared with it, or Adam keeps moving it after its gradient is masked."""
+    x, y = blobs(128)
+    model = tiny_model()
+    loose = compute_masks(model, PruneConfig(sparsity={"fc1": 0.5}))
+    tight = compute_masks(model, PruneConfig(sparsity={"fc1": 0.9}))
+    settings = FinetuneConfig(optimizer="adam", lr=0.01, lr_schedule="constant")
+    gen = torch.Generator().manual_seed(0)
+    run_phase(
+        model,
+        x,
+        y,
+        settings,
+        epochs=2,
+        batch_size=16,
+        generator=gen,
+        masks=MaskSet(model, loose),
+        prune_events={5: lambda: MaskSet(model, tight)},
+    )
+    w, late = model.fc1.weight.detach(), (loose["fc1.weight"] == 1) & (tight["fc1.weight"] == 0)
+    assert int(late.sum()) > 0
+    assert torch.all(w[tight["fc1.weight"] == 0] == 0)
+    assert torch.count_nonzero(w[tight["fc1.weight"] == 1]) == int(tight["fc1.weight"].sum())
