@@ -227,8 +227,7 @@ class FinetuneConfig(SGDConfig):
     """Phase 3: masked finetuning (pruned weights stay exactly zero), with SGD or Adam.
 
     Adam (decoupled weight decay, as ``torch.optim.AdamW``) takes ``momentum`` as its β1 and ignores
-    ``nesterov``; it adapts each weight's step to its own gradient scale, which after pruning differs from unit to
-    unit by the number of inputs each kept.
+    ``nesterov``; it sizes each kept weight's step by that weight's own gradient history.
     """
 
     section: ClassVar[str] = "finetune"
