@@ -11,7 +11,10 @@ pytestmark = pytest.mark.fashion
 
 
 def test_dense_lenet300_reaches_0885_test_accuracy() -> None:
-    result = run_trial(load_space("lenet300_fashion", ["prune.enabled=false"]).default_config(), device="cpu")
+    # The dense settings of benchmarks/front_quality.py: the space's defaults suit pruned models (its strong L1 and a
+    # finetune lr of 8e-3 for Adam leave the dense model at test 0.8803)
+    dense = ["prune.enabled=false", "train.lambda_max=1e-5", "train.lambda_schedule=constant", "finetune.lr=6e-4"]
+    result = run_trial(load_space("lenet300_fashion", dense).default_config(), device="cpu")
     assert result.params_nonzero == result.params_total == 266_610
     assert result.test_accuracy >= 0.885
 
