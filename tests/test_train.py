@@ -96,21 +96,19 @@ def test_sgd_matches_torch_optim_sgd_with_clip_grad_norm(momentum, nesterov, wei
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_finetuning_clips_the_masked_gradient_norm_as_clip_grad_norm_does() -> None:
-    x, y = blobs(128)
-    start = tiny_model()
-    masks = compute_masks(start, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.5}))
+def masked_finetune(start, masks, x, y, settings: FinetuneConfig) -> torch.nn.Module:
+    """``run_phase`` finetuning of a copy of ``start`` under ``masks``: 2 epochs, batches of 16, batch seed 3."""
+    model = copy.deepcopy(start)
+    gen = torch.Generator().manual_seed(3)
+    run_phase(model, x, y, settings, epochs=2, batch_size=16, generator=gen, masks=MaskSet(model, masks))
+    return model
 
-    def finetune(clip: float | None) -> torch.nn.Module:
-        model = copy.deepcopy(start)
-        settings = FinetuneConfig(lr=0.1, momentum=0.9, lr_schedule="constant", grad_clip=clip)
-        gen = torch.Generator().manual_seed(3)
-        run_phase(model, x, y, settings, epochs=2, batch_size=16, generator=gen, masks=MaskSet(model, masks))
-        return model
 
+def reference_finetune(start, masks, x, y, make_opt, clip: float) -> tuple[torch.nn.Module, list[float]]:
+    """The same finetune written with ``torch.optim`` and ``clip_grad_norm_``; returns the model and the norms."""
     ref = copy.deepcopy(start)
     params = dict(ref.named_parameters())
-    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    opt = make_opt(ref.parameters())
     gen, norms = torch.Generator().manual_seed(3), []
     with torch.no_grad():
         for name, m in masks.items():
@@ -121,8 +119,21 @@ def test_finetuning_clips_the_masked_gradient_norm_as_clip_grad_norm_does() -> N
             F.cross_entropy(ref(x[idx]), y[idx]).backward()
             for name, m in masks.items():
                 params[name].grad.mul_(m)
-            norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)))
+            norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), clip)))
             opt.step()
+    return ref, norms
+
+
+def test_finetuning_clips_the_masked_gradient_norm_as_clip_grad_norm_does() -> None:
+    x, y = blobs(128)
+    start = tiny_model()
+    masks = compute_masks(start, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.5}))
+
+    def finetune(clip: float | None) -> torch.nn.Module:
+        settings = FinetuneConfig(lr=0.1, momentum=0.9, lr_schedule="constant", grad_clip=clip)
+        return masked_finetune(start, masks, x, y, settings)
+
+    ref, norms = reference_finetune(start, masks, x, y, lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9), 0.05)
     assert min(norms) > 0.05, "the threshold binds at every step"
     clipped, unclipped = finetune(0.05), finetune(None)
     for (name, a), b in zip(clipped.named_parameters(), ref.parameters(), strict=True):
@@ -217,29 +228,15 @@ def test_adam_finetuning_is_adamw_on_the_masked_gradients_clipped() -> None:
     masks = compute_masks(start, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.5}))
 
     def finetune(optimizer: str) -> torch.nn.Module:
-        model = copy.deepcopy(start)
         settings = FinetuneConfig(
             optimizer=optimizer, lr=0.01, momentum=0.8, weight_decay=0.1, lr_schedule="constant", grad_clip=0.05
         )
-        gen = torch.Generator().manual_seed(3)
-        run_phase(model, x, y, settings, epochs=2, batch_size=16, generator=gen, masks=MaskSet(model, masks))
-        return model
+        return masked_finetune(start, masks, x, y, settings)
 
-    ref = copy.deepcopy(start)
-    params = dict(ref.named_parameters())
-    opt = torch.optim.AdamW(ref.parameters(), lr=0.01, betas=(0.8, 0.999), weight_decay=0.1)
-    gen, norms = torch.Generator().manual_seed(3), []
-    with torch.no_grad():
-        for name, m in masks.items():
-            params[name].mul_(m)
-    for _ in range(2):
-        for idx in batch_indices(len(x), 16, generator=gen, device="cpu"):
-            opt.zero_grad()
-            F.cross_entropy(ref(x[idx]), y[idx]).backward()
-            for name, m in masks.items():
-                params[name].grad.mul_(m)
-            norms.append(float(torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.05)))
-            opt.step()
+    def adamw(params):
+        return torch.optim.AdamW(params, lr=0.01, betas=(0.8, 0.999), weight_decay=0.1)
+
+    ref, norms = reference_finetune(start, masks, x, y, adamw, 0.05)
     assert sum(n > 0.05 for n in norms) >= 4, "the threshold binds at some steps"
     adam, sgd = finetune("adam"), finetune("sgd")
     for (name, a), b in zip(adam.named_parameters(), ref.parameters(), strict=True):
