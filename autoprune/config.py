@@ -236,7 +236,7 @@ class FinetuneConfig(SGDConfig):
     optimizer: str = "sgd"  # sgd | adam
     distill_weight: float = 0.0  # a in (1-a)·CE + a·T²·KL(teacher ‖ student); the teacher is the model before pruning
     distill_temperature: float = 4.0  # T, softens both distributions
-    lr_rewind: bool = False  # replay phase 1's lr schedule over its last finetune epochs instead of lr/lr_schedule
+    lr_rewind: bool = False  # replay the end of phase 1's lr schedule instead of lr_schedule (adam: at base lr `lr`)
 
     def __post_init__(self) -> None:
         super().__post_init__()
