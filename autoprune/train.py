@@ -143,8 +143,7 @@ class Adam:
         return self.opt.state.get(param, {}).get("exp_avg")
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        self.opt.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def step(self, lr: float, grad_scale: float | torch.Tensor = 1.0) -> None:
