@@ -266,12 +266,15 @@ def pick(
 
     Exactly one rule: ``max_params`` (the most accurate front model with at most that many nonzero
     parameters), ``min_accuracy`` (the smallest front model at least that accurate on validation data),
-    ``knee`` (the front's best trade-off), or ``trial`` (any finished trial, by number).
+    ``knee`` (the front's best trade-off), or ``trial`` (any finished trial, by number). With ``max_params``
+    the record also holds ``"indistinct"``: the other finished trials within that size whose validation
+    accuracy is within one standard error of the chosen one's (``pareto.indistinct``; trial, params_nonzero,
+    val_accuracy each), most accurate first: validation cannot rank them, so the choice among them is noise.
     """
     from ._paths import check_output_file, inside_run
     from ._trust import named_modules
     from .export import check_model_output, copy_model
-    from .pareto import check_one_rule
+    from .pareto import check_one_rule, indistinct
     from .pareto import pick as pick_record
     from .rundir import MODELS_DIR, RunInfo, read_frozen_space
 
@@ -293,7 +296,11 @@ def pick(
     space, _ = read_frozen_space(Path(run_dir), RunInfo.read(Path(run_dir)))
     metrics = {k: v for k, v in chosen.items() if k not in ("config", "model_path")}
     copy_model(source, out, metrics=metrics, allow_modules=named_modules(space.document))
-    return {**chosen, "out": str(out)}
+    result = {**chosen, "out": str(out)}
+    if max_params is not None:
+        keys = ("trial", "params_nonzero", "val_accuracy")
+        result["indistinct"] = [{k: r.get(k) for k in keys} for r in indistinct(res.trials, chosen, max_params)[0]]
+    return result
 
 
 def evaluate(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Collection[str] = ()) -> dict[str, Any]:

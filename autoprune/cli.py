@@ -90,7 +90,7 @@ def trial(
         _log(f"note: {len(spec.dims)} searched dimensions not fixed by --set take their defaults: {unset}")
     log, on_epoch = (None, None) if as_json else (_log, None)
     if not as_json and sys.stderr.isatty():  # a live status line only where someone watches it
-        from .report import TrialProgress
+        from .progress import TrialProgress
 
         budget = spec.default_config().budget
         status = TrialProgress({"train": budget.train_epochs, "finetune": budget.finetune_epochs}, sys.stderr.write)
@@ -116,7 +116,7 @@ def _print_front(results: Any, run_dir: Path) -> None:
 
     total = len(results.trials) + results.failed + len(results.stopped)
     typer.echo(front_table(results.front, total=len(results.trials), failed=results.failed, baseline=results.baseline))
-    at_sizes = sizes_table(results.front, declared_sizes(run_dir))
+    at_sizes = sizes_table(results.front, declared_sizes(run_dir), results.trials)
     if at_sizes:
         typer.echo(at_sizes)
     setbacks = finetune_setbacks(results.trials)
@@ -305,6 +305,11 @@ def pick(
             f"trial {chosen['trial']}: val accuracy {chosen['val_accuracy']:.4f}, test accuracy "
             f"{chosen['test_accuracy']:.4f}, {chosen['params_nonzero']} of {chosen['params_total']} params -> {out}"
         )
+        from .report import indistinct_note
+
+        note = indistinct_note(chosen)
+        if note:
+            _log(note)
 
 
 @app.command(cls=Command)

@@ -158,6 +158,39 @@ def pick_max_params(front: Sequence[dict], max_params: int) -> dict:
     return _most_accurate(fits)
 
 
+def val_standard_error(record: dict) -> float | None:
+    """The standard error of a record's validation accuracy p on its n = ``val_samples`` samples: sqrt(p(1 - p) / n);
+    None when the record does not say n."""
+    n, p = record.get("val_samples"), record.get(ACCURACY)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0 or p is None:
+        return None
+    return math.sqrt(max(float(p) * (1.0 - float(p)), 0.0) / int(n))
+
+
+def indistinct(records: Sequence[dict], chosen: dict, max_params: int) -> tuple[list[dict], float | None]:
+    """The other records within ``max_params`` that validation cannot tell from ``chosen``, and the margin: those
+    whose validation accuracy is within one standard error of ``chosen``'s, sqrt(p(1 - p) / n) with p its accuracy
+    and n its record's ``val_samples``; most accurate first, then smallest. ``([], None)`` when the record does
+    not say n (runs made before records held it).
+
+    ``pick_max_params`` returns the most accurate model within a size. When others are this close, which of them
+    that is was decided by the validation split's noise: a user who cares compares them on data of their own.
+    """
+    margin = val_standard_error(chosen)
+    if margin is None:
+        return [], None
+    p = float(chosen[ACCURACY])
+    close = [
+        r
+        for r in _rankable(records)
+        if r is not chosen
+        and (r.get("trial") is None or r.get("trial") != chosen.get("trial"))
+        and float(r[PARAMS]) <= max_params
+        and float(r[ACCURACY]) >= p - margin
+    ]
+    return sorted(close, key=lambda r: (-float(r[ACCURACY]), float(r[PARAMS]))), margin
+
+
 def pick_min_accuracy(front: Sequence[dict], min_accuracy: float) -> dict:
     """The smallest front model with ``val_accuracy >= min_accuracy`` (the more accurate one on a tie)."""
     if isinstance(min_accuracy, bool) or not isinstance(min_accuracy, (int, float, np.floating, np.integer)):

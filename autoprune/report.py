@@ -1,4 +1,5 @@
-"""Rendering of a search's results: terminal table, CSV, JSON document (the plot is ``plot.py``'s), progress.
+"""Rendering of a search's results: terminal table, CSV, JSON document (the plot is ``plot.py``'s; live
+progress lines are ``progress.py``'s).
 
 Everything here reads records and the front computed by ``pareto.py``; nothing is decided here. pandas and
 matplotlib load only inside the functions that need them, so importing this module stays cheap. Files are
@@ -11,9 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,9 +109,10 @@ def front_table(
     return "\n".join(out)
 
 
-def sizes_table(front: Sequence[dict], sizes: Sequence[float]) -> str | None:
+def sizes_table(front: Sequence[dict], sizes: Sequence[float], trials: Sequence[dict] = ()) -> str | None:
     """For each size a space declares (``search.sizes``: fractions of the dense parameters, or counts), the
-    model ``pick --max-params`` returns there: the most accurate front model within it. None without sizes."""
+    model ``pick --max-params`` returns there: the most accurate front model within it, and which of ``trials``
+    validation cannot tell from it (``pareto.indistinct``). None without sizes."""
     from .errors import SearchError
     from .pareto import pick_max_params
     from .refine import size_count
@@ -126,10 +127,42 @@ def sizes_table(front: Sequence[dict], sizes: Sequence[float]) -> str | None:
         try:
             r = pick_max_params(front, limit)
             acc = f"val {_fmt_acc(r.get('val_accuracy'))}, test {_fmt_acc(r.get('test_accuracy'))}"
-            lines.append(f"{name}: trial {r.get('trial')}, {r['params_nonzero']} params, {acc}")
+            lines.append(
+                f"{name}: trial {r.get('trial')}, {r['params_nonzero']} params, {acc}{_close_calls(trials, r, limit)}"
+            )
         except SearchError:
             lines.append(f"{name}: no model yet")
     return "\n".join(lines)
+
+
+def _close_calls(trials: Sequence[dict], chosen: dict, limit: int) -> str:
+    """``; validation cannot tell it from trials 36, 13 (...)``: the trials within one standard error of its val."""
+    from .pareto import indistinct
+
+    close, margin = indistinct(trials, chosen, limit)
+    if not close or margin is None:
+        return ""
+    shown = ", ".join(str(r.get("trial", "?")) for r in close[:4]) + (", ..." if len(close) > 4 else "")
+    plural = "s" if len(close) > 1 else ""
+    return f"; validation cannot tell it from trial{plural} {shown} (within one standard error, {100 * margin:.2f} pt)"
+
+
+def indistinct_note(chosen: dict) -> str | None:
+    """A note for ``pick --max-params``: the trials (``chosen["indistinct"]``) validation cannot tell from it."""
+    from .pareto import val_standard_error
+
+    close, margin = chosen.get("indistinct"), val_standard_error(chosen)
+    if not close or margin is None:
+        return None
+    named = ", ".join(
+        f"{r['trial']} ({r['params_nonzero']} params, val {_fmt_acc(r['val_accuracy'])})" for r in close[:5]
+    )
+    more = f" and {len(close) - 5} more" if len(close) > 5 else ""
+    return (
+        f"note: validation cannot tell it from trial{'s' if len(close) > 1 else ''} {named}{more}: within one "
+        f"standard error of its val accuracy ({100 * margin:.2f} pt on {chosen['val_samples']} samples); compare "
+        "them on data of your own (pick --trial N exports another)"
+    )
 
 
 SETBACK = 0.05  # finetuning that ends this far below the pruned model it started from went wrong
@@ -316,105 +349,3 @@ def _relative_paths(records: Sequence[dict], run_dir: str | os.PathLike) -> list
     return [
         {**r, "model_path": relative_to_run(r["model_path"], run_dir)} if r.get("model_path") else r for r in records
     ]
-
-
-# ------------------------------------------------------------------------------------------- search progress
-
-
-def _no_log(_line: str) -> None:
-    """The log of a pickled copy of ``Progress``."""
-
-
-@dataclass
-class Progress:
-    """Progress lines of a search on stderr: counts, elapsed time, the front size and its best points."""
-
-    log: Callable[[str], None]
-    requested: int  # trials this launch runs
-    already: int  # counted trials before this launch
-    records: list[dict[str, Any]]  # finished records so far (earlier launches included)
-    started: float = field(default_factory=time.monotonic)
-    done: int = 0
-    failed: int = 0
-    stopped: int = 0  # by early stopping (counted: they were judged, not lost)
-    cut: int = 0
-    running: set[Any] = field(default_factory=set)  # keys of trials whose process started and did not end
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Ray Tune pickles its callbacks and searcher, which hold this object, when it saves the experiment's state.
-        # The live object in the driver keeps the caller's log, which need not pickle (a lock, a file, a widget).
-        return {**self.__dict__, "log": _no_log}
-
-    def elapsed(self) -> str:
-        s = int(time.monotonic() - self.started)
-        return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-    def trial_started(self, key: Any) -> None:
-        self.running.add(key)
-
-    def finished(
-        self, number: int, outcome: str, record: dict | None, reason: str | None, *, counted: bool, key: Any = None
-    ) -> None:
-        """One line for a trial the study has recorded; ``counted``: it counts toward the requested number."""
-        from .pareto import pareto_front
-
-        self.running.discard(key)
-        if outcome == "complete" and record is not None:
-            self.done += 1
-            self.records.append({"trial": number, **record})
-            what = f"trial {number}: val {record['val_accuracy']:.4f}, {record['params_nonzero']} params"
-        elif outcome == "pruned":
-            self.stopped += 1
-            what = f"trial {number} stopped early at {(reason or '').removeprefix(f'trial {number} ')}"
-        elif counted:
-            self.failed += 1
-            what = f"trial {number} failed ({outcome}): {reason}"
-        else:
-            self.cut += 1
-            what = f"trial {number} stopped ({outcome})"
-        front = pareto_front(self.records)
-        shown = front if len(front) <= 4 else [front[round(i * (len(front) - 1) / 3)] for i in range(4)]
-        points = " ".join(f"{r['val_accuracy']:.4f}@{_short(r['params_nonzero'])}" for r in reversed(shown))
-        finished = self.already + self.done + self.failed + self.stopped
-        total = self.already + self.requested
-        stopped = f", {self.stopped} stopped early" if self.stopped else ""
-        self.log(
-            f"[{self.elapsed()}] {finished}/{total} done, {len(self.running)} running, {self.failed} failed{stopped} | "
-            f"{what} | front {len(front)}: {points or '-'}"
-        )
-
-
-def _short(n: float) -> str:
-    n = float(n)
-    for unit, size in (("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{int(n)}"
-
-
-class TrialProgress:
-    """One self-rewriting status line for ``autoprune trial`` on a terminal: phase, epoch k/N, the epoch's
-    mean loss, and the time left, estimated from the epochs done so far.
-    """
-
-    def __init__(self, epochs: dict[str, int], write: Callable[[str], None]) -> None:
-        self.epochs = dict(epochs)  # phase -> its number of epochs, in running order
-        self.write = write
-        self.started = time.monotonic()
-        self.done: dict[str, int] = dict.fromkeys(epochs, 0)
-
-    def __call__(self, phase: str, epoch: int, epochs: int, loss: float) -> None:
-        self.done[phase] = epoch
-        finished = sum(self.done.values())
-        left = sum(self.epochs.values()) - finished
-        per_epoch = (time.monotonic() - self.started) / max(finished, 1)
-        self.write(f"\r\x1b[K{phase} epoch {epoch}/{epochs}, loss {loss:.4f}, ~{_duration(per_epoch * left)} left")
-
-    def line(self, message: str) -> None:
-        """A message of its own line, over the status line."""
-        self.write(f"\r\x1b[K{message}\n")
-
-
-def _duration(seconds: float) -> str:
-    s = max(0, round(seconds))
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

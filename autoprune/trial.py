@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import SGDConfig, TrialConfig, check_structured_sparsity
+from ._trial_checks import check_layers, check_phase_one
+from .config import SGDConfig, TrialConfig
 from .data import Datasets, load_datasets, resolve_device
-from .errors import ConfigError
 from .models import build_model, layer_positions, prunable_layers
 from .preprocess import for_dataset
 from .pruning import (
@@ -75,6 +75,7 @@ class TrialResult:
     layer_sparsity: dict[str, float]  # prunable layer -> fraction of its dense weights that are zero or removed
     val_accuracy_trained: float  # after phase 1
     val_accuracy_pruned: float | None  # right after one-shot pruning, before finetuning; None for gradual
+    val_samples: int  # the validation split's size: an accuracy on it has standard error sqrt(p(1-p)/n)
     flops_dense: int  # multiply-accumulates per sample of the prunable layers, dense
     flops_effective: int  # the same, counting only nonzero weights
     seconds: dict[str, float]  # wall time per phase
@@ -98,6 +99,7 @@ class TrialResult:
             "layer_sparsity": dict(self.layer_sparsity),
             "val_accuracy_trained": self.val_accuracy_trained,
             "val_accuracy_pruned": self.val_accuracy_pruned,
+            "val_samples": self.val_samples,
             "flops_dense": self.flops_dense,
             "flops_effective": self.flops_effective,
             "seconds": dict(self.seconds),
@@ -154,7 +156,7 @@ def run_trial(
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model.name, data.input_shape, data.num_classes).to(dev)
     layers = prunable_layers(model)
-    _check_layers(cfg, layers)
+    check_layers(cfg, layers)
     positions = layer_positions(model, data.input_shape)
     dense_numel = {name: m.weight.numel() for name, m in layers.items()}
     prunable, (_, params_total) = sum(dense_numel.values()), count_params(model)
@@ -180,7 +182,7 @@ def run_trial(
     say(f"planned: {params_planned} of {params_total} params nonzero after pruning")
     ft_epochs = cfg.budget.finetune_epochs
     steps_per_epoch = -(-len(data.train_x) // bs)
-    _check_phase_one(cfg, trained_epochs)
+    check_phase_one(cfg, trained_epochs)
     schedule = pc.schedule if pc.enabled else None
     schedule = "one_shot" if schedule == "gradual" and ft_epochs == 0 else schedule  # no finetuning to ramp in
     final_kept = kept_weights(model, pc) if pc.enabled and pc.allocation != "per_layer" else 0
@@ -293,6 +295,7 @@ def run_trial(
         layer_sparsity=layer_sparsity,
         val_accuracy_trained=val_trained,
         val_accuracy_pruned=val_pruned,
+        val_samples=len(data.val_x),
         flops_dense=flops_dense,
         flops_effective=flops_effective,
         seconds=seconds,
@@ -361,60 +364,3 @@ def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch
         if not bool(alive.all()):
             keep[name] = alive.nonzero().flatten()
     return keep
-
-
-def _check_phase_one(cfg: TrialConfig, train_epochs: int) -> None:
-    """Levers that reuse phase 1 need one."""
-    if train_epochs > 0:
-        return
-    for needs, key in (
-        (cfg.prune.enabled and cfg.prune.schedule == "gradual_train", "prune.schedule gradual_train"),
-        (cfg.finetune.lr_rewind, "finetune.lr_rewind"),
-    ):
-        if needs:
-            raise ConfigError(
-                f"{key} works within phase 1's schedule, but phase 1 is off (train.enabled false or "
-                "budget.train_epochs 0); enable phase 1 or choose another option"
-            )
-
-
-def _check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
-    names = list(layers)
-    for where, mapping in (
-        ("prune.sparsity", cfg.prune.sparsity),
-        ("prune.shares", cfg.prune.shares),
-        ("train.lr_multipliers", cfg.train.lr_multipliers),
-    ):
-        for layer in mapping:
-            if layer not in layers:
-                raise ConfigError(f"{where}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(names)}")
-    if cfg.prune.enabled and cfg.prune.structured:
-        check_structured_sparsity([layer for layer, rate in cfg.prune.sparsity.items() if rate], names)
-    if cfg.prune.enabled and not cfg.prune.structured:
-        _check_not_emptied(cfg, {name: m.weight.numel() for name, m in layers.items()})
-
-
-def _check_not_emptied(cfg: TrialConfig, numel: dict[str, int]) -> None:
-    """Refuse a rate that rounds a layer (or, globally, every layer) to no weight at all: such a network
-    predicts one class, and a search would waste trials on it. Structured pruning always keeps a unit.
-    """
-    pc = cfg.prune
-    if pc.allocation == "per_layer":
-        for name, rate in pc.sparsity.items():
-            n = numel.get(name, 0)
-            if n and round(rate * n) >= n:
-                raise ConfigError(
-                    f"prune.sparsity.{name}={rate!r} prunes all {n} weights of {name} (the rate rounds to 100% "
-                    f"zeros); use a rate below {1 - 0.5 / n:.6g}"
-                )
-        return
-    if pc.nonzero_params is not None:  # a target count is checked against the model by the allocation itself
-        return
-    # Other allocations keep round(density * weights) in all (uniform: in every layer); none may round to zero.
-    groups = numel if pc.allocation == "uniform" else {"all layers": sum(numel.values())}
-    for name, n in groups.items():
-        if n and round(pc.density * n) == 0:
-            raise ConfigError(
-                f"prune.density={pc.density!r} keeps none of the {n} weights of {name} (the density rounds to "
-                f"0 weights); use a density of at least {0.5 / n:.3g}"
-            )

@@ -10,11 +10,13 @@ from autoprune.errors import SearchError
 from autoprune.pareto import (
     dominates,
     hypervolume,
+    indistinct,
     knee_point,
     pareto_front,
     pick,
     pick_max_params,
     pick_min_accuracy,
+    val_standard_error,
 )
 
 
@@ -132,6 +134,30 @@ def test_pick_max_params():
     assert pick_max_params(FRONT, 4000)["trial"] == 8
     assert pick_max_params(FRONT, 3999)["trial"] == 7
     assert pick_max_params(FRONT, 10**9)["trial"] == 9
+
+
+def test_indistinct_lists_the_trials_within_one_standard_error_of_the_pick():
+    n = 6000
+    se = math.sqrt(0.9 * 0.1 / n)  # 0.387 pt
+    chosen = {**rec(1, 12_000, 0.9), "val_samples": n}
+    assert val_standard_error(chosen) == pytest.approx(se)
+    records = [
+        chosen,
+        rec(2, 10_000, 0.9 - 0.9 * se),  # close, smaller: listed
+        rec(3, 13_000, 0.9 - 0.5 * se),  # close, within the size: listed first (more accurate)
+        rec(4, 9_000, 0.9 - 1.1 * se),  # beyond one standard error
+        rec(5, 14_000, 0.9),  # as accurate but over the size
+        {"val_accuracy": float("nan"), "params_nonzero": 100, "trial": 6},  # not rankable
+    ]
+    close, margin = indistinct(records, chosen, 13_000)
+    assert margin == pytest.approx(se)
+    assert [r["trial"] for r in close] == [3, 2]
+    assert [r["trial"] for r in indistinct(records, chosen, 20_000)[0]] == [5, 3, 2]
+    # The margin scales with 1/sqrt(n): a validation split 4x larger halves it and drops trial 2.
+    assert [r["trial"] for r in indistinct(records, {**chosen, "val_samples": 4 * n}, 13_000)[0]] == [3]
+    # Records of runs made before they held val_samples: nothing is claimed.
+    assert indistinct(records, rec(1, 12_000, 0.9), 13_000) == ([], None)
+    assert val_standard_error({**chosen, "val_samples": True}) is None
 
 
 def test_pick_max_params_names_the_smallest_model_when_nothing_fits():

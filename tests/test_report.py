@@ -10,13 +10,14 @@ import pytest
 from _helpers import results_of
 
 from autoprune.pareto import hypervolume, pareto_front
+from autoprune.progress import Progress, TrialProgress
 from autoprune.report import (
-    Progress,
-    TrialProgress,
     finetune_setbacks,
     front_table,
+    indistinct_note,
     plot_front,
     report_document,
+    sizes_table,
     write_csv,
     write_report,
 )
@@ -114,6 +115,33 @@ def test_finetune_setbacks_names_the_worst_trial_and_the_seeded_baselines_among_
     assert "in 2 of 5 trials, including 2 seeded baselines (the space's defaults)" in note
     assert "worst: trial 2, 0.6600 after pruning, 0.2900 after finetuning with phase 1's rewound lr" in note
     assert note.endswith("lower finetune.lr or finetune.grad_clip (now 5)")
+
+
+def test_sizes_table_names_the_pick_at_each_size_and_the_trials_validation_cannot_tell_from_it():
+    def r(trial: int, params: int, acc: float) -> dict:
+        return {"trial": trial, "params_nonzero": params, "params_total": 100_000, "val_accuracy": acc,
+                "test_accuracy": acc - 0.01, "val_samples": 6000}  # fmt: skip
+
+    trials = [r(1, 1_500, 0.85), r(2, 4_800, 0.9), r(3, 4_000, 0.8985), r(4, 5_000, 0.897), r(5, 9_000, 0.9)]
+    table = sizes_table(pareto_front(trials), [0.02, 0.05, 0.1], trials)
+    lines = table.splitlines()
+    assert lines[1] == "  <= 2000 params (2%): trial 1, 1500 params, val 0.8500, test 0.8400"
+    # Within 5%, trials 3 and 4 are within one standard error (0.39 pt on 6,000 samples) of trial 2's 0.9000.
+    assert lines[2] == (
+        "  <= 5000 params (5%): trial 2, 4800 params, val 0.9000, test 0.8900; validation cannot tell it from "
+        "trials 3, 4 (within one standard error, 0.39 pt)"
+    )
+    assert lines[3].startswith("  <= 10000 params (10%): trial 2, 4800 params") and "trials 5, 3, 4" in lines[3]
+    # Without the trials (or records that do not say their validation size) the table claims nothing more.
+    assert "validation cannot" not in sizes_table(pareto_front(trials), [0.05])
+    chosen = {
+        **trials[1],
+        "indistinct": [{k: t[k] for k in ("trial", "params_nonzero", "val_accuracy")} for t in trials[2:4]],
+    }
+    note = indistinct_note(chosen)
+    assert note.startswith("note: validation cannot tell it from trials 3 (4000 params, val 0.8985), 4 (5000")
+    assert "(0.39 pt on 6000 samples)" in note and "pick --trial N" in note
+    assert indistinct_note({**chosen, "indistinct": []}) is None
 
 
 def test_report_document_layout_is_json_safe():

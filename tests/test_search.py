@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -26,6 +27,8 @@ from optuna.trial import TrialState  # noqa: E402
 
 from autoprune.api import evaluate as evaluate_model  # noqa: E402
 from autoprune.api import pick as pick_model  # noqa: E402
+from autoprune.config import TrialConfig  # noqa: E402
+from autoprune.data import load_datasets  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
 from autoprune.ledger import load_results  # noqa: E402
 from autoprune.raytune import resume_search, run_search  # noqa: E402
@@ -138,6 +141,37 @@ def test_pick_then_evaluate_round_trip(finished_run: Path, tmp_path: Path, capsy
     assert measured["params_total"] == chosen["params_total"]
     # The model saved by the trial itself re-measures the same too.
     assert evaluate_model(chosen["model_path"])["test_accuracy"] == chosen["test_accuracy"]
+
+
+def test_pick_by_size_names_the_trials_validation_cannot_tell_from_it(
+    finished_run: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    results = load_results(finished_run)
+    for k, limit in enumerate(r["params_nonzero"] for r in results.front):
+        out = tmp_path / f"at{k}.pt"
+        code, stdout, stderr = run_cli(
+            ["pick", str(finished_run), "--max-params", str(limit), "--out", str(out), "--json"], capsys, monkeypatch
+        )
+        assert code == 0
+        chosen = json.loads(stdout)
+        cfg = TrialConfig.from_dict(chosen["config"])
+        n, acc = chosen["val_samples"], chosen["val_accuracy"]
+        assert n == len(load_datasets(cfg.dataset, seed=cfg.seed, device="cpu").val_x) > 0
+        margin = math.sqrt(acc * (1 - acc) / n)
+        expected = [
+            r["trial"]
+            for r in sorted(results.trials, key=lambda r: (-r["val_accuracy"], r["params_nonzero"]))
+            if r["trial"] != chosen["trial"] and r["params_nonzero"] <= limit and r["val_accuracy"] >= acc - margin
+        ]
+        assert [r["trial"] for r in chosen["indistinct"]] == expected
+        # The text form says so on stderr (stdout keeps its one line), and only when there are such trials.
+        code, stdout, stderr = run_cli(
+            ["pick", str(finished_run), "--max-params", str(limit), "--out", str(tmp_path / f"again{k}.pt")],
+            capsys,
+            monkeypatch,
+        )
+        assert code == 0 and len(stdout.strip().splitlines()) == 1
+        assert ("validation cannot tell it from trial" in stderr) == bool(expected)
 
 
 def test_pick_unmet_constraint_names_the_closest_and_writes_nothing(finished_run: Path, tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ from ._worker import (
 if TYPE_CHECKING:
     import optuna
 
-    from ..report import Progress
+    from ..progress import Progress
 
 _MODES = tuple({"maximize": "max", "minimize": "min"}[d] for d in ledger.DIRECTIONS)  # Ray's names
 Log = Callable[[str], None]
@@ -264,7 +264,7 @@ def launch(
     """
     from ray import tune
 
-    from ..report import Progress
+    from ..progress import Progress
 
     res = info.resources
     cpus, gpus = float(res["cpus_per_trial"]), float(res["gpus_per_trial"])
