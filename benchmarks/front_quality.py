@@ -138,15 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from autoprune.errors import AutoPruneError
     from autoprune.ledger import load_results
     from autoprune.raytune import run_search
+    from autoprune.rundir import check_new_run_dir
     from autoprune.space import load_space
 
     name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")
     trials = args.trials or (12 if args.quick else 60)
-    spec = load_space(name, args.overrides)  # a bad space or override fails here, before anything runs
-    dims = {d.path: d for d in spec.dims}
     run_dir = Path(args.run_dir or os.path.join(os.environ.get("TMPDIR", "/tmp"), f"fq-{os.getpid()}"))
+    try:  # a bad space, override or run directory fails here, not after the dense models and the ladder
+        spec = load_space(name, args.overrides)
+        check_new_run_dir(run_dir)
+    except AutoPruneError as e:
+        say(f"front_quality.py: {e}")
+        return 2
+    dims = {d.path: d for d in spec.dims}
     t_start = time.perf_counter()
     what = " ".join([name, *args.overrides])
     say(f"front quality: {what}, {trials} trials, {args.concurrent} at a time, seed {args.seed}")
