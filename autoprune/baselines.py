@@ -12,7 +12,17 @@ The space file chooses the ladder under ``search.baselines``:
 - omitted or ``true``: ``DEFAULT_RUNGS`` densities for every declared allocation but ``per_layer``;
 - ``false`` or ``0``: no baselines;
 - a number N: N densities per allocation; a list: those densities, for every allocation;
-- a mapping ``{densities: N | [d, ...], allocations: [global, ...]}``: both chosen.
+- a mapping ``{densities: N | [d, ...], allocations: [global, ...], calibrate: [leaf, ...]}``: each chosen.
+
+Calibration. Every baseline runs the space's defaults, and one default decides more than the others how well a model
+finetunes: the finetune lr (with Adam, a residual net without normalisation wants 2e-2 to 3e-2 where LeNet-300-100
+does best at 3e-3 to 8e-3). So, by default, the seeding first runs *probes*: the first allocation at the geometric
+middle of the density range, at a few values of each calibrated leaf (``finetune.lr`` when the space searches it):
+its default, and the (log-)midpoints between the default and each end of its range; every choice of a categorical
+leaf; the grid of them for several leaves. The ladder waits for them and runs at the probe that did best on
+validation (ties go to the default). The probes are baselines too (marked, never stopped early, counted toward the
+trials). ``calibrate: false`` or ``[]`` turns it off; calibration is skipped when the trials requested leave no
+room for a ladder after the probes.
 
 A number of densities N with A allocations interleaves them: A·N densities log-spaced over the ``prune.density``
 range, the first allocation at the 1st, (A+1)-th, ... of them, the second at the 2nd, (A+2)-th, .... Each allocation
@@ -25,7 +35,9 @@ Optuna only: nothing here imports Ray or torch.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,11 +49,29 @@ if TYPE_CHECKING:
 
     from .space import Dim, SearchSpace
 
-__all__ = ["DEFAULT_RUNGS", "STUDY_ATTR", "TRIAL_ATTR", "Baseline", "ladder", "seed_baselines"]
+__all__ = [
+    "CALIBRATION_ATTR",
+    "DEFAULT_CALIBRATE",
+    "DEFAULT_RUNGS",
+    "PROBE_ATTR",
+    "STUDY_ATTR",
+    "TRIAL_ATTR",
+    "Baseline",
+    "Calibration",
+    "calibrate_leaves",
+    "finish_calibration",
+    "ladder",
+    "probe_values",
+    "probes",
+    "seed_baselines",
+]
 
 DEFAULT_RUNGS = 4
+DEFAULT_CALIBRATE = ("finetune.lr",)  # calibrated when the space searches it
 TRIAL_ATTR = "baseline"  # trial user attribute: the baseline's label, e.g. "global@0.01"
 STUDY_ATTR = "baselines"  # study user attribute: the labels enqueued when the study was seeded
+PROBE_ATTR = "probe"  # trial user attribute of a calibration probe: True
+CALIBRATION_ATTR = "calibration"  # study user attribute: {leaves, limit, done, chosen} while/after calibrating
 
 
 @dataclass(frozen=True)
@@ -56,23 +86,23 @@ def _dims(space: SearchSpace) -> dict[str, Dim]:
     return {d.path: d for d in space.dims}
 
 
-def _spec(raw: Any) -> tuple[Any, Any]:
-    """(densities, allocations) from the ``search.baselines`` value; None means the default."""
+def _spec(raw: Any) -> tuple[Any, Any, Any]:
+    """(densities, allocations, calibrate) from the ``search.baselines`` value; None means the default."""
     where = "search.baselines"
     if raw is None or raw is True:
-        return DEFAULT_RUNGS, None
+        return DEFAULT_RUNGS, None, None
     if raw is False:
-        return 0, None
+        return 0, None, None
     if isinstance(raw, (int, float, list)) and not isinstance(raw, bool):
-        return raw, None
+        return raw, None, None
     if isinstance(raw, dict):
-        unknown = sorted(set(raw) - {"densities", "allocations"})
+        unknown = sorted(set(raw) - {"densities", "allocations", "calibrate"})
         if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: densities, allocations")
-        return raw.get("densities", DEFAULT_RUNGS), raw.get("allocations")
+            raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: densities, allocations, calibrate")
+        return raw.get("densities", DEFAULT_RUNGS), raw.get("allocations"), raw.get("calibrate")
     raise ConfigError(
         f"{where} must be true, false, a number of densities, a list of densities or a mapping "
-        f"{{densities, allocations}}, got {raw!r}"
+        f"{{densities, allocations, calibrate}}, got {raw!r}"
     )
 
 
@@ -118,18 +148,25 @@ def _allocations(spec: Any, space: SearchSpace, dim: Dim | None) -> list[str]:
     return list(spec)
 
 
-def ladder(space: SearchSpace) -> list[Baseline]:
-    """The baselines of ``space`` in the order they run: every density of one allocation, global first."""
-    dims = _dims(space)
-    raw_densities, raw_allocations = _spec(space.baselines)
-    if dims.get("prune.density") is None and "prune.allocation" not in dims:
-        return []
-    allocations = _allocations(raw_allocations, space, dims.get("prune.allocation"))
-    densities = _densities(raw_densities, dims.get("prune.density"), len(allocations))
+def _defaults(dims: dict[str, Dim]) -> dict[str, Any]:
+    """The value of every searched leaf in a baseline: its default, and the magnitude criterion when searched."""
     defaults = {path: dim.midpoint() for path, dim in dims.items()}
     criterion = dims.get("prune.criterion")
     if criterion is not None and criterion.choices and "magnitude" in criterion.choices:
         defaults["prune.criterion"] = "magnitude"
+    return defaults
+
+
+def ladder(space: SearchSpace, fixed: dict[str, Any] | None = None) -> list[Baseline]:
+    """The baselines of ``space`` in the order they run: every density of one allocation, global first.
+    ``fixed`` overrides the defaults of some searched leaves (the calibrated ones)."""
+    dims = _dims(space)
+    raw_densities, raw_allocations, _ = _spec(space.baselines)
+    if dims.get("prune.density") is None and "prune.allocation" not in dims:
+        return []
+    allocations = _allocations(raw_allocations, space, dims.get("prune.allocation"))
+    densities = _densities(raw_densities, dims.get("prune.density"), len(allocations))
+    defaults = {**_defaults(dims), **(fixed or {})}
     out = []
     for allocation, sizes in zip(allocations, densities, strict=True):
         for density in sizes:
@@ -143,15 +180,158 @@ def ladder(space: SearchSpace) -> list[Baseline]:
     return out
 
 
+def calibrate_leaves(space: SearchSpace) -> list[str]:
+    """The searched leaves the seeding calibrates before the ladder (see the module's docstring), checked."""
+    where = "search.baselines.calibrate"
+    raw_densities, _, raw = _spec(space.baselines)
+    dims = _dims(space)
+    if raw_densities in (0, []) or not ladder(space):
+        return []
+    if raw is None:
+        return [p for p in DEFAULT_CALIBRATE if p in dims]
+    if raw is False:
+        return []
+    leaves = [raw] if isinstance(raw, str) else raw
+    if not isinstance(leaves, list) or not all(isinstance(p, str) for p in leaves):
+        raise ConfigError(f"{where} must be a list of searched leaves (e.g. [finetune.lr]) or false, got {raw!r}")
+    fixed = {"prune.density", "prune.nonzero_params", "prune.allocation"}
+    for path in leaves:
+        if path in fixed:
+            raise ConfigError(f"{where}: {path} is set by the ladder itself; calibrate another leaf, e.g. finetune.lr")
+        if path not in dims:
+            raise ConfigError(
+                f"{where}: {path!r} is not a searched leaf of this space; searched: {', '.join(sorted(dims))}"
+            )
+    if len(set(leaves)) != len(leaves):
+        raise ConfigError(f"{where} lists a leaf twice: {leaves!r}")
+    return list(leaves)
+
+
+def probe_values(dim: Dim) -> list[Any]:
+    """The values a calibration probes for one searched leaf, the default first: every choice of a categorical
+    leaf; for a range, the default and the (log-)midpoints between it and each end."""
+    default = dim.midpoint()
+    if dim.choices is not None:
+        return [default, *(c for c in dim.choices if c != default)]
+    low, high = float(dim.low), float(dim.high)  # type: ignore[arg-type]
+    mid = (lambda a, b: math.sqrt(a * b)) if dim.log else (lambda a, b: (a + b) / 2)
+    out = [default]
+    for value in (mid(low, float(default)), mid(float(default), high)):
+        if dim.step:
+            value = low + round((value - low) / dim.step) * dim.step
+        value = round(value) if dim.is_int else float(value)
+        if value not in out:
+            out.append(value)
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def probes(space: SearchSpace, leaves: list[str] | None = None) -> list[Baseline]:
+    """The calibration probes of ``space``: its first baseline allocation at the geometric middle of the density
+    range, at every combination of the ``leaves``' probe values (the default combination first)."""
+    leaves = calibrate_leaves(space) if leaves is None else leaves
+    if not leaves:
+        return []
+    dims = _dims(space)
+    first = ladder(space)[0].params
+    base = dict(first)
+    density = dims.get("prune.density")
+    if density is not None and density.low is not None:
+        base["prune.density"] = math.sqrt(float(density.low) * float(density.high))  # type: ignore[arg-type]
+    where = first.get("prune.allocation", "")
+    if "prune.density" in base:
+        where = f"{where}@{base['prune.density']:.4g}"
+    out = []
+    for values in itertools.product(*(probe_values(dims[p]) for p in leaves)):
+        params = {**base, **dict(zip(leaves, values, strict=True))}
+        tag = " ".join(f"{p}={_fmt(v)}" for p, v in zip(leaves, values, strict=True))
+        out.append(Baseline(label=f"{where} {tag}".strip(), params=params))
+    return out
+
+
+def _enqueue(study: optuna.Study, baselines: list[Baseline], probe: bool = False) -> list[str]:
+    for baseline in baselines:
+        attrs: dict[str, Any] = {TRIAL_ATTR: baseline.label}
+        if probe:
+            attrs[PROBE_ATTR] = True
+        study.enqueue_trial(baseline.params, user_attrs=attrs)
+    labels = [b.label for b in baselines]
+    study.set_user_attr(STUDY_ATTR, [*study.user_attrs.get(STUDY_ATTR, []), *labels])
+    return labels
+
+
 def seed_baselines(study: optuna.Study, space: SearchSpace, limit: int) -> list[str]:
     """Enqueue the first ``limit`` baselines of ``space`` into a new ``study``; the labels enqueued.
 
-    A study is seeded once (it remembers the labels as a study attribute): seeding it again enqueues nothing.
+    With calibration (see the module's docstring) only the probes are enqueued here, and ``finish_calibration``
+    enqueues the ladder once they have finished. A study is seeded once (it remembers the labels as a study
+    attribute): seeding it again enqueues nothing.
     """
     if STUDY_ATTR in study.user_attrs:
         return []
-    chosen = ladder(space)[: max(limit, 0)]
-    for baseline in chosen:
-        study.enqueue_trial(baseline.params, user_attrs={TRIAL_ATTR: baseline.label})
-    study.set_user_attr(STUDY_ATTR, [b.label for b in chosen])
-    return [b.label for b in chosen]
+    leaves = calibrate_leaves(space)
+    probing = probes(space, leaves)
+    if probing and limit > len(probing):
+        study.set_user_attr(CALIBRATION_ATTR, {"leaves": leaves, "limit": limit - len(probing), "done": False})
+        return _enqueue(study, probing, probe=True)
+    return _enqueue(study, ladder(space)[: max(limit, 0)])
+
+
+def finish_calibration(study: optuna.Study, space: SearchSpace) -> str | None:
+    """Once every probe of a calibrating ``study`` has finished, enqueue the ladder at the best probe's values of
+    the calibrated leaves; a line for the log saying what it chose, or None when nothing was due."""
+    import optuna
+
+    info = study.user_attrs.get(CALIBRATION_ATTR)
+    if not isinstance(info, dict) or info.get("done"):
+        return None
+    trials = study.get_trials(deepcopy=False)
+    probed = [t for t in trials if t.user_attrs.get(PROBE_ATTR)]
+    if not probed or not all(t.state.is_finished() for t in probed):
+        return None
+    leaves = list(info["leaves"])
+    done = [
+        t
+        for t in probed
+        if t.state == optuna.trial.TrialState.COMPLETE and t.values and all(p in t.params for p in leaves)
+    ]
+    best = max(done, key=lambda t: (t.values[0], -t.number)) if done else None  # ties: the earlier, the default
+    chosen = {p: best.params[p] for p in leaves} if best is not None else {}
+    ran = [t.params for t in probed if t.params]
+    rungs = [b for b in ladder(space, chosen) if b.params not in ran][: max(int(info["limit"]), 0)]
+    labels = _enqueue(study, rungs)
+    study.set_user_attr(CALIBRATION_ATTR, {**info, "done": True, "chosen": chosen})
+    if best is None:
+        return f"search: no calibration probe finished; the {len(labels)} baselines run at the defaults"
+    others = ", ".join(
+        f"{t.values[0]:.4f} at {' '.join(_fmt(t.params[p]) for p in leaves)}" for t in done if t is not best
+    )
+    picked = " ".join(f"{p}={_fmt(v)}" for p, v in chosen.items())
+    return (
+        f"search: calibration chose {picked} (trial {best.number}, val {best.values[0]:.4f}"
+        + (f"; {others}" if others else "")
+        + f"); the next {len(labels)} trials are baselines at it: {', '.join(labels)}"
+    )
+
+
+class Calibration:
+    """Called before each new trial of a search: finishes a pending calibration (see ``finish_calibration``)."""
+
+    def __init__(self, space: SearchSpace, log: Callable[[str], None] | None = None):
+        self.space = space
+        self.log = log
+
+    def before_ask(self, study: optuna.Study) -> bool:
+        """Enqueue the ladder when the probes are done; whether calibration is still pending afterwards."""
+        info = study.user_attrs.get(CALIBRATION_ATTR)
+        if not isinstance(info, dict) or info.get("done"):
+            return False
+        line = finish_calibration(study, self.space)
+        if line is None:
+            return True
+        if self.log is not None:
+            self.log(line)
+        return False

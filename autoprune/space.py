@@ -25,7 +25,7 @@ import yaml
 
 from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shipped spaces
 from ._spacefile import load_yaml, resolve_space_path
-from .baselines import ladder
+from .baselines import calibrate_leaves, ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
 from .errors import AutoPruneError, ConfigError
 from .refine import refine_settings, size_dim, size_targets
@@ -323,6 +323,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         raise fail(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {space.sampler!r}")
     try:
         ladder(space)
+        calibrate_leaves(space)
     except ConfigError as exc:
         raise fail(str(exc)) from None
     try:

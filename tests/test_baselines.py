@@ -183,3 +183,199 @@ def test_ray_tunes_optuna_searcher_asks_the_seeded_baselines_first() -> None:
     assert all(c["prune.allocation"] == "global" for c in configs[:2])
     assert [t.user_attrs.get(TRIAL_ATTR) for t in study.trials] == ["global@0.005", "global@0.32", None]
     assert not math.isclose(configs[2]["prune.density"], 0.005)  # then the sampler
+
+
+# Calibration: probes of the finetune lr before the ladder.
+
+LR = {"low": 1e-3, "high": 0.1, "log": True, "default": 0.01}
+CALIBRATED = {**SPACE, "finetune": {**SPACE["finetune"], "lr": LR}}
+
+
+def calibrated(baselines=None):
+    doc = dict(CALIBRATED)
+    if baselines is not None:
+        doc["search"] = {"baselines": baselines}
+    return parse_space(doc)
+
+
+def _dim(spec: dict):
+    from autoprune.space import Dim
+
+    return Dim("finetune.x", **{k: tuple(v) if k == "choices" else v for k, v in spec.items()})
+
+
+@pytest.mark.parametrize(
+    ("spec", "values"),
+    [
+        ({"low": 1e-3, "high": 0.1, "log": True, "default": 0.01}, [0.01, math.sqrt(1e-5), math.sqrt(1e-3)]),
+        ({"low": 0.0, "high": 0.8, "default": 0.2}, [0.2, 0.1, 0.5]),
+        ({"low": 1, "high": 9, "default": 3}, [3, 2, 6]),
+        ({"low": 1e-3, "high": 0.1, "log": True, "default": 0.1}, [0.1, 0.01]),  # an end: one midpoint
+        ({"choices": ["a", "b", "c"], "default": "b"}, ["b", "a", "c"]),
+    ],
+)
+def test_probe_values_are_the_default_and_the_midpoints_towards_each_end(spec, values) -> None:
+    dim = _dim(spec)
+    assert dim.path == "finetune.x"
+    from autoprune.baselines import probe_values
+
+    assert probe_values(dim) == pytest.approx(values)
+
+
+def test_the_finetune_lr_is_calibrated_by_default_when_searched() -> None:
+    from autoprune.baselines import calibrate_leaves, probes
+
+    assert calibrate_leaves(space()) == []  # not searched: nothing to calibrate
+    assert calibrate_leaves(calibrated()) == ["finetune.lr"]
+    for off in (False, []):
+        assert calibrate_leaves(calibrated({"calibrate": off})) == []
+    assert calibrate_leaves(calibrated(False)) == []  # no ladder, no calibration
+    plan = probes(calibrated())
+    middle = math.sqrt(0.005 * 0.32)
+    assert [b.label for b in plan] == [
+        "global@0.04 finetune.lr=0.01",
+        "global@0.04 finetune.lr=0.003162",
+        "global@0.04 finetune.lr=0.03162",
+    ]
+    first = ladder(calibrated())[0].params
+    for b in plan:  # the first baseline's settings at the middle of the range; only the lr differs between them
+        assert b.params["prune.density"] == pytest.approx(middle)
+        assert {k: v for k, v in b.params.items() if k not in ("prune.density", "finetune.lr")} == {
+            k: v for k, v in first.items() if k not in ("prune.density", "finetune.lr")
+        }
+    two = probes(calibrated({"calibrate": ["finetune.lr", "prune.schedule"]}))
+    assert len(two) == 3 * 2 and two[0].label == "global@0.04 finetune.lr=0.01 prune.schedule=one_shot"
+
+
+@pytest.mark.parametrize(
+    ("calibrate", "message"),
+    [
+        (["finetune.momentum"], "'finetune.momentum' is not a searched leaf of this space; searched:"),
+        (["prune.density"], "prune.density is set by the ladder itself"),
+        (["finetune.lr", "finetune.lr"], "lists a leaf twice"),
+        (3, "must be a list of searched leaves"),
+    ],
+)
+def test_a_bad_calibration_is_refused_when_the_space_loads(calibrate, message) -> None:
+    with pytest.raises(ConfigError) as info:
+        calibrated({"calibrate": calibrate})
+    assert "search.baselines.calibrate" in str(info.value) and message in str(info.value)
+
+
+def _finish(study, trial, acc: float, params: int = 100) -> None:
+    ledger.record_outcome(study, trial, Outcome("complete", record=_record(trial, acc, params)))
+
+
+def test_the_ladder_waits_for_the_probes_and_runs_at_the_best_lr() -> None:
+    from autoprune.baselines import CALIBRATION_ATTR, PROBE_ATTR, Calibration, probes
+
+    sp = calibrated()
+    lines: list[str] = []
+    calibration = Calibration(sp, log=lines.append)
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
+    labels = seed_baselines(study, sp, limit=10)
+    assert labels == [b.label for b in probes(sp)]  # only the probes: the ladder waits
+    assert study.user_attrs[CALIBRATION_ATTR] == {"leaves": ["finetune.lr"], "limit": 7, "done": False}
+    asked = [ask(study, sp.dims) for _ in range(3)]
+    assert [t.params["finetune.lr"] for t in asked] == pytest.approx([0.01, 10**-2.5, 10**-1.5])
+    assert all(study.trials[t.number].user_attrs[PROBE_ATTR] for t in asked)
+    _finish(study, asked[0], 0.80)
+    _finish(study, asked[2], 0.85)
+    assert calibration.before_ask(study) is True  # one probe still running: pending, nothing enqueued
+    assert not any(t.state == TrialState.WAITING for t in study.trials)
+    _finish(study, asked[1], 0.70)
+    assert calibration.before_ask(study) is False
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    rungs = ladder(sp, {"finetune.lr": 10**-1.5})[:7]
+    assert [t.user_attrs[TRIAL_ATTR] for t in waiting] == [b.label for b in rungs]
+    assert all(t.system_attrs["fixed_params"]["finetune.lr"] == pytest.approx(10**-1.5) for t in waiting)
+    assert study.user_attrs[STUDY_ATTR] == labels + [b.label for b in rungs]
+    assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == {"finetune.lr": pytest.approx(10**-1.5)}
+    assert lines == [
+        "search: calibration chose finetune.lr=0.03162 (trial 2, val 0.8500; 0.8000 at 0.01, 0.7000 at 0.003162); "
+        f"the next 7 trials are baselines at it: {', '.join(b.label for b in rungs)}"
+    ]
+    assert calibration.before_ask(study) is False and len(lines) == 1  # once
+    rest = [ask(study, sp.dims) for _ in range(8)]
+    assert [study.trials[t.number].user_attrs.get(TRIAL_ATTR) for t in rest] == [b.label for b in rungs] + [None]
+
+
+def test_a_tie_between_probes_keeps_the_default_and_a_failed_probe_is_left_out() -> None:
+    from autoprune.baselines import CALIBRATION_ATTR, finish_calibration
+
+    sp = calibrated()
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS))
+    seed_baselines(study, sp, limit=20)
+    asked = [ask(study, sp.dims) for _ in range(3)]
+    _finish(study, asked[0], 0.8)
+    study.tell(asked[1], state=TrialState.FAIL)
+    _finish(study, asked[2], 0.8)
+    line = finish_calibration(study, sp)
+    assert line is not None and line.startswith("search: calibration chose finetune.lr=0.01 (trial 0, val 0.8000; ")
+    assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == {"finetune.lr": 0.01}
+    assert len([t for t in study.trials if t.state == TrialState.WAITING]) == 12
+
+
+def test_calibration_survives_an_interrupted_search() -> None:
+    from autoprune.baselines import CALIBRATION_ATTR, Calibration
+
+    sp = calibrated()
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS))
+    seed_baselines(study, sp, limit=20)
+    asked = [ask(study, sp.dims) for _ in range(2)]
+    _finish(study, asked[0], 0.6)
+    _finish(study, asked[1], 0.9)
+    # interrupted before the third probe started; resume: seeding adds nothing, the third probe runs, then the ladder
+    assert ledger.close_stale_trials(study) == 0 and seed_baselines(study, sp, limit=20) == []
+    calibration = Calibration(sp)
+    assert calibration.before_ask(study) is True
+    third = ask(study, sp.dims)
+    assert study.trials[third.number].user_attrs[TRIAL_ATTR] == "global@0.04 finetune.lr=0.03162"
+    ask(study, sp.dims)  # a sampled trial while the probe runs, then the driver dies: both closed on resume
+    assert ledger.close_stale_trials(study) == 2
+    assert calibration.before_ask(study) is False  # the failed probe counts as finished
+    assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == {"finetune.lr": pytest.approx(10**-2.5)}
+    labels = [t.user_attrs.get(TRIAL_ATTR) for t in study.trials if t.user_attrs.get(TRIAL_ATTR)]
+    assert len(labels) == len(set(labels)) == 3 + 12
+
+
+def test_no_calibration_when_the_trials_leave_no_room_for_a_ladder() -> None:
+    from autoprune.baselines import CALIBRATION_ATTR
+
+    sp = calibrated()
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS))
+    assert seed_baselines(study, sp, limit=3) == [b.label for b in ladder(sp)[:3]]
+    assert CALIBRATION_ATTR not in study.user_attrs
+
+
+def test_a_probe_that_is_also_a_rung_is_not_run_twice() -> None:
+    from autoprune.baselines import finish_calibration
+
+    sp = calibrated({"densities": 1, "allocations": ["global", "lamp"]})  # the ladder sits at the middle too
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS))
+    seed_baselines(study, sp, limit=20)
+    for i, trial in enumerate([ask(study, sp.dims) for _ in range(3)]):
+        _finish(study, trial, 0.7 + 0.1 * (i == 1))
+    finish_calibration(study, sp)
+    waiting = [t.user_attrs[TRIAL_ATTR] for t in study.trials if t.state == TrialState.WAITING]
+    assert waiting == ["lamp@0.04"]  # global@0.04 at the chosen lr is probe 1 itself
+
+
+def test_ray_tunes_searcher_runs_the_probes_then_the_ladder_at_their_best() -> None:
+    pytest.importorskip("ray.tune.search.optuna")
+    from autoprune.baselines import Calibration
+
+    sp = calibrated({"densities": 2, "allocations": ["global"]})
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")
+    seed_baselines(study, sp, limit=8)
+    searcher = tune_searcher(study, sp.dims)
+    searcher.calibration = Calibration(sp)
+    configs = [searcher.suggest(f"t{i}") for i in range(4)]  # three probes, then a sampled trial (none waiting)
+    assert [c["finetune.lr"] for c in configs[:3]] == pytest.approx([0.01, 10**-2.5, 10**-1.5])
+    assert [t.user_attrs.get(TRIAL_ATTR) is None for t in study.trials] == [False, False, False, True]
+    for trial, acc in zip(study.trials[:4], (0.7, 0.9, 0.8, 0.5), strict=True):
+        _finish(study, optuna.Trial(study, trial._trial_id), acc)
+    after = [searcher.suggest(f"t{i}") for i in range(4, 7)]
+    assert [c["prune.density"] for c in after[:2]] == pytest.approx([0.005, 0.32])
+    assert [c["finetune.lr"] for c in after[:2]] == pytest.approx([10**-2.5] * 2)
+    assert [t.user_attrs.get(TRIAL_ATTR) for t in study.trials[4:]] == ["global@0.005", "global@0.32", None]

@@ -145,6 +145,7 @@ SPACE = {
         "density": {"low": 0.005, "high": 0.3, "log": True},
     },
     "finetune": {"lr": {"low": 1e-4, "high": 0.1, "log": True}},
+    "search": {"baselines": {"calibrate": False}},  # the ladder from the first trial (calibration: test_baselines)
 }
 
 
@@ -326,7 +327,7 @@ ALLOCATION_DIST = CategoricalDistribution(["global", "lamp", "erk", "uniform"])
 
 
 def test_size_refinements_run_right_after_the_baselines_once_per_size_and_are_marked() -> None:
-    sp = parse_space({**SPACE, "search": {"sizes": [0.02, 0.05]}})
+    sp = parse_space({**SPACE, "search": {**SPACE["search"], "sizes": [0.02, 0.05]}})
     assert size_targets(sp.sizes) == (0.02, 0.05)
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
     seed_baselines(study, sp, limit=4)

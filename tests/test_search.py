@@ -377,8 +377,33 @@ def test_a_density_space_runs_its_baselines_first_and_resume_adds_none(local_ray
     assert res.frame()["baseline"].tolist() == [True, True, False, False]  # the API's DataFrame says so too
 
 
+def test_the_ladder_runs_at_the_finetune_lr_its_probes_found_best(local_ray, tmp_path: Path) -> None:
+    path = _density_space(
+        tmp_path, "{low: 0.02, high: 0.2, log: true}", "{baselines: {densities: 2, allocations: [global]}}"
+    )
+    run_dir, lines = tmp_path / "run", []
+    run_search(path, run_dir, trials=6, concurrent=1, seed=0, log=lines.append)
+    records = {r["trial"]: r for r in load_results(run_dir).trials}
+    probes = [records[n] for n in (0, 1, 2)]
+    lrs = [r["config"]["finetune"]["lr"] for r in probes]
+    assert lrs == pytest.approx([0.01, 10**-2.5, 10**-1.5])  # the default (the range's middle), then the midpoints
+    assert [r["baseline"] for r in probes] == [f"global@0.06325 finetune.lr={lr:.4g}" for lr in lrs]
+    assert [r["config"]["prune"]["density"] for r in probes] == pytest.approx([math.sqrt(0.02 * 0.2)] * 3)
+    best = max(probes, key=lambda r: (r["val_accuracy"], -r["trial"]))
+    assert [records[n].get("baseline") for n in (3, 4, 5)] == ["global@0.02", "global@0.2", None]
+    assert [records[n]["config"]["finetune"]["lr"] for n in (3, 4)] == [best["config"]["finetune"]["lr"]] * 2
+    assert [line for line in lines if "calibration chose" in line] == [
+        line for line in lines if line.startswith(f"search: calibration chose finetune.lr={lrs[best['trial']]:.4g} ")
+    ]
+    assert len([line for line in lines if "calibration chose" in line]) == 1
+    resume_search(run_dir, trials=7, log=lines.append)  # the study is calibrated once: resume adds no baseline
+    res = load_results(run_dir)
+    assert [r.get("baseline") is not None for r in res.trials] == [True] * 5 + [False] * 2
+    assert len([line for line in lines if "calibration chose" in line]) == 1
+
+
 def test_front_refinement_in_a_real_search_and_after_resume(local_ray, tmp_path: Path) -> None:
-    search = "{baselines: {densities: 3, allocations: [global]}, refine: {every: 2, after: 1}}"
+    search = "{baselines: {densities: 3, allocations: [global], calibrate: false}, refine: {every: 2, after: 1}}"
     path = _density_space(tmp_path, "{low: 0.01, high: 0.3, log: true}", search)
     run_dir, lines = tmp_path / "run", []
     # trials 0-2: baselines; 3: the warm-up; then every second new trial of a launch is a refinement
@@ -402,7 +427,7 @@ def test_front_refinement_in_a_real_search_and_after_resume(local_ray, tmp_path:
 
 
 def test_declared_sizes_are_refined_to_exactly_in_a_real_search(local_ray, tmp_path: Path, capsys, monkeypatch) -> None:
-    search = "{baselines: {densities: 2, allocations: [global]}, refine: false, sizes: [0.05]}"
+    search = "{baselines: {densities: 2, allocations: [global], calibrate: false}, refine: false, sizes: [0.05]}"
     path = _density_space(tmp_path, "{low: 0.01, high: 0.3, log: true}", search)
     run_dir, lines = tmp_path / "run", []
     run_search(path, run_dir, trials=4, concurrent=1, seed=0, log=lines.append)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ledger, rundir
-from ..baselines import seed_baselines
+from ..baselines import CALIBRATION_ATTR, seed_baselines
 from ..errors import SearchError
 from ..ledger import Results
 from ..rundir import RunInfo
@@ -198,7 +198,13 @@ def run_search(
             study = ledger.create_study(storage, study_name, spec, rundir.autoprune_version())
             new_study = (study_name, storage)
             seeded = seed_baselines(study, spec, n)
-            if seeded:
+            calibrating = study.user_attrs.get(CALIBRATION_ATTR)
+            if calibrating:
+                log(
+                    f"search: the first {len(seeded)} trials calibrate {', '.join(calibrating['leaves'])} for the "
+                    f"baselines: {', '.join(seeded)}; the ladder follows at the best of them"
+                )
+            elif seeded:
                 log(f"search: the first {len(seeded)} trials are baselines: {', '.join(seeded)}")
             created.append(run_dir / rundir.SPACE_FILE)
             space_yaml = rundir.freeze_space(run_dir, spec)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import ledger, rundir
 from .._imports import worker_runtime_env
 from .._localray import ray_start_environment
+from ..baselines import Calibration
 from ..errors import SearchError, first_line
 from ..ledger import OBJECTIVES
 from ..refine import Refiner, refine_settings, size_targets
@@ -64,6 +65,7 @@ def _searcher_class() -> type:
         timed_out: bool = False
         stop_reason: str | None = None  # set when going on would only fail: no new trial is started
         refiner: Refiner | None = None  # front refinement: may enqueue the next trial's parameters
+        calibration: Calibration | None = None  # baseline seeding: enqueues the ladder once its probes are done
 
         def suggest(self, trial_id: str) -> dict | str | None:
             if self.stop_reason is not None:
@@ -71,8 +73,10 @@ def _searcher_class() -> type:
             if self.deadline is not None and time.monotonic() >= self.deadline:
                 self.timed_out = True
                 return TuneSearcher.FINISHED  # running trials go on; no new one starts
-            if self.refiner is not None and trial_id not in self._ot_trials:
-                self.refiner.before_ask(self._ot_study)  # the ask below takes what it enqueues
+            if trial_id not in self._ot_trials:  # the ask below takes what these enqueue
+                calibrating = self.calibration is not None and self.calibration.before_ask(self._ot_study)
+                if self.refiner is not None and not calibrating:
+                    self.refiner.before_ask(self._ot_study)
             return super().suggest(trial_id)
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -282,6 +286,7 @@ def launch(
     )
     searcher.progress = Progress(log=log, requested=n_trials, already=already_counted, records=list(already))
     searcher.deadline = deadline
+    searcher.calibration = Calibration(space, log=log)
     searcher.refiner = Refiner(refine_settings(space.refine), space.dims, log=log, sizes=size_targets(space.sizes))
     scheduler = _early_stop_scheduler(info.early_stop, log if verbose else None)
     searcher.early_stop = scheduler
