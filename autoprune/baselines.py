@@ -20,9 +20,10 @@ does best at 3e-3 to 8e-3). So, by default, the seeding first runs *probes*: the
 middle of the density range, at a few values of each calibrated leaf (``finetune.lr`` when the space searches it):
 its default, and the (log-)midpoints between the default and each end of its range; every choice of a categorical
 leaf; the grid of them for several leaves. The ladder waits for them and runs at the probe that did best on
-validation (ties go to the default). The probes are baselines too (marked, never stopped early, counted toward the
-trials). ``calibrate: false`` or ``[]`` turns it off; calibration is skipped when the trials requested leave no
-room for a ladder after the probes.
+validation, unless it beats the default probe by no more than one standard error of the default's validation
+accuracy: then, as on a tie, at the default. The probes are baselines too (marked, never stopped early, counted
+toward the trials). ``calibrate: false`` or ``[]`` turns it off; calibration is skipped when the trials requested
+leave no room for a ladder after the probes.
 
 A number of densities N with A allocations interleaves them: A·N densities log-spaced over the ``prune.density``
 range, the first allocation at the 1st, (A+1)-th, ... of them, the second at the 2nd, (A+2)-th, .... Each allocation
@@ -71,7 +72,7 @@ DEFAULT_CALIBRATE = ("finetune.lr",)  # calibrated when the space searches it
 TRIAL_ATTR = "baseline"  # trial user attribute: the baseline's label, e.g. "global@0.01"
 STUDY_ATTR = "baselines"  # study user attribute: the labels enqueued when the study was seeded
 PROBE_ATTR = "probe"  # trial user attribute of a calibration probe: True
-CALIBRATION_ATTR = "calibration"  # study user attribute: {leaves, limit, done, chosen} while/after calibrating
+CALIBRATION_ATTR = "calibration"  # study user attribute: {leaves, limit, done, chosen, summary}
 
 
 @dataclass(frozen=True)
@@ -280,9 +281,27 @@ def seed_baselines(study: optuna.Study, space: SearchSpace, limit: int) -> list[
     return _enqueue(study, ladder(space)[: max(limit, 0)])
 
 
+def _choose(done: list, default: Any) -> tuple[Any, float | None]:
+    """The probe the ladder runs at, and the margin it had to beat when the default was kept: the probe best on
+    validation, unless the default probe finished and the best beats it by no more than one standard error of the
+    default's validation accuracy (``pareto.val_standard_error``): a difference validation cannot tell from noise
+    keeps the space's default. Ties go to the earlier probe."""
+    from .pareto import val_standard_error
+
+    if not done:
+        return None, None
+    best = max(done, key=lambda t: (t.values[0], -t.number))
+    if default is None or best is default:
+        return best, None
+    margin = val_standard_error(default.user_attrs.get("record") or {})
+    if margin is not None and best.values[0] - default.values[0] <= margin:
+        return default, margin
+    return best, None
+
+
 def finish_calibration(study: optuna.Study, space: SearchSpace) -> str | None:
-    """Once every probe of a calibrating ``study`` has finished, enqueue the ladder at the best probe's values of
-    the calibrated leaves; a line for the log saying what it chose, or None when nothing was due."""
+    """Once every probe of a calibrating ``study`` has finished, enqueue the ladder at the chosen probe's values of
+    the calibrated leaves (``_choose``); a line for the log saying what it chose, or None when nothing was due."""
     import optuna
 
     info = study.user_attrs.get(CALIBRATION_ATTR)
@@ -298,23 +317,27 @@ def finish_calibration(study: optuna.Study, space: SearchSpace) -> str | None:
         for t in probed
         if t.state == optuna.trial.TrialState.COMPLETE and t.values and all(p in t.params for p in leaves)
     ]
-    best = max(done, key=lambda t: (t.values[0], -t.number)) if done else None  # ties: the earlier, the default
+    first = probes(space, leaves)
+    default = next((t for t in done if first and t.user_attrs.get(TRIAL_ATTR) == first[0].label), None)
+    best, margin = _choose(done, default)
     chosen = {p: best.params[p] for p in leaves} if best is not None else {}
     ran = [t.params for t in probed if t.params]
     rungs = [b for b in ladder(space, chosen) if b.params not in ran][: max(int(info["limit"]), 0)]
     labels = _enqueue(study, rungs)
-    study.set_user_attr(CALIBRATION_ATTR, {**info, "done": True, "chosen": chosen})
     if best is None:
+        study.set_user_attr(CALIBRATION_ATTR, {**info, "done": True, "chosen": chosen})
         return f"search: no calibration probe finished; the {len(labels)} baselines run at the defaults"
-    others = ", ".join(
+    picked = " ".join(f"{p}={_fmt(v)}" for p, v in chosen.items())
+    probe_vals = ", ".join(
         f"{t.values[0]:.4f} at {' '.join(_fmt(t.params[p]) for p in leaves)}" for t in done if t is not best
     )
-    picked = " ".join(f"{p}={_fmt(v)}" for p, v in chosen.items())
-    return (
-        f"search: calibration chose {picked} (trial {best.number}, val {best.values[0]:.4f}"
-        + (f"; {others}" if others else "")
-        + f"); the next {len(labels)} trials are baselines at it: {', '.join(labels)}"
-    )
+    verb = "chose" if margin is None else "kept the default"
+    summary = f"calibration {verb} {picked} (trial {best.number}, val {best.values[0]:.4f}"
+    summary += f"; {probe_vals})" if probe_vals else ")"
+    if margin is not None:
+        summary += f": no probe beat it by more than one standard error ({100 * margin:.2f} pt)"
+    study.set_user_attr(CALIBRATION_ATTR, {**info, "done": True, "chosen": chosen, "summary": summary})
+    return f"search: {summary}; the next {len(labels)} trials are baselines at it: {', '.join(labels)}"
 
 
 class Calibration:

@@ -119,6 +119,8 @@ def _print_front(results: Any, run_dir: Path) -> None:
     at_sizes = sizes_table(results.front, declared_sizes(run_dir), results.trials)
     if at_sizes:
         typer.echo(at_sizes)
+    if isinstance(results.calibration, str):  # from the study: data, printed without control characters
+        _log("".join(c if c.isprintable() else "?" for c in results.calibration))
     setbacks = finetune_setbacks(results.trials)
     if setbacks:
         _log(setbacks)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _urls
 from ._paths import PathError, check_input_file, inside_run
+from .baselines import CALIBRATION_ATTR
 from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
 from .refine import REFINE_ATTR, SIZE_ATTR
@@ -289,6 +290,7 @@ class Results:
     stopped: list[dict[str, Any]] = field(default_factory=list)  # PRUNED: {"trial", "rung", "epoch", "val_accuracy"}
     run_dir: Path | None = None
     study_trials: list[dict[str, Any]] = field(default_factory=list)  # every trial: trial, state, params, baseline
+    calibration: str | None = None  # what the calibration of the baselines chose, and from which probes
 
     def frame(self) -> pd.DataFrame:
         """One row per trial of the study, flat columns, in trial order (``optuna``'s ``trials_dataframe`` style).
@@ -354,13 +356,9 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
                         rec["model_path_refused"] = rel  # shown by report; pick says why it will not read it
             records.append(rec)
         elif t.state == TrialState.FAIL or t.state == TrialState.COMPLETE:  # COMPLETE without a record: cut off
-            failures.append(
-                {
-                    "trial": t.number,
-                    "outcome": t.user_attrs.get("outcome", "interrupted"),
-                    "reason": t.user_attrs.get("fail_reason", "the trial did not report its result"),
-                }
-            )
+            outcome = t.user_attrs.get("outcome", "interrupted")
+            reason = t.user_attrs.get("fail_reason", "the trial did not report its result")
+            failures.append({"trial": t.number, "outcome": outcome, "reason": reason})
         elif t.state == TrialState.PRUNED:
             epoch, _, acc = (t.user_attrs.get("intermediate") or [[None, None, None]])[-1]
             stop = {"reason": t.user_attrs.get("stop_reason", ""), "rung": t.user_attrs.get("rung")}
@@ -397,7 +395,9 @@ def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None =
         }
         for t in study.get_trials()
     ]
+    calibrated = study.user_attrs.get(CALIBRATION_ATTR)
     return Results(
+        calibration=calibrated.get("summary") if isinstance(calibrated, dict) else None,
         trials=records,
         front=pareto_front(records),
         failed=len(failures),

@@ -316,6 +316,38 @@ def test_a_tie_between_probes_keeps_the_default_and_a_failed_probe_is_left_out()
     assert len([t for t in study.trials if t.state == TrialState.WAITING]) == 12
 
 
+@pytest.mark.parametrize(("better", "verb", "lr"), [(0.81, "kept the default", 0.01), (0.82, "chose", 10**-1.5)])
+def test_a_probe_must_beat_the_default_by_more_than_one_standard_error(better, verb, lr) -> None:
+    from autoprune.baselines import CALIBRATION_ATTR, finish_calibration
+
+    sp = calibrated()
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS))
+    seed_baselines(study, sp, limit=20)
+    asked = [ask(study, sp.dims) for _ in range(3)]
+    for trial, acc in zip(asked, (0.80, 0.70, better), strict=True):  # the default's s.e.: sqrt(.8 * .2 / 1000)
+        record = {**_record(trial, acc, 100), "val_samples": 1000}
+        ledger.record_outcome(study, trial, Outcome("complete", record=record))
+    line = finish_calibration(study, sp)
+    chosen = 0 if verb == "kept the default" else 2
+    summary = (
+        f"calibration {verb} finetune.lr={lr:.4g} (trial {chosen}, val {[0.8, 0.7, better][chosen]:.4f}; "
+        + ", ".join(
+            f"{a:.4f} at {v}"
+            for n, (a, v) in enumerate([(0.8, "0.01"), (0.7, "0.003162"), (better, "0.03162")])
+            if n != chosen
+        )
+        + ")"
+    )
+    if verb == "kept the default":
+        summary += ": no probe beat it by more than one standard error (1.26 pt)"
+    assert line == f"search: {summary}; the next 12 trials are baselines at it: " + ", ".join(
+        b.label for b in ladder(sp, {"finetune.lr": lr})
+    )
+    assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == {"finetune.lr": pytest.approx(lr)}
+    results = ledger.study_results(study, requested=20)
+    assert results.calibration == summary == report_document(results)["calibration"]
+
+
 def test_calibration_survives_an_interrupted_search() -> None:
     from autoprune.baselines import CALIBRATION_ATTR, Calibration
 

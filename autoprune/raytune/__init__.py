@@ -202,7 +202,8 @@ def run_search(
             if calibrating:
                 log(
                     f"search: the first {len(seeded)} trials calibrate {', '.join(calibrating['leaves'])} for the "
-                    f"baselines: {', '.join(seeded)}; the ladder follows at the best of them"
+                    f"baselines: {', '.join(seeded)}; the ladder follows at the best of them (the default unless "
+                    "another beats it by more than one standard error)"
                 )
             elif seeded:
                 log(f"search: the first {len(seeded)} trials are baselines: {', '.join(seeded)}")
