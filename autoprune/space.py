@@ -25,9 +25,10 @@ import yaml
 
 from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shipped spaces
 from ._spacefile import load_yaml, resolve_space_path
+from ._spacemodel import model_layers
 from .baselines import calibrate_leaves, ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
-from .errors import AutoPruneError, ConfigError
+from .errors import ConfigError
 from .refine import refine_settings, size_dim, size_targets
 from .stopping import EARLY_STOP_MODES
 
@@ -43,8 +44,6 @@ _LAYER_MAPS = ("prune.sparsity", "prune.shares", "train.lr_multipliers")
 AUTO_SPARSITY = (0.0, 0.95)  # the range `prune.sparsity: auto` searches for every prunable layer
 AUTO_SHARES = (0.25, 4.0)  # the log range `prune.shares: auto` searches for every prunable layer
 # Image shapes of the built-in datasets, so layer names validate without loading any data.
-_INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic": (1, 8, 8)}
-_NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
 SAMPLERS = ("tpe", "nsga2", "random")  # the values of `search.sampler` and `--sampler`
 
 
@@ -274,7 +273,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
 
     prune = base.setdefault("prune", {})
     structured = prune.get("structured", False)
-    layers = _model_layers(base, fail, structured=structured is True)
+    layers = model_layers(base, fail, structured=structured is True)
     if prune.get("sparsity") == "auto":
         prune["sparsity"] = {}
         targets = unit_prunable(layers) if structured else layers
@@ -382,44 +381,6 @@ def _collect(path: str, leaf: Any, section: dict[str, Any], name: str, dims: lis
     if default is not None and not (low <= default <= high):
         raise fail(f"{path}: default {default!r} is outside [{low}, {high}]")
     dims.append(Dim(path=path, low=low, high=high, log=log, step=step, default=default))
-
-
-def _model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> list[str]:
-    """Prunable layer names of the configured model, building it on the CPU (cheap: no data is loaded).
-
-    Structured pruning removes units along a chain of layers, so it needs an ``nn.Sequential``: any other model
-    is refused here, before a trial trains it only to fail at the pruning step.
-    """
-    from torch import nn
-
-    from .models import build_model, check_fits, prunable_layers  # torch is needed only here
-
-    dataset = base.get("dataset", {}).get("name", "digits")
-    model = base.get("model", {}).get("name", "lenet-300-100")
-    if isinstance(dataset, dict) or isinstance(model, dict):
-        raise fail("dataset.name and model.name must be fixed values, not searched")
-    if dataset in _INPUT_SHAPES:
-        shape, classes = _INPUT_SHAPES[dataset], _NUM_CLASSES[dataset]
-    else:  # a user dataset: its shape is known only by loading it
-        from .config import DatasetConfig
-        from .data import load_datasets
-
-        try:
-            data = load_datasets(DatasetConfig(**base.get("dataset", {})), seed=0, device="cpu")
-        except (AutoPruneError, TypeError) as exc:
-            raise fail(str(exc)) from None
-        shape, classes = data.input_shape, data.num_classes
-    try:
-        built = build_model(model, shape, classes)
-        check_fits(built, model, shape, classes)
-    except AutoPruneError as exc:
-        raise fail(str(exc)) from None
-    if structured and not isinstance(built, nn.Sequential):
-        raise fail(
-            f"prune.structured: true needs an nn.Sequential model (structured pruning removes units along a chain "
-            f"of layers), but model {model} is a {type(built).__name__}; use prune.structured: false"
-        )
-    return list(prunable_layers(built))
 
 
 def _validate_values(space: SearchSpace, fail: Any) -> None:

@@ -15,7 +15,6 @@ from autoprune.data import (
     FASHION_MEAN,
     FASHION_STD,
     Datasets,
-    _decode_idx,
     batch_indices,
     fashion_mnist_dir,
     load_datasets,
@@ -23,6 +22,7 @@ from autoprune.data import (
     stratified_split,
 )
 from autoprune.errors import DataError
+from autoprune.idx import _decode_idx
 
 REAL_FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 

@@ -57,9 +57,6 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-_NOT_YET_SPLIT = {"data.py", "space.py"}  # over the size limit until they are split
-
-
 def test_one_home_for_ray_and_small_modules() -> None:
     sources = sorted((ROOT / "autoprune").rglob("*.py"))
     adapter = ROOT / "autoprune" / "raytune"
@@ -70,5 +67,4 @@ def test_one_home_for_ray_and_small_modules() -> None:
             if path.name not in ("cli.py", "api.py"):
                 assert not any(m.startswith("autoprune.raytune") for m in imported), f"{path.name} imports raytune"
         lines = len(path.read_text().splitlines())
-        if path.name not in _NOT_YET_SPLIT:
-            assert lines <= 420, f"{path.relative_to(ROOT)} has {lines} lines"
+        assert lines <= 420, f"{path.relative_to(ROOT)} has {lines} lines"
