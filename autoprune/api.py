@@ -260,16 +260,18 @@ def pick(
     min_accuracy: float | None = None,
     knee: bool = False,
     trial: int | None = None,
+    most_accurate: bool = False,
     study_storage: str | None = None,
 ) -> dict[str, Any]:
     """Choose one model of a search and export it to ``out``; returns its record plus ``"out"``: ``autoprune pick``.
 
-    Exactly one rule: ``max_params`` (the most accurate front model with at most that many nonzero
-    parameters), ``min_accuracy`` (the smallest front model at least that accurate on validation data),
-    ``knee`` (the front's best trade-off), or ``trial`` (any finished trial, by number). With ``max_params``
-    the record also holds ``"indistinct"``: the other finished trials within that size whose validation
-    accuracy is within one standard error of the chosen one's (``pareto.indistinct``; trial, params_nonzero,
-    val_accuracy each), most accurate first: validation cannot rank them, so the choice among them is noise.
+    Exactly one rule: ``max_params`` (at most that many nonzero parameters: the largest model within one standard
+    error of the most accurate one on validation, or with ``most_accurate`` that one; ``pareto.pick_max_params``),
+    ``min_accuracy`` (the smallest front model at least that accurate on validation data), ``knee`` (the front's
+    best trade-off), or ``trial`` (any finished trial, by number). With ``max_params`` the record also holds
+    ``"indistinct"``: the other finished trials within that size whose validation accuracy is within one standard
+    error of the most accurate one's (``pareto.indistinct``; trial, params_nonzero, val_accuracy each), most
+    accurate first: validation cannot rank them.
     """
     from ._paths import check_output_file, inside_run
     from ._trust import named_modules
@@ -279,11 +281,14 @@ def pick(
     from .rundir import MODELS_DIR, RunInfo, read_frozen_space
 
     check_one_rule(max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
+    if most_accurate and max_params is None:
+        raise SearchError("--most-accurate chooses among the models within --max-params N; give --max-params")
     # Checked before anything is read: never into a run's own files (another trial's model), never a folder.
     check_output_file(out, what="--out", protected_dirs=[run_dir], example="model.pt", error=SearchError)
     out = check_model_output(out)
     res = load_results(run_dir, study_storage=study_storage)
-    chosen = pick_record(res.trials, max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
+    rules = {"max_params": max_params, "min_accuracy": min_accuracy, "knee": knee, "trial": trial}
+    chosen = pick_record(res.trials, **rules, most_accurate=most_accurate)
     if chosen.get("model_path_refused"):  # raises: the study names a file outside this run's models/
         inside_run(run_dir, chosen["model_path_refused"], what="model_path", under=MODELS_DIR, error=SearchError)
     source = chosen.get("model_path")

@@ -278,8 +278,15 @@ def pick(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a search.")],
     out: Annotated[Path, typer.Option("--out", help="File to export the chosen model to.")] = ...,
     max_params: Annotated[
-        int | None, typer.Option(help="The most accurate front model with at most N nonzero params.")
+        int | None,
+        typer.Option(
+            help="With at most N nonzero params: the largest model within one standard error of the most "
+            "accurate one on validation (see --most-accurate)."
+        ),
     ] = None,
+    most_accurate: Annotated[
+        bool, flag("--most-accurate", help="With --max-params: the most accurate model on validation instead.")
+    ] = False,
     min_accuracy: Annotated[
         float | None, typer.Option(help="The smallest front model with val accuracy >= A (a fraction).")
     ] = None,
@@ -298,6 +305,7 @@ def pick(
         min_accuracy=min_accuracy,
         knee=knee,
         trial=trial,
+        most_accurate=most_accurate,
         study_storage=study_storage,
     )
     if as_json:

@@ -111,8 +111,8 @@ def front_table(
 
 def sizes_table(front: Sequence[dict], sizes: Sequence[float], trials: Sequence[dict] = ()) -> str | None:
     """For each size a space declares (``search.sizes``: fractions of the dense parameters, or counts), the
-    model ``pick --max-params`` returns there: the most accurate front model within it, and which of ``trials``
-    validation cannot tell from it (``pareto.indistinct``). None without sizes."""
+    model ``pick --max-params`` returns there (``pareto.pick_max_params`` over ``trials``, else the front), and
+    how it stands among the models validation cannot tell apart (``pareto.indistinct``). None without sizes."""
     from .errors import SearchError
     from .pareto import pick_max_params
     from .refine import size_count
@@ -125,7 +125,7 @@ def sizes_table(front: Sequence[dict], sizes: Sequence[float], trials: Sequence[
         limit = size_count(size, totals[0])
         name = f"  <= {limit} params" + (f" ({100 * size:g}%)" if size <= 1 else "")
         try:
-            r = pick_max_params(front, limit)
+            r = pick_max_params(list(trials) or front, limit)
             acc = f"val {_fmt_acc(r.get('val_accuracy'))}, test {_fmt_acc(r.get('test_accuracy'))}"
             lines.append(
                 f"{name}: trial {r.get('trial')}, {r['params_nonzero']} params, {acc}{_close_calls(trials, r, limit)}"
@@ -135,33 +135,55 @@ def sizes_table(front: Sequence[dict], sizes: Sequence[float], trials: Sequence[
     return "\n".join(lines)
 
 
+def _trials(close: Sequence[dict]) -> str:
+    shown = ", ".join(str(r.get("trial", "?")) for r in close[:4]) + (", ..." if len(close) > 4 else "")
+    return f"trial{'s' if len(close) > 1 else ''} {shown}"
+
+
 def _close_calls(trials: Sequence[dict], chosen: dict, limit: int) -> str:
-    """``; validation cannot tell it from trials 36, 13 (...)``: the trials within one standard error of its val."""
+    """How the pick at a size stands among the trials validation cannot tell from the most accurate one there:
+    ``; validation cannot tell it from trials 36, 13 (...)`` or ``; the largest of 4 models within ...``."""
     from .pareto import indistinct
 
     close, margin = indistinct(trials, chosen, limit)
     if not close or margin is None:
         return ""
-    shown = ", ".join(str(r.get("trial", "?")) for r in close[:4]) + (", ..." if len(close) > 4 else "")
-    plural = "s" if len(close) > 1 else ""
-    return f"; validation cannot tell it from trial{plural} {shown} (within one standard error, {100 * margin:.2f} pt)"
+    top = close[0]
+    if float(top["val_accuracy"]) <= float(chosen["val_accuracy"]):
+        return f"; validation cannot tell it from {_trials(close)} (within one standard error, {100 * margin:.2f} pt)"
+    return (
+        f"; the largest of {len(close) + 1} models within one standard error ({100 * margin:.2f} pt) of the most "
+        f"accurate on validation, trial {top.get('trial', '?')} ({top['params_nonzero']} params, val "
+        f"{_fmt_acc(top['val_accuracy'])})"
+    )
 
 
 def indistinct_note(chosen: dict) -> str | None:
-    """A note for ``pick --max-params``: the trials (``chosen["indistinct"]``) validation cannot tell from it."""
+    """A note for ``pick --max-params``: the trials (``chosen["indistinct"]``) validation cannot tell from the
+    most accurate one, and whether the chosen model is that one or the largest of them."""
     from .pareto import val_standard_error
 
-    close, margin = chosen.get("indistinct"), val_standard_error(chosen)
-    if not close or margin is None:
+    close = chosen.get("indistinct")
+    if not close:
+        return None
+    top = max([chosen, *close], key=lambda r: float(r["val_accuracy"]))
+    margin = val_standard_error({**chosen, "val_accuracy": top["val_accuracy"]})
+    if margin is None:
         return None
     named = ", ".join(
         f"{r['trial']} ({r['params_nonzero']} params, val {_fmt_acc(r['val_accuracy'])})" for r in close[:5]
     )
     more = f" and {len(close) - 5} more" if len(close) > 5 else ""
+    within = f"one standard error ({100 * margin:.2f} pt on {chosen['val_samples']} samples)"
+    if top is chosen:
+        return (
+            f"note: validation cannot tell it from trial{'s' if len(close) > 1 else ''} {named}{more}: within "
+            f"{within} of its val accuracy; compare them on data of your own (pick --trial N exports another)"
+        )
     return (
-        f"note: validation cannot tell it from trial{'s' if len(close) > 1 else ''} {named}{more}: within one "
-        f"standard error of its val accuracy ({100 * margin:.2f} pt on {chosen['val_samples']} samples); compare "
-        "them on data of your own (pick --trial N exports another)"
+        f"note: the largest of the {len(close) + 1} models within {within} of the most accurate on validation, "
+        f"trial {top['trial']}: validation cannot rank them, and with the same pipeline more parameters are the "
+        f"better bet; the others: {named}{more} (--most-accurate takes trial {top['trial']}, --trial N another)"
     )
 
 

@@ -17,9 +17,11 @@ Three things run on the same pipeline and the same per-trial budget (the space's
 
 For each size bucket (at most 2%, 5% and 10% of the dense parameters) it prints the model that a user would
 choose on validation accuracy among the search's trials and among the baselines that fit, with its test accuracy
-and the drop from the dense model's. "Dominates" means: at every size where a baseline exists, the search's best
-model by validation accuracy within that size has a test accuracy at least the baseline's (and, separately, a
-validation accuracy at least the baseline's). Prints the seed and the wall time of each part.
+and the drop from the dense model's; and, as "pick", the search's model that ``autoprune pick --max-params``
+returns (the largest within one standard error of the most accurate one on validation). "Dominates" means: at
+every size where a baseline exists, the search's best model by validation accuracy within that size has a test
+accuracy at least the baseline's (and, separately, a validation accuracy at least the baseline's). Prints the
+seed and the wall time of each part.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def _run(args: tuple[str, list[str], dict[str, Any], int]) -> dict[str, Any]:
     spec = load_space(space, overrides)
     result = run_trial(spec.config_for(params), device="cpu", threads=threads)
     record = result.record()
-    out = {k: record[k] for k in ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "config")}
+    keys = ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "val_samples", "config")
+    out = {k: record[k] for k in keys}
     out["prunable"] = sum(m.weight.numel() for m in prunable_layers(result.model).values())
     return out
 
@@ -101,6 +104,17 @@ def best_within(records: list[dict], limit: float) -> dict | None:
     """The record with the best validation accuracy among those with at most ``limit`` nonzero parameters."""
     fits = [r for r in records if r["params_nonzero"] <= limit]
     return max(fits, key=lambda r: (r["val_accuracy"], -r["params_nonzero"])) if fits else None
+
+
+def picked(records: list[dict], limit: int) -> dict | None:
+    """The model ``autoprune pick --max-params limit`` returns among ``records`` (None when none fits)."""
+    from autoprune.errors import SearchError
+    from autoprune.pareto import pick_max_params
+
+    try:
+        return pick_max_params(records, limit)
+    except SearchError:
+        return None
 
 
 def dominates(search: list[dict], baselines: list[dict], key: str) -> bool:
@@ -207,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         "buckets": {},
     }
     for b in BUCKETS:
-        s, g = best_within(found, b * total), best_within(ladder, b * total)
+        s, g, chosen = best_within(found, b * total), best_within(ladder, b * total), picked(found, int(b * total))
         lines += [f"<= {100 * b:g}% of dense params:", row("search", s, dense_test, total)]
-        lines.append(row("baseline", g, dense_test, total))
-        summary["buckets"][str(b)] = {"search": s, "baseline": g}
+        lines += [row("pick", chosen, dense_test, total), row("baseline", g, dense_test, total)]
+        summary["buckets"][str(b)] = {"search": s, "pick": chosen, "baseline": g}
     dom_test, dom_val = dominates(found, ladder, "test_accuracy"), dominates(found, ladder, "val_accuracy")
     lines.append(
         f"search front dominates the global-magnitude front at every size: test {'yes' if dom_test else 'NO'}, "

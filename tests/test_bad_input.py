@@ -352,6 +352,8 @@ CASES: list[tuple[str, list[str], list[str], Setup | None]] = [
     ("pick-no-rule", ["pick", R, "--out", f"{T}/m.pt"], ["exactly one"], None),
     ("pick-two-rules", ["pick", R, "--knee", "--max-params", "10", "--out", f"{T}/m.pt"], ["exactly one"], None),
     ("pick-max-params-too-small", ["pick", R, "--max-params", "1", "--out", f"{T}/m.pt"], ["1"], None),
+    ("pick-most-accurate-alone", ["pick", R, "--knee", "--most-accurate", "--out", f"{T}/m.pt"],
+     ["--most-accurate chooses among the models within --max-params N; give --max-params"], None),
     ("pick-min-accuracy-1.5", ["pick", R, "--min-accuracy", "1.5", "--out", f"{T}/m.pt"], ["1.5"], None),
     ("pick-max-params-not-int", ["pick", R, "--max-params", "1e3", "--out", f"{T}/m.pt"], ["--max-params"], None),
     ("pick-ledger-etc-passwd", [*PICK, f"{T}/m.pt"], ["../../../../etc/passwd"],

@@ -160,6 +160,31 @@ def test_indistinct_lists_the_trials_within_one_standard_error_of_the_pick():
     assert val_standard_error({**chosen, "val_samples": True}) is None
 
 
+def test_pick_max_params_takes_the_largest_model_validation_cannot_tell_from_the_most_accurate():
+    n = 6000
+    se = math.sqrt(0.9 * 0.1 / n)
+    best = {**rec(1, 10_000, 0.9), "val_samples": n}
+    records = [
+        best,
+        {**rec(2, 12_000, 0.9 - 0.9 * se), "val_samples": n},  # within one s.e., larger: off the front
+        {**rec(3, 13_000, 0.9 - 1.1 * se), "val_samples": n},  # larger still, but beyond one s.e.
+        {**rec(4, 12_000, 0.9 - 0.5 * se), "val_samples": n},  # as large as trial 2 and more accurate: chosen
+        {**rec(5, 14_000, 0.95), "val_samples": n},  # over the size
+        {**rec(6, 5_000, 0.9 - 0.1 * se), "val_samples": n},
+    ]
+    assert [r["trial"] for r in pareto_front(records)] == [6, 1, 5]
+    assert pick_max_params(records, 13_000)["trial"] == 4
+    assert pick(records, max_params=13_000)["trial"] == 4
+    assert [r["trial"] for r in indistinct(records, records[3], 13_000)[0]] == [1, 6, 2]  # the most accurate first
+    assert pick_max_params(records, 13_000, most_accurate=True)["trial"] == 1
+    assert pick(records, max_params=13_000, most_accurate=True)["trial"] == 1
+    assert pick_max_params(records, 11_999)["trial"] == 1  # trials 2 and 4 do not fit
+    assert pick_max_params(records, 9_999)["trial"] == 6
+    # Records that do not say their validation split's size: the most accurate, as before they did.
+    bare = [{k: v for k, v in r.items() if k != "val_samples"} for r in records]
+    assert pick_max_params(bare, 13_000)["trial"] == 1
+
+
 def test_pick_max_params_names_the_smallest_model_when_nothing_fits():
     with pytest.raises(SearchError) as info:
         pick_max_params(FRONT, 1000)

@@ -117,7 +117,7 @@ def test_finetune_setbacks_names_the_worst_trial_and_the_seeded_baselines_among_
     assert note.endswith("lower finetune.lr or finetune.grad_clip (now 5)")
 
 
-def test_sizes_table_names_the_pick_at_each_size_and_the_trials_validation_cannot_tell_from_it():
+def test_sizes_table_names_the_pick_at_each_size_and_the_trials_validation_cannot_tell_apart():
     def r(trial: int, params: int, acc: float) -> dict:
         return {"trial": trial, "params_nonzero": params, "params_total": 100_000, "val_accuracy": acc,
                 "test_accuracy": acc - 0.01, "val_samples": 6000}  # fmt: skip
@@ -126,22 +126,36 @@ def test_sizes_table_names_the_pick_at_each_size_and_the_trials_validation_canno
     table = sizes_table(pareto_front(trials), [0.02, 0.05, 0.1], trials)
     lines = table.splitlines()
     assert lines[1] == "  <= 2000 params (2%): trial 1, 1500 params, val 0.8500, test 0.8400"
-    # Within 5%, trials 3 and 4 are within one standard error (0.39 pt on 6,000 samples) of trial 2's 0.9000.
+    # Within 5%, trials 3 and 4 are within one standard error (0.39 pt on 6,000 samples) of trial 2's 0.9000:
+    # the pick is the largest of the three, trial 4.
     assert lines[2] == (
-        "  <= 5000 params (5%): trial 2, 4800 params, val 0.9000, test 0.8900; validation cannot tell it from "
-        "trials 3, 4 (within one standard error, 0.39 pt)"
+        "  <= 5000 params (5%): trial 4, 5000 params, val 0.8970, test 0.8870; the largest of 3 models within one "
+        "standard error (0.39 pt) of the most accurate on validation, trial 2 (4800 params, val 0.9000)"
     )
-    assert lines[3].startswith("  <= 10000 params (10%): trial 2, 4800 params") and "trials 5, 3, 4" in lines[3]
+    # Within 10%, trial 5 is as accurate as trial 2 and the largest.
+    assert lines[3] == (
+        "  <= 10000 params (10%): trial 5, 9000 params, val 0.9000, test 0.8900; validation cannot tell it from "
+        "trials 2, 3, 4 (within one standard error, 0.39 pt)"
+    )
     # Without the trials (or records that do not say their validation size) the table claims nothing more.
-    assert "validation cannot" not in sizes_table(pareto_front(trials), [0.05])
-    chosen = {
-        **trials[1],
-        "indistinct": [{k: t[k] for k in ("trial", "params_nonzero", "val_accuracy")} for t in trials[2:4]],
-    }
+    assert (
+        sizes_table(pareto_front(trials), [0.05])
+        .splitlines()[1]
+        .endswith("trial 2, 4800 params, val 0.9000, test 0.8900")
+    )
+    keys = ("trial", "params_nonzero", "val_accuracy")
+    chosen = {**trials[4], "indistinct": [{k: t[k] for k in keys} for t in trials[1:4]]}
     note = indistinct_note(chosen)
-    assert note.startswith("note: validation cannot tell it from trials 3 (4000 params, val 0.8985), 4 (5000")
+    assert note.startswith("note: validation cannot tell it from trials 2 (4800 params, val 0.9000), 3 (4000")
     assert "(0.39 pt on 6000 samples)" in note and "pick --trial N" in note
     assert indistinct_note({**chosen, "indistinct": []}) is None
+    chosen = {**trials[3], "indistinct": [{k: t[k] for k in keys} for t in trials[1:3]]}
+    assert indistinct_note(chosen) == (
+        "note: the largest of the 3 models within one standard error (0.39 pt on 6000 samples) of the most accurate "
+        "on validation, trial 2: validation cannot rank them, and with the same pipeline more parameters are the "
+        "better bet; the others: 2 (4800 params, val 0.9000), 3 (4000 params, val 0.8985) (--most-accurate takes "
+        "trial 2, --trial N another)"
+    )
 
 
 def test_report_document_layout_is_json_safe():

@@ -144,27 +144,35 @@ def test_pick_then_evaluate_round_trip(finished_run: Path, tmp_path: Path, capsy
     assert evaluate_model(chosen["model_path"])["test_accuracy"] == chosen["test_accuracy"]
 
 
-def test_pick_by_size_names_the_trials_validation_cannot_tell_from_it(
+def test_pick_by_size_takes_the_largest_model_validation_cannot_tell_from_the_most_accurate(
     finished_run: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     results = load_results(finished_run)
     for k, limit in enumerate(r["params_nonzero"] for r in results.front):
+        fits = sorted(
+            (r for r in results.trials if r["params_nonzero"] <= limit),
+            key=lambda r: (-r["val_accuracy"], r["params_nonzero"]),
+        )
+        best = fits[0]  # the most accurate, the smaller on a tie
+        n, acc = best["val_samples"], best["val_accuracy"]
+        cfg = TrialConfig.from_dict(best["config"])
+        assert n == len(load_datasets(cfg.dataset, seed=cfg.seed, device="cpu").val_x) > 0
+        close = [r for r in fits if r["val_accuracy"] >= acc - math.sqrt(acc * (1 - acc) / n)]
+        largest = max(close, key=lambda r: (r["params_nonzero"], r["val_accuracy"]))
         out = tmp_path / f"at{k}.pt"
         code, stdout, stderr = run_cli(
             ["pick", str(finished_run), "--max-params", str(limit), "--out", str(out), "--json"], capsys, monkeypatch
         )
         assert code == 0
         chosen = json.loads(stdout)
-        cfg = TrialConfig.from_dict(chosen["config"])
-        n, acc = chosen["val_samples"], chosen["val_accuracy"]
-        assert n == len(load_datasets(cfg.dataset, seed=cfg.seed, device="cpu").val_x) > 0
-        margin = math.sqrt(acc * (1 - acc) / n)
-        expected = [
-            r["trial"]
-            for r in sorted(results.trials, key=lambda r: (-r["val_accuracy"], r["params_nonzero"]))
-            if r["trial"] != chosen["trial"] and r["params_nonzero"] <= limit and r["val_accuracy"] >= acc - margin
-        ]
-        assert [r["trial"] for r in chosen["indistinct"]] == expected
+        assert chosen["trial"] == largest["trial"]
+        assert [r["trial"] for r in chosen["indistinct"]] == [r["trial"] for r in close if r is not largest]
+        code, stdout, _ = run_cli(
+            ["pick", str(finished_run), "--max-params", str(limit), "--most-accurate", "--out", str(out), "--json"],
+            capsys,
+            monkeypatch,
+        )
+        assert code == 0 and json.loads(stdout)["trial"] == best["trial"]
         # The text form says so on stderr (stdout keeps its one line), and only when there are such trials.
         code, stdout, stderr = run_cli(
             ["pick", str(finished_run), "--max-params", str(limit), "--out", str(tmp_path / f"again{k}.pt")],
@@ -172,7 +180,10 @@ def test_pick_by_size_names_the_trials_validation_cannot_tell_from_it(
             monkeypatch,
         )
         assert code == 0 and len(stdout.strip().splitlines()) == 1
-        assert ("validation cannot tell it from trial" in stderr) == bool(expected)
+        alone = len(close) == 1
+        top = largest["val_accuracy"] >= acc
+        assert ("validation cannot tell it from trial" in stderr) == (not alone and top)
+        assert (f"the largest of the {len(close)} models" in stderr) == (not top)
 
 
 def test_pick_unmet_constraint_names_the_closest_and_writes_nothing(finished_run: Path, tmp_path: Path) -> None:
