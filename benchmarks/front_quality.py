@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     summary: dict[str, Any] = {
         "space": name,
+        "overrides": list(args.overrides),
+        "run_dir": str(Path(run_dir).resolve()),
         "trials": trials,
         "seed": args.seed,
         "dense": dense,
