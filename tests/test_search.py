@@ -31,6 +31,7 @@ from autoprune.config import TrialConfig  # noqa: E402
 from autoprune.data import load_datasets  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
 from autoprune.ledger import load_results  # noqa: E402
+from autoprune.pareto import pick_max_params  # noqa: E402
 from autoprune.raytune import resume_search, run_search  # noqa: E402
 from autoprune.rundir import RunInfo  # noqa: E402
 
@@ -458,5 +459,5 @@ def test_declared_sizes_are_refined_to_exactly_in_a_real_search(local_ray, tmp_p
     ]
     assert "target_size" not in records[3]  # the size's best is held now: the sampler's turn
     code, out, _ = run_cli(["report", str(run_dir)], capsys, monkeypatch)
-    best = max((r for r in res.front if r["params_nonzero"] <= size), key=lambda r: r["val_accuracy"])
+    best = pick_max_params(res.trials, size)  # what `pick --max-params` takes there
     assert code == 0 and f"<= {size} params (5%): trial {best['trial']}, {best['params_nonzero']} params" in out
