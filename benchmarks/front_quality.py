@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     run_search(name, run_dir, trials=trials, concurrent=args.concurrent, seed=args.seed, overrides=args.overrides)
     t_search = time.perf_counter() - t0
-    found = load_results(run_dir).trials
+    results = load_results(run_dir)
+    found = results.trials
 
     dense_test = dense["test_accuracy"]
     lines = [
@@ -212,12 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(denses)} by validation: finetuned with {dense['config']['finetune']['optimizer']} at lr "
         f"{dense['config']['finetune']['lr']:g})",
     ]
+    if results.calibration:
+        lines.append(results.calibration)
     summary: dict[str, Any] = {
         "space": name,
         "overrides": list(args.overrides),
         "run_dir": str(Path(run_dir).resolve()),
         "trials": trials,
         "seed": args.seed,
+        "calibration": results.calibration,
         "dense": dense,
         "denses": denses,
         "buckets": {},
