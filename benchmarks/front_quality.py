@@ -21,7 +21,7 @@ and the drop from the dense model's; and, as "pick", the search's model that ``a
 returns (the largest within one standard error of the most accurate one on validation). "Dominates" means: at
 every size where a baseline exists, the search's best model by validation accuracy within that size has a test
 accuracy at least the baseline's (and, separately, a validation accuracy at least the baseline's). Prints the
-seed and the wall time of each part.
+seed, the calibration's choice (when the search calibrated) and the wall time of each part.
 """
 
 from __future__ import annotations
