@@ -12,7 +12,8 @@ that fit, by their test accuracy (which neither rule sees):
   ``pick --max-params N`` (``autoprune.pareto.pick_max_params``).
 
 Prints one line per search and bucket, the test drop from the dense model under each rule, and per bucket how
-often the pick tested better, worse or was the same model, with the mean change. Nothing is trained.
+often the pick tested better, worse or the same (the same model, or another of equal test accuracy), with the
+mean change. Nothing is trained.
 """
 
 from __future__ import annotations
