@@ -79,6 +79,14 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name.strip(), shlex.split(rest)
 
 
+def _items(text: str, flag: str, what: str, kind: type = float) -> list[float]:
+    """A comma-separated list of numbers, or a ValueError that names the flag, the value and the form."""
+    try:
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must list {what}, got {text!r}") from None
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
@@ -117,10 +125,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         variants = ([] if args.no_base else [("base", [])]) + [parse_variant(v) for v in args.variant]
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        sizes = [float(s) for s in args.sizes.split(",") if s.strip()]
+        seeds = [int(s) for s in _items(args.seeds, "--seeds", "whole numbers, e.g. 0,1,2,3", int)]
+        sizes = _items(args.sizes, "--sizes", "fractions of the dense parameters or counts, e.g. 0.02,0.05,50000")
+        if any(not 0 < s <= 1 and s != int(s) for s in sizes) or any(s <= 0 for s in sizes):
+            raise ValueError(f"--sizes must be fractions in (0, 1] or whole counts, got {args.sizes!r}")
         if not variants or not seeds or not sizes:
             raise ValueError("give at least one variant (or drop --no-base), one seed and one size")
+        if args.concurrent < 1:
+            raise ValueError(f"--concurrent must be at least 1, got {args.concurrent}")
+        if args.json and not Path(args.json).resolve().parent.is_dir():  # found out before the trials, not after
+            raise ValueError(f"--json {args.json}: its folder does not exist; create it or name another file")
         for _, overrides in variants:  # a bad key or value fails here, before any trial
             load_space(args.space, [*args.overrides, *overrides])
     except (AutoPruneError, ValueError) as e:
