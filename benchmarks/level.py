@@ -15,8 +15,9 @@ variant is ``base``, the defaults themselves, unless ``--no-base``. Each seed's 
 accuracy; ``--no-dense`` skips it). Sizes are fractions of the dense parameter count, or counts.
 
 Prints every run (validation and test accuracy, with ``--train`` the training split's too) and, per size and
-variant, the means, the mean test drop from the dense references, on how many seeds that drop is within
-``--bar`` points, and the mean change in test accuracy against the first variant. Trials run in worker processes,
+variant, the means, the test accuracy against each seed's dense reference ("vs dense", points; negative is a
+drop), on how many seeds it is within ``--bar`` points of it, and the mean change in test accuracy against the
+first variant. Trials run in worker processes,
 one torch thread each, ``--concurrent`` at a time; same seed, same numbers.
 """
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  dense, seed {s}: {line(r)}")
     for r in runs:
         print(f"  {r['variant']} at {r['params_nonzero']} params, seed {r['seed']}: {line(r)}")
-    print("means over the seeds (drop: test accuracy against each seed's dense reference):")
+    print("means over the seeds (vs dense: test accuracy minus each seed's dense reference's, in points):")
     for n in counts:
         first: list[float] | None = None
         for name, _ in variants:
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             if denses:
                 drops = [100 * (r["test_accuracy"] - denses[r["seed"]]["test_accuracy"]) for r in rs]
                 within = sum(d >= -args.bar for d in drops)
-                cells.append(f"drop {_mean(drops):+.2f} pt, within {args.bar:g} pt on {within} of {len(rs)}")
+                cells.append(f"vs dense {_mean(drops):+.2f} pt, within {args.bar:g} pt on {within} of {len(rs)}")
             if tests is not first:
                 cells.append(f"change {100 * (_mean(tests) - _mean(first)):+.2f} pt")
             print(f"  {name} at {n} ({100 * n / total:.3g}%): " + ", ".join(cells))
