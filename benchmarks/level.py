@@ -17,8 +17,8 @@ accuracy; ``--no-dense`` skips it). Sizes are fractions of the dense parameter c
 Prints every run (validation and test accuracy, with ``--train`` the training split's too) and, per size and
 variant, the means, the test accuracy against each seed's dense reference ("vs dense", points; negative is a
 drop), on how many seeds it is within ``--bar`` points of it, and the mean change in test accuracy against the
-first variant. Trials run in worker processes,
-one torch thread each, ``--concurrent`` at a time; same seed, same numbers.
+first variant. Trials run in worker processes, one torch thread each, ``--concurrent`` at a time; same seed, same
+numbers.
 """
 
 from __future__ import annotations
@@ -54,7 +54,8 @@ def _run(args: tuple[str, list[str], bool]) -> dict[str, Any]:
     cfg = load_space(space, overrides).config_for({})
     data = load_datasets(cfg.dataset, seed=cfg.seed)
     result = run_trial(cfg, data=data, device="cpu", threads=1)
-    out = {k: result.record()[k] for k in ("val_accuracy", "test_accuracy", "params_nonzero", "params_total")}
+    record = result.record()
+    out = {k: record[k] for k in ("val_accuracy", "test_accuracy", "params_nonzero", "params_total")}
     if train:
         out["train_accuracy"] = evaluate(result.model, data.train_x, data.train_y)
     return out
@@ -94,8 +95,10 @@ def _mean(values: list[float]) -> float:
 
 def _run_all(pool: ProcessPoolExecutor, args: argparse.Namespace, variants: list, seeds: list, sizes: list) -> tuple:
     """Every trial: the dense references first, then each size, variant and seed."""
+    from autoprune.refine import size_count
+
     total = pool.submit(_total, args.space, args.overrides).result()
-    counts = [int(s) if s > 1 else int(s * total) for s in sizes]
+    counts = [size_count(s, total) for s in sizes]
     dense_jobs = [] if args.no_dense else [(s, d) for s in seeds for d in DENSE]
     jobs = [(n, name, s, ov) for n in counts for name, ov in variants for s in seeds]
     work = [(args.space, [*args.overrides, *d, f"seed={s}"], args.train) for s, d in dense_jobs]
