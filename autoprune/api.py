@@ -214,7 +214,8 @@ def results(run_dir: str | os.PathLike, *, study_storage: str | None = None) -> 
 
     Columns: ``trial``, ``state``, ``outcome``, ``val_accuracy``, ``test_accuracy``, ``params_nonzero`` and
     ``params_total`` (integers), ``fraction_dense``, ``sparsity.<layer>``, every searched parameter by its
-    dotted path (``finetune.lr``), ``on_front``, ``baseline`` (a seeded baseline configuration), ``model_path``,
+    dotted path (``finetune.lr``; a leaf searched per value of another, per case: ``finetune.lr[sgd]``, empty in
+    the trials of the other cases), ``on_front``, ``baseline`` (a seeded baseline configuration), ``model_path``,
     ``reason``. The front: ``df[df.on_front]``; the baselines: ``df[df.baseline]``.
     """
     return load_results(run_dir, study_storage=study_storage).frame()

@@ -36,9 +36,8 @@ Optuna only: nothing here imports Ray or torch.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -177,19 +176,31 @@ def ladder(space: SearchSpace, fixed: dict[str, Any] | None = None) -> list[Base
             if density is not None:
                 params["prune.density"] = density
             label = allocation if density is None else f"{allocation}@{density:.4g}"
-            out.append(Baseline(label=label, params=params))
+            out.append(Baseline(label=label, params=space.resolve(params)))
     return out
+
+
+def _leaf_dim(space: SearchSpace, leaf: str, params: dict[str, Any]) -> Dim | None:
+    """The dimension that searches ``leaf`` in a trial with ``params``: the leaf's own, or the case of it that
+    the parent's value in ``params`` selects; None when that case is fixed."""
+    values = space.resolve(params)
+    return next((d for d in space.dims if d.key == leaf and d.path in values), None)
+
+
+def _leaf_values(space: SearchSpace, params: dict[str, Any], leaves: list[str]) -> dict[str, Any]:
+    """The values in ``params`` of the dimensions that search ``leaves`` (cases included)."""
+    return {d.path: params[d.path] for d in space.dims if d.key in leaves and d.path in params}
 
 
 def calibrate_leaves(space: SearchSpace) -> list[str]:
     """The searched leaves the seeding calibrates before the ladder (see the module's docstring), checked."""
     where = "search.baselines.calibrate"
     raw_densities, _, raw = _spec(space.baselines)
-    dims = _dims(space)
     if raw_densities in (0, []) or not ladder(space):
         return []
+    searched = {d.key for d in space.dims}  # a leaf with cases is searched under its own key too
     if raw is None:
-        return [p for p in DEFAULT_CALIBRATE if p in dims]
+        return [p for p in DEFAULT_CALIBRATE if p in searched]
     if raw is False:
         return []
     leaves = [raw] if isinstance(raw, str) else raw
@@ -199,9 +210,9 @@ def calibrate_leaves(space: SearchSpace) -> list[str]:
     for path in leaves:
         if path in fixed:
             raise ConfigError(f"{where}: {path} is set by the ladder itself; calibrate another leaf, e.g. finetune.lr")
-        if path not in dims:
+        if path not in searched:
             raise ConfigError(
-                f"{where}: {path!r} is not a searched leaf of this space; searched: {', '.join(sorted(dims))}"
+                f"{where}: {path!r} is not a searched leaf of this space; searched: {', '.join(sorted(searched))}"
             )
     if len(set(leaves)) != len(leaves):
         raise ConfigError(f"{where} lists a leaf twice: {leaves!r}")
@@ -237,20 +248,30 @@ def probes(space: SearchSpace, leaves: list[str] | None = None) -> list[Baseline
     if not leaves:
         return []
     dims = _dims(space)
-    first = ladder(space)[0].params
-    base = dict(first)
+    first = ladder(space)[0]
+    base = dict(first.params)
     density = dims.get("prune.density")
     if density is not None and density.low is not None:
         base["prune.density"] = math.sqrt(float(density.low) * float(density.high))  # type: ignore[arg-type]
-    where = first.get("prune.allocation", "")
+    where = first.label.split("@")[0]  # the allocation
     if "prune.density" in base:
         where = f"{where}@{base['prune.density']:.4g}"
-    out = []
-    for values in itertools.product(*(probe_values(dims[p]) for p in leaves)):
-        params = {**base, **dict(zip(leaves, values, strict=True))}
-        tag = " ".join(f"{p}={_fmt(v)}" for p, v in zip(leaves, values, strict=True))
-        out.append(Baseline(label=f"{where} {tag}".strip(), params=params))
-    return out
+    # Parents first: a leaf with cases probes the case its parent's probe selects.
+    order = sorted(leaves, key=lambda p: any(d.key == p and d.when is not None for d in space.dims))
+
+    def grid(params: dict[str, Any], rest: list[str], tags: list[str]) -> Iterator[tuple[dict[str, Any], list[str]]]:
+        if not rest:
+            yield space.resolve(params), tags
+            return
+        dim = _leaf_dim(space, rest[0], params)
+        if dim is None:  # the parent's value fixes this leaf
+            yield from grid(params, rest[1:], tags)
+            return
+        for value in probe_values(dim):
+            yield from grid({**params, dim.path: value}, rest[1:], [*tags, f"{rest[0]}={_fmt(value)}"])
+
+    plan = grid(base, order, [])
+    return [Baseline(label=f"{where} {' '.join(tags)}".strip(), params=params) for params, tags in plan]
 
 
 def _enqueue(study: optuna.Study, baselines: list[Baseline], probe: bool = False) -> list[str]:
@@ -315,12 +336,12 @@ def finish_calibration(study: optuna.Study, space: SearchSpace) -> str | None:
     done = [
         t
         for t in probed
-        if t.state == optuna.trial.TrialState.COMPLETE and t.values and all(p in t.params for p in leaves)
+        if t.state == optuna.trial.TrialState.COMPLETE and t.values and _leaf_values(space, t.params, leaves)
     ]
     first = probes(space, leaves)
     default = next((t for t in done if first and t.user_attrs.get(TRIAL_ATTR) == first[0].label), None)
     best, margin = _choose(done, default)
-    chosen = {p: best.params[p] for p in leaves} if best is not None else {}
+    chosen = _leaf_values(space, best.params, leaves) if best is not None else {}
     ran = [t.params for t in probed if t.params]
     rungs = [b for b in ladder(space, chosen) if b.params not in ran][: max(int(info["limit"]), 0)]
     labels = _enqueue(study, rungs)
@@ -329,7 +350,9 @@ def finish_calibration(study: optuna.Study, space: SearchSpace) -> str | None:
         return f"search: no calibration probe finished; the {len(labels)} baselines run at the defaults"
     picked = " ".join(f"{p}={_fmt(v)}" for p, v in chosen.items())
     probe_vals = ", ".join(
-        f"{t.values[0]:.4f} at {' '.join(_fmt(t.params[p]) for p in leaves)}" for t in done if t is not best
+        f"{t.values[0]:.4f} at {' '.join(map(_fmt, _leaf_values(space, t.params, leaves).values()))}"
+        for t in done
+        if t is not best
     )
     verb = "chose" if margin is None else "kept the default"
     summary = f"calibration {verb} {picked} (trial {best.number}, val {best.values[0]:.4f}"

@@ -85,9 +85,10 @@ def trial(
     if save is not None:  # before the note and the trial: a bad path is the one thing to say
         check_output_file(save, what="--save", example="model.pt")
     spec = load_space(space, set_ or [])
-    if spec.dims and not as_json:
-        unset = ", ".join(f"{d.path}={d.midpoint()!r}" for d in spec.dims)
-        _log(f"note: {len(spec.dims)} searched dimensions not fixed by --set take their defaults: {unset}")
+    active = spec.resolve({})  # the cases a parent's default leaves out are not searched in this trial
+    if active and not as_json:
+        unset = ", ".join(f"{path}={value!r}" for path, value in active.items())
+        _log(f"note: {len(active)} searched dimensions not fixed by --set take their defaults: {unset}")
     log, on_epoch = (None, None) if as_json else (_log, None)
     if not as_json and sys.stderr.isatty():  # a live status line only where someone watches it
         from .progress import TrialProgress

@@ -3,6 +3,10 @@
 Every leaf of a space file is either a fixed value or a searched one: ``{low, high, log?, step?, default?}`` for
 numbers, ``{choices: [...], default?}`` for categories. ``prune.sparsity: auto`` searches one rate per prunable layer;
 ``prune.shares: auto`` one multiplier per prunable layer on the allocation's density for it.
+A leaf may depend on another one, searched over choices or fixed: ``{by: optimizer, adam: LEAF, sgd: LEAF}`` gives
+one leaf (fixed or searched) per value of the sibling ``optimizer`` (``by`` may also be a dotted path). Under a
+fixed parent it is that value's leaf; under a searched one each searched case is its own Optuna parameter,
+``finetune.lr[sgd]``, suggested only in the trials that draw its value, so the sampler never mixes the ranges.
 Layer names are module paths and may hold dots (``block.conv1``, ``layer1.0.conv1``): in a dotted key such as
 ``prune.sparsity.layer1.0.conv1`` everything after ``prune.sparsity.`` is the layer name.
 A searched leaf left unset (``autoprune trial``) takes its ``default`` when given, else the middle of its range
@@ -49,7 +53,8 @@ SAMPLERS = ("tpe", "nsga2", "random")  # the values of `search.sampler` and `--s
 
 @dataclass(frozen=True)
 class Dim:
-    """One searched dimension. ``path`` is the dotted key, also the Optuna parameter name."""
+    """One searched dimension. ``path`` is the Optuna parameter name: the dotted key of its leaf, or for one case
+    of a leaf that depends on a searched one, that key and the case (``finetune.lr[sgd]``)."""
 
     path: str
     low: float | int | None = None
@@ -58,6 +63,13 @@ class Dim:
     step: float | int | None = None
     choices: tuple[Any, ...] | None = None
     default: Any = None
+    leaf: str | None = None  # the dotted key it sets, when not ``path`` (a case)
+    when: tuple[str, Any] | None = None  # a case: searched only when the dimension ``when[0]`` is ``when[1]``
+
+    @property
+    def key(self) -> str:
+        """The dotted key of the leaf it sets."""
+        return self.leaf or self.path
 
     @property
     def is_int(self) -> bool:
@@ -89,10 +101,23 @@ def define_by_run(trial: optuna.Trial, dims: tuple[Dim, ...]) -> None:
     """Optuna define-by-run space: suggest every searched dimension under its dotted path.
 
     Module level on purpose: bound with ``functools.partial(define_by_run, dims=space.dims)`` it pickles by
-    reference, which Ray Tune needs to restore a search.
+    reference, which Ray Tune needs to restore a search. The cases of a dependent leaf come last, each only when
+    its parent drew its value.
     """
+    drawn = {dim.path: dim.suggest(trial) for dim in dims if dim.when is None}
     for dim in dims:
-        dim.suggest(trial)
+        if dim.when is not None and dim.when[0] in drawn and drawn[dim.when[0]] == dim.when[1]:
+            dim.suggest(trial)
+
+
+@dataclass(frozen=True)
+class Cases:
+    """A leaf that depends on a searched categorical one: its fixed values by the parent's value (its searched
+    values are ``Dim`` cases)."""
+
+    leaf: str  # the dotted key it sets
+    parent: str  # the parent's dimension
+    fixed: tuple[tuple[Any, Any], ...]  # (parent value, this leaf's value) for the cases that are fixed
 
 
 @dataclass(frozen=True)
@@ -110,6 +135,7 @@ class SearchSpace:
     early_stop: str | None = None  # `search.early_stop` in the file: off | asha
     refine: Any = None  # `search.refine` in the file: front refinement (see ``refine.py``)
     sizes: Any = None  # `search.sizes` in the file: sizes a user will pick at, refined to exactly (``refine.py``)
+    cases: tuple[Cases, ...] = ()  # leaves whose fixed value depends on a searched one
 
     @property
     def digest(self) -> str:
@@ -125,14 +151,30 @@ class SearchSpace:
         check_model(cfg.model.name)
         check_dataset(cfg.dataset.name)
 
-    def config_for(self, params: Mapping[str, Any]) -> TrialConfig:
-        """The trial configuration for values of the searched dimensions (missing ones take their midpoint)."""
-        tree = copy.deepcopy(self.base)
+    def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The value of every dimension a trial with ``params`` searches: the given ones, the others at their
+        midpoint; the cases of a dependent leaf that its parent's value leaves out are dropped."""
+        out = {d.path: params[d.path] if d.path in params else d.midpoint() for d in self.dims if d.when is None}
         for dim in self.dims:
-            _set_path(tree, dim.path, params[dim.path] if dim.path in params else dim.midpoint())
+            if dim.when is not None and out.get(dim.when[0]) == dim.when[1]:
+                out[dim.path] = params[dim.path] if dim.path in params else dim.midpoint()
+        return out
+
+    def config_for(self, params: Mapping[str, Any]) -> TrialConfig:
+        """The trial configuration for values of the searched dimensions (missing ones take their midpoint;
+        values of cases their parent's value leaves out are ignored)."""
         unknown = sorted(set(params) - {d.path for d in self.dims})
         if unknown:
             raise ConfigError(f"{self.source}: {unknown[0]} is not a searched dimension of this space")
+        tree = copy.deepcopy(self.base)
+        values = self.resolve(params)
+        for dim in self.dims:
+            if dim.path in values:
+                _set_path(tree, dim.key, values[dim.path])
+        for case in self.cases:
+            for parent_value, value in case.fixed:
+                if values[case.parent] == parent_value:
+                    _set_path(tree, case.leaf, value)
         try:
             return TrialConfig.from_dict(tree)
         except ConfigError as exc:
@@ -238,6 +280,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
 
     base: dict[str, Any] = {}
     dims: list[Dim] = []
+    pending: list[tuple[str, dict[str, Any], int]] = []  # leaves with `by`, and where their dimensions go
     for key, value in document.items():
         if key == "search":
             continue
@@ -268,8 +311,12 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
                 for layer, sub in leaf.items():
                     _collect(f"{path}.{layer}", sub, section[name], str(layer), dims, fail)
                 continue
+            if isinstance(leaf, dict) and "by" in leaf:  # resolved below, once every other leaf is known
+                pending.append((path, leaf, len(dims)))
+                continue
             _collect(path, leaf, section, name, dims, fail)
         base[key] = section
+    cases = _dependent(pending, base, dims, fail)
 
     prune = base.setdefault("prune", {})
     structured = prune.get("structured", False)
@@ -312,6 +359,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         early_stop=search.get("early_stop"),
         refine=search.get("refine"),
         sizes=search.get("sizes"),
+        cases=tuple(cases),
     )
     _validate_values(space, fail)
     if space.trials is not None and (
@@ -340,8 +388,100 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     return space
 
 
+def _label(value: Any) -> str:
+    """A parent's value as it appears in a case's parameter name: ``sgd``, ``true``, ``0.5``."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _fixed_value(base: dict[str, Any], section: str, name: str) -> Any:
+    """The value of a fixed leaf: the file's, else the config's default."""
+    if name in base.get(section, {}):
+        return base[section][name]
+    field = next(f for f in dataclasses.fields(_SECTIONS[section]) if f.name == name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+
+
+def _case(cases: dict[Any, Any], value: Any) -> bool:
+    try:
+        return value in cases
+    except TypeError:  # an unhashable value (a list) has no case
+        return False
+
+
+def _dependent(
+    pending: list[tuple[str, dict[str, Any], int]], base: dict[str, Any], dims: list[Dim], fail: Any
+) -> list[Cases]:
+    """Resolve the leaves that depend on another (``{by: PARENT, VALUE: LEAF, ...}``): under a fixed parent the
+    case for its value is an ordinary leaf; under a searched categorical one every searched case is a ``Dim``
+    searched when the parent has its value, and the fixed ones are a ``Cases``. New dimensions go where the leaf
+    stood in the file, so a file that only rewrites a leaf this way keeps its dimensions' order."""
+    searched = {d.path: d for d in dims}
+    dependent = {path for path, _, _ in pending}
+    out: list[Cases] = []
+    inserts: list[tuple[int, int, list[Dim]]] = []
+    for order, (path, leaf, index) in enumerate(pending):
+        section, name = path.split(".", 1)
+        by = leaf["by"]
+        if not isinstance(by, str) or not by:
+            raise fail(f"{path}.by must name the leaf it depends on, e.g. by: optimizer; got {by!r}")
+        parent = by if "." in by else f"{section}.{by}"
+        parts = split_key(parent)
+        try:
+            _check_known_path(parts, where=f"{path}.by")
+        except ConfigError as exc:
+            raise fail(str(exc)) from None
+        if len(parts) != 2 or parts[0] not in _SECTIONS or parent in _LAYER_MAPS:
+            raise fail(f"{path}.by: {by!r} is not a leaf of a section; name one such as optimizer or train.penalty")
+        if parent == path:
+            raise fail(f"{path}.by names the leaf itself; name the leaf its value depends on")
+        if parent in dependent:
+            raise fail(f"{path}.by: {parent} depends on another leaf itself; depend on a fixed or categorical leaf")
+        cases = {k: v for k, v in leaf.items() if k != "by"}
+        if not cases:
+            raise fail(f"{path}: no cases; give a value or a range for each value of {parent}")
+        for value, case in cases.items():
+            if isinstance(case, dict) and "by" in case:
+                raise fail(f"{path}.{_label(value)}: a case cannot depend on another leaf; give a value or a range")
+        parent_dim = searched.get(parent)
+        new: list[Dim] = []
+        if parent_dim is None:  # a fixed parent: its value's case is the leaf
+            value = _fixed_value(base, *parts)
+            if not _case(cases, value):
+                given = ", ".join(map(repr, cases))
+                raise fail(f"{path}: no case for {parent}={value!r} (cases: {given}); add one")
+            _collect(f"{path}.{_label(value)}", cases[value], base.setdefault(section, {}), name, new, fail)
+            inserts.append((index, order, [dataclasses.replace(d, path=path) for d in new]))
+            continue
+        if parent_dim.choices is None:
+            raise fail(f"{path}.by: {parent} is searched over a range; depend on a fixed or categorical leaf")
+        if path in ("prune.density", "prune.nonzero_params", "prune.allocation"):
+            raise fail(f"{path} cannot depend on a searched leaf: the baselines and size refinements set it")
+        missing = [c for c in parent_dim.choices if not _case(cases, c)]
+        if missing:
+            choices = ", ".join(map(repr, parent_dim.choices))
+            raise fail(f"{path}: no case for {parent}={missing[0]!r}; give one for each of its choices ({choices})")
+        fixed = []
+        for choice in parent_dim.choices:
+            sub: dict[str, Any] = {}
+            got: list[Dim] = []
+            _collect(f"{path}.{_label(choice)}", cases[choice], sub, name, got, fail)
+            if got:
+                case = dataclasses.replace(got[0], path=f"{path}[{_label(choice)}]", leaf=path, when=(parent, choice))
+                new.append(case)
+            else:
+                fixed.append((choice, sub[name]))
+        inserts.append((index, order, new))
+        if fixed:
+            out.append(Cases(leaf=path, parent=parent, fixed=tuple(fixed)))
+    for index, _, new in sorted(inserts, key=lambda t: (-t[0], -t[1])):
+        dims[index:index] = new
+    return out
+
+
 def _collect(path: str, leaf: Any, section: dict[str, Any], name: str, dims: list[Dim], fail: Any) -> None:
     """File a leaf as fixed (into ``section``) or searched (into ``dims``), checking the range itself."""
+    if isinstance(leaf, dict) and "by" in leaf:
+        raise fail(f"{path}: only a section's own leaf can depend on another ({{by: ...}}), not a layer's or a case")
     if isinstance(leaf, dict) and not _is_searched(leaf):
         if "choices" in leaf or "low" in leaf or "high" in leaf:
             extra = sorted(set(leaf) - (_CHOICE_KEYS if "choices" in leaf else _RANGE_KEYS))
@@ -388,7 +528,9 @@ def _validate_values(space: SearchSpace, fail: Any) -> None:
     probes: list[dict[str, Any]] = [{}]
     for dim in space.dims:
         ends = dim.choices if dim.choices is not None else (dim.low, dim.high)
-        probes.extend({dim.path: v} for v in ends)
+        parent = dict([dim.when]) if dim.when is not None else {}
+        probes.extend({**parent, dim.path: v} for v in ends)
+    probes.extend({case.parent: value} for case in space.cases for value, _ in case.fixed)
     for probe in probes:
         try:
             space.config_for(probe)

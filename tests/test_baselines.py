@@ -411,3 +411,59 @@ def test_ray_tunes_searcher_runs_the_probes_then_the_ladder_at_their_best() -> N
     assert [c["prune.density"] for c in after[:2]] == pytest.approx([0.005, 0.32])
     assert [c["finetune.lr"] for c in after[:2]] == pytest.approx([10**-2.5] * 2)
     assert [t.user_attrs.get(TRIAL_ATTR) for t in study.trials[4:]] == ["global@0.005", "global@0.32", None]
+
+
+def test_a_leaf_with_cases_is_calibrated_in_the_case_its_parent_s_probe_selects() -> None:
+    """The finetune lr searched over a range per optimizer: the probes take the default optimizer's case, or
+    each optimizer's when the optimizer is calibrated too, and the ladder runs at the chosen probe's case."""
+    from autoprune.baselines import CALIBRATION_ATTR, Calibration, calibrate_leaves, probes
+
+    finetune = {
+        "optimizer": {"choices": ["adam", "sgd"]},
+        "lr": {
+            "by": "optimizer",
+            "adam": {"low": 1e-3, "high": 5e-2, "log": True, "default": 8e-3},
+            "sgd": {"low": 1e-2, "high": 0.3, "log": True, "default": 0.05},
+        },
+    }
+    doc = {**CALIBRATED, "finetune": finetune}
+    sp = parse_space(doc)
+    assert calibrate_leaves(sp) == ["finetune.lr"]  # searched, through its cases
+    assert [b.label for b in probes(sp)] == [
+        "global@0.04 finetune.lr=0.008",
+        "global@0.04 finetune.lr=0.002828",
+        "global@0.04 finetune.lr=0.02",
+    ]
+    assert all(b.params["finetune.optimizer"] == "adam" and "finetune.lr[sgd]" not in b.params for b in probes(sp))
+    both = parse_space({**doc, "search": {"baselines": {"calibrate": ["finetune.lr", "finetune.optimizer"]}}})
+    plan = probes(both)
+    assert [b.label.removeprefix("global@0.04 ") for b in plan] == [
+        "finetune.optimizer=adam finetune.lr=0.008",
+        "finetune.optimizer=adam finetune.lr=0.002828",
+        "finetune.optimizer=adam finetune.lr=0.02",
+        "finetune.optimizer=sgd finetune.lr=0.05",
+        "finetune.optimizer=sgd finetune.lr=0.02236",
+        "finetune.optimizer=sgd finetune.lr=0.1225",
+    ]
+    assert plan[4].params["finetune.lr[sgd]"] == pytest.approx(math.sqrt(1e-2 * 0.05))
+    # The probe at SGD's 0.1225 wins by far: every rung runs SGD at that lr.
+    lines: list[str] = []
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.RandomSampler(seed=0))
+    seed_baselines(study, both, limit=12)
+    asked = [ask(study, both.dims) for _ in plan]
+    assert [t.params for t in asked] == [b.params for b in plan]
+    for trial, acc in zip(asked, (0.80, 0.78, 0.79, 0.70, 0.75, 0.90), strict=True):
+        _finish(study, trial, acc)
+    assert Calibration(both, log=lines.append).before_ask(study) is False
+    chosen = {"finetune.optimizer": "sgd", "finetune.lr[sgd]": pytest.approx(math.sqrt(0.05 * 0.3))}
+    assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == chosen
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 6
+    for t in waiting:
+        fixed = t.system_attrs["fixed_params"]
+        assert fixed["finetune.optimizer"] == "sgd" and "finetune.lr[adam]" not in fixed
+        assert fixed["finetune.lr[sgd]"] == pytest.approx(math.sqrt(0.05 * 0.3))
+    assert "calibration chose finetune.optimizer=sgd finetune.lr[sgd]=0.1225 (trial 5, val 0.9000" in lines[0]
+    rung = ask(study, both.dims)
+    assert both.config_for(rung.params).finetune.optimizer == "sgd"
+    assert both.config_for(rung.params).finetune.lr == pytest.approx(math.sqrt(0.05 * 0.3))

@@ -273,3 +273,117 @@ def test_density_leaves_validate(prune: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_space({**BASE, "prune": prune})
     assert message in str(info.value)
+
+
+# A leaf whose value or range depends on another leaf (`by`).
+ADAM_LR = {"low": 1e-3, "high": 5e-2, "log": True, "default": 8e-3}
+SGD_LR = {"low": 1e-2, "high": 0.3, "log": True, "default": 0.05}
+BY_OPTIMIZER = {
+    "optimizer": {"choices": ["adam", "sgd"]},
+    "lr": {"by": "optimizer", "adam": ADAM_LR, "sgd": SGD_LR},
+    "nesterov": {"by": "optimizer", "adam": False, "sgd": True},
+    "momentum": {"by": "finetune.optimizer", "adam": 0.9, "sgd": {"low": 0.5, "high": 0.99}},
+}
+
+
+def test_a_leaf_searched_by_the_value_of_a_categorical_one_is_one_parameter_per_case() -> None:
+    space = parse_space({**BASE, "finetune": BY_OPTIMIZER})
+    dims = {d.path: d for d in space.dims}
+    assert [p for p in dims if p.startswith("finetune.")] == [
+        "finetune.optimizer",
+        "finetune.lr[adam]",
+        "finetune.lr[sgd]",
+        "finetune.momentum[sgd]",
+    ]
+    assert (dims["finetune.lr[sgd]"].low, dims["finetune.lr[sgd]"].high) == (1e-2, 0.3)
+    assert dims["finetune.lr[sgd]"].when == ("finetune.optimizer", "sgd")
+    assert dims["finetune.lr[sgd]"].key == "finetune.lr"
+    fn = pickle.loads(pickle.dumps(partial(define_by_run, dims=space.dims)))
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
+    drawn = {"adam": 0, "sgd": 0}
+    for _ in range(24):
+        trial = study.ask()
+        fn(trial)
+        optimizer = trial.params["finetune.optimizer"]
+        drawn[optimizer] += 1
+        # only the drawn optimizer's cases are parameters of the trial
+        cases = {p for p in trial.params if p.startswith(("finetune.lr", "finetune.momentum"))}
+        expected = {"finetune.lr[adam]"} if optimizer == "adam" else {"finetune.lr[sgd]", "finetune.momentum[sgd]"}
+        assert cases == expected
+        cfg = space.config_for(trial.params)
+        low, high = (1e-3, 5e-2) if optimizer == "adam" else (1e-2, 0.3)
+        assert cfg.finetune.optimizer == optimizer and low <= cfg.finetune.lr <= high
+        assert cfg.finetune.lr == trial.params[f"finetune.lr[{optimizer}]"]
+        assert cfg.finetune.nesterov is (optimizer == "sgd")
+        if optimizer == "adam":
+            assert cfg.finetune.momentum == 0.9
+        else:
+            assert cfg.finetune.momentum == trial.params["finetune.momentum[sgd]"]
+        study.tell(trial, cfg.finetune.lr)  # a score that ranks the two lrs' scales apart
+    assert min(drawn.values()) > 0
+    # The defaults are the parent's first choice's case; another case's value is ignored, a name outside the
+    # space is refused.
+    assert space.resolve({}) == {**space.resolve({}), "finetune.optimizer": "adam", "finetune.lr[adam]": 8e-3}
+    assert "finetune.lr[sgd]" not in space.resolve({})
+    cfg = space.config_for({"finetune.lr[sgd]": 0.2})
+    assert (cfg.finetune.optimizer, cfg.finetune.lr, cfg.finetune.nesterov) == ("adam", 8e-3, False)
+    sgd = space.config_for({"finetune.optimizer": "sgd"})
+    assert (sgd.finetune.lr, sgd.finetune.momentum) == (0.05, pytest.approx(0.745))
+    with pytest.raises(ConfigError, match=r"finetune\.lr\[rmsprop\] is not a searched dimension"):
+        space.config_for({"finetune.lr[rmsprop]": 0.1})
+
+
+def test_under_a_fixed_parent_a_leaf_is_its_value_s_case_in_the_leaf_s_place(tmp_path: Path) -> None:
+    doc = {**BASE, "finetune": {**BY_OPTIMIZER, "optimizer": "adam"}}
+    plain = {**BASE, "finetune": {"optimizer": "adam", "lr": ADAM_LR, "nesterov": False, "momentum": 0.9}}
+    # the same dimensions, in the same order, as the file that writes Adam's leaves out: the same search
+    assert parse_space(doc).dims == parse_space(plain).dims
+    path = write(tmp_path, doc)
+    sgd = load_space(path, ["finetune.optimizer=sgd"])  # one override switches every dependent leaf
+    dims = {d.path: d for d in sgd.dims}
+    assert (dims["finetune.lr"].low, dims["finetune.lr"].high, dims["finetune.lr"].default) == (1e-2, 0.3, 0.05)
+    assert "finetune.momentum" in dims
+    assert sgd.default_config().finetune.nesterov is True
+    # the parent left at the config's default (sgd) selects that case
+    default = {**BASE, "finetune": {k: v for k, v in BY_OPTIMIZER.items() if k != "optimizer"}}
+    assert parse_space(default).default_config().finetune.lr == 0.05
+
+
+@pytest.mark.parametrize(
+    ("finetune", "message"),
+    [
+        (
+            {**BY_OPTIMIZER, "lr": {"by": "optimizer", "adam": ADAM_LR}},
+            "finetune.lr: no case for finetune.optimizer='sgd",
+        ),
+        ({"optimizer": "adam", "lr": {"by": "optimizer", "sgd": 0.1}}, "no case for finetune.optimizer='adam'"),
+        ({"lr": {"by": "grad_clip", "adam": 0.1}}, "no case for finetune.grad_clip=None"),
+        ({"grad_clip": {"low": 1.0, "high": 5.0}, "lr": {"by": "grad_clip", "x": 0.1}}, "searched over a range"),
+        ({"lr": {"by": "optimiser", "adam": 0.1}}, "unknown key finetune.optimiser; known keys:"),
+        ({"lr": {"by": "lr", "adam": 0.1}}, "finetune.lr.by names the leaf itself"),
+        ({"lr": {"by": "optimizer"}}, "finetune.lr: no cases"),
+        ({"lr": {"by": 3, "sgd": 0.1}}, "finetune.lr.by must name the leaf it depends on"),
+        ({"lr": {"by": "optimizer", "sgd": {"by": "optimizer", "sgd": 0.1}}}, "finetune.lr.sgd: a case cannot depend"),
+        (
+            {**BY_OPTIMIZER, "weight_decay": {"by": "momentum", "adam": 0.0, "sgd": 0.0}},
+            "finetune.momentum depends on another leaf itself",
+        ),
+        ({**BY_OPTIMIZER, "momentum": {"by": "optimizer", "adam": 0.9, "sgd": 1.5}}, "finetune.momentum must be"),
+    ],
+)
+def test_a_bad_dependent_leaf_is_refused_with_its_key(finetune: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_space({**BASE, "finetune": finetune})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_size_and_per_layer_values_cannot_depend_on_a_searched_leaf() -> None:
+    prune = {"allocation": {"choices": ["global", "erk"]}, "density": {"by": "allocation", "global": 0.1, "erk": 0.2}}
+    with pytest.raises(ConfigError, match=r"prune\.density cannot depend on a searched leaf"):
+        parse_space({**BASE, "prune": prune})
+    fixed = {"allocation": "erk", "density": {"by": "allocation", "global": 0.1, "erk": {"low": 0.01, "high": 0.2}}}
+    density = next(d for d in parse_space({**BASE, "prune": fixed}).dims if d.path == "prune.density")
+    assert (density.low, density.high, density.when) == (0.01, 0.2, None)  # a fixed parent is fine
+    per_layer = {"sparsity": {"fc1": {"by": "train.penalty", "l1": 0.5}}}
+    with pytest.raises(ConfigError, match=r"prune\.sparsity\.fc1: only a section's own leaf"):
+        parse_space({**BASE, "prune": per_layer})
