@@ -19,7 +19,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ._leaves import LAYER_MAPS, SEARCH_KEYS, TOP_LEVEL, check_known_path, collect, dependent, is_searched, split_key
+from ._leaves import Cases as Cases  # re-exported with Dim: the searched dimensions
+from ._leaves import Dim as Dim
 from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shipped spaces
 from ._spacefile import load_yaml, resolve_space_path
 from ._spacemodel import model_layers
@@ -39,62 +41,9 @@ from .stopping import EARLY_STOP_MODES
 if TYPE_CHECKING:
     import optuna
 
-_TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp")
-_SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine", "sizes")
-_RANGE_KEYS = {"low", "high", "log", "step", "default"}
-_CHOICE_KEYS = {"choices", "default"}
-# Leaves whose value is itself a mapping keyed by layer name.
-_LAYER_MAPS = ("prune.sparsity", "prune.shares", "train.lr_multipliers")
 AUTO_SPARSITY = (0.0, 0.95)  # the range `prune.sparsity: auto` searches for every prunable layer
 AUTO_SHARES = (0.25, 4.0)  # the log range `prune.shares: auto` searches for every prunable layer
-# Image shapes of the built-in datasets, so layer names validate without loading any data.
 SAMPLERS = ("tpe", "nsga2", "random")  # the values of `search.sampler` and `--sampler`
-
-
-@dataclass(frozen=True)
-class Dim:
-    """One searched dimension. ``path`` is the Optuna parameter name: the dotted key of its leaf, or for one case
-    of a leaf that depends on a searched one, that key and the case (``finetune.lr[sgd]``)."""
-
-    path: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple[Any, ...] | None = None
-    default: Any = None
-    leaf: str | None = None  # the dotted key it sets, when not ``path`` (a case)
-    when: tuple[str, Any] | None = None  # a case: searched only when the dimension ``when[0]`` is ``when[1]``
-
-    @property
-    def key(self) -> str:
-        """The dotted key of the leaf it sets."""
-        return self.leaf or self.path
-
-    @property
-    def is_int(self) -> bool:
-        return self.choices is None and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high, self.step or 1)
-        )
-
-    def midpoint(self) -> Any:
-        """The value a trial uses when nothing fixes this dimension."""
-        if self.default is not None:
-            return self.default
-        if self.choices is not None:
-            return self.choices[0]
-        assert self.low is not None and self.high is not None
-        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        if self.step:
-            mid = self.low + round((mid - self.low) / self.step) * self.step
-        return round(mid) if self.is_int else float(mid)
-
-    def suggest(self, trial: optuna.Trial) -> Any:
-        if self.choices is not None:
-            return trial.suggest_categorical(self.path, list(self.choices))
-        if self.is_int:
-            return trial.suggest_int(self.path, self.low, self.high, step=self.step or 1, log=self.log)
-        return trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.log)
 
 
 def define_by_run(trial: optuna.Trial, dims: tuple[Dim, ...]) -> None:
@@ -108,16 +57,6 @@ def define_by_run(trial: optuna.Trial, dims: tuple[Dim, ...]) -> None:
     for dim in dims:
         if dim.when is not None and dim.when[0] in drawn and drawn[dim.when[0]] == dim.when[1]:
             dim.suggest(trial)
-
-
-@dataclass(frozen=True)
-class Cases:
-    """A leaf that depends on a searched categorical one: its fixed values by the parent's value (its searched
-    values are ``Dim`` cases)."""
-
-    leaf: str  # the dotted key it sets
-    parent: str  # the parent's dimension
-    fixed: tuple[tuple[Any, Any], ...]  # (parent value, this leaf's value) for the cases that are fixed
 
 
 @dataclass(frozen=True)
@@ -224,7 +163,7 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
             f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"
         ) from None
     parts = split_key(key)
-    _check_known_path(parts, where=f"--set {key}")
+    check_known_path(parts, where=f"--set {key}")
     node = document
     for part in parts[:-1]:
         child = node.get(part)
@@ -235,35 +174,6 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def _check_known_path(parts: list[str], *, where: str) -> None:
-    if parts[0] not in _TOP_LEVEL:
-        raise ConfigError(f"{where}: unknown key {parts[0]!r}; top-level keys: {', '.join(_TOP_LEVEL)}")
-    if len(parts) == 1:
-        return
-    if parts[0] in ("seed", "device", "amp"):
-        raise ConfigError(f"{where}: {parts[0]} takes a value, not sub-keys")
-    known = _SEARCH_KEYS if parts[0] == "search" else tuple(f.name for f in dataclasses.fields(_SECTIONS[parts[0]]))
-    if parts[1] not in known:
-        raise ConfigError(f"{where}: unknown key {parts[0]}.{parts[1]}; known keys: {', '.join(known)}")
-    if len(parts) > 2 and ".".join(parts[:2]) not in _LAYER_MAPS:
-        raise ConfigError(f"{where}: {parts[0]}.{parts[1]} takes a value, not sub-keys")
-
-
-def split_key(key: str) -> list[str]:
-    """The parts of a dotted key; under a layer map the whole rest is one layer name (``layer1.0.conv1``)."""
-    for mapping in _LAYER_MAPS:
-        if key.startswith(mapping + ".") and len(key) > len(mapping) + 1:
-            return [*mapping.split("."), key[len(mapping) + 1 :]]
-    return key.split(".")
-
-
-def _is_searched(value: Any) -> bool:
-    return isinstance(value, dict) and (
-        ("choices" in value and set(value) <= _CHOICE_KEYS)
-        or ({"low", "high"} <= set(value) and set(value) <= _RANGE_KEYS)
-    )
-
-
 def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchSpace:
     """Validate a space document (already loaded) into a ``SearchSpace``."""
 
@@ -272,11 +182,11 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
 
     document = copy.deepcopy(document)
     for key in document:
-        if key not in _TOP_LEVEL:
-            raise fail(f"unknown key {key!r}; top-level keys: {', '.join(_TOP_LEVEL)}")
+        if key not in TOP_LEVEL:
+            raise fail(f"unknown key {key!r}; top-level keys: {', '.join(TOP_LEVEL)}")
     search = document.get("search") or {}
-    if not isinstance(search, dict) or set(search) - set(_SEARCH_KEYS):
-        raise fail(f"search must be a mapping with keys {', '.join(_SEARCH_KEYS)}, got {search!r}")
+    if not isinstance(search, dict) or set(search) - set(SEARCH_KEYS):
+        raise fail(f"search must be a mapping with keys {', '.join(SEARCH_KEYS)}, got {search!r}")
 
     base: dict[str, Any] = {}
     dims: list[Dim] = []
@@ -285,7 +195,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         if key == "search":
             continue
         if key in ("seed", "device", "amp"):
-            if _is_searched(value):
+            if is_searched(value):
                 raise fail(f"{key} cannot be searched")
             base[key] = value
             continue
@@ -299,7 +209,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
             path = f"{key}.{name}"
             if name not in known:
                 raise fail(f"unknown key {path}; known keys: {', '.join(sorted(known))}")
-            if path in _LAYER_MAPS:
+            if path in LAYER_MAPS:
                 if leaf == "auto" and path in ("prune.sparsity", "prune.shares"):
                     section[name] = "auto"
                     continue
@@ -309,14 +219,14 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
                     raise fail(f"{path} must map layer names to values{' or be auto' if name == 'sparsity' else ''}")
                 section[name] = {}
                 for layer, sub in leaf.items():
-                    _collect(f"{path}.{layer}", sub, section[name], str(layer), dims, fail)
+                    collect(f"{path}.{layer}", sub, section[name], str(layer), dims, fail)
                 continue
             if isinstance(leaf, dict) and "by" in leaf:  # resolved below, once every other leaf is known
                 pending.append((path, leaf, len(dims)))
                 continue
-            _collect(path, leaf, section, name, dims, fail)
+            collect(path, leaf, section, name, dims, fail)
         base[key] = section
-    cases = _dependent(pending, base, dims, fail)
+    cases = dependent(pending, base, dims, fail)
 
     prune = base.setdefault("prune", {})
     structured = prune.get("structured", False)
@@ -332,9 +242,9 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         dims.extend(Dim(path=f"prune.shares.{n}", low=AUTO_SHARES[0], high=AUTO_SHARES[1], log=True) for n in layers)
     for dim in dims:
         parts = split_key(dim.path)
-        if ".".join(parts[:2]) in _LAYER_MAPS and parts[-1] not in layers:
+        if ".".join(parts[:2]) in LAYER_MAPS and parts[-1] not in layers:
             raise fail(f"{dim.path}: unknown layer {parts[-1]!r}; prunable layers: {', '.join(layers)}")
-    for mapping in _LAYER_MAPS:
+    for mapping in LAYER_MAPS:
         sec, name = mapping.split(".")
         for layer in base.get(sec, {}).get(name, {}) or {}:
             if layer not in layers:
@@ -386,141 +296,6 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     if space.early_stop is not None and space.early_stop not in EARLY_STOP_MODES:
         raise fail(f"search.early_stop must be one of {', '.join(EARLY_STOP_MODES)}, got {space.early_stop!r}")
     return space
-
-
-def _label(value: Any) -> str:
-    """A parent's value as it appears in a case's parameter name: ``sgd``, ``true``, ``0.5``."""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _fixed_value(base: dict[str, Any], section: str, name: str) -> Any:
-    """The value of a fixed leaf: the file's, else the config's default."""
-    if name in base.get(section, {}):
-        return base[section][name]
-    field = next(f for f in dataclasses.fields(_SECTIONS[section]) if f.name == name)
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
-
-
-def _case(cases: dict[Any, Any], value: Any) -> bool:
-    try:
-        return value in cases
-    except TypeError:  # an unhashable value (a list) has no case
-        return False
-
-
-def _dependent(
-    pending: list[tuple[str, dict[str, Any], int]], base: dict[str, Any], dims: list[Dim], fail: Any
-) -> list[Cases]:
-    """Resolve the leaves that depend on another (``{by: PARENT, VALUE: LEAF, ...}``): under a fixed parent the
-    case for its value is an ordinary leaf; under a searched categorical one every searched case is a ``Dim``
-    searched when the parent has its value, and the fixed ones are a ``Cases``. New dimensions go where the leaf
-    stood in the file, so a file that only rewrites a leaf this way keeps its dimensions' order."""
-    searched = {d.path: d for d in dims}
-    dependent = {path for path, _, _ in pending}
-    out: list[Cases] = []
-    inserts: list[tuple[int, int, list[Dim]]] = []
-    for order, (path, leaf, index) in enumerate(pending):
-        section, name = path.split(".", 1)
-        by = leaf["by"]
-        if not isinstance(by, str) or not by:
-            raise fail(f"{path}.by must name the leaf it depends on, e.g. by: optimizer; got {by!r}")
-        parent = by if "." in by else f"{section}.{by}"
-        parts = split_key(parent)
-        try:
-            _check_known_path(parts, where=f"{path}.by")
-        except ConfigError as exc:
-            raise fail(str(exc)) from None
-        if len(parts) != 2 or parts[0] not in _SECTIONS or parent in _LAYER_MAPS:
-            raise fail(f"{path}.by: {by!r} is not a leaf of a section; name one such as optimizer or train.penalty")
-        if parent == path:
-            raise fail(f"{path}.by names the leaf itself; name the leaf its value depends on")
-        if parent in dependent:
-            raise fail(f"{path}.by: {parent} depends on another leaf itself; depend on a fixed or categorical leaf")
-        cases = {k: v for k, v in leaf.items() if k != "by"}
-        if not cases:
-            raise fail(f"{path}: no cases; give a value or a range for each value of {parent}")
-        for value, case in cases.items():
-            if isinstance(case, dict) and "by" in case:
-                raise fail(f"{path}.{_label(value)}: a case cannot depend on another leaf; give a value or a range")
-        parent_dim = searched.get(parent)
-        new: list[Dim] = []
-        if parent_dim is None:  # a fixed parent: its value's case is the leaf
-            value = _fixed_value(base, *parts)
-            if not _case(cases, value):
-                given = ", ".join(map(repr, cases))
-                raise fail(f"{path}: no case for {parent}={value!r} (cases: {given}); add one")
-            _collect(f"{path}.{_label(value)}", cases[value], base.setdefault(section, {}), name, new, fail)
-            inserts.append((index, order, [dataclasses.replace(d, path=path) for d in new]))
-            continue
-        if parent_dim.choices is None:
-            raise fail(f"{path}.by: {parent} is searched over a range; depend on a fixed or categorical leaf")
-        if path in ("prune.density", "prune.nonzero_params", "prune.allocation"):
-            raise fail(f"{path} cannot depend on a searched leaf: the baselines and size refinements set it")
-        missing = [c for c in parent_dim.choices if not _case(cases, c)]
-        if missing:
-            choices = ", ".join(map(repr, parent_dim.choices))
-            raise fail(f"{path}: no case for {parent}={missing[0]!r}; give one for each of its choices ({choices})")
-        fixed = []
-        for choice in parent_dim.choices:
-            sub: dict[str, Any] = {}
-            got: list[Dim] = []
-            _collect(f"{path}.{_label(choice)}", cases[choice], sub, name, got, fail)
-            if got:
-                case = dataclasses.replace(got[0], path=f"{path}[{_label(choice)}]", leaf=path, when=(parent, choice))
-                new.append(case)
-            else:
-                fixed.append((choice, sub[name]))
-        inserts.append((index, order, new))
-        if fixed:
-            out.append(Cases(leaf=path, parent=parent, fixed=tuple(fixed)))
-    for index, _, new in sorted(inserts, key=lambda t: (-t[0], -t[1])):
-        dims[index:index] = new
-    return out
-
-
-def _collect(path: str, leaf: Any, section: dict[str, Any], name: str, dims: list[Dim], fail: Any) -> None:
-    """File a leaf as fixed (into ``section``) or searched (into ``dims``), checking the range itself."""
-    if isinstance(leaf, dict) and "by" in leaf:
-        raise fail(f"{path}: only a section's own leaf can depend on another ({{by: ...}}), not a layer's or a case")
-    if isinstance(leaf, dict) and not _is_searched(leaf):
-        if "choices" in leaf or "low" in leaf or "high" in leaf:
-            extra = sorted(set(leaf) - (_CHOICE_KEYS if "choices" in leaf else _RANGE_KEYS))
-            missing = "" if "choices" in leaf or {"low", "high"} <= set(leaf) else " (a range needs both low and high)"
-            detail = f"unknown key {extra[0]!r}" if extra else "incomplete range"
-            raise fail(f"{path}: {detail}{missing}; a searched value is {{low, high, log, step}} or {{choices: [...]}}")
-        raise fail(f"{path}: unexpected mapping {leaf!r}; give a value, {{low, high, ...}} or {{choices: [...]}}")
-    if not _is_searched(leaf):
-        section[name] = leaf
-        return
-    default = leaf.get("default")
-    if "choices" in leaf:
-        choices = leaf["choices"]
-        if not isinstance(choices, list) or not choices:
-            raise fail(f"{path}: choices must be a non-empty list, got {choices!r}")
-        if len(choices) == 1:  # a single choice is a fixed value
-            section[name] = choices[0]
-            return
-        if default is not None and default not in choices:
-            raise fail(f"{path}: default {default!r} is not one of the choices {choices}")
-        dims.append(Dim(path=path, choices=tuple(choices), default=default))
-        return
-    low, high, log, step = leaf["low"], leaf["high"], leaf.get("log", False), leaf.get("step")
-    for label, v in (("low", low), ("high", high)) + ((("step", step),) if step is not None else ()):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise fail(f"{path}.{label} must be a finite number, got {v!r}")
-    if not isinstance(log, bool):
-        raise fail(f"{path}.log must be true or false, got {log!r}")
-    if low > high:
-        raise fail(f"{path}: inverted range, low={low} > high={high}; swap them")
-    if low == high:
-        raise fail(f"{path}: empty range, low == high == {low}; give a fixed value instead")
-    if log and low <= 0:
-        raise fail(f"{path}: a log range needs low > 0, got low={low}")
-    if step is not None and (step <= 0 or log):
-        raise fail(f"{path}: step must be > 0 and cannot be combined with log, got step={step}")
-    if default is not None and not (low <= default <= high):
-        raise fail(f"{path}: default {default!r} is outside [{low}, {high}]")
-    dims.append(Dim(path=path, low=low, high=high, log=log, step=step, default=default))
 
 
 def _validate_values(space: SearchSpace, fail: Any) -> None:
