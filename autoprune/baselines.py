@@ -12,7 +12,8 @@ The space file chooses the ladder under ``search.baselines``:
 - omitted or ``true``: ``DEFAULT_RUNGS`` densities for every declared allocation but ``per_layer``;
 - ``false`` or ``0``: no baselines;
 - a number N: N densities per allocation; a list: those densities, for every allocation;
-- a mapping ``{densities: N | [d, ...], allocations: [global, ...], calibrate: [leaf, ...]}``: each chosen.
+- a mapping ``{densities: N | [d, ...], allocations: [global, ...], calibrate: [leaf, ...]}``: each chosen (a
+  calibrated leaf that the file or ``--set`` fixes is not calibrated).
 
 Calibration. Every baseline runs the space's defaults, and one default decides more than the others how well a model
 finetunes: the finetune lr (with Adam, a residual net without normalisation wants 2e-2 to 3e-2 where LeNet-300-100
@@ -210,13 +211,25 @@ def calibrate_leaves(space: SearchSpace) -> list[str]:
     for path in leaves:
         if path in fixed:
             raise ConfigError(f"{where}: {path} is set by the ladder itself; calibrate another leaf, e.g. finetune.lr")
-        if path not in searched:
-            raise ConfigError(
-                f"{where}: {path!r} is not a searched leaf of this space; searched: {', '.join(sorted(searched))}"
-            )
+        if path not in searched and not _is_leaf(path):
+            raise ConfigError(f"{where}: unknown leaf {path!r}; this space searches {', '.join(sorted(searched))}")
     if len(set(leaves)) != len(leaves):
         raise ConfigError(f"{where} lists a leaf twice: {leaves!r}")
-    return list(leaves)
+    # A leaf the file or --set fixes has nothing to calibrate: `--set finetune.optimizer=sgd` on a space that
+    # calibrates the optimizer and the lr calibrates the lr alone.
+    return [p for p in leaves if p in searched]
+
+
+def _is_leaf(path: str) -> bool:
+    """Whether ``path`` names a leaf of a section (``finetune.momentum``), searched or not."""
+    from ._leaves import LAYER_MAPS, check_known_path, split_key
+
+    parts = split_key(path)
+    try:
+        check_known_path(parts, where="")
+    except ConfigError:
+        return False
+    return len(parts) == 2 and parts[0] not in ("search", "seed", "device", "amp") and path not in LAYER_MAPS
 
 
 def probe_values(dim: Dim) -> list[Any]:

@@ -243,6 +243,8 @@ def test_the_finetune_lr_is_calibrated_by_default_when_searched() -> None:
         assert {k: v for k, v in b.params.items() if k not in ("prune.density", "finetune.lr")} == {
             k: v for k, v in first.items() if k not in ("prune.density", "finetune.lr")
         }
+    # a leaf the file (or --set) fixes has nothing to calibrate: left out, the others calibrated
+    assert calibrate_leaves(calibrated({"calibrate": ["finetune.momentum", "finetune.lr"]})) == ["finetune.lr"]
     two = probes(calibrated({"calibrate": ["finetune.lr", "prune.schedule"]}))
     assert len(two) == 3 * 2 and two[0].label == "global@0.04 finetune.lr=0.01 prune.schedule=one_shot"
 
@@ -250,7 +252,9 @@ def test_the_finetune_lr_is_calibrated_by_default_when_searched() -> None:
 @pytest.mark.parametrize(
     ("calibrate", "message"),
     [
-        (["finetune.momentum"], "'finetune.momentum' is not a searched leaf of this space; searched:"),
+        (["finetune.momentun"], "unknown leaf 'finetune.momentun'; this space searches finetune.distill_weight"),
+        (["prune.sparsity"], "unknown leaf 'prune.sparsity'"),
+        (["search.trials"], "unknown leaf 'search.trials'"),
         (["prune.density"], "prune.density is set by the ladder itself"),
         (["finetune.lr", "finetune.lr"], "lists a leaf twice"),
         (3, "must be a list of searched leaves"),
