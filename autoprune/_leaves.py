@@ -142,7 +142,7 @@ def dependent(
     searched when the parent has its value, and the fixed ones are a ``Cases``. New dimensions go where the leaf
     stood in the file, so a file that only rewrites a leaf this way keeps its dimensions' order."""
     searched = {d.path: d for d in dims}
-    dependent = {path for path, _, _ in pending}
+    with_cases = {path for path, _, _ in pending}
     out: list[Cases] = []
     inserts: list[tuple[int, int, list[Dim]]] = []
     for order, (path, leaf, index) in enumerate(pending):
@@ -160,7 +160,7 @@ def dependent(
             raise fail(f"{path}.by: {by!r} is not a leaf of a section; name one such as optimizer or train.penalty")
         if parent == path:
             raise fail(f"{path}.by names the leaf itself; name the leaf its value depends on")
-        if parent in dependent:
+        if parent in with_cases:
             raise fail(f"{path}.by: {parent} depends on another leaf itself; depend on a fixed or categorical leaf")
         cases = {k: v for k, v in leaf.items() if k != "by"}
         if not cases:
