@@ -99,6 +99,16 @@ def check_known_path(parts: list[str], *, where: str) -> None:
         raise ConfigError(f"{where}: {parts[0]}.{parts[1]} takes a value, not sub-keys")
 
 
+def section_leaf(path: str, *, where: str) -> list[str]:
+    """The parts of ``path`` if it names a leaf of a section (``finetune.optimizer``, ``train.penalty``), searched
+    or not; else a ``ConfigError`` that says why."""
+    parts = split_key(path)
+    check_known_path(parts, where=where)
+    if len(parts) != 2 or parts[0] not in _SECTIONS or path in LAYER_MAPS:
+        raise ConfigError(f"{where}: {path!r} is not a leaf of a section; name one such as finetune.optimizer")
+    return parts
+
+
 def split_key(key: str) -> list[str]:
     """The parts of a dotted key; under a layer map the whole rest is one layer name (``layer1.0.conv1``)."""
     for mapping in LAYER_MAPS:
@@ -123,8 +133,7 @@ def _fixed_value(base: dict[str, Any], section: str, name: str) -> Any:
     """The value of a fixed leaf: the file's, else the config's default."""
     if name in base.get(section, {}):
         return base[section][name]
-    field = next(f for f in dataclasses.fields(_SECTIONS[section]) if f.name == name)
-    return field.default_factory() if field.default is dataclasses.MISSING else field.default  # type: ignore[misc]
+    return getattr(_SECTIONS[section](), name)
 
 
 def _case(cases: dict[Any, Any], value: Any) -> bool:
@@ -144,20 +153,17 @@ def dependent(
     searched = {d.path: d for d in dims}
     with_cases = {path for path, _, _ in pending}
     out: list[Cases] = []
-    inserts: list[tuple[int, int, list[Dim]]] = []
-    for order, (path, leaf, index) in enumerate(pending):
+    inserts: list[tuple[int, list[Dim]]] = []  # in file order, so their indices never decrease
+    for path, leaf, index in pending:
         section, name = path.split(".", 1)
         by = leaf["by"]
         if not isinstance(by, str) or not by:
             raise fail(f"{path}.by must name the leaf it depends on, e.g. by: optimizer; got {by!r}")
         parent = by if "." in by else f"{section}.{by}"
-        parts = split_key(parent)
         try:
-            check_known_path(parts, where=f"{path}.by")
+            parts = section_leaf(parent, where=f"{path}.by")
         except ConfigError as exc:
             raise fail(str(exc)) from None
-        if len(parts) != 2 or parts[0] not in _SECTIONS or parent in LAYER_MAPS:
-            raise fail(f"{path}.by: {by!r} is not a leaf of a section; name one such as optimizer or train.penalty")
         if parent == path:
             raise fail(f"{path}.by names the leaf itself; name the leaf its value depends on")
         if parent in with_cases:
@@ -176,7 +182,7 @@ def dependent(
                 given = ", ".join(map(repr, cases))
                 raise fail(f"{path}: no case for {parent}={value!r} (cases: {given}); add one")
             collect(f"{path}.{_label(value)}", cases[value], base.setdefault(section, {}), name, new, fail)
-            inserts.append((index, order, [dataclasses.replace(d, path=path) for d in new]))
+            inserts.append((index, [dataclasses.replace(d, path=path) for d in new]))
             continue
         if parent_dim.choices is None:
             raise fail(f"{path}.by: {parent} is searched over a range; depend on a fixed or categorical leaf")
@@ -196,10 +202,10 @@ def dependent(
                 new.append(case)
             else:
                 fixed.append((choice, sub[name]))
-        inserts.append((index, order, new))
+        inserts.append((index, new))
         if fixed:
             out.append(Cases(leaf=path, parent=parent, fixed=tuple(fixed)))
-    for index, _, new in sorted(inserts, key=lambda t: (-t[0], -t[1])):
+    for index, new in reversed(inserts):  # the last first: earlier indices stay valid, and ties keep file order
         dims[index:index] = new
     return out
 

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._leaves import section_leaf
 from .config import STRUCTURED_ALLOCATIONS
 from .errors import ConfigError
 
@@ -211,25 +212,18 @@ def calibrate_leaves(space: SearchSpace) -> list[str]:
     for path in leaves:
         if path in fixed:
             raise ConfigError(f"{where}: {path} is set by the ladder itself; calibrate another leaf, e.g. finetune.lr")
-        if path not in searched and not _is_leaf(path):
-            raise ConfigError(f"{where}: unknown leaf {path!r}; this space searches {', '.join(sorted(searched))}")
+        if path not in searched:
+            try:
+                section_leaf(path, where=where)
+            except ConfigError:
+                raise ConfigError(
+                    f"{where}: unknown leaf {path!r}; this space searches {', '.join(sorted(searched))}"
+                ) from None
     if len(set(leaves)) != len(leaves):
         raise ConfigError(f"{where} lists a leaf twice: {leaves!r}")
     # A leaf the file or --set fixes has nothing to calibrate: `--set finetune.optimizer=sgd` on a space that
     # calibrates the optimizer and the lr calibrates the lr alone.
     return [p for p in leaves if p in searched]
-
-
-def _is_leaf(path: str) -> bool:
-    """Whether ``path`` names a leaf of a section (``finetune.momentum``), searched or not."""
-    from ._leaves import LAYER_MAPS, check_known_path, split_key
-
-    parts = split_key(path)
-    try:
-        check_known_path(parts, where="")
-    except ConfigError:
-        return False
-    return len(parts) == 2 and parts[0] not in ("search", "seed", "device", "amp") and path not in LAYER_MAPS
 
 
 def probe_values(dim: Dim) -> list[Any]:
