@@ -99,6 +99,24 @@ def check_known_path(parts: list[str], *, where: str) -> None:
         raise ConfigError(f"{where}: {parts[0]}.{parts[1]} takes a value, not sub-keys")
 
 
+def case_of(document: dict[str, Any], parts: list[str], *, where: str) -> tuple[dict[Any, Any], Any] | None:
+    """``finetune.lr.sgd`` names one case of a leaf that depends on another: (the leaf's mapping, the case's key as
+    the file writes it), so ``--set`` can set that case alone; None if ``parts`` is no such path."""
+    if len(parts) != 3 or parts[0] not in _SECTIONS:
+        return None
+    leaf = (document.get(parts[0]) or {}).get(parts[1]) if isinstance(document.get(parts[0]), dict) else None
+    if not isinstance(leaf, dict) or "by" not in leaf:
+        return None
+    for key in leaf:
+        if _label(key) == parts[2]:
+            return leaf, key
+    given = ", ".join(_label(k) for k in leaf if k != "by")
+    raise ConfigError(
+        f"{where}: {parts[0]}.{parts[1]} has no case {parts[2]!r} (its cases: {given}); set one of those, or the "
+        f"whole leaf: --set '{parts[0]}.{parts[1]}={{by: ..., VALUE: ...}}'"
+    )
+
+
 def section_leaf(path: str, *, where: str) -> list[str]:
     """The parts of ``path`` if it names a leaf of a section (``finetune.optimizer``, ``train.penalty``), searched
     or not; else a ``ConfigError`` that says why."""

@@ -26,7 +26,17 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ._leaves import LAYER_MAPS, SEARCH_KEYS, TOP_LEVEL, check_known_path, collect, dependent, is_searched, split_key
+from ._leaves import (
+    LAYER_MAPS,
+    SEARCH_KEYS,
+    TOP_LEVEL,
+    case_of,
+    check_known_path,
+    collect,
+    dependent,
+    is_searched,
+    split_key,
+)
 from ._leaves import Cases as Cases  # re-exported with Dim: the searched dimensions
 from ._leaves import Dim as Dim
 from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shipped spaces
@@ -163,6 +173,10 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
             f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"
         ) from None
     parts = split_key(key)
+    case = case_of(document, parts, where=f"--set {key}")
+    if case is not None:  # one case of a leaf that depends on another: finetune.lr.sgd
+        case[0][case[1]] = value
+        return
     check_known_path(parts, where=f"--set {key}")
     node = document
     for part in parts[:-1]:

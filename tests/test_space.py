@@ -349,6 +349,30 @@ def test_under_a_fixed_parent_a_leaf_is_its_value_s_case_in_the_leaf_s_place(tmp
     assert parse_space(default).default_config().finetune.lr == 0.05
 
 
+def test_set_reaches_one_case_of_a_dependent_leaf(tmp_path: Path) -> None:
+    path = write(tmp_path, {**BASE, "finetune": {**BY_OPTIMIZER, "optimizer": "adam"}})
+    # a value for one case, then that case chosen: SGD's lr is fixed, Adam's range untouched
+    sgd = load_space(path, ["finetune.lr.sgd=0.12", "finetune.optimizer=sgd"])
+    assert "finetune.lr" not in {d.path for d in sgd.dims}
+    assert sgd.default_config().finetune.lr == 0.12
+    adam = load_space(path, ["finetune.lr.sgd=0.12"])
+    lr = {d.path: d for d in adam.dims}["finetune.lr"]
+    assert (lr.low, lr.high, lr.default) == (1e-3, 5e-2, 8e-3)
+    # a range for one case, under a searched parent: that case's parameter takes it
+    searched = load_space(
+        path, ["finetune.optimizer={choices: [adam, sgd]}", "finetune.lr.adam={low: 0.002, high: 0.02}"]
+    )
+    dims = {d.path: d for d in searched.dims}
+    assert (dims["finetune.lr[adam]"].low, dims["finetune.lr[adam]"].high) == (0.002, 0.02)
+    assert (dims["finetune.lr[sgd]"].low, dims["finetune.lr[sgd]"].high) == (1e-2, 0.3)
+    # a case the leaf does not have is refused by name, with the cases it has
+    with pytest.raises(ConfigError) as info:
+        load_space(path, ["finetune.lr.sdg=0.1"])
+    assert "--set finetune.lr.sdg: finetune.lr has no case 'sdg' (its cases: adam, sgd)" in str(info.value)
+    with pytest.raises(ConfigError, match=r"finetune\.weight_decay takes a value, not sub-keys"):
+        load_space(path, ["finetune.weight_decay.sgd=0.1"])  # not a dependent leaf
+
+
 @pytest.mark.parametrize(
     ("finetune", "message"),
     [
