@@ -19,7 +19,7 @@ import copy
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,10 +63,18 @@ def define_by_run(trial: optuna.Trial, dims: tuple[Dim, ...]) -> None:
     reference, which Ray Tune needs to restore a search. The cases of a dependent leaf come last, each only when
     its parent drew its value.
     """
-    drawn = {dim.path: dim.suggest(trial) for dim in dims if dim.when is None}
+    active(dims, lambda dim: dim.suggest(trial))
+
+
+def active(dims: Iterable[Dim], value: Callable[[Dim], Any]) -> dict[str, Any]:
+    """``value(dim)`` for every dimension a trial searches: the plain ones first, in order, then each case of a
+    dependent leaf whose parent took its value (so a sampler draws the parent before its cases)."""
+    dims = tuple(dims)
+    out = {dim.path: value(dim) for dim in dims if dim.when is None}
     for dim in dims:
-        if dim.when is not None and dim.when[0] in drawn and drawn[dim.when[0]] == dim.when[1]:
-            dim.suggest(trial)
+        if dim.when is not None and dim.when[0] in out and out[dim.when[0]] == dim.when[1]:
+            out[dim.path] = value(dim)
+    return out
 
 
 @dataclass(frozen=True)
@@ -103,11 +111,7 @@ class SearchSpace:
     def resolve(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The value of every dimension a trial with ``params`` searches: the given ones, the others at their
         midpoint; the cases of a dependent leaf that its parent's value leaves out are dropped."""
-        out = {d.path: params[d.path] if d.path in params else d.midpoint() for d in self.dims if d.when is None}
-        for dim in self.dims:
-            if dim.when is not None and out.get(dim.when[0]) == dim.when[1]:
-                out[dim.path] = params[dim.path] if dim.path in params else dim.midpoint()
-        return out
+        return active(self.dims, lambda dim: params[dim.path] if dim.path in params else dim.midpoint())
 
     def config_for(self, params: Mapping[str, Any]) -> TrialConfig:
         """The trial configuration for values of the searched dimensions (missing ones take their midpoint;
