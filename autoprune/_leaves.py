@@ -104,7 +104,8 @@ def case_of(document: dict[str, Any], parts: list[str], *, where: str) -> tuple[
     the file writes it), so ``--set`` can set that case alone; None if ``parts`` is no such path."""
     if len(parts) != 3 or parts[0] not in _SECTIONS:
         return None
-    leaf = (document.get(parts[0]) or {}).get(parts[1]) if isinstance(document.get(parts[0]), dict) else None
+    section = document.get(parts[0])
+    leaf = section.get(parts[1]) if isinstance(section, dict) else None
     if not isinstance(leaf, dict) or "by" not in leaf:
         return None
     for key in leaf:
