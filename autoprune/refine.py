@@ -103,10 +103,9 @@ def refine_settings(raw: Any) -> RefineSettings:
     return RefineSettings(every, after)
 
 
-def size_targets(raw: Any) -> tuple[float, ...]:
-    """``search.sizes`` from a space file, checked: fractions of the dense parameters (at most 1) or parameter
-    counts (whole numbers above 1), in the order given."""
-    where = "search.sizes"
+def size_targets(raw: Any, where: str = "search.sizes") -> tuple[float, ...]:
+    """``search.sizes`` from a space file (or the option ``where``), checked: fractions of the dense parameters
+    (at most 1) or parameter counts (whole numbers above 1), in the order given."""
     if raw is None:
         return ()
     values = raw if isinstance(raw, list) else [raw]

@@ -125,14 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from autoprune.errors import AutoPruneError
+    from autoprune.refine import size_targets
     from autoprune.space import load_space
 
     try:
         variants = ([] if args.no_base else [("base", [])]) + [parse_variant(v) for v in args.variant]
         seeds = [int(s) for s in _items(args.seeds, "--seeds", "whole numbers, e.g. 0,1,2,3", int)]
         sizes = _items(args.sizes, "--sizes", "fractions of the dense parameters or counts, e.g. 0.02,0.05,50000")
-        if any(not 0 < s <= 1 and s != int(s) for s in sizes) or any(s <= 0 for s in sizes):
-            raise ValueError(f"--sizes must be fractions in (0, 1] or whole counts, got {args.sizes!r}")
+        size_targets(sizes, "--sizes")  # the rule of a space's search.sizes
         if not variants or not seeds or not sizes:
             raise ValueError("give at least one variant (or drop --no-base), one seed and one size")
         if args.concurrent < 1:
