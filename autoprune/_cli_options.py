@@ -53,7 +53,14 @@ SpaceArgument = Annotated[
 ]
 SetOption = Annotated[
     list[str] | None,
-    typer.Option("--set", metavar="KEY=VALUE", help="Fix a leaf by its dotted path (value: YAML scalar). Repeatable."),
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help=(
+            "Set a leaf by its dotted path to a YAML value: a fixed value, a range {low: .., high: ..} or "
+            "{choices: [..]} (finetune.lr.sgd: one case of a leaf that depends on another). Repeatable."
+        ),
+    ),
 ]
 StorageOption = Annotated[
     str | None,
