@@ -102,12 +102,17 @@ def check_known_path(parts: list[str], *, where: str) -> None:
 def case_of(document: dict[str, Any], parts: list[str], *, where: str) -> tuple[dict[Any, Any], Any] | None:
     """``finetune.lr.sgd`` names one case of a leaf that depends on another: (the leaf's mapping, the case's key as
     the file writes it), so ``--set`` can set that case alone; None if ``parts`` is no such path."""
-    if len(parts) != 3 or parts[0] not in _SECTIONS:
+    if len(parts) < 3 or parts[0] not in _SECTIONS:
         return None
     section = document.get(parts[0])
     leaf = section.get(parts[1]) if isinstance(section, dict) else None
     if not isinstance(leaf, dict) or "by" not in leaf:
         return None
+    if len(parts) > 3:
+        case = ".".join(parts[:3])
+        raise ConfigError(
+            f"{where}: a case is set whole; give its value or range: --set '{case}={{low: ..., high: ...}}'"
+        )
     for key in leaf:
         if _label(key) == parts[2]:
             return leaf, key

@@ -369,6 +369,10 @@ def test_set_reaches_one_case_of_a_dependent_leaf(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_space(path, ["finetune.lr.sdg=0.1"])
     assert "--set finetune.lr.sdg: finetune.lr has no case 'sdg' (its cases: adam, sgd)" in str(info.value)
+    with pytest.raises(
+        ConfigError, match=r"^--set finetune\.lr\.adam\.low: a case is set whole; .*--set 'finetune\.lr\.adam="
+    ):
+        load_space(path, ["finetune.lr.adam.low=0.01"])
     with pytest.raises(ConfigError, match=r"finetune\.weight_decay takes a value, not sub-keys"):
         load_space(path, ["finetune.weight_decay.sgd=0.1"])  # not a dependent leaf
 
