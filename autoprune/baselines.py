@@ -82,6 +82,7 @@ class Baseline:
 
     label: str  # allocation@density, e.g. "global@0.0123"
     params: dict[str, Any]
+    allocation: str = ""  # how its density is shared among layers (the space's, when it does not search one)
 
 
 def _dims(space: SearchSpace) -> dict[str, Dim]:
@@ -178,7 +179,7 @@ def ladder(space: SearchSpace, fixed: dict[str, Any] | None = None) -> list[Base
             if density is not None:
                 params["prune.density"] = density
             label = allocation if density is None else f"{allocation}@{density:.4g}"
-            out.append(Baseline(label=label, params=space.resolve(params)))
+            out.append(Baseline(label=label, params=space.resolve(params), allocation=allocation))
     return out
 
 
@@ -260,7 +261,7 @@ def probes(space: SearchSpace, leaves: list[str] | None = None) -> list[Baseline
     density = dims.get("prune.density")
     if density is not None and density.low is not None:
         base["prune.density"] = math.sqrt(float(density.low) * float(density.high))  # type: ignore[arg-type]
-    where = first.label.split("@")[0]  # the allocation
+    where = first.allocation
     if "prune.density" in base:
         where = f"{where}@{base['prune.density']:.4g}"
     # Parents first: a leaf with cases probes the case its parent's probe selects.
@@ -278,7 +279,10 @@ def probes(space: SearchSpace, leaves: list[str] | None = None) -> list[Baseline
             yield from grid({**params, dim.path: value}, rest[1:], [*tags, f"{rest[0]}={_fmt(value)}"])
 
     plan = grid(base, order, [])
-    return [Baseline(label=f"{where} {' '.join(tags)}".strip(), params=params) for params, tags in plan]
+    return [
+        Baseline(label=f"{where} {' '.join(tags)}".strip(), params=params, allocation=first.allocation)
+        for params, tags in plan
+    ]
 
 
 def _enqueue(study: optuna.Study, baselines: list[Baseline], probe: bool = False) -> list[str]:
