@@ -82,7 +82,7 @@ class Baseline:
 
     label: str  # allocation@density, e.g. "global@0.0123"
     params: dict[str, Any]
-    allocation: str = ""  # how its density is shared among layers (the space's, when it does not search one)
+    allocation: str  # how its density is shared among layers (the space's, when it does not search one)
 
 
 def _dims(space: SearchSpace) -> dict[str, Dim]:
