@@ -11,14 +11,16 @@ _NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
 
 
 def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> list[str]:
-    """Prunable layer names of the configured model, building it on the CPU (cheap: no data is loaded).
+    """Prunable weight names of the configured model (``pruning.units``, narrowed by the space's ``prune.include``,
+    ``prune.exclude`` and ``prune.embeddings``), building it on the CPU (cheap: no data is loaded).
 
     Structured pruning removes units along a chain of layers, so it needs an ``nn.Sequential``: any other model
     is refused here, before a trial trains it only to fail at the pruning step.
     """
     from torch import nn
 
-    from .models import build_model, check_fits, prunable_layers  # torch is needed only here
+    from .models import build_model, check_fits  # torch is needed only here
+    from .pruning.units import Selection, prunable_weights
 
     dataset = base.get("dataset", {}).get("name", "digits")
     model = base.get("model", {}).get("name", "lenet-300-100")
@@ -45,4 +47,9 @@ def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> list[s
             f"prune.structured: true needs an nn.Sequential model (structured pruning removes units along a chain "
             f"of layers), but model {model} is a {type(built).__name__}; use prune.structured: false"
         )
-    return list(prunable_layers(built))
+    prune = base.get("prune", {})
+    try:
+        select = Selection(prune.get("include", ()), prune.get("exclude", ()), prune.get("embeddings", False))
+        return list(prunable_weights(built, select))
+    except (AutoPruneError, TypeError) as exc:
+        raise fail(str(exc)) from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from torch import Tensor
 
 from .config import TrialConfig, check_structured_sparsity
 from .errors import ConfigError
@@ -23,9 +23,25 @@ def check_phase_one(cfg: TrialConfig, train_epochs: int) -> None:
             )
 
 
-def check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
-    """Refuse settings that name layers the model does not have, or that would empty a layer."""
+def check_layers(cfg: TrialConfig, layers: dict[str, Tensor]) -> None:
+    """Refuse settings that name weights the model does not have, that would empty one, or that prune nothing.
+
+    ``layers``: the prunable weight tensors by unit name (``pruning.units``).
+    """
     names = list(layers)
+    pc = cfg.prune
+    if pc.enabled and not layers:
+        left = " left by prune.include/exclude" if pc.include or pc.exclude else ""
+        raise ConfigError(
+            f"model {cfg.model.name} has no prunable weight{left} (Linear, ConvNd, ConvTranspose, attention, "
+            "recurrent, or embeddings with prune.embeddings: true); set prune.enabled: false to measure it dense"
+        )
+    if pc.enabled and pc.allocation == "per_layer" and not pc.sparsity:
+        raise ConfigError(
+            "prune.enabled is true but nothing would be pruned: allocation per_layer takes its rates from "
+            "prune.sparsity, which is empty; give prune.density with prune.allocation: global (or lamp, uniform, "
+            "erk), or rates in prune.sparsity, or set prune.enabled: false"
+        )
     for where, mapping in (
         ("prune.sparsity", cfg.prune.sparsity),
         ("prune.shares", cfg.prune.shares),
@@ -37,7 +53,7 @@ def check_layers(cfg: TrialConfig, layers: dict[str, nn.Module]) -> None:
     if cfg.prune.enabled and cfg.prune.structured:
         check_structured_sparsity([layer for layer, rate in cfg.prune.sparsity.items() if rate], names)
     if cfg.prune.enabled and not cfg.prune.structured:
-        _check_not_emptied(cfg, {name: m.weight.numel() for name, m in layers.items()})
+        _check_not_emptied(cfg, {name: w.numel() for name, w in layers.items()})
 
 
 def _check_not_emptied(cfg: TrialConfig, numel: dict[str, int]) -> None:

@@ -1,4 +1,5 @@
-"""User datasets: a ``module:function`` loader returning ``train_x, train_y, test_x, test_y``, checked and converted."""
+"""User datasets: a ``module:function`` loader returning ``train_x, train_y, test_x, test_y`` (and optionally its own
+validation split ``val_x, val_y``, e.g. data a trained checkpoint has not seen), checked and converted."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def user_dataset(spec: str) -> RawSplits:
             )
         parts = [out[k] for k in keys]
         num_classes = out.get("num_classes")
+        if ("val_x" in out) != ("val_y" in out):
+            raise DataError(f"dataset {spec!r} returned only one of val_x and val_y; return both, or neither")
+        if "val_x" in out:
+            keys = (*keys, "val_x", "val_y")
+            parts += [out["val_x"], out["val_y"]]
     elif isinstance(out, (tuple, list)) and len(out) == 4:
         parts = list(out)
     else:
@@ -54,7 +60,8 @@ def user_dataset(spec: str) -> RawSplits:
             "(and optionally num_classes) or a 4-tuple in that order"
         )
     tensors = {k: _as_tensor(spec, k, v) for k, v in zip(keys, parts, strict=True)}
-    for split in ("train", "test"):
+    splits = ("train", "test", "val") if "val_x" in tensors else ("train", "test")
+    for split in splits:
         x, y = tensors[f"{split}_x"], tensors[f"{split}_y"]
         if x.dim() < 2 or x.shape[0] == 0:
             raise DataError(
@@ -69,18 +76,19 @@ def user_dataset(spec: str) -> RawSplits:
             )
         if x.shape[0] != y.shape[0]:
             raise DataError(f"dataset {spec!r}: {split}_x has {x.shape[0]} samples but {split}_y has {y.shape[0]}")
-    if tensors["train_x"].shape[1:] != tensors["test_x"].shape[1:]:
-        raise DataError(
-            f"dataset {spec!r}: train_x samples are shaped {tuple(tensors['train_x'].shape[1:])} but test_x "
-            f"samples {tuple(tensors['test_x'].shape[1:])}"
-        )
-    train_x, test_x = tensors["train_x"].to(torch.float32), tensors["test_x"].to(torch.float32)
-    train_y, test_y = tensors["train_y"].to(torch.int64), tensors["test_y"].to(torch.int64)
-    for split, x in (("train", train_x), ("test", test_x)):
+    for split in splits[1:]:
+        if tensors["train_x"].shape[1:] != tensors[f"{split}_x"].shape[1:]:
+            raise DataError(
+                f"dataset {spec!r}: train_x samples are shaped {tuple(tensors['train_x'].shape[1:])} but {split}_x "
+                f"samples {tuple(tensors[f'{split}_x'].shape[1:])}"
+            )
+    xs = {split: tensors[f"{split}_x"].to(torch.float32) for split in splits}
+    ys = {split: tensors[f"{split}_y"].to(torch.int64) for split in splits}
+    for split, x in xs.items():
         if not bool(torch.isfinite(x).all()):
             raise DataError(f"dataset {spec!r}: {split}_x holds NaN or infinite values")
-    low = int(min(train_y.min(), test_y.min()))
-    high = int(max(train_y.max(), test_y.max()))
+    low = min(int(y.min()) for y in ys.values())
+    high = max(int(y.max()) for y in ys.values())
     if num_classes is None:
         num_classes = high + 1
     elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -93,7 +101,7 @@ def user_dataset(spec: str) -> RawSplits:
         )
     if num_classes < 2:
         raise DataError(f"dataset {spec!r}: labels hold a single class {high}; classification needs at least 2")
-    return RawSplits(train_x, train_y, test_x, test_y, num_classes)
+    return RawSplits(xs["train"], ys["train"], xs["test"], ys["test"], num_classes, xs.get("val"), ys.get("val"))
 
 
 def _as_tensor(spec: str, key: str, value: Any) -> torch.Tensor:

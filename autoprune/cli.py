@@ -132,7 +132,7 @@ def _print_front(results: Any, run_dir: Path) -> None:
 
 
 def _finish_launch(outcome: Any, as_json: bool) -> None:
-    from .report import report_document
+    from .report import all_failed, report_document
 
     res = outcome.results
     if as_json:
@@ -140,6 +140,9 @@ def _finish_launch(outcome: Any, as_json: bool) -> None:
     else:
         _print_front(res, outcome.run_dir)
     _log(f"started {outcome.ran} trial(s) in {outcome.seconds:.1f}s")
+    failed_all = all_failed(res)
+    if failed_all:
+        _fail(failed_all)
     if outcome.interrupted and not outcome.timed_out:  # a time budget ends a launch as asked: no error
         _fail(
             f"interrupted: {res.counted} of {res.requested} trials finished; continue with "

@@ -71,10 +71,16 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "lenet-300-100"  # registry name (see `models.MODELS`) or module:function
+    weights: str | None = None  # a state_dict file (trained weights) the built model starts from; None = fresh init
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"model.name must be a non-empty string, got {self.name!r}")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            raise ConfigError(
+                f"model.weights must be the path of a state_dict file, got {self.weights!r}; e.g. model.weights: "
+                "net.pt (saved with torch.save(model.state_dict(), 'net.pt'))"
+            )
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,10 @@ class PruneConfig:
     nonzero_params: int | None = None  # other allocations: nonzero parameters of the pruned model, instead of density
     shares: dict[str, float] = field(default_factory=dict)  # layer -> multiplier on its allocated density
     structured: bool = False  # remove whole output units (neurons/channels): a physically smaller model
+    include: tuple[str, ...] = ()  # globs over weight names: prune only these (empty: every supported weight)
+    exclude: tuple[str, ...] = ()  # globs over weight names: leave these dense
+    embeddings: bool = False  # also prune nn.Embedding tables (a choice: a lookup table is not a layer's compute)
+    floor: float = 0.1  # global/lamp: every tensor keeps at least floor x density of its weights (0: may empty one)
     grad_batches: int = 8  # batches to accumulate gradients over for gradient/taylor importance
     gradual_start: float = 0.0  # gradual schedules: fraction of their phase at which the first pruning step happens
     gradual_end: float = 0.75  # gradual schedules: fraction of their phase by which the target is reached
@@ -201,6 +211,16 @@ class PruneConfig:
             _check_number("prune.nonzero_params", self.nonzero_params, low=1, integer=True)
         for name, share in self.shares.items():
             _check_number(f"prune.shares.{name}", share, low=0.0, low_open=True)
+        for key in ("include", "exclude"):
+            globs = getattr(self, key)
+            if isinstance(globs, str):
+                globs = (globs,)
+            if not isinstance(globs, (list, tuple)) or not all(isinstance(g, str) and g for g in globs):
+                raise ConfigError(f"prune.{key} must be a list of glob patterns such as ['encoder.*'], got {globs!r}")
+            object.__setattr__(self, key, tuple(globs))
+        if not isinstance(self.embeddings, bool):
+            raise ConfigError(f"prune.embeddings must be true or false, got {self.embeddings!r}")
+        _check_number("prune.floor", self.floor, low=0.0, high=1.0)
         _check_number("prune.grad_batches", self.grad_batches, low=1, integer=True)
         _check_number("prune.gradual_end", self.gradual_end, low=0.0, high=1.0, low_open=True)
         _check_number("prune.gradual_start", self.gradual_start, low=0.0, high=self.gradual_end)

@@ -63,6 +63,7 @@ class Datasets:
     num_classes: int
     input_shape: tuple[int, ...]
     name: str
+    val_source: str = "carved"  # "carved" from the training data by val_fraction, or the "loader"'s own split
 
     def to(self, device: torch.device | str) -> Datasets:
         """A copy with every tensor on ``device`` (asynchronous where the source memory allows it)."""
@@ -75,13 +76,16 @@ _TENSOR_FIELDS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
 
 
 class RawSplits(NamedTuple):
-    """What a dataset loader returns: normalized CPU tensors before the validation split."""
+    """What a dataset loader returns: normalized CPU tensors before the validation split (or with the loader's own
+    validation split, ``val_x``/``val_y``, which is then used as it is)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     num_classes: int
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
 
 DatasetLoader = Callable[[DatasetConfig], RawSplits]
@@ -269,7 +273,8 @@ def batch_indices(
 
 
 def load_datasets(cfg: DatasetConfig, *, seed: int, device: torch.device | str = "cpu") -> Datasets:
-    """Load ``cfg.name``, hold out a stratified validation split chosen by ``seed``, and place it on ``device``.
+    """Load ``cfg.name``, hold out a stratified validation split chosen by ``seed`` (unless the loader gives its own),
+    and place it on ``device``.
 
     The test split comes from the dataset itself and never enters the validation split. Results are cached
     for the two most recent ``(cfg, seed, device)`` keys: treat the returned tensors as read-only.
@@ -313,20 +318,22 @@ def _load_cached(cfg: DatasetConfig, seed: int, device: str, source_key: tuple[A
     train_x, train_y = raw.train_x, raw.train_y
     if cfg.limit is not None:
         train_x, train_y = train_x[: cfg.limit], train_y[: cfg.limit]
-    train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, seed)
-    if val_idx.numel() == 0:
-        raise DataError(
-            f"dataset {cfg.name!r}: val_fraction {cfg.val_fraction} of {train_y.shape[0]} training samples leaves "
-            "an empty validation split; raise dataset.val_fraction or dataset.limit"
-        )
-    parts = {
-        "train_x": train_x[train_idx],
-        "train_y": train_y[train_idx],
-        "val_x": train_x[val_idx],
-        "val_y": train_y[val_idx],
-        "test_x": raw.test_x,
-        "test_y": raw.test_y,
-    }
+    if raw.val_x is not None and raw.val_y is not None:  # the loader's own held-out split: used as it is
+        split = {"train_x": train_x, "train_y": train_y, "val_x": raw.val_x, "val_y": raw.val_y}
+    else:
+        train_idx, val_idx = stratified_split(train_y, cfg.val_fraction, seed)
+        if val_idx.numel() == 0:
+            raise DataError(
+                f"dataset {cfg.name!r}: val_fraction {cfg.val_fraction} of {train_y.shape[0]} training samples "
+                "leaves an empty validation split; raise dataset.val_fraction or dataset.limit"
+            )
+        split = {
+            "train_x": train_x[train_idx],
+            "train_y": train_y[train_idx],
+            "val_x": train_x[val_idx],
+            "val_y": train_y[val_idx],
+        }
+    parts = {**split, "test_x": raw.test_x, "test_y": raw.test_y}
     dev = torch.device(device)
     for key, tensor in parts.items():
         tensor = tensor.contiguous()
@@ -338,6 +345,7 @@ def _load_cached(cfg: DatasetConfig, seed: int, device: str, source_key: tuple[A
         num_classes=raw.num_classes,
         input_shape=tuple(int(s) for s in raw.train_x.shape[1:]),
         name=cfg.name,
+        val_source="loader" if raw.val_x is not None else "carved",
     )
 
 

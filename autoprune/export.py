@@ -27,7 +27,9 @@ from ._io import atomic_open, plain
 from ._paths import check_input_file, check_output_file
 from ._trust import check_allowed
 from .errors import ModelError, first_line
-from .train import MaskSet
+from .models import state_mismatch as _mismatch
+from .models import state_shapes as _shapes
+from .pruning.masks import MaskSet
 
 FORMAT = "autoprune-model"
 VERSION = 1
@@ -125,26 +127,6 @@ def rebuild_architecture(spec: Any) -> nn.Sequential:
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ModelError(f"architecture layer {i} ({name!r}): cannot build {kind}({args}): {exc}") from None
     return nn.Sequential(layers)
-
-
-def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def _mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str | None:
-    """One-line description of how two state-dict layouts differ, or None when they agree."""
-    missing = sorted(set(expected) - set(found))
-    extra = sorted(set(found) - set(expected))
-    shape = [k for k in expected if k in found and expected[k] != found[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-    if extra:
-        problems.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
-    if shape:
-        k = shape[0]
-        problems.append(f"{k} is {list(found[k])} but the architecture needs {list(expected[k])}")
-    return "; ".join(problems) or None
 
 
 # ---------------------------------------------------------------------------------------------- masks

@@ -373,10 +373,20 @@ def count_finished(records: list[dict], failures: list[dict]) -> int:
     return len(records) + sum(f["outcome"] in COUNTED_OUTCOMES for f in failures)
 
 
+DENSE_REFERENCE_ATTR = "dense_reference"  # study attribute: the checkpoint a search started from, measured as it is
+REFERENCE_KEYS = ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "flops_dense", "val_samples")
+
+
 def dense_baseline(records: list[dict]) -> dict[str, Any] | None:
     """The most accurate trial that did not prune (``prune.enabled: false``), if any."""
     dense = [r for r in records if not (r.get("config") or {}).get("prune", {}).get("enabled", True)]
     return max(dense, key=lambda r: r["val_accuracy"]) if dense else None
+
+
+def _reference(study: optuna.Study) -> dict[str, Any] | None:
+    """The study's dense reference (a search from trained weights), as a record without a trial number."""
+    ref = study.user_attrs.get(DENSE_REFERENCE_ATTR)
+    return {**ref, "reference": "checkpoint"} if isinstance(ref, dict) and "val_accuracy" in ref else None
 
 
 def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None = None) -> Results:
@@ -404,7 +414,7 @@ def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None =
         running=running,
         counted=count_finished(records, unfinished),
         requested=requested,
-        baseline=dense_baseline(records),
+        baseline=_reference(study) or dense_baseline(records),
         failures=failures,
         stopped=[f for f in unfinished if f["outcome"] == "pruned"],
         run_dir=run_dir,

@@ -3,18 +3,24 @@
 Built-in models are ``nn.Sequential`` with named children (``fc1``, ``conv2``, ...): the names are stable,
 so a space file can refer to them, and the chain shape is what structured pruning and the self-describing
 export rely on. A user model comes from ``module:function``; any ``nn.Module`` works for unstructured pruning,
-and its layers are named by module path (``block.conv1``, ``layer1.0.conv1``).
+and its weights are named by module or parameter path (``layer1.0.conv1``, ``rnn.weight_hh_l0``: see
+``pruning.units``). A model may start from trained weights: ``load_weights`` reads a ``state_dict`` file as data
+and refuses one that does not fit in one line.
 """
 
 from __future__ import annotations
 
+import os
+import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from ._imports import call_factory, factory_arguments, import_callable
+from ._paths import check_input_file
 from .errors import ModelError, first_line
 
 ModelFactory = Callable[..., nn.Module]
@@ -163,32 +169,6 @@ def check_importable(name: str) -> None:
     )
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every ``nn.Linear`` and ``nn.Conv2d`` by its module path, in definition order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
-
-
-def layer_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
-    """How many output positions each prunable layer computes per sample (H*W for a conv, 1 for a linear).
-
-    A weight contributes one multiply-accumulate per position, so MACs = nonzero weights * positions.
-    """
-    positions: dict[str, int] = {}
-    hooks = []
-    for name, layer in prunable_layers(model).items():
-
-        def hook(mod: nn.Module, args: object, out: torch.Tensor, name: str = name) -> None:
-            positions[name] = _flat(tuple(out.shape[2:])) if out.dim() > 2 else 1
-
-        hooks.append(layer.register_forward_hook(hook))
-    try:
-        _forward_one(model, input_shape)
-    finally:
-        for h in hooks:
-            h.remove()
-    return positions
-
-
 def check_fits(model: nn.Module, name: str, input_shape: tuple[int, ...], num_classes: int) -> None:
     """Run one zero sample through ``model``: one that does not fit the data fails here, in one line, not mid-trial."""
     out = _forward_one(model, input_shape, name)
@@ -215,3 +195,83 @@ def _forward_one(model: nn.Module, input_shape: tuple[int, ...], name: str = "")
         ) from None
     finally:
         model.train(was_training)
+
+
+# ---------------------------------------------------------------------------------------------- trained weights
+
+_NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")  # where common checkpoint dicts keep the weights
+
+
+def state_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """Every ``state_dict`` entry's shape."""
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def state_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str | None:
+    """One-line description of how two state-dict layouts differ (the first few of each kind), or None."""
+    missing = [k for k in expected if k not in found]
+    extra = [k for k in found if k not in expected]
+    shape = [k for k in expected if k in found and expected[k] != found[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}")
+    if shape:
+        k = shape[0]
+        problems.append(f"{k} is {list(found[k])} but the architecture needs {list(expected[k])}")
+    return "; ".join(problems) or None
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A ``state_dict`` read from a file as data (``weights_only``: a file never runs code), on the CPU.
+
+    The file holds ``model.state_dict()`` as ``torch.save`` writes it, or a checkpoint dict that keeps one under
+    ``state_dict``, ``model_state_dict`` or ``model``. Anything else is refused in one line.
+    """
+    path = Path(path).expanduser()
+    check_input_file(path, what="weights file", error=ModelError)
+    if not zipfile.is_zipfile(path):
+        raise ModelError(
+            f"cannot read weights file {path}: not a complete torch file (truncated, or not written by torch.save)"
+        )
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise ModelError(
+                f"cannot read weights file {path}: it holds Python objects, not only tensors (a pickled model?); "
+                "save the weights with torch.save(model.state_dict(), PATH)"
+            ) from None
+        raise ModelError(f"cannot read weights file {path}: {first_line(exc, 160)}") from None
+    if isinstance(data, Mapping) and not any(isinstance(v, torch.Tensor) for v in data.values()):
+        nested = next((data[k] for k in _NESTED_STATE_KEYS if isinstance(data.get(k), Mapping)), None)
+        data = nested if nested is not None else data
+    if not isinstance(data, Mapping) or not data:
+        raise ModelError(
+            f"weights file {path} holds {type(data).__name__}, not a state_dict; save the weights with "
+            "torch.save(model.state_dict(), PATH)"
+        )
+    bad = [k for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelError(
+            f"weights file {path} is not a state_dict: entry {bad[0]!r} is not a tensor; save the weights with "
+            "torch.save(model.state_dict(), PATH)"
+        )
+    return dict(data)
+
+
+def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], *, source: str, name: str) -> None:
+    """Copy ``state`` into ``model`` (every entry, each shape exact), or refuse in one line naming what differs."""
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    problem = state_mismatch(state_shapes(model), found)
+    if problem:
+        raise ModelError(
+            f"weights {source} do not fit model {name} ({problem}); they must come from "
+            "torch.save(model.state_dict(), PATH) on a model this factory builds with the same input shape and classes"
+        )
+    try:
+        with torch.no_grad():
+            model.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:  # e.g. complex values for a real parameter
+        raise ModelError(f"weights {source} do not load into model {name}: {first_line(exc, 160)}") from None

@@ -50,7 +50,23 @@ def _fmt_sparsity(layers: dict | None) -> str:
     return " ".join(items)
 
 
-def _table_row(record: dict, label: str | None = None) -> list[str]:
+def drop_points(record: dict, reference: dict | None) -> float | None:
+    """Test accuracy lost against the dense reference, in points (positive: worse); None without one."""
+    if reference is None:
+        return None
+    try:
+        drop = 100.0 * (float(reference["test_accuracy"]) - float(record["test_accuracy"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return drop if math.isfinite(drop) else None
+
+
+def _fmt_drop(record: dict, reference: dict | None) -> str:
+    drop = drop_points(record, reference)
+    return "-" if drop is None else f"{-drop:+.2f}"
+
+
+def _table_row(record: dict, label: str | None = None, reference: dict | None = None) -> list[str]:
     trial = record.get("trial")
     return [
         label if label is not None else ("-" if trial is None else str(trial)),
@@ -58,6 +74,7 @@ def _table_row(record: dict, label: str | None = None) -> list[str]:
         _fmt_share(record.get("params_nonzero"), record.get("params_total")),
         _fmt_acc(record.get("val_accuracy")),
         _fmt_acc(record.get("test_accuracy")),
+        _fmt_drop(record, reference),
         _fmt_sparsity(record.get("layer_sparsity")),
     ]
 
@@ -67,18 +84,19 @@ def front_table(
 ) -> str:
     """An aligned plain-text table of the front, smallest model first, for a terminal.
 
-    Columns: trial number, nonzero parameters, their share of the dense count, validation and test accuracy,
-    and the zero fraction of each layer in percent. ``total`` is the number of finished trials; ``baseline``
-    (the dense reference) is shown under a rule when given, and marked ``dense`` where it is on the front; a
-    seeded baseline trial carries its label (``global@0.01``), a front refinement the trial whose settings it
-    carries (``from 17``).
+    Columns: trial number, nonzero parameters, their share of the dense count, validation and test accuracy, the
+    test accuracy against the dense reference's in points, and the zero fraction of each layer in percent.
+    ``total`` is the number of finished trials; ``baseline`` (the dense reference: the checkpoint a search started
+    from, else its best dense trial) is shown under a rule when given, and marked ``dense`` where it is on the
+    front; a seeded baseline trial carries its label (``global@0.01``), a front refinement the trial whose settings
+    it carries (``from 17``).
     """
     title = f"Pareto front: {len(front)} model{'s' if len(front) != 1 else ''}"
     if total is not None:
         title += f" of {total} finished trial{'s' if total != 1 else ''}"
     if failed:
         title += f", {failed} failed"
-    header = ["trial", "params", "% dense", "val acc", "test acc", "sparsity % (per layer)"]
+    header = ["trial", "params", "% dense", "val acc", "test acc", "vs dense", "sparsity % (per layer)"]
     dense = baseline.get("trial") if baseline is not None else None
 
     def label(r: dict) -> str | None:
@@ -88,13 +106,14 @@ def front_table(
             return f"{r['trial']} {r['baseline']}"
         return f"{r['trial']} from {r['refined_from']}" if r.get("refined_from") is not None else None
 
-    rows = [_table_row(r, label(r)) for r in front]
+    rows = [_table_row(r, label(r), baseline) for r in front]
     base_rows = []
     if baseline is not None:
         trial = baseline.get("trial")
-        base_rows = [_table_row(baseline, "dense" if trial is None else f"dense ({trial})")]
+        name = "checkpoint" if baseline.get("reference") == "checkpoint" else "dense"
+        base_rows = [_table_row(baseline, name if trial is None else f"dense ({trial})", baseline)]
     widths = [max(len(row[i]) for row in [header, *rows, *base_rows]) for i in range(len(header))]
-    right = (False, True, True, True, True, False)  # numbers right-aligned, text left-aligned
+    right = (False, True, True, True, True, True, False)  # numbers right-aligned, text left-aligned
 
     def line(row: list[str]) -> str:
         cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)]
@@ -221,6 +240,29 @@ def finetune_setbacks(records: Sequence[dict], margin: float = SETBACK) -> str |
         f"{len(records)} trials{among}; worst: trial {worst.get('trial', '?')}, "
         f"{_fmt_acc(worst['val_accuracy_pruned'])} after pruning, {_fmt_acc(worst['val_accuracy'])} after "
         f"finetuning{lr}: its steps are too large for this model; {fix}"
+    )
+
+
+def failure_causes(failures: Sequence[dict]) -> list[tuple[str, int]]:
+    """The reasons trials failed, most frequent first, with their counts."""
+    counts: dict[str, int] = {}
+    for f in failures:
+        reason = str(f.get("reason") or f.get("outcome") or "unknown")
+        counts[reason] = counts.get(reason, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def all_failed(results: Any) -> str | None:
+    """One line when a study has failed trials and no finished one: the search produced nothing, and why."""
+    if results.trials or not results.failures:
+        return None
+    causes = failure_causes(results.failures)
+    reason, count = causes[0]
+    n = len(results.failures)
+    share = "every one" if count == n else f"{count} of them"
+    return (
+        f"all {n} trials failed, no model was produced; {share}: {reason}"
+        f"{f' (and {len(causes) - 1} other causes)' if len(causes) > 1 else ''}; fix that, then run the search again"
     )
 
 

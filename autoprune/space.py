@@ -162,6 +162,10 @@ def load_space(path: str | Path | None, overrides: Iterable[str] = ()) -> Search
         raise ConfigError(f"{source}: a space file must be a YAML mapping, got {type(document).__name__}")
     for item in overrides:
         _apply_override(document, item)
+    model = document.get("model")
+    if isinstance(model, dict) and isinstance(model.get("weights"), str) and model["weights"]:
+        # The folder autoprune runs in is the one a relative path means, in every trial worker and on resume.
+        model["weights"] = str(Path(model["weights"]).expanduser().absolute())
     return parse_space(document, source=source)
 
 
@@ -190,6 +194,22 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
             node[part] = child
         node = child
     node[parts[-1]] = value
+
+
+def _density_needs_allocation(prune: dict[str, Any], searched: set[str], fail: Any) -> None:
+    """A size given as ``density`` or ``nonzero_params`` is shared out by an allocation. With none named, and no
+    per-layer rates, the obvious reading is one global ranking (``per_layer``, the dataclass default, would leave
+    the size unread and prune nothing); with rates too, the two sizes conflict and are refused."""
+    sizes = [k for k in ("density", "nonzero_params") if k in prune or f"prune.{k}" in searched]
+    if not sizes or prune.get("enabled", True) is False:
+        return
+    if prune.get("allocation") is None and "prune.allocation" not in searched:
+        if prune.get("sparsity") or any(p.startswith("prune.sparsity.") for p in searched):
+            raise fail(
+                f"prune.{sizes[0]} and prune.sparsity both set the size; give per-layer rates (prune.sparsity) or "
+                f"a size with an allocation (prune.allocation: global), not both"
+            )
+        prune["allocation"] = "global"
 
 
 def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchSpace:
@@ -247,6 +267,11 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     cases = dependent(pending, base, dims, fail)
 
     prune = base.setdefault("prune", {})
+    searched = {d.path for d in dims}
+    for fixed in ("model.weights", "prune.include", "prune.exclude", "prune.embeddings"):
+        if fixed in searched:
+            raise fail(f"{fixed} cannot be searched: it decides which weights there are; give one value")
+    _density_needs_allocation(prune, searched, fail)
     structured = prune.get("structured", False)
     layers = model_layers(base, fail, structured=structured is True)
     if prune.get("sparsity") == "auto":

@@ -18,7 +18,8 @@ from torch import nn
 from .config import FinetuneConfig, SGDConfig, TrainConfig
 from .data import batch_indices
 from .errors import DivergedError
-from .models import prunable_layers
+from .pruning.masks import MaskSet
+from .pruning.units import prunable_weights
 from .sparsity import (
     add_group_lasso_grad_,
     add_l1_grad_,
@@ -31,42 +32,6 @@ from .sparsity import (
 )
 
 CHECK_EVERY = 32  # steps between non-finite checks (one host sync each)
-
-
-class MaskSet:
-    """Parameter masks (1 keeps, 0 prunes), applied in place to weights, gradients and momentum buffers."""
-
-    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-        params = dict(model.named_parameters())
-        unknown = sorted(set(masks) - set(params))
-        if unknown:
-            raise KeyError(f"masks name unknown parameters: {unknown}")
-        self.masks = dict(masks)
-        self.params = [params[name] for name in self.masks]
-        self.values = [
-            m.to(device=p.device, dtype=p.dtype) for m, p in zip(self.masks.values(), self.params, strict=True)
-        ]
-
-    def __bool__(self) -> bool:
-        return bool(self.params)
-
-    @torch.no_grad()
-    def apply_(self) -> None:
-        if self.params:
-            torch._foreach_mul_(self.params, self.values)
-
-    @torch.no_grad()
-    def mask_grads_(self) -> None:
-        pairs = [(p.grad, m) for p, m in zip(self.params, self.values, strict=True) if p.grad is not None]
-        if pairs:
-            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-
-    @torch.no_grad()
-    def mask_momentum_(self, optimizer: SGD | Adam) -> None:
-        for p, m in zip(self.params, self.values, strict=True):
-            buf = optimizer.momentum_buffer(p)
-            if buf is not None:
-                buf.mul_(m)
 
 
 class SGD:
@@ -188,6 +153,7 @@ def run_phase(
     lr_fn: Callable[[int], float] | None = None,
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    prunable: Sequence[torch.Tensor] | None = None,
 ) -> tuple[int, MaskSet | None]:
     """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
 
@@ -201,14 +167,16 @@ def run_phase(
     ``prune_events`` maps a step number to a function returning new (tighter) masks: gradual pruning. The
     current masks are enforced on weights after every step, on gradients before it, and on momentum buffers
     whenever they change. ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1; one
-    host sync per epoch, only when given). Returns the number of steps taken and the final masks.
+    host sync per epoch, only when given). ``prunable`` are the weight tensors the penalty and the weight clipping
+    act on (default: every prunable weight, see ``pruning.units``). Returns the number of steps taken and the
+    final masks.
     """
     if epochs == 0 or len(x) == 0:
         return 0, masks
     sparse = phase if isinstance(phase, TrainConfig) else None
     model.train()
     opt = make_optimizer(model, phase)
-    weights = [m.weight for m in prunable_layers(model).values()]
+    weights = list(prunable_weights(model).values()) if prunable is None else list(prunable)
     params = [p for p in model.parameters() if p.requires_grad]
     steps_per_epoch = -(-len(x) // batch_size)
     total = steps_per_epoch * epochs

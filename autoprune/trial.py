@@ -18,10 +18,11 @@ is done (``at_size``). They decide early whether a trial is worth finishing; onl
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from torch import nn
 from ._trial_checks import check_layers, check_phase_one
 from .config import SGDConfig, TrialConfig
 from .data import Datasets, load_datasets, resolve_device
-from .models import build_model, layer_positions, prunable_layers
+from .measure import count_macs
+from .models import build_model, load_weights, read_weights
 from .preprocess import for_dataset
 from .pruning import (
     agp_events,
@@ -43,9 +45,16 @@ from .pruning import (
     planned_params,
     shrink_sequential,
 )
+from .pruning.masks import MaskSet
+from .pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
 from .sparsity import rewound_lr_at
-from .train import MaskSet, batches_for_statistics, evaluate, run_phase
+from .train import batches_for_statistics, evaluate, run_phase
 
+CARVED_VALIDATION_NOTE = (
+    "note: the validation split is carved from the training data (dataset.val_fraction), which the checkpoint may "
+    "have trained on: validation accuracy can read high and choose worse models; have the dataset loader return "
+    "val_x/val_y held out from the checkpoint's training"
+)
 REPORT_VAL_SAMPLES = 2048  # validation samples measured for an intermediate result
 _REPORT_SUBSET_SEED = 0
 
@@ -70,14 +79,18 @@ class TrialResult:
     test_accuracy: float  # reported, never used to choose
     params_nonzero: int  # nonzero parameters of the final model (weights, biases, BatchNorm)
     params_total: int  # parameters of the dense model
-    params_prunable: int  # of them, the weights of Linear and Conv2d layers (what the allocations share out)
+    params_prunable: int  # of them, the prunable weight tensors' (what the allocations share out: pruning.units)
     params_planned: int  # nonzero parameters the configuration fixes before training (equals params_nonzero)
-    layer_sparsity: dict[str, float]  # prunable layer -> fraction of its dense weights that are zero or removed
+    layer_sparsity: dict[str, float]  # prunable weight -> fraction of its dense entries that are zero or removed
     val_accuracy_trained: float  # after phase 1
     val_accuracy_pruned: float | None  # right after one-shot pruning, before finetuning; None for gradual
     val_samples: int  # the validation split's size: an accuracy on it has standard error sqrt(p(1-p)/n)
-    flops_dense: int  # multiply-accumulates per sample of the prunable layers, dense
+    flops_dense: int  # multiply-accumulates per sample of the prunable weights, dense (measure.count_macs)
     flops_effective: int  # the same, counting only nonzero weights
+    macs_other: int  # MACs per sample outside the prunable weights (attention scores, weights left dense)
+    not_pruned: dict[str, int]  # parameters left dense, by group (biases, normalization) or parameter path
+    start: str  # what phase 1 started from: "checkpoint" (model.weights or given tensors) or "scratch"
+    val_source: str  # "carved" from the training data, or the dataset "loader"'s own validation split
     seconds: dict[str, float]  # wall time per phase
     config: dict[str, Any]  # the full TrialConfig as a dict
     device: str
@@ -102,6 +115,10 @@ class TrialResult:
             "val_samples": self.val_samples,
             "flops_dense": self.flops_dense,
             "flops_effective": self.flops_effective,
+            "macs_other": self.macs_other,
+            "not_pruned": dict(self.not_pruned),
+            "start": self.start,
+            "val_source": self.val_source,
             "seconds": dict(self.seconds),
             "device": self.device,
             "config": self.config,
@@ -132,14 +149,18 @@ def run_trial(
     log: Callable[[str], None] | None = None,
     on_epoch: Callable[[str, int, int, float], None] | None = None,
     report: Callable[[IntermediateResult], None] | None = None,
+    start: Mapping[str, torch.Tensor] | None = None,
 ) -> TrialResult:
     """Run the full pipeline for ``cfg``. Same seed, same device and thread count → same result.
 
     ``log`` receives a line after each phase; ``on_epoch(phase, epoch, epochs, mean_loss)`` is called after
     every epoch of both SGD phases. ``report`` receives an ``IntermediateResult`` after each epoch and after
     one-shot pruning (it may raise to stop the trial there); reporting measures a subset of the validation split
-    and does not change the result. Raises ``DivergedError`` (phase, step) on a non-finite loss and
-    ``ConfigError`` on a configuration that does not fit the model (e.g. a sparsity for a layer it does not have).
+    and does not change the result. The model starts from ``start`` (a ``state_dict``: a search reads
+    ``model.weights`` once and ships its tensors), else from the file ``cfg.model.weights`` names, else from its
+    factory's initialisation. Raises ``DivergedError`` (phase, step) on a non-finite loss, ``ConfigError`` on a
+    configuration that does not fit the model (e.g. a sparsity for a layer it does not have) and ``ModelError``
+    on weights that do not fit it.
     """
     say = log or (lambda _msg: None)
     dev = resolve_device(device if device is not None else cfg.device)
@@ -154,13 +175,25 @@ def run_trial(
     seconds["data"] = time.perf_counter() - t0
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, data.input_shape, data.num_classes).to(dev)
-    layers = prunable_layers(model)
+    model = build_model(cfg.model.name, data.input_shape, data.num_classes)
+    started = "scratch"
+    if start is not None or cfg.model.weights is not None:
+        source = cfg.model.weights or "the given state_dict"
+        load_weights(model, read_weights(source) if start is None else start, source=source, name=cfg.model.name)
+        started = "checkpoint"
+        say(f"start: trained weights from {source}")
+        if data.val_source == "carved":
+            say(CARVED_VALIDATION_NOTE)
+    model = model.to(dev)
+    select = Selection.of(cfg.prune)
+    layers = prunable_weights(model, select)
     check_layers(cfg, layers)
-    positions = layer_positions(model, data.input_shape)
-    dense_numel = {name: m.weight.numel() for name, m in layers.items()}
+    macs = count_macs(model, layers, data.input_shape)
+    dense_numel = {name: w.numel() for name, w in layers.items()}
     prunable, (_, params_total) = sum(dense_numel.values()), count_params(model)
-    flops_dense = sum(dense_numel[n] * positions[n] for n in layers)
+    left_dense = not_pruned(model, layers) if cfg.prune.enabled else {}
+    if left_dense:
+        say(not_pruned_line(left_dense, params_total))
     gen = torch.Generator().manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
     trained_epochs = cfg.budget.train_epochs if cfg.train.enabled else 0
@@ -173,7 +206,17 @@ def run_trial(
         after = _each(_epochs(on_epoch, phase.section, epochs), progress(phase.section, offset) if progress else None)
         x, y, amp = data.train_x, data.train_y, cfg.amp
         return run_phase(
-            model, x, y, phase, epochs=epochs, batch_size=bs, generator=gen, amp=amp, on_epoch=after, **kwargs
+            model,
+            x,
+            y,
+            phase,
+            epochs=epochs,
+            batch_size=bs,
+            generator=gen,
+            amp=amp,
+            on_epoch=after,
+            prunable=list(layers.values()),
+            **kwargs,
         )
 
     # The allocation fixes the count before training: say it up front (and fail now on a count that cannot be).
@@ -201,7 +244,7 @@ def run_trial(
             batches = batches_for_statistics(
                 data.train_x, data.train_y, batch_size=bs, count=pc.grad_batches, generator=gen
             )
-            grads = gradient_statistics(model, batches, layers=list(layers))
+            grads = gradient_statistics(model, batches, weights=layers)
         rates = {name: rate * fraction for name, rate in pc.sparsity.items()}
         kept = final_kept + round((1.0 - fraction) * (prunable - final_kept))
         current_masks = current.masks if current is not None else None
@@ -274,14 +317,13 @@ def run_trial(
     t0 = time.perf_counter()
     final_masks = dict(masks.masks) if masks else {}
     if pc.structured and masks:
-        model = shrink_sequential(model, _kept_units(masks, layers))
+        model = shrink_sequential(model, _kept_units(masks, parameter_paths(model, layers)))
         final_masks = {}
     val_acc = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     test_acc = evaluate(model, data.test_x, data.test_y, batch_size=ebs, amp=cfg.amp)
     params_nonzero, _ = count_params(model)
-    nonzero = {n: int(torch.count_nonzero(m.weight)) for n, m in prunable_layers(model).items()}
+    nonzero = {n: int(torch.count_nonzero(w)) for n, w in prunable_weights(model, select).items()}
     layer_sparsity = {n: 1.0 - nonzero[n] / dense_numel[n] for n in dense_numel}
-    flops_effective = sum(nonzero[n] * positions[n] for n in dense_numel)
     seconds["eval"] = time.perf_counter() - t0
     say(f"finetuned: val accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}, {params_nonzero}/{params_total} params")
 
@@ -296,8 +338,12 @@ def run_trial(
         val_accuracy_trained=val_trained,
         val_accuracy_pruned=val_pruned,
         val_samples=len(data.val_x),
-        flops_dense=flops_dense,
-        flops_effective=flops_effective,
+        flops_dense=macs.dense,
+        flops_effective=macs.effective(nonzero),
+        macs_other=macs.other,
+        not_pruned=left_dense,
+        start=started,
+        val_source=data.val_source,
         seconds=seconds,
         config=cfg.to_dict(),
         device=str(dev),
@@ -307,6 +353,20 @@ def run_trial(
         num_classes=data.num_classes,
         preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
     )
+
+
+def evaluate_start(
+    cfg: TrialConfig, start: Mapping[str, torch.Tensor], *, device: str | torch.device | None = None
+) -> dict[str, Any]:
+    """The trial record of the dense model ``start`` holds, measured as it is on ``cfg``'s splits (no training,
+    no pruning): a search's dense reference. Weights that do not fit the model are a one-line ``ModelError``."""
+    dense = dataclasses.replace(
+        cfg,
+        budget=dataclasses.replace(cfg.budget, train_epochs=0, finetune_epochs=0),
+        train=dataclasses.replace(cfg.train, enabled=False),
+        prune=dataclasses.replace(cfg.prune, enabled=False),
+    )
+    return run_trial(dense, device=device, start=start).record()
 
 
 def _epochs(
@@ -356,11 +416,12 @@ def _progress_reporter(
     return progress
 
 
-def _kept_units(masks: MaskSet, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """Output units each layer keeps under structured masks (only layers that lost some)."""
+def _kept_units(masks: MaskSet, paths: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Output units each layer keeps under structured masks (only layers that lost some); ``paths``: unit ->
+    parameter name."""
     keep = {}
-    for name in layers:
-        alive = masks.masks[f"{name}.weight"].flatten(1).any(dim=1)
+    for name, path in paths.items():
+        alive = masks.masks[path].flatten(1).any(dim=1)
         if not bool(alive.all()):
             keep[name] = alive.nonzero().flatten()
     return keep

@@ -46,7 +46,7 @@ def say(message: str) -> None:
 
 def _run(args: tuple[str, list[str], dict[str, Any], int]) -> dict[str, Any]:
     """One trial of ``space`` with ``overrides`` and searched values ``params`` (in a worker process)."""
-    from autoprune.models import prunable_layers
+    from autoprune.pruning.units import prunable_weights
     from autoprune.space import load_space
     from autoprune.trial import run_trial
 
@@ -56,7 +56,7 @@ def _run(args: tuple[str, list[str], dict[str, Any], int]) -> dict[str, Any]:
     record = result.record()
     keys = ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "val_samples", "config")
     out = {k: record[k] for k in keys}
-    out["prunable"] = sum(m.weight.numel() for m in prunable_layers(result.model).values())
+    out["prunable"] = sum(w.numel() for w in prunable_weights(result.model).values())
     return out
 
 

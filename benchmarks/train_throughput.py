@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from autoprune.config import DatasetConfig, PruneConfig, TrainConfig
 from autoprune.data import load_datasets
-from autoprune.models import build_model, prunable_layers
+from autoprune.models import build_model
 from autoprune.pruning import compute_masks
+from autoprune.pruning.units import prunable_weights
 from autoprune.train import MaskSet, run_phase
 
 
@@ -47,7 +48,7 @@ def dataloader_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs
 
 def autograd_l1_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    weights = [m.weight for m in prunable_layers(model).values()]
+    weights = list(prunable_weights(model).values())
     for idx in torch.randperm(len(x)).split(bs):
         loss = F.cross_entropy(model(x[idx]), y[idx]) + 1e-5 * sum(w.abs().sum() for w in weights)
         opt.zero_grad()

@@ -10,7 +10,7 @@ from torch import nn
 
 from autoprune.config import PruneConfig
 from autoprune.errors import ConfigError
-from autoprune.models import build_model, prunable_layers
+from autoprune.models import build_model
 from autoprune.pruning import (
     agp_events,
     apply_masks,
@@ -27,6 +27,7 @@ from autoprune.pruning import (
     layer_scores,
     planned_params,
 )
+from autoprune.pruning.units import prunable_weights
 
 
 class Block(nn.Module):
@@ -72,7 +73,7 @@ ALLOCS = ["uniform", "erk", "global", "lamp"]
 
 
 def test_the_residual_net_has_dotted_layer_names() -> None:
-    assert list(prunable_layers(MODELS["resnet"])) == ["stem", "block.conv1", "block.conv2", "head.2"]
+    assert list(prunable_weights(MODELS["resnet"])) == ["stem", "block.conv1", "block.conv2", "head.2"]
 
 
 @pytest.mark.parametrize("model_name", list(MODELS))
@@ -99,7 +100,7 @@ def test_every_allocation_keeps_exactly_the_requested_count(model_name, allocati
 @pytest.mark.parametrize("allocation", ["per_layer", "global", "uniform", "lamp", "erk"])
 def test_planned_params_equals_the_pruned_models_count(model_name, allocation) -> None:
     model = MODELS[model_name]
-    layers = list(prunable_layers(model))
+    layers = list(prunable_weights(model))
     rates = {layers[0]: 0.3, layers[-2]: 0.97} if allocation == "per_layer" else {}
     cfg = PruneConfig(allocation=allocation, density=0.07, sparsity=rates)
     masks = compute_masks(model, cfg)
@@ -115,9 +116,9 @@ def test_planned_params_equals_the_pruned_models_count(model_name, allocation) -
 def test_a_target_parameter_count_is_met_exactly(model_name, allocation) -> None:
     model = MODELS[model_name]
     total = count_params(model)[1]
-    prunable = sum(m.weight.numel() for m in prunable_layers(model).values())
+    prunable = sum(w.numel() for w in prunable_weights(model).values())
     target = total - prunable + round(0.031 * prunable)
-    shares = {next(iter(prunable_layers(model))): 2.5}
+    shares = {next(iter(prunable_weights(model))): 2.5}
     cfg = PruneConfig(allocation=allocation, nonzero_params=target, shares=shares)
     assert planned_params(model, cfg) == target
     assert sum(int(m.sum()) for m in compute_masks(model, cfg).values()) == target - (total - prunable)
@@ -133,7 +134,7 @@ def test_planned_params_of_structured_pruning_equals_the_shrunk_models_size(allo
     rates = {"conv1": 0.25, "fc1": 0.9} if allocation == "per_layer" else {}
     cfg = PruneConfig(structured=True, allocation=allocation, density=0.4, sparsity=rates)
     masks = compute_masks(model, cfg)
-    keep = {n: masks[f"{n}.weight"].flatten(1).any(dim=1).nonzero().flatten() for n in prunable_layers(model)}
+    keep = {n: masks[f"{n}.weight"].flatten(1).any(dim=1).nonzero().flatten() for n in prunable_weights(model)}
     shrunk = shrink_sequential(model, keep)
     assert count_params(shrunk)[1] == planned_params(model, cfg)
     if allocation == "per_layer":

@@ -11,7 +11,8 @@ from torch import nn
 
 from autoprune.errors import ModelError
 from autoprune.export import FORMAT, VERSION, load_model, rebuild_architecture, save_model
-from autoprune.models import build_model, prunable_layers
+from autoprune.models import build_model
+from autoprune.pruning.units import prunable_weights
 
 INPUT = (1, 8, 8)
 
@@ -26,11 +27,11 @@ def trained_like(name: str, seed: int = 0) -> tuple[nn.Module, dict[str, torch.T
             model(torch.randn(16, *INPUT))  # moves BatchNorm running statistics away from their defaults
     gen = torch.Generator().manual_seed(seed + 1)
     masks = {}
-    for layer_name, layer in prunable_layers(model).items():
-        keep = torch.rand(layer.weight.shape, generator=gen) > 0.7
+    for layer_name, weight in prunable_weights(model).items():
+        keep = torch.rand(weight.shape, generator=gen) > 0.7
         masks[f"{layer_name}.weight"] = keep
         with torch.no_grad():
-            layer.weight.mul_(keep)
+            weight.mul_(keep)
     return model.eval(), masks
 
 

@@ -213,7 +213,8 @@ def test_levers_that_reuse_phase_one_need_it() -> None:
     with pytest.raises(ConfigError, match=r"finetune\.lr_rewind works within phase 1's schedule"):
         run_trial(cfg(budget=off, finetune=FinetuneConfig(lr_rewind=True)))
     with pytest.raises(ConfigError, match=r"prune\.schedule gradual_train works within phase 1's schedule"):
-        run_trial(cfg(train=TrainConfig(enabled=False), prune=PruneConfig(schedule="gradual_train", density=0.5)))
+        ramp = PruneConfig(schedule="gradual_train", allocation="global", density=0.5)
+        run_trial(cfg(train=TrainConfig(enabled=False), prune=ramp))
 
 
 @pytest.mark.parametrize("schedule", ["gradual", "gradual_train"])

@@ -10,7 +10,7 @@ from torch import nn
 
 from autoprune.config import PruneConfig
 from autoprune.errors import AutoPruneError, ConfigError, ModelError
-from autoprune.models import build_model, prunable_layers
+from autoprune.models import build_model
 from autoprune.pruning import (
     CRITERIA,
     agp_sparsity,
@@ -35,6 +35,7 @@ from autoprune.pruning import (
     taylor_importance,
     unit_scores,
 )
+from autoprune.pruning.units import prunable_weights
 
 
 def zeros_at(mask: torch.Tensor) -> set[int]:
@@ -120,15 +121,15 @@ def test_gradient_statistics_leaves_batchnorm_stats_and_mode_alone():
     model.eval()
     before = copy.deepcopy(model.state_dict())
     batches = [(torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,)))]
-    stats = gradient_statistics(model, batches, layers=["conv2", "fc2"])
+    stats = gradient_statistics(model, batches, weights=["conv2", "fc2"])
     assert list(stats) == ["conv2", "fc2"]
     assert stats["conv2"].shape == model.conv2.weight.shape
     assert (stats["fc2"] > 0).any()
     assert not model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
-    with pytest.raises(ModelError, match="no prunable layer named 'fc9'"):
-        gradient_statistics(model, batches, layers=["fc9"])
+    with pytest.raises(ModelError, match="no prunable weight named 'fc9'"):
+        gradient_statistics(model, batches, weights=["fc9"])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -453,4 +454,4 @@ def test_structured_rejects_unsupported_chains():
 
     with pytest.raises(ModelError, match="Sequential chains"):
         shrink_sequential(Wrapper(), {})  # type: ignore[arg-type]
-    assert set(prunable_layers(with_norm)) == {"a", "b"}
+    assert set(prunable_weights(with_norm)) == {"a", "b"}

@@ -9,8 +9,9 @@ import torch
 import autoprune.trial as trial_module
 from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrainConfig, TrialConfig
 from autoprune.errors import ConfigError, DivergedError
-from autoprune.models import build_model, prunable_layers
+from autoprune.models import build_model
 from autoprune.pruning import count_params
+from autoprune.pruning.units import prunable_weights
 from autoprune.trial import IntermediateResult, run_trial
 
 
@@ -33,9 +34,9 @@ def test_per_layer_sparsity_and_params_are_exact() -> None:
     for layer, rate in SPARSITY.items():
         assert result.layer_sparsity[layer] == pytest.approx(rate, abs=0.002)
     dense = build_model("lenet-300-100", (1, 8, 8), 4)
-    layers = prunable_layers(dense)
-    kept = sum(round(m.weight.numel() * (1 - SPARSITY[n])) for n, m in layers.items())
-    biases = sum(m.bias.numel() for m in layers.values())
+    layers = prunable_weights(dense)
+    kept = sum(round(w.numel() * (1 - SPARSITY[n])) for n, w in layers.items())
+    biases = sum(dense.get_submodule(n).bias.numel() for n in layers)
     assert result.params_nonzero == kept + biases
     assert result.params_total == count_params(dense)[1]
     assert result.flops_effective == kept  # linear layers: one MAC per weight
@@ -93,9 +94,9 @@ def test_gradual_pruning_reaches_the_target_and_keeps_zeros(criterion: str) -> N
 @pytest.mark.parametrize("allocation", ["global", "uniform", "lamp", "erk"])
 def test_density_allocations_keep_exactly_the_planned_count(allocation: str) -> None:
     result = run_trial(cfg(prune=PruneConfig(allocation=allocation, density=0.2)))
-    layers = prunable_layers(build_model("lenet-300-100", (1, 8, 8), 4))
-    total = sum(m.weight.numel() for m in layers.values())
-    zeros = sum(round(result.layer_sparsity[n] * m.weight.numel()) for n, m in layers.items())
+    layers = prunable_weights(build_model("lenet-300-100", (1, 8, 8), 4))
+    total = sum(w.numel() for w in layers.values())
+    zeros = sum(round(result.layer_sparsity[n] * w.numel()) for n, w in layers.items())
     assert total - zeros == round(0.2 * total)
     assert result.params_nonzero == result.params_planned == result.record()["params_planned"]
     if allocation == "uniform":
@@ -129,7 +130,7 @@ def test_dense_run_without_pruning_or_sparse_training() -> None:
 
 def test_a_diverging_trial_raises_a_typed_error_naming_the_phase() -> None:
     with pytest.raises(DivergedError, match="phase 'train' at step"):
-        run_trial(cfg(train=TrainConfig(lr=1e8, lr_schedule="constant")))
+        run_trial(cfg(train=TrainConfig(lr=1e8, lr_schedule="constant"), prune=PruneConfig(enabled=False)))
 
 
 def test_unknown_layer_in_the_config_is_a_config_error() -> None:

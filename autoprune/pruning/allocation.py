@@ -162,13 +162,26 @@ def lamp_scores(score: Tensor) -> Tensor:
 
 
 def global_counts(
-    scores: Mapping[str, Tensor], kept: int, current: Mapping[str, Tensor] | None = None
+    scores: Mapping[str, Tensor],
+    kept: int,
+    current: Mapping[str, Tensor] | None = None,
+    floors: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """Per-layer counts of the ``kept`` highest scores in one ranking across layers (ties: lower position goes)."""
+    """Per-layer counts of the ``kept`` highest scores in one ranking across layers (ties: lower position goes).
+
+    ``floors`` (layer -> count) reserves each layer's that many highest scores ahead of the ranking, so no layer
+    keeps fewer (see ``masks.floor_counts``).
+    """
     names = list(scores)
     if not names:
         return {}
     flats = [ranked(scores[n], None if current is None else current.get(n)) for n in names]
+    for i, n in enumerate(names):
+        k = (floors or {}).get(n, 0)
+        if k > 0:
+            top = torch.topk(flats[i], min(k, flats[i].numel())).indices
+            flats[i] = flats[i].clone()
+            flats[i][top] = float("inf")
     device = flats[0].device
     joined = torch.cat([f.to(device) for f in flats])
     if not 0 <= kept <= joined.numel():
@@ -187,12 +200,14 @@ def layer_counts(
     *,
     shares: Mapping[str, float] | None = None,
     current: Mapping[str, Tensor] | None = None,
+    floors: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
     """Weights each layer keeps under ``allocation`` (``uniform``, ``erk``, ``global``, ``lamp``), summing to ``kept``.
 
     ``scores`` gives each layer's element scores (shapes are enough for ``uniform`` and ``erk``). ``shares``
     multiply the allocation's per-layer densities (absent layers: 1), renormalized to the same total. ``current``
-    (layer -> 0/1 mask) ranks masked entries lowest for the score-based allocations.
+    (layer -> 0/1 mask) ranks masked entries lowest for the score-based allocations; ``floors`` (layer -> count) are
+    the least each layer keeps under them.
     """
     caps = {n: s.numel() for n, s in scores.items()}
     if allocation == "uniform":
@@ -200,13 +215,13 @@ def layer_counts(
     elif allocation == "erk":
         base = {n: float(sum(s.shape)) for n, s in scores.items()}  # density ∝ sum/prod, so count ∝ sum(shape)
     elif allocation == "global":
-        base = dict(global_counts(scores, kept, current))
+        base = dict(global_counts(scores, kept, current, floors))
     elif allocation == "lamp":
         masked_to_zero = {
             n: ranked(s, None if current is None else current.get(n)).clamp_min(0) for n, s in scores.items()
         }
         lamp = {n: lamp_scores(flat.view(scores[n].shape)) for n, flat in masked_to_zero.items()}
-        base = dict(global_counts(lamp, kept, current))
+        base = dict(global_counts(lamp, kept, current, floors))
     else:
         raise ConfigError(f"unknown prune.allocation {allocation!r}; known: {', '.join(ALLOCATIONS)}")
     if shares:

@@ -6,14 +6,16 @@ testable on a bare tensor; ``CRITERIA`` is the registry the configuration names.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import functools
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import AutoPruneError, ConfigError, DataError, ModelError
-from ..models import prunable_layers
+from .units import prunable_weights
 
 Criterion = Callable[[Tensor, "Tensor | None"], Tensor]
 
@@ -57,34 +59,41 @@ CRITERIA: dict[str, Criterion] = {
 def gradient_statistics(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
-    layers: Iterable[str] | None = None,
+    weights: Mapping[str, Tensor] | Iterable[str] | None = None,
 ) -> dict[str, Tensor]:
-    """Mean over ``batches`` of ``|dL/dw|`` (cross-entropy) for the weight of each layer (default: all prunable).
+    """Mean over ``batches`` of ``|dL/dw|`` (cross-entropy) for each prunable weight tensor, by unit name.
 
-    Runs in eval mode, so BatchNorm running statistics and dropout are left alone; the model's mode is restored,
-    its ``.grad`` fields are cleared and its parameters are not changed.
+    ``weights``: the tensors by unit name (``units.prunable_weights``), or names among the default selection's,
+    or None for all of them. Runs in eval mode, so BatchNorm running statistics and dropout are left alone; the
+    model's mode is restored, its ``.grad`` fields are cleared and its parameters are not changed.
     """
-    all_layers = prunable_layers(model)
-    names = list(all_layers) if layers is None else list(layers)
-    unknown = [n for n in names if n not in all_layers]
-    if unknown:
-        raise ModelError(f"no prunable layer named {unknown[0]!r}; prunable layers: {', '.join(all_layers)}")
+    if weights is None or not isinstance(weights, Mapping):
+        every = prunable_weights(model)
+        names = list(every) if weights is None else list(weights)
+        unknown = [n for n in names if n not in every]
+        if unknown:
+            raise ModelError(f"no prunable weight named {unknown[0]!r}; prunable weights: {', '.join(every)}")
+        weights = {n: every[n] for n in names}
+    names = list(weights)
     if not names:
-        raise ModelError("gradient statistics need at least one Linear or Conv2d layer; the model has none")
-    weights = [all_layers[n].weight for n in names]
-    frozen = [w for w in weights if not w.requires_grad]
-    sums = [torch.zeros_like(w, memory_format=torch.contiguous_format) for w in weights]
-    device = weights[0].device
+        raise ModelError("gradient statistics need at least one prunable weight; the model has none")
+    tensors = [weights[n] for n in names]
+    frozen = [w for w in tensors if not w.requires_grad]
+    sums = [torch.zeros_like(w, memory_format=torch.contiguous_format) for w in tensors]
+    device = tensors[0].device
     was_training = model.training
     n_batches = 0
+    # cuDNN's recurrent kernels have no backward pass in eval mode; the native ones do
+    recurrent = any(isinstance(m, nn.RNNBase) for m in model.modules())
+    no_cudnn = functools.partial(torch.backends.cudnn.flags, enabled=False) if recurrent else contextlib.nullcontext
     try:
         model.eval()
         for w in frozen:
             w.requires_grad_(True)
         for inputs, targets in batches:
-            with torch.enable_grad():
+            with torch.enable_grad(), no_cudnn():
                 loss = F.cross_entropy(model(inputs.to(device)), targets.to(device))
-                grads = torch.autograd.grad(loss, weights)
+                grads = torch.autograd.grad(loss, tensors)
             for total, g in zip(sums, grads, strict=True):
                 total.add_(g.abs())
             n_batches += 1
@@ -98,16 +107,22 @@ def gradient_statistics(
     return {name: total.div_(n_batches) for name, total in zip(names, sums, strict=True)}
 
 
-def layer_scores(model: nn.Module, criterion: str, grads: dict[str, Tensor] | None) -> dict[str, Tensor]:
-    """Element-wise importance of the weight of every prunable layer, by layer name."""
+def layer_scores(
+    model: nn.Module,
+    criterion: str,
+    grads: dict[str, Tensor] | None,
+    *,
+    weights: Mapping[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
+    """Element-wise importance of every prunable weight tensor (``weights``; default: all), by unit name."""
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown pruning criterion {criterion!r}; known criteria: {', '.join(CRITERIA)}")
     fn = CRITERIA[criterion]
     scores = {}
-    for name, layer in prunable_layers(model).items():
+    for name, weight in (prunable_weights(model) if weights is None else weights).items():
         grad = None if grads is None else grads.get(name)
         try:
-            scores[name] = fn(layer.weight.detach(), grad)
+            scores[name] = fn(weight.detach(), grad)
         except AutoPruneError as exc:
             raise type(exc)(f"layer {name!r}: {exc}") from None
     return scores

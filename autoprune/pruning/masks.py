@@ -1,19 +1,23 @@
-"""Masks: from scores and counts to 0/1 tensors, and the entry points that tie them to a model and a config.
+"""Masks: from scores and counts to 0/1 tensors, the entry points that tie them to a model and a config, and
+``MaskSet``, which holds them on a model during training.
 
 A mask is a 0/1 tensor with the shape, device and dtype of one parameter, keyed by the parameter's name in
-``model.named_parameters()`` (``"fc1.weight"``, ``"block.conv1.weight"``); the training loop keeps masked entries
-at exactly zero. ``compute_masks`` is the one function that turns a ``PruneConfig`` into masks for a model, and
-``planned_params`` says, before any training, how many nonzero parameters those masks leave.
+``model.named_parameters()`` (``"fc1.weight"``, ``"rnn.weight_hh_l0"``); the training loop keeps masked entries
+at exactly zero. Scores, counts and rates are keyed by unit name (``fc1``, ``rnn.weight_hh_l0``: see ``units``).
+``compute_masks`` is the one function that turns a ``PruneConfig`` into masks for a model, and ``planned_params``
+says, before any training, how many nonzero parameters those masks leave.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
 
 from ..config import PruneConfig, check_structured_sparsity, unit_prunable
 from ..errors import ConfigError, ModelError
-from ..models import prunable_layers
 from .allocation import check_rates, kept_count, layer_counts, ranked
 from .criteria import layer_scores
 from .structured import (
@@ -22,12 +26,15 @@ from .structured import (
     structured_param_masks,
     uniform_unit_rate,
 )
+from .units import Selection, parameter_paths, prunable_weights
 
 __all__ = [
+    "MaskSet",
     "apply_masks",
     "compute_masks",
     "count_masks",
     "count_params",
+    "floor_counts",
     "kept_weights",
     "layer_sparsity",
     "per_layer_masks",
@@ -74,20 +81,15 @@ def per_layer_masks(
 # The pipeline's entry points.
 
 
-def _param_name(layer: str, pname: str) -> str:
-    return f"{layer}.{pname}" if layer else pname
-
-
 def kept_weights(model: nn.Module, cfg: PruneConfig) -> int:
-    """Prunable weights (Linear/Conv2d weights) that ``cfg`` keeps on ``model``, from shapes alone.
+    """Prunable weights (see ``units``) that ``cfg`` keeps on ``model``, from shapes alone.
 
     ``per_layer``: the sum over layers of ``numel - round(rate * numel)``. Any other allocation:
     ``round(density * prunable weights)``, or with ``nonzero_params`` what is left of it once every parameter
     outside the prunable weights (biases, normalisation) is counted. Structured pruning meets the count as nearly
     as whole units allow (``planned_params`` gives the exact result).
     """
-    layers = prunable_layers(model)
-    numels = {name: m.weight.numel() for name, m in layers.items()}
+    numels = {name: w.numel() for name, w in prunable_weights(model, Selection.of(cfg)).items()}
     prunable = sum(numels.values())
     if cfg.allocation == "per_layer":
         rates = check_rates(numels, cfg.sparsity)
@@ -98,7 +100,7 @@ def kept_weights(model: nn.Module, cfg: PruneConfig) -> int:
     if not others <= cfg.nonzero_params <= others + prunable:
         raise ConfigError(
             f"prune.nonzero_params must lie in [{others}, {others + prunable}] for this model (its {others} "
-            f"parameters outside Linear/Conv2d weights always stay), got {cfg.nonzero_params}"
+            f"parameters outside the pruned weights always stay), got {cfg.nonzero_params}"
         )
     return cfg.nonzero_params - others
 
@@ -106,7 +108,7 @@ def kept_weights(model: nn.Module, cfg: PruneConfig) -> int:
 def _structured_rates(model: nn.Module, cfg: PruneConfig, rates: dict[str, float] | None, kept: int | None):
     if cfg.allocation == "uniform":
         rate = uniform_unit_rate(model, kept_weights(model, cfg) if kept is None else kept)
-        return dict.fromkeys(unit_prunable(list(prunable_layers(model))), rate)
+        return dict.fromkeys(unit_prunable(list(prunable_weights(model, Selection.of(cfg)))), rate)
     return dict(cfg.sparsity) if rates is None else rates
 
 
@@ -119,18 +121,35 @@ def planned_params(model: nn.Module, cfg: PruneConfig) -> int:
     trial's measured ``params_nonzero`` equals this.
     """
     params_total = sum(p.numel() for p in model.parameters())
-    layers = prunable_layers(model)
     if not cfg.enabled:
         return params_total
+    weights = prunable_weights(model, Selection.of(cfg))
     if cfg.structured:
-        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(layers))
-        rates = check_rates(layers, _structured_rates(model, cfg, None, None))
-        units = {name: m.weight.shape[0] for name, m in layers.items() if name in rates}
+        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(weights))
+        rates = check_rates(weights, _structured_rates(model, cfg, None, None))
+        units = {name: w.shape[0] for name, w in weights.items() if name in rates}
         keep = {name: torch.arange(n - removed_units(rates[name], n)) for name, n in units.items()}
         masks = structured_param_masks(model, keep)
         return params_total - sum(int(m.numel() - torch.count_nonzero(m)) for m in masks.values())
-    prunable = sum(m.weight.numel() for m in layers.values())
+    prunable = sum(w.numel() for w in weights.values())
     return params_total - prunable + kept_weights(model, cfg)
+
+
+def floor_counts(numels: Mapping[str, int], kept: int, floor: float) -> dict[str, int]:
+    """The weights each tensor keeps at least under a global ranking: ``ceil(floor * density * numel)``, and at
+    least one, where ``density = kept / sum(numels)``; none with ``floor`` 0 (a ranking may then empty a tensor).
+    """
+    total = sum(numels.values())
+    if floor <= 0 or total == 0:
+        return {}
+    density = kept / total
+    floors = {n: min(c, max(1, math.ceil(floor * density * c))) for n, c in numels.items()}
+    if sum(floors.values()) > kept:
+        raise ConfigError(
+            f"prune.floor={floor!r} keeps at least {sum(floors.values())} weights (one or more in each of "
+            f"{len(floors)} tensors), more than the {kept} the size keeps; keep more weights or set prune.floor: 0"
+        )
+    return floors
 
 
 def compute_masks(
@@ -149,27 +168,31 @@ def compute_masks(
     holds the masks in force, whose zeros stay zeros when the count tightens. With ``cfg.structured`` the masks
     remove whole units (see ``structured_param_masks``; the output layer keeps its units).
     """
-    layers = prunable_layers(model)
-    scores = layer_scores(model, cfg.criterion, grads)
+    weights = prunable_weights(model, Selection.of(cfg))
+    paths = parameter_paths(model, weights)
+    scores = layer_scores(model, cfg.criterion, grads, weights=weights)
     layer_current = None
     if current is not None:
-        layer_current = {
-            name: current[_param_name(name, "weight")] for name in layers if _param_name(name, "weight") in current
-        }
+        layer_current = {name: current[path] for name, path in paths.items() if path in current}
     if cfg.structured:
-        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(layers))
+        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(weights))
         keep = structured_keep(scores, _structured_rates(model, cfg, rates, kept), layer_current)
         return structured_param_masks(model, keep)
     if cfg.allocation == "per_layer":
         weight_masks = per_layer_masks(scores, dict(cfg.sparsity) if rates is None else rates, layer_current)
     else:
         kept = kept_weights(model, cfg) if kept is None else kept
-        counts = layer_counts(cfg.allocation, scores, kept, shares=cfg.shares, current=layer_current)
+        floors = (
+            floor_counts({n: s.numel() for n, s in scores.items()}, kept, cfg.floor)
+            if cfg.allocation in ("global", "lamp")
+            else None
+        )
+        counts = layer_counts(cfg.allocation, scores, kept, shares=cfg.shares, current=layer_current, floors=floors)
         weight_masks = count_masks(scores, counts, layer_current)
     masks = {}
     for name, mask in weight_masks.items():
-        w = layers[name].weight
-        masks[_param_name(name, "weight")] = mask.to(device=w.device, dtype=w.dtype)
+        w = weights[name]
+        masks[paths[name]] = mask.to(device=w.device, dtype=w.dtype)
     return masks
 
 
@@ -189,14 +212,14 @@ def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
             p.mul_(mask.to(device=p.device, dtype=p.dtype))
 
 
-def layer_sparsity(model: nn.Module) -> dict[str, float]:
-    """Fraction of exactly-zero weight entries of each prunable layer."""
-    layers = prunable_layers(model)
-    if not layers:
+def layer_sparsity(model: nn.Module, select: Selection | None = None) -> dict[str, float]:
+    """Fraction of exactly-zero entries of each prunable weight tensor, by unit name."""
+    weights = prunable_weights(model, select)
+    if not weights:
         return {}
     # integer counts divided on the host give exact fractions (0.8, not float32's 0.800000011920929)
-    zeros = torch.stack([(m.weight.detach() == 0).sum().cpu() for m in layers.values()]).tolist()
-    return {name: z / m.weight.numel() for (name, m), z in zip(layers.items(), zeros, strict=True)}
+    zeros = torch.stack([(w.detach() == 0).sum().cpu() for w in weights.values()]).tolist()
+    return {name: z / w.numel() for (name, w), z in zip(weights.items(), zeros, strict=True)}
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -206,3 +229,40 @@ def count_params(model: nn.Module) -> tuple[int, int]:
         return 0, 0
     nonzero = torch.stack([torch.count_nonzero(p).cpu() for p in params]).sum()
     return int(nonzero), sum(p.numel() for p in params)
+
+
+class MaskSet:
+    """Parameter masks (1 keeps, 0 prunes), applied in place to weights, gradients and momentum buffers."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        unknown = sorted(set(masks) - set(params))
+        if unknown:
+            raise KeyError(f"masks name unknown parameters: {unknown}")
+        self.masks = dict(masks)
+        self.params = [params[name] for name in self.masks]
+        self.values = [
+            m.to(device=p.device, dtype=p.dtype) for m, p in zip(self.masks.values(), self.params, strict=True)
+        ]
+
+    def __bool__(self) -> bool:
+        return bool(self.params)
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        if self.params:
+            torch._foreach_mul_(self.params, self.values)
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
+        pairs = [(p.grad, m) for p, m in zip(self.params, self.values, strict=True) if p.grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
+
+    @torch.no_grad()
+    def mask_momentum_(self, optimizer: object) -> None:
+        """Zero the masked entries of each parameter's momentum (``optimizer.momentum_buffer(p)``, None: none)."""
+        for p, m in zip(self.params, self.values, strict=True):
+            buf = optimizer.momentum_buffer(p)  # type: ignore[attr-defined]
+            if buf is not None:
+                buf.mul_(m)

@@ -103,6 +103,31 @@ def _finish(
     )
 
 
+def _start_weights(space: SearchSpace) -> dict[str, Any] | None:
+    """The tensors of the space's ``model.weights``, read once by the driver (None without one)."""
+    path = space.default_config().model.weights
+    if path is None:
+        return None
+    from ..models import read_weights
+
+    return read_weights(path)
+
+
+def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dict[str, Any]:
+    """The checkpoint measured as it is on the search's splits; refuses weights that do not fit, before any trial."""
+    from ..trial import CARVED_VALIDATION_NOTE, evaluate_start
+
+    cfg = space.default_config()
+    record = evaluate_start(cfg, start, device="cpu")
+    log(
+        f"search: dense reference (model.weights {cfg.model.weights}): val accuracy {record['val_accuracy']:.4f}, "
+        f"test accuracy {record['test_accuracy']:.4f}, {record['params_total']} params; every trial starts from it"
+    )
+    if record.get("val_source") == "carved":
+        log(CARVED_VALIDATION_NOTE)
+    return {k: record[k] for k in ledger.REFERENCE_KEYS if k in record}
+
+
 def _check_positive_int(option: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise SearchError(f"{option} must be a positive integer, got {value!r}")
@@ -171,6 +196,8 @@ def run_search(
     _check_resources(concurrent, cpus_per_trial, gpus_per_trial)
     _check_something_to_search(spec, n)
     stopping = early_stop_settings(early_stop or spec.early_stop, reduction_factor, grace_period)
+    start = _start_weights(spec)
+    reference = _dense_reference(spec, start, log) if start is not None else None
     rundir.check_new_run_dir(run_dir)
     ledger.quiet_optuna()
     # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
@@ -197,6 +224,8 @@ def run_search(
                 study_name = f"autoprune-{run_dir.resolve().name}-{secrets.token_hex(3)}"
             study = ledger.create_study(storage, study_name, spec, rundir.autoprune_version())
             new_study = (study_name, storage)
+            if reference is not None:
+                study.set_user_attr(ledger.DENSE_REFERENCE_ATTR, reference)
             seeded = seed_baselines(study, spec, n)
             calibrating = study.user_attrs.get(CALIBRATION_ATTR)
             if calibrating:
@@ -246,6 +275,7 @@ def run_search(
                     already=[],
                     already_counted=0,
                     deadline=deadline,
+                    start=start,
                 ),
                 timeout_s,
                 run_dir,
@@ -348,6 +378,7 @@ def resume_search(
                     already=records,
                     already_counted=counted,
                     deadline=deadline,
+                    start=_start_weights(space),
                 ),
                 timeout_s,
                 run_dir,

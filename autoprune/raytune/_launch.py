@@ -259,11 +259,13 @@ def launch(
     already: list[dict[str, Any]],
     already_counted: int,
     deadline: float | None = None,
+    start: dict[str, Any] | None = None,
 ) -> tuple[int, bool]:
     """Run ``n_trials`` new trials of the run's study through Ray Tune (Ray must be initialized).
 
     With early stopping on in ``info.early_stop``, the Pareto-aware scheduler judges the trials' intermediate
-    results. After ``deadline`` (``time.monotonic()``) no trial starts; the running ones finish.
+    results. After ``deadline`` (``time.monotonic()``) no trial starts; the running ones finish. ``start`` (the
+    tensors of ``model.weights``, read once here) travels to every worker with the job: no shared folder needed.
     Returns the number of trials started and whether the deadline ended the launch.
     """
     from ray import tune
@@ -296,6 +298,8 @@ def launch(
         threads=max(1, int(cpus)),
         gpus=gpus,
         rungs=None if scheduler is None else (scheduler.halving.grace_period, scheduler.halving.reduction_factor),
+        launch_dir=os.getcwd(),
+        start=start,
     )
     trainable = tune.with_resources(tune.with_parameters(tune_trial, job=job), {"cpu": cpus, "gpu": gpus})
     name = f"{kind}-{len(info.launches):02d}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import shutil
 import socket
 import time
@@ -53,6 +54,8 @@ class Job:
     threads: int  # torch threads: the trial's CPUs
     gpus: float  # GPUs reserved per trial (0: run on the CPU)
     rungs: tuple[float, float] | None = None  # early stopping: (grace period, reduction factor); None: off
+    launch_dir: str = ""  # the folder the search was launched from: a user's relative paths mean it
+    start: dict[str, Any] | None = None  # model.weights as tensors, read once by the driver; None: fresh weights
 
 
 def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, Any]:
@@ -108,6 +111,8 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         values = {OBJECTIVES[0]: p.val_accuracy, OBJECTIVES[1]: p.params_planned, _HISTORY_KEY: json.dumps(history)}
         tune.report({**values, EPOCH_KEY: p.epoch, EPOCHS_KEY: p.epochs, STAGE_KEY: p.stage})
 
+    if job.launch_dir and os.path.isdir(job.launch_dir):
+        os.chdir(job.launch_dir)  # a user's loader may read files by relative path, as it does in `trial`
     number = int(config[_NUMBER_KEY])
     params = {k: v for k, v in config.items() if k not in (_NUMBER_KEY, _BASELINE_KEY)}
     node = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
@@ -119,7 +124,9 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         # A trial that reserved no GPU stays off the GPUs, which belong to the trials that reserved them.
         device = "cpu" if not job.gpus and cfg.device == "auto" else None
         # Without early stopping nothing is measured between epochs: the trial costs what it always did.
-        result = run_trial(cfg, device=device, threads=job.threads, report=progress if job.rungs else None)
+        result = run_trial(
+            cfg, device=device, threads=job.threads, report=progress if job.rungs else None, start=job.start
+        )
         try:
             result.save(rundir.new_model_path(job.run_dir, number))
         except Exception as exc:
