@@ -22,6 +22,7 @@ that no function shares its name with a module of the package.)
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -69,13 +70,15 @@ def run_trial(
     data: Datasets | None = None,
     log: Log | None = None,
     on_epoch: Callable[[str, int, int, float], None] | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> TrialResult:
     """Run the whole pipeline once (sparse train, prune, finetune, evaluate), without Ray: ``autoprune trial``.
 
     ``space`` is a ``TrialConfig``, a loaded ``SearchSpace``, a space file or the name of a shipped space
     (default ``digits_quick``); searched values not fixed by ``overrides`` (``["finetune.lr=0.01"]``) take
-    their defaults. ``save`` exports the model to that file. Returns the ``TrialResult``: ``.record()`` is the
-    JSON trial record, ``.model`` the pruned model.
+    their defaults. ``weights`` (a ``state_dict`` file) is ``model.weights``: the trial starts from those trained
+    weights. ``save`` exports the model to that file. Returns the ``TrialResult``: ``.record()`` is the JSON trial
+    record, ``.model`` the pruned model.
     """
     from ._paths import check_output_file
     from .config import TrialConfig
@@ -88,9 +91,14 @@ def run_trial(
         if overrides:
             raise SearchError("overrides apply to a space file; change a TrialConfig with dataclasses.replace")
         cfg = space
+        if weights is not None:
+            model = dataclasses.replace(cfg.model, weights=str(Path(weights).expanduser().absolute()))
+            cfg = dataclasses.replace(cfg, model=model)
     else:
+        if weights is not None:
+            overrides = [*overrides, _weights_override(weights)]
         spec = space if isinstance(space, SearchSpace) else load_space(space, overrides)
-        if isinstance(space, SearchSpace) and overrides:
+        if isinstance(space, SearchSpace) and overrides:  # a loaded space takes weights from its own file
             raise SearchError("overrides apply to a space file; load the space with them: load_space(path, overrides)")
         cfg = spec.default_config()
     if seed is not None:
@@ -100,6 +108,11 @@ def run_trial(
     if save is not None:
         result.save(save)
     return result
+
+
+def _weights_override(path: str | os.PathLike) -> str:
+    """``model.weights=PATH`` as a ``--set`` item (the path JSON-quoted: YAML reads it back as that string)."""
+    return f"model.weights={json.dumps(str(Path(path).expanduser().absolute()))}"
 
 
 def search(
@@ -121,6 +134,7 @@ def search(
     timeout: float | str | None = None,
     verbose: bool = False,
     log: Log | None = None,
+    weights: str | os.PathLike | None = None,
 ) -> LaunchResult:
     """Start a search in the new directory ``run_dir`` and run it to the end: ``autoprune search``.
 
@@ -130,10 +144,14 @@ def search(
     ``early_stop`` (``off`` or ``asha``, default the space's ``search.early_stop``, else off; with
     ``reduction_factor`` and ``grace_period``) stops trials that trail the trials of their size or smaller at a
     rung; ``timeout`` (seconds, or ``"1h30m"``) starts no trial after it. Progress lines go to ``log``
-    (default: stderr). The returned ``LaunchResult.results`` holds the front.
+    (default: stderr). ``weights`` (a ``state_dict`` file) is ``model.weights``: every trial starts from those
+    trained weights, and the search measures them once as its dense reference. The returned
+    ``LaunchResult.results`` holds the front.
     """
     from .raytune import run_search
 
+    if weights is not None:
+        overrides = [*overrides, _weights_override(weights)]
     kwargs = {"log": log} if log is not None else {}
     return run_search(
         space,
@@ -303,6 +321,11 @@ def pick(
     metrics = {k: v for k, v in chosen.items() if k not in ("config", "model_path")}
     copy_model(source, out, metrics=metrics, allow_modules=named_modules(space.document))
     result = {**chosen, "out": str(out)}
+    if res.baseline is not None:  # the dense reference: the checkpoint a search started from, or its dense trial
+        from .report import drop_points
+
+        result["dense_test_accuracy"] = res.baseline.get("test_accuracy")
+        result["drop_points"] = drop_points(chosen, res.baseline)
     if max_params is not None:
         keys = ("trial", "params_nonzero", "val_accuracy")
         result["indistinct"] = [{k: r.get(k) for k in keys} for r in indistinct(res.trials, chosen, max_params)[0]]

@@ -315,9 +315,12 @@ def pick(
     if as_json:
         _print_json(chosen)
     else:
+        drop = chosen.get("drop_points")
+        versus = f" ({-drop:+.2f} pt vs dense)" if isinstance(drop, float) else ""
         typer.echo(
             f"trial {chosen['trial']}: val accuracy {chosen['val_accuracy']:.4f}, test accuracy "
-            f"{chosen['test_accuracy']:.4f}, {chosen['params_nonzero']} of {chosen['params_total']} params -> {out}"
+            f"{chosen['test_accuracy']:.4f}{versus}, {chosen['params_nonzero']} of {chosen['params_total']} params "
+            f"-> {out}"
         )
         from .report import indistinct_note
 

@@ -295,10 +295,11 @@ def _plain(value: Any) -> Any:
 
 def report_document(results: Results) -> dict:
     """The ``report --json`` document of a run's results: ``{"front": [...], "trials": [...], "failed": N,
-    "stopped": [...], "baseline_front": [...], "calibration": str | None}``, JSON-safe. ``stopped`` lists the trials
-    early stopping stopped (trial, rung, epoch, val_accuracy, reason); ``baseline_front`` is the front of the seeded
-    baselines alone, to set the searched front against; ``calibration`` says what the calibration of the baselines
-    chose and from which probes (None without one).
+    "stopped": [...], "baseline_front": [...], "calibration": str | None, "dense": record | None}``, JSON-safe.
+    ``dense`` is the dense reference (the checkpoint a search started from, else its most accurate dense trial).
+    ``stopped`` lists the trials early stopping stopped (trial, rung, epoch, val_accuracy, reason);
+    ``baseline_front`` is the front of the seeded baselines alone, to set the searched front against;
+    ``calibration`` says what the calibration of the baselines chose and from which probes (None without one).
     """
     from .pareto import baseline_front
 
@@ -306,7 +307,7 @@ def report_document(results: Results) -> dict:
     document = {"front": _plain(list(results.front)), "trials": _plain(trials), "failed": int(results.failed)}
     calibration = results.calibration if isinstance(results.calibration, str) else None
     document.update(stopped=_plain(list(results.stopped)), baseline_front=_plain(baseline_front(trials)))
-    return {**document, "calibration": calibration}
+    return {**document, "calibration": calibration, "dense": _plain(results.baseline)}
 
 
 def front_hypervolume(front: Sequence[dict]) -> dict[str, Any] | None:
