@@ -112,7 +112,7 @@ def trial(
 
 
 def _print_front(results: Any, run_dir: Path) -> None:
-    from .report import finetune_setbacks, front_table, sizes_table
+    from .report import failure_causes, finetune_setbacks, front_table, sizes_table
     from .rundir import declared_sizes
 
     total = len(results.trials) + results.failed + len(results.stopped)
@@ -122,6 +122,10 @@ def _print_front(results: Any, run_dir: Path) -> None:
         typer.echo(at_sizes)
     if isinstance(results.calibration, str):  # from the study: data, printed without control characters
         _log("".join(c if c.isprintable() else "?" for c in results.calibration))
+    if results.failures and results.trials:  # the all-failed case ends the command with its own error line
+        causes = failure_causes(results.failures)
+        shown = "; ".join(f"{count} x {reason}" for reason, count in causes[:3])
+        _log(f"failed trials: {shown}{f'; {len(causes) - 3} more causes' if len(causes) > 3 else ''}")
     setbacks = finetune_setbacks(results.trials)
     if setbacks:
         _log(setbacks)
