@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _urls
 from ._paths import PathError, check_input_file, inside_run
-from .baselines import CALIBRATION_ATTR
+from .baselines import CALIBRATION_ATTR, checkpoint_reference
 from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
 from .refine import REFINE_ATTR, SIZE_ATTR
@@ -373,20 +373,10 @@ def count_finished(records: list[dict], failures: list[dict]) -> int:
     return len(records) + sum(f["outcome"] in COUNTED_OUTCOMES for f in failures)
 
 
-DENSE_REFERENCE_ATTR = "dense_reference"  # study attribute: the checkpoint a search started from, measured as it is
-REFERENCE_KEYS = ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "flops_dense", "val_samples")
-
-
 def dense_baseline(records: list[dict]) -> dict[str, Any] | None:
     """The most accurate trial that did not prune (``prune.enabled: false``), if any."""
     dense = [r for r in records if not (r.get("config") or {}).get("prune", {}).get("enabled", True)]
     return max(dense, key=lambda r: r["val_accuracy"]) if dense else None
-
-
-def _reference(study: optuna.Study) -> dict[str, Any] | None:
-    """The study's dense reference (a search from trained weights), as a record without a trial number."""
-    ref = study.user_attrs.get(DENSE_REFERENCE_ATTR)
-    return {**ref, "reference": "checkpoint"} if isinstance(ref, dict) and "val_accuracy" in ref else None
 
 
 def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None = None) -> Results:
@@ -414,7 +404,7 @@ def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None =
         running=running,
         counted=count_finished(records, unfinished),
         requested=requested,
-        baseline=_reference(study) or dense_baseline(records),
+        baseline=checkpoint_reference(study) or dense_baseline(records),
         failures=failures,
         stopped=[f for f in unfinished if f["outcome"] == "pruned"],
         run_dir=run_dir,

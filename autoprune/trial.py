@@ -20,11 +20,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,6 +45,7 @@ from .pruning import (
 )
 from .pruning.masks import MaskSet
 from .pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
+from .result import TrialResult as TrialResult  # re-exported: what run_trial returns
 from .sparsity import rewound_lr_at
 from .train import batches_for_statistics, evaluate, run_phase
 
@@ -69,75 +68,6 @@ class IntermediateResult:
     val_accuracy: float  # on the fixed validation subset
     params_planned: int  # the parameters the trial's model keeps after pruning (all of them when dense)
     at_size: bool = True  # pruning is done (or the trial is dense): the accuracy is that of a model of its size
-
-
-@dataclass
-class TrialResult:
-    """What one pipeline run measured, and the model it produced."""
-
-    val_accuracy: float  # after finetuning: what the search optimizes
-    test_accuracy: float  # reported, never used to choose
-    params_nonzero: int  # nonzero parameters of the final model (weights, biases, BatchNorm)
-    params_total: int  # parameters of the dense model
-    params_prunable: int  # of them, the prunable weight tensors' (what the allocations share out: pruning.units)
-    params_planned: int  # nonzero parameters the configuration fixes before training (equals params_nonzero)
-    layer_sparsity: dict[str, float]  # prunable weight -> fraction of its dense entries that are zero or removed
-    val_accuracy_trained: float  # after phase 1
-    val_accuracy_pruned: float | None  # right after one-shot pruning, before finetuning; None for gradual
-    val_samples: int  # the validation split's size: an accuracy on it has standard error sqrt(p(1-p)/n)
-    flops_dense: int  # multiply-accumulates per sample of the prunable weights, dense (measure.count_macs)
-    flops_effective: int  # the same, counting only nonzero weights
-    macs_other: int  # MACs per sample outside the prunable weights (attention scores, weights left dense)
-    not_pruned: dict[str, int]  # parameters left dense, by group (biases, normalization) or parameter path
-    start: str  # what phase 1 started from: "checkpoint" (model.weights or given tensors) or "scratch"
-    val_source: str  # "carved" from the training data, or the dataset "loader"'s own validation split
-    seconds: dict[str, float]  # wall time per phase
-    config: dict[str, Any]  # the full TrialConfig as a dict
-    device: str
-    model: nn.Module = field(repr=False)  # the final model (physically smaller when structured)
-    masks: dict[str, torch.Tensor] = field(repr=False)  # parameter name -> 0/1 mask of the final model
-    input_shape: tuple[int, ...] = ()
-    num_classes: int = 0
-    preprocessing: dict[str, Any] = field(default_factory=dict)  # raw input -> model input (preprocess.py)
-
-    def record(self) -> dict[str, Any]:
-        """The JSON trial record (DESIGN.md field names)."""
-        return {
-            "val_accuracy": self.val_accuracy,
-            "test_accuracy": self.test_accuracy,
-            "params_nonzero": self.params_nonzero,
-            "params_total": self.params_total,
-            "params_prunable": self.params_prunable,
-            "params_planned": self.params_planned,
-            "layer_sparsity": dict(self.layer_sparsity),
-            "val_accuracy_trained": self.val_accuracy_trained,
-            "val_accuracy_pruned": self.val_accuracy_pruned,
-            "val_samples": self.val_samples,
-            "flops_dense": self.flops_dense,
-            "flops_effective": self.flops_effective,
-            "macs_other": self.macs_other,
-            "not_pruned": dict(self.not_pruned),
-            "start": self.start,
-            "val_source": self.val_source,
-            "seconds": dict(self.seconds),
-            "device": self.device,
-            "config": self.config,
-        }
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Export the model as a self-describing file (see ``autoprune.export``)."""
-        from .export import save_model
-
-        return save_model(
-            path,
-            self.model,
-            masks=self.masks,
-            config=self.config,
-            metrics=self.record(),
-            input_shape=self.input_shape,
-            num_classes=self.num_classes,
-            preprocessing=self.preprocessing or None,
-        )
 
 
 def run_trial(

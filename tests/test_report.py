@@ -165,7 +165,7 @@ def test_report_document_layout_is_json_safe():
     front = pareto_front(trials)
     stopped = [{"trial": 9, "outcome": "pruned", "rung": 0, "epoch": 1, "val_accuracy": float("nan"), "reason": "r"}]
     doc = report_document(results_of(trials, front, failed=3, stopped=stopped))
-    assert set(doc) == {"front", "trials", "failed", "stopped", "baseline_front", "calibration"}
+    assert set(doc) == {"front", "trials", "failed", "stopped", "baseline_front", "calibration", "dense"}
     assert doc["baseline_front"] == [] and doc["calibration"] is None  # no seeded baselines, no calibration
     assert doc["failed"] == 3 and [s["trial"] for s in doc["stopped"]] == [9]
     assert doc["stopped"][0]["val_accuracy"] is None  # JSON-safe like the rest

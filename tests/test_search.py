@@ -121,7 +121,7 @@ def test_report_json_is_one_document(finished_run: Path, capsys, monkeypatch) ->
     code, out, _ = run_cli(["report", str(finished_run), "--json"], capsys, monkeypatch)
     assert code == 0
     doc = json.loads(out)
-    assert set(doc) == {"front", "trials", "failed", "stopped", "baseline_front", "calibration"}
+    assert set(doc) == {"front", "trials", "failed", "stopped", "baseline_front", "calibration", "dense"}
     assert {r["trial"] for r in doc["front"]} == _brute_force_front(_study(finished_run))
     assert doc["stopped"] == []  # early stopping was off
     assert doc["baseline_front"] == []  # a space of per-layer rates is not seeded with baselines

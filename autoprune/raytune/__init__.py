@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ledger, rundir
-from ..baselines import CALIBRATION_ATTR, seed_baselines
+from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, REFERENCE_KEYS, seed_baselines
 from ..errors import SearchError
 from ..ledger import Results
 from ..rundir import RunInfo
@@ -125,7 +125,7 @@ def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dic
     )
     if record.get("val_source") == "carved":
         log(CARVED_VALIDATION_NOTE)
-    return {k: record[k] for k in ledger.REFERENCE_KEYS if k in record}
+    return {k: record[k] for k in REFERENCE_KEYS if k in record}
 
 
 def _check_positive_int(option: str, value: Any) -> None:
@@ -225,7 +225,7 @@ def run_search(
             study = ledger.create_study(storage, study_name, spec, rundir.autoprune_version())
             new_study = (study_name, storage)
             if reference is not None:
-                study.set_user_attr(ledger.DENSE_REFERENCE_ATTR, reference)
+                study.set_user_attr(DENSE_REFERENCE_ATTR, reference)
             seeded = seed_baselines(study, spec, n)
             calibrating = study.user_attrs.get(CALIBRATION_ATTR)
             if calibrating:
