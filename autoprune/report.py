@@ -266,6 +266,15 @@ def all_failed(results: Any) -> str | None:
     )
 
 
+def _fmt_not_pruned(groups: dict, total: Any) -> str:
+    from .pruning.units import not_pruned_line
+
+    try:
+        return not_pruned_line({str(k): int(v) for k, v in groups.items()}, int(total)).removeprefix("not pruned: ")
+    except (TypeError, ValueError):
+        return "-"
+
+
 def trial_summary(record: dict) -> str:
     """A few lines describing one trial record (``autoprune trial`` without ``--json``)."""
     sec = record.get("seconds") or {}
@@ -281,7 +290,11 @@ def trial_summary(record: dict) -> str:
         f"sparsity %     {_fmt_sparsity(record.get('layer_sparsity'))}",
     ]
     if dense:
-        lines.append(f"MACs/sample    {eff} of {dense} ({_fmt_share(eff, dense)})")
+        other = record.get("macs_other") or 0
+        rest = f"; {other} more outside them (attention products, weights left dense)" if other else ""
+        lines.append(f"MACs/sample    {eff} of {dense} ({_fmt_share(eff, dense)}) in the pruned weights{rest}")
+    if record.get("not_pruned"):
+        lines.append(f"left dense     {_fmt_not_pruned(record['not_pruned'], record.get('params_total'))}")
     lines.append(f"time           {phases} on {record.get('device', '?')}")
     if record.get("model_path"):
         lines.append(f"model          {record['model_path']}")

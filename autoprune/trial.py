@@ -18,7 +18,6 @@ is done (``at_size``). They decide early whether a trial is worth finishing; onl
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -283,20 +282,6 @@ def run_trial(
         num_classes=data.num_classes,
         preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
     )
-
-
-def evaluate_start(
-    cfg: TrialConfig, start: Mapping[str, torch.Tensor], *, device: str | torch.device | None = None
-) -> dict[str, Any]:
-    """The trial record of the dense model ``start`` holds, measured as it is on ``cfg``'s splits (no training,
-    no pruning): a search's dense reference. Weights that do not fit the model are a one-line ``ModelError``."""
-    dense = dataclasses.replace(
-        cfg,
-        budget=dataclasses.replace(cfg.budget, train_epochs=0, finetune_epochs=0),
-        train=dataclasses.replace(cfg.train, enabled=False),
-        prune=dataclasses.replace(cfg.prune, enabled=False),
-    )
-    return run_trial(dense, device=device, start=start).record()
 
 
 def _epochs(

@@ -147,3 +147,36 @@ def test_the_command_line_sets_weights_and_refuses_a_missing_file(
     assert code != 0 and out == ""
     [line] = err.strip().splitlines()
     assert "missing.pt" in line and "Traceback" not in err
+
+
+class TrainsBadly(torch.nn.Module):
+    """Runs on a sample in eval mode (so the space loads), and fails once it trains, as a user's bug would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise ValueError("the batch norm statistics are not set up")
+        return self.fc(x.flatten(1))
+
+
+def trains_badly() -> torch.nn.Module:
+    return TrainsBadly()
+
+
+def test_a_search_whose_trial_cannot_run_is_refused_before_it_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "dataset: {name: digits, limit: 200}\nmodel: {name: 'test_weights:trains_badly'}\n"
+        "budget: {train_epochs: 1, finetune_epochs: 1}\nprune: {allocation: global, density: {low: 0.1, high: 0.5}}\n"
+    )
+    code, out, err = run_cli(["search", str(space), "--run-dir", str(tmp_path / "run")], capsys, monkeypatch)
+    assert code == 1 and out == ""
+    [line] = err.strip().splitlines()
+    assert "the space's trial fails before the search starts" in line
+    assert "the batch norm statistics are not set up" in line
+    assert not (tmp_path / "run").exists()  # refused before Ray or any file

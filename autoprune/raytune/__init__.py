@@ -113,9 +113,18 @@ def _start_weights(space: SearchSpace) -> dict[str, Any] | None:
     return read_weights(path)
 
 
+def _preflight(space: SearchSpace, start: dict[str, Any] | None) -> None:
+    """The space's default trial on a few samples: what would fail every trial fails here, in one line."""
+    from .._trust import named_modules
+    from ..preflight import preflight
+
+    preflight(space.default_config(), start=start, allow_modules=named_modules(space.document))
+
+
 def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dict[str, Any]:
     """The checkpoint measured as it is on the search's splits; refuses weights that do not fit, before any trial."""
-    from ..trial import CARVED_VALIDATION_NOTE, evaluate_start
+    from ..preflight import evaluate_start
+    from ..trial import CARVED_VALIDATION_NOTE
 
     cfg = space.default_config()
     record = evaluate_start(cfg, start, device="cpu")
@@ -198,6 +207,7 @@ def run_search(
     stopping = early_stop_settings(early_stop or spec.early_stop, reduction_factor, grace_period)
     start = _start_weights(spec)
     reference = _dense_reference(spec, start, log) if start is not None else None
+    _preflight(spec, start)
     rundir.check_new_run_dir(run_dir)
     ledger.quiet_optuna()
     # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
