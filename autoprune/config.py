@@ -187,7 +187,7 @@ class PruneConfig:
     allocation: str = "per_layer"  # per_layer (sparsity) | global | uniform | lamp | erk (density)
     schedule: str = "one_shot"  # one_shot | gradual (AGP in finetuning) | gradual_train (AGP in phase 1)
     sparsity: dict[str, float] = field(default_factory=dict)  # per_layer: layer -> fraction of zeros
-    density: float = 0.1  # other allocations: fraction of the prunable (Linear/Conv2d) weights kept
+    density: float = 0.1  # other allocations: fraction of the prunable weights kept (see pruning.units)
     nonzero_params: int | None = None  # other allocations: nonzero parameters of the pruned model, instead of density
     shares: dict[str, float] = field(default_factory=dict)  # layer -> multiplier on its allocated density
     structured: bool = False  # remove whole output units (neurons/channels): a physically smaller model

@@ -89,8 +89,10 @@ def plot_front(
             s=180,
             color="tab:red",
             zorder=4,
-            label="dense baseline",
+            label="checkpoint (dense)" if baseline.get("reference") == "checkpoint" else "dense baseline",
         )
+        # every model's drop from the dense model reads against this line
+        ax.axhline(float(baseline["val_accuracy"]), color="tab:red", linestyle=":", linewidth=0.8, zorder=1)
     if not trials and not front:
         ax.text(0.5, 0.5, "no finished trials yet", transform=ax.transAxes, ha="center", va="center")
     else:

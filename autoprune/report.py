@@ -63,7 +63,7 @@ def drop_points(record: dict, reference: dict | None) -> float | None:
 
 def _fmt_drop(record: dict, reference: dict | None) -> str:
     drop = drop_points(record, reference)
-    return "-" if drop is None else f"{-drop:+.2f}"
+    return "-" if drop is None else f"{0.0 - drop:+.2f}"
 
 
 def _table_row(record: dict, label: str | None = None, reference: dict | None = None) -> list[str]:
