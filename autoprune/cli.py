@@ -112,7 +112,14 @@ def trial(
 
 
 def _print_front(results: Any, run_dir: Path) -> None:
-    from .report import failure_causes, finetune_setbacks, front_table, sizes_table
+    from .report import (
+        CARVED_VALIDATION_NOTE,
+        carved_validation,
+        failure_causes,
+        finetune_setbacks,
+        front_table,
+        sizes_table,
+    )
     from .rundir import declared_sizes
 
     total = len(results.trials) + results.failed + len(results.stopped)
@@ -126,6 +133,8 @@ def _print_front(results: Any, run_dir: Path) -> None:
         causes = failure_causes(results.failures)
         shown = "; ".join(f"{count} x {reason}" for reason, count in causes[:3])
         _log(f"failed trials: {shown}{f'; {len(causes) - 3} more causes' if len(causes) > 3 else ''}")
+    if carved_validation(results.trials):
+        _log(CARVED_VALIDATION_NOTE)
     setbacks = finetune_setbacks(results.trials)
     if setbacks:
         _log(setbacks)

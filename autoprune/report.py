@@ -29,6 +29,19 @@ _TAIL_COLUMNS = ("model_path",)
 _MAX_TABLE_LAYERS = 8  # beyond this the sparsity column shows "+N more" instead of every layer
 
 
+# A search from trained weights whose validation split comes out of the training data: said in the log and report.
+CARVED_VALIDATION_NOTE = (
+    "note: the validation split is carved from the training data (dataset.val_fraction), which the checkpoint may "
+    "have trained on: validation accuracy can read high and choose worse models; have the dataset loader return "
+    "val_x/val_y held out from the checkpoint's training"
+)
+
+
+def carved_validation(trials: Sequence[dict]) -> bool:
+    """Whether trials started from a checkpoint chose on a validation split carved from the training data."""
+    return any(t.get("start") == "checkpoint" and t.get("val_source") == "carved" for t in trials)
+
+
 def _fmt_acc(value: Any) -> str:
     if value is None or not math.isfinite(float(value)):
         return "-"

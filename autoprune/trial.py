@@ -44,15 +44,11 @@ from .pruning import (
 )
 from .pruning.masks import MaskSet
 from .pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
+from .report import CARVED_VALIDATION_NOTE
 from .result import TrialResult as TrialResult  # re-exported: what run_trial returns
 from .sparsity import rewound_lr_at
 from .train import batches_for_statistics, evaluate, run_phase
 
-CARVED_VALIDATION_NOTE = (
-    "note: the validation split is carved from the training data (dataset.val_fraction), which the checkpoint may "
-    "have trained on: validation accuracy can read high and choose worse models; have the dataset loader return "
-    "val_x/val_y held out from the checkpoint's training"
-)
 REPORT_VAL_SAMPLES = 2048  # validation samples measured for an intermediate result
 _REPORT_SUBSET_SEED = 0
 

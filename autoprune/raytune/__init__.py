@@ -124,7 +124,7 @@ def _preflight(space: SearchSpace, start: dict[str, Any] | None) -> None:
 def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dict[str, Any]:
     """The checkpoint measured as it is on the search's splits; refuses weights that do not fit, before any trial."""
     from ..preflight import evaluate_start
-    from ..trial import CARVED_VALIDATION_NOTE
+    from ..report import CARVED_VALIDATION_NOTE
 
     cfg = space.default_config()
     record = evaluate_start(cfg, start, device="cpu")
