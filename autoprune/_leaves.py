@@ -21,7 +21,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp")
+TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp", "tf32")
 SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine", "sizes")
 RANGE_KEYS = {"low", "high", "log", "step", "default"}
 CHOICE_KEYS = {"choices", "default"}
@@ -90,7 +90,7 @@ def check_known_path(parts: list[str], *, where: str) -> None:
         raise ConfigError(f"{where}: unknown key {parts[0]!r}; top-level keys: {', '.join(TOP_LEVEL)}")
     if len(parts) == 1:
         return
-    if parts[0] in ("seed", "device", "amp"):
+    if parts[0] in ("seed", "device", "amp", "tf32"):
         raise ConfigError(f"{where}: {parts[0]} takes a value, not sub-keys")
     known = SEARCH_KEYS if parts[0] == "search" else tuple(f.name for f in dataclasses.fields(_SECTIONS[parts[0]]))
     if parts[1] not in known:

@@ -176,8 +176,12 @@ def search(
     ] = None,
     cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial; also the trial's torch threads.")] = 1.0,
     gpus_per_trial: Annotated[
-        float, typer.Option(help="GPUs per trial; a fraction (0.25) shares one GPU between trials.")
-    ] = 0.0,
+        str,
+        typer.Option(
+            help="GPUs per trial: auto (a share of a GPU where the cluster has GPUs, else the CPU), 0 for the CPU, "
+            "or a number; a fraction (0.25) shares one GPU between trials."
+        ),
+    ] = "auto",
     address: Annotated[
         str | None,
         typer.Option(help="Connect to a running Ray cluster: auto or host:port (default: start Ray locally)."),
@@ -234,7 +238,9 @@ def resume(
     ] = None,
     concurrent: Annotated[int | None, typer.Option(help="Trials at a time (default: the search's).")] = None,
     cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs per trial (default: the search's).")] = None,
-    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial (default: the search's).")] = None,
+    gpus_per_trial: Annotated[
+        str | None, typer.Option(help="GPUs per trial: auto, 0 or a number (default: the search's).")
+    ] = None,
     study_storage: StorageOption = None,
     early_stop: Annotated[EarlyStop | None, typer.Option(help="Early stopping (default: the search's).")] = None,
     reduction_factor: ReductionOption = None,

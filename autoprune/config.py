@@ -278,9 +278,13 @@ class TrialConfig:
     seed: int = 0  # seeds the split, the initial weights and the batch order
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
+    tf32: bool = True  # TF32 tensor cores for float32 matmuls and convolutions on CUDA (ignored on CPU)
 
     def __post_init__(self) -> None:
         _check_number("seed", self.seed, low=0, integer=True)
+        for key in ("amp", "tf32"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")
         ):

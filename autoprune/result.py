@@ -34,6 +34,7 @@ class TrialResult:
     seconds: dict[str, float]  # wall time per phase
     config: dict[str, Any]  # the full TrialConfig as a dict
     device: str
+    cuda: dict[str, bool]  # the CUDA settings the trial ran with (tf32, bf16_autocast, cudnn_benchmark); {} on CPU
     model: nn.Module = field(repr=False)  # the final model (physically smaller when structured)
     masks: dict[str, torch.Tensor] = field(repr=False)  # parameter name -> 0/1 mask of the final model
     input_shape: tuple[int, ...] = ()
@@ -61,6 +62,7 @@ class TrialResult:
             "val_source": self.val_source,
             "seconds": dict(self.seconds),
             "device": self.device,
+            "cuda": dict(self.cuda),
             "config": self.config,
         }
 

@@ -232,7 +232,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     for key, value in document.items():
         if key == "search":
             continue
-        if key in ("seed", "device", "amp"):
+        if key in ("seed", "device", "amp", "tf32"):
             if is_searched(value):
                 raise fail(f"{key} cannot be searched")
             base[key] = value

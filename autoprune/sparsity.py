@@ -137,22 +137,58 @@ def distillation_loss(
 
 
 @torch.no_grad()
-def add_l1_grad_(weights: Sequence[torch.Tensor], lam: float) -> None:
-    """``w.grad += λ·sign(w)``: the subgradient of λ·Σ|w| (0 at w = 0), in place, with no autograd graph."""
+def add_l1_grad_(weights: Sequence[torch.Tensor], lam: float, scratch: list[torch.Tensor] | None = None) -> None:
+    """``w.grad += λ·sign(w)``: the subgradient of λ·Σ|w| (0 at w = 0), in place, with no autograd graph.
+
+    ``scratch`` (tensors shaped like ``weights``, from ``penalty_scratch``) holds the signs, so that a training
+    step allocates nothing; without it they are allocated per call.
+    """
     if lam == 0.0 or not weights:
         return
     grads = [w.grad for w in weights]
-    torch._foreach_add_(grads, torch._foreach_sign(list(weights)), alpha=lam)
+    if scratch is None:
+        torch._foreach_add_(grads, torch._foreach_sign(list(weights)), alpha=lam)
+        return
+    torch._foreach_copy_(scratch, list(weights))
+    torch._foreach_sign_(scratch)
+    torch._foreach_add_(grads, scratch, alpha=lam)
 
 
 @torch.no_grad()
-def add_group_lasso_grad_(weights: Sequence[torch.Tensor], lam: float, eps: float = 1e-12) -> None:
-    """``w.grad += λ·w_g/‖w_g‖`` for every output unit g (0 for an all-zero unit), in place."""
+def add_group_lasso_grad_(
+    weights: Sequence[torch.Tensor], lam: float, eps: float = 1e-12, scratch: list[torch.Tensor] | None = None
+) -> None:
+    """``w.grad += λ·w_g/‖w_g‖`` for every output unit g (0 for an all-zero unit), in place.
+
+    ``scratch`` (from ``penalty_scratch``) holds each weight's row norms and quotient between steps, so that a step
+    allocates nothing.
+    """
     if lam == 0.0:
         return
-    for w in weights:
-        norms = w.flatten(1).norm(dim=1).clamp_min(eps)
-        w.grad.add_(w / norms.view(-1, *([1] * (w.dim() - 1))), alpha=lam)
+    for i, w in enumerate(weights):
+        rows = w.view(w.shape[0], -1) if w.is_contiguous() else w.reshape(w.shape[0], -1)
+        shape = (-1, *([1] * (w.dim() - 1)))
+        if scratch is None:
+            norms = torch.linalg.vector_norm(rows, dim=1).clamp_min_(eps)
+            w.grad.add_(w / norms.view(shape), alpha=lam)
+            continue
+        norms, quotient = scratch[2 * i], scratch[2 * i + 1]
+        torch.linalg.vector_norm(rows, dim=1, out=norms)
+        norms.clamp_min_(eps)
+        torch.div(w, norms.view(shape), out=quotient)
+        w.grad.add_(quotient, alpha=lam)
+
+
+def penalty_scratch(penalty: str, weights: Sequence[torch.Tensor]) -> list[torch.Tensor] | None:
+    """Buffers a penalty's gradient reuses at every step (see ``add_l1_grad_``/``add_group_lasso_grad_``)."""
+    if penalty == "l1":
+        return [torch.empty_like(w) for w in weights]
+    if penalty == "group_lasso":
+        out: list[torch.Tensor] = []
+        for w in weights:
+            out += [w.new_empty(w.shape[0]), torch.empty_like(w)]
+        return out
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------- clipping

@@ -28,6 +28,7 @@ from .sparsity import (
     grad_clip_scale,
     lambda_at,
     lr_at,
+    penalty_scratch,
     warmed_up_lr,
 )
 
@@ -257,10 +258,11 @@ def _penalty(tc: TrainConfig, weights: list[torch.Tensor]) -> Callable[[float], 
     add_grad = {"l1": add_l1_grad_, "group_lasso": add_group_lasso_grad_}.get(tc.penalty)
     if add_grad is None:
         return None
+    scratch = penalty_scratch(tc.penalty, weights)  # allocated once per phase, reused by every step
 
     def apply(progress: float) -> None:
         lam = lambda_at(tc.lambda_schedule, tc.lambda_max, progress, warmup=tc.lambda_warmup, steps=tc.lambda_steps)
-        add_grad(weights, lam)
+        add_grad(weights, lam, scratch=scratch)
 
     return apply
 

@@ -91,8 +91,8 @@ def run_trial(
     dev = resolve_device(device if device is not None else cfg.device)
     if threads is not None and dev.type == "cpu":
         torch.set_num_threads(max(1, int(threads)))
-    if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    cuda = cuda_settings(cfg, dev)
+    _apply_cuda(cuda)
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
@@ -119,7 +119,8 @@ def run_trial(
     left_dense = not_pruned(model, layers) if cfg.prune.enabled else {}
     if left_dense:
         say(not_pruned_line(left_dense, params_total))
-    gen = torch.Generator().manual_seed(cfg.seed)
+    # The batch order is drawn where the data lives: on a GPU no permutation crosses from host memory.
+    gen = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
     trained_epochs = cfg.budget.train_epochs if cfg.train.enabled else 0
     pruned = [not cfg.prune.enabled]  # the final masks are in place
@@ -272,12 +273,29 @@ def run_trial(
         seconds=seconds,
         config=cfg.to_dict(),
         device=str(dev),
+        cuda=cuda,
         model=model,
         masks={k: v.detach().to("cpu", torch.bool) for k, v in final_masks.items()},
         input_shape=tuple(data.input_shape),
         num_classes=data.num_classes,
         preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
     )
+
+
+def cuda_settings(cfg: TrialConfig, device: torch.device) -> dict[str, bool]:
+    """What a trial on ``device`` runs with on CUDA: TF32 (``cfg.tf32``), bf16 autocast (``cfg.amp``) and cuDNN's
+    autotuner; empty on the CPU, where none of it applies."""
+    if device.type != "cuda":
+        return {}
+    return {"tf32": bool(cfg.tf32), "bf16_autocast": bool(cfg.amp), "cudnn_benchmark": True}
+
+
+def _apply_cuda(settings: dict[str, bool]) -> None:
+    if not settings:
+        return
+    torch.backends.cuda.matmul.allow_tf32 = settings["tf32"]
+    torch.backends.cudnn.allow_tf32 = settings["tf32"]
+    torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
 
 
 def _epochs(

@@ -34,7 +34,7 @@ from ..ledger import Results
 from ..rundir import RunInfo
 from ..space import SearchSpace, load_space
 from ..stopping import early_stop_settings, format_duration, parse_duration
-from ._launch import cluster_concurrency, init_ray, launch, shutdown_ray
+from ._launch import cluster_concurrency, init_ray, launch, resolve_gpus, shutdown_ray
 
 if TYPE_CHECKING:
     import optuna
@@ -142,11 +142,13 @@ def _check_positive_int(option: str, value: Any) -> None:
         raise SearchError(f"{option} must be a positive integer, got {value!r}")
 
 
-def _check_resources(concurrent: int | None, cpus: float, gpus: float) -> None:
+def _check_resources(concurrent: int | None, cpus: float, gpus: float | str) -> None:
     if concurrent is not None:
         _check_positive_int("--concurrent", concurrent)
     if not (isinstance(cpus, (int, float)) and math.isfinite(cpus) and cpus > 0):
         raise SearchError(f"--cpus-per-trial must be > 0, got {cpus!r}")
+    if isinstance(gpus, str):
+        gpus = resolve_gpus(gpus, 1.0)  # auto, or a number given as text; only its form is checked here
     if not (isinstance(gpus, (int, float)) and math.isfinite(gpus) and gpus >= 0):
         raise SearchError(f"--gpus-per-trial must be >= 0 (fractions share a GPU, e.g. 0.25), got {gpus!r}")
     if gpus > 1 and gpus != int(gpus):
@@ -169,7 +171,7 @@ def run_search(
     trials: int | None = None,
     concurrent: int | None = None,
     cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
+    gpus_per_trial: float | str = "auto",
     address: str | None = None,
     sampler: str | None = None,
     seed: int = 0,
@@ -341,7 +343,7 @@ def resume_search(
     resources = dict(info.resources)
     overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
     resources.update({key: value for key, value in overrides.items() if value is not None})
-    _check_resources(resources["concurrent"], float(resources["cpus_per_trial"]), float(resources["gpus_per_trial"]))
+    _check_resources(resources["concurrent"], float(resources["cpus_per_trial"]), resources["gpus_per_trial"])
     with rundir.run_lock(run_dir):
         study = ledger.load_study(info, run_dir, study_storage)
         records, failures, _ = ledger.trial_records(study, run_dir)
@@ -361,7 +363,7 @@ def resume_search(
                             f"{exc} (this search ran on {where}; use --address local to resume here)"
                         ) from None
                     raise
-                cluster_concurrency(float(resources["cpus_per_trial"]), float(resources["gpus_per_trial"]))
+                cluster_concurrency(float(resources["cpus_per_trial"]), resources["gpus_per_trial"])
             closed = ledger.close_stale_trials(study)
             if closed:
                 log(f"resume: closed {closed} trial{'s' if closed != 1 else ''} left running by an interruption")

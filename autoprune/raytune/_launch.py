@@ -229,11 +229,40 @@ def shutdown_ray() -> None:
         _watchdog = None
 
 
-def cluster_concurrency(cpus: float, gpus: float) -> int:
+# Trials that share one GPU under --gpus-per-trial auto: a LeNet-sized trial leaves most of a GPU idle. Pending its
+# measurement on a GPU (benchmarks/gpu_check.py, part 3), the issue's target: 8 trials at >= 70% of solo speed.
+TRIALS_PER_GPU = 8
+
+
+def resolve_gpus(requested: float | str, cluster_gpus: float) -> float:
+    """The GPU share of each trial: ``auto`` is 1/``TRIALS_PER_GPU`` where the cluster has GPUs, else 0 (the CPU);
+    a number is taken as it is (0 forces the CPU)."""
+    if isinstance(requested, str):
+        if requested.strip().lower() == "auto":
+            return 1.0 / TRIALS_PER_GPU if cluster_gpus > 0 else 0.0
+        try:
+            requested = float(requested)
+        except ValueError:
+            raise SearchError(
+                f"--gpus-per-trial must be auto or a number (0 for the CPU, 0.25 to share a GPU by four), got "
+                f"{requested!r}"
+            ) from None
+    return float(requested)
+
+
+def cluster_gpus() -> float:
+    """GPUs in the Ray cluster (Ray must be initialized)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def cluster_concurrency(cpus: float, gpus: float | str) -> int:
     """How many trials of this size the cluster fits at once; refuses one line when no node fits one."""
     import ray
 
     res = ray.cluster_resources()
+    gpus = resolve_gpus(gpus, float(res.get("GPU", 0)))
     fits = math.floor(res.get("CPU", 1) / cpus) if cpus > 0 else 10**6
     if gpus > 0:
         fits = min(fits, math.floor(res.get("GPU", 0) / gpus))
@@ -273,7 +302,7 @@ def launch(
     from ..progress import Progress
 
     res = info.resources
-    cpus, gpus = float(res["cpus_per_trial"]), float(res["gpus_per_trial"])
+    cpus, gpus = float(res["cpus_per_trial"]), resolve_gpus(res["gpus_per_trial"], cluster_gpus())
     fits = cluster_concurrency(cpus, gpus)
     concurrent = min(int(res["concurrent"]), fits) if res.get("concurrent") else fits
     concurrent = max(1, min(concurrent, n_trials))
@@ -313,9 +342,11 @@ def launch(
     }
     info.launches.append({**entry, "concurrent": concurrent})
     info.write(run_dir)
+    auto = str(res["gpus_per_trial"]).lower() == "auto"
+    where = f" + {gpus:g} GPU" if gpus else (" (no GPU in the cluster: on the CPU)" if auto else " (on the CPU)")
     log(
         f"{kind}: {n_trials} trial{'s' if n_trials != 1 else ''}, {concurrent} at a time, {cpus:g} CPU"
-        f"{f' + {gpus:g} GPU' if gpus else ''} each, sampler {info.sampler} (seed {sampler_seed}), "
+        f"{where} each, sampler {info.sampler} (seed {sampler_seed}), "
         f"early stopping {_describe(info.early_stop)}, run dir {run_dir}"
     )
     tuner = tune.Tuner(

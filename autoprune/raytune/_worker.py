@@ -58,6 +58,12 @@ class Job:
     start: dict[str, Any] | None = None  # model.weights as tensors, read once by the driver; None: fresh weights
 
 
+def trial_device(gpus: float, configured: str) -> str | None:
+    """The device a trial runs on: ``cpu`` when it reserved no GPU and its space says ``auto`` (the GPUs belong
+    to the trials that reserved them); else None, the config's own (``auto``: CUDA where the worker has it)."""
+    return "cpu" if not gpus and configured == "auto" else None
+
+
 def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, Any]:
     """Define-by-run space for OptunaSearch: every searched dimension, plus as constants the trial number and,
     for a seeded baseline, that it is one.
@@ -121,8 +127,7 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
     nan = {OBJECTIVES[0]: math.nan, OBJECTIVES[1]: math.nan}
     try:
         cfg = rundir.space_from_text(job.space_yaml).config_for(params)
-        # A trial that reserved no GPU stays off the GPUs, which belong to the trials that reserved them.
-        device = "cpu" if not job.gpus and cfg.device == "auto" else None
+        device = trial_device(job.gpus, cfg.device)
         # Without early stopping nothing is measured between epochs: the trial costs what it always did.
         result = run_trial(
             cfg, device=device, threads=job.threads, report=progress if job.rungs else None, start=job.start
