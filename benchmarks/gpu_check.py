@@ -9,7 +9,7 @@ It prints three things, each measured on ``--device``:
    validation and test accuracy (finite, as on the CPU) and the seconds of each phase;
 2. the pipeline's phase-1 epoch (L1 penalty, clipping, masks: everything on) against a bare loop of the same model
    (plain SGD with momentum over the same resident batches), as samples per second and their ratio, the median of
-   ``--rounds`` interleaved rounds;
+   ``--rounds`` interleaved rounds; on CUDA also the epoch with bf16 autocast, which decides ``amp``'s default;
 3. K = 1, 2, 4, 8, 16 trial processes at once on the one device (LeNet-300-100, the shipped budget): trials per
    hour, and each trial's time against a trial run alone. How many trials share a GPU well decides the default
    share of a GPU a search gives each trial (``--gpus-per-trial auto``).
@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # a machine with a copy of the repository and no install: import autoprune from it
+    sys.path.insert(0, str(ROOT))
 SPACES = {"lenet-300-100": "lenet300_fashion", "lenet-5": "lenet5_fashion"}
 CONCURRENCY = (1, 2, 4, 8, 16)
 
@@ -96,10 +98,13 @@ def epoch_ratio(device: str, args: argparse.Namespace) -> dict[str, Any]:
     data = load_datasets(cfg.dataset, seed=0, device=device)
     x, y, bs = data.train_x, data.train_y, cfg.budget.batch_size
 
-    def pipeline() -> None:
+    def pipeline(amp: bool = False) -> None:
         model = build_model(cfg.model.name, data.input_shape, data.num_classes).to(device)
         gen = torch.Generator(device=x.device).manual_seed(0)
-        run_phase(model, x, y, cfg.train, epochs=1, batch_size=bs, generator=gen)
+        run_phase(model, x, y, cfg.train, epochs=1, batch_size=bs, generator=gen, amp=amp)
+
+    def pipeline_bf16() -> None:  # bf16 autocast (the space's amp: true); on the CPU it changes nothing
+        pipeline(amp=True)
 
     def bare() -> None:
         model = build_model(cfg.model.name, data.input_shape, data.num_classes).to(device)
@@ -111,11 +116,12 @@ def epoch_ratio(device: str, args: argparse.Namespace) -> dict[str, Any]:
             loss.backward()
             opt.step()
 
-    times: dict[str, list[float]] = {"pipeline": [], "bare": []}
-    for loop in (pipeline, bare):  # warm-up: kernels, allocator, cuDNN autotuning
+    loops = (pipeline, bare, pipeline_bf16) if device.startswith("cuda") else (pipeline, bare)
+    times: dict[str, list[float]] = {loop.__name__: [] for loop in loops}
+    for loop in loops:  # warm-up: kernels, allocator, cuDNN autotuning
         loop()
     for r in range(args.rounds):
-        order = (pipeline, bare) if r % 2 == 0 else (bare, pipeline)
+        order = loops if r % 2 == 0 else loops[::-1]
         for loop in order:
             sync(device)
             t0 = time.perf_counter()
@@ -125,6 +131,9 @@ def epoch_ratio(device: str, args: argparse.Namespace) -> dict[str, Any]:
     pipe, base = statistics.median(times["pipeline"]), statistics.median(times["bare"])
     out = {"samples": len(x), "pipeline_s": pipe, "bare_s": base, "ratio": base / pipe}
     say(f"phase-1 epoch: pipeline {len(x) / pipe:.0f} samples/s, bare loop {len(x) / base:.0f}: {base / pipe:.2f}x")
+    if times.get("pipeline_bf16"):
+        out["pipeline_bf16_s"] = statistics.median(times["pipeline_bf16"])
+        say(f"phase-1 epoch with bf16 autocast: {len(x) / out['pipeline_bf16_s']:.0f} samples/s")
     return out
 
 
@@ -213,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     e = result["epoch"]
     lines.append(f"  phase-1 epoch: pipeline {e['pipeline_s']:.3f}s, bare loop {e['bare_s']:.3f}s: {e['ratio']:.2f}x")
+    if "pipeline_bf16_s" in e:
+        lines.append(f"  phase-1 epoch with bf16 autocast (amp: true): {e['pipeline_bf16_s']:.3f}s")
     lines += [
         f"  K={r['k']:<3} {r['trials_per_hour']:8.0f} trials/h  each trial {r['trial_s']:6.1f}s  "
         f"{100 * r['speed_vs_solo']:4.0f}% of solo"
