@@ -112,14 +112,8 @@ def trial(
 
 
 def _print_front(results: Any, run_dir: Path) -> None:
-    from .report import (
-        CARVED_VALIDATION_NOTE,
-        carved_validation,
-        failure_causes,
-        finetune_setbacks,
-        front_table,
-        sizes_table,
-    )
+    from .notes import front_notes
+    from .report import front_table, sizes_table
     from .rundir import declared_sizes
 
     total = len(results.trials) + results.failed + len(results.stopped)
@@ -129,15 +123,8 @@ def _print_front(results: Any, run_dir: Path) -> None:
         typer.echo(at_sizes)
     if isinstance(results.calibration, str):  # from the study: data, printed without control characters
         _log("".join(c if c.isprintable() else "?" for c in results.calibration))
-    if results.failures and results.trials:  # the all-failed case ends the command with its own error line
-        causes = failure_causes(results.failures)
-        shown = "; ".join(f"{count} x {reason}" for reason, count in causes[:3])
-        _log(f"failed trials: {shown}{f'; {len(causes) - 3} more causes' if len(causes) > 3 else ''}")
-    if carved_validation(results.trials):
-        _log(CARVED_VALIDATION_NOTE)
-    setbacks = finetune_setbacks(results.trials)
-    if setbacks:
-        _log(setbacks)
+    for note in front_notes(results):
+        _log(note)
     if results.running:
         _log(f"note: {results.running} trial(s) of {run_dir} are still running (or were cut off: see resume)")
     stopped = f" ({len(results.stopped)} stopped early)" if results.stopped else ""
@@ -145,7 +132,8 @@ def _print_front(results: Any, run_dir: Path) -> None:
 
 
 def _finish_launch(outcome: Any, as_json: bool) -> None:
-    from .report import all_failed, report_document
+    from .notes import all_failed
+    from .report import report_document
 
     res = outcome.results
     if as_json:

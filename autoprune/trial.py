@@ -32,6 +32,7 @@ from .config import SGDConfig, TrialConfig
 from .data import Datasets, load_datasets, resolve_device
 from .measure import count_macs
 from .models import build_model, load_weights, read_weights
+from .notes import CARVED_VALIDATION_NOTE
 from .preprocess import for_dataset
 from .pruning import (
     agp_events,
@@ -44,7 +45,6 @@ from .pruning import (
 )
 from .pruning.masks import MaskSet
 from .pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
-from .report import CARVED_VALIDATION_NOTE
 from .result import TrialResult as TrialResult  # re-exported: what run_trial returns
 from .sparsity import rewound_lr_at
 from .train import batches_for_statistics, evaluate, run_phase

@@ -21,7 +21,7 @@ from autoprune.config import (
     TrialConfig,
 )
 from autoprune.errors import ConfigError
-from autoprune.report import finetune_setbacks
+from autoprune.notes import finetune_setbacks
 from autoprune.trial import run_trial
 
 

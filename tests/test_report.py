@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from _helpers import results_of
 
+from autoprune.notes import finetune_setbacks
 from autoprune.pareto import hypervolume, pareto_front
 from autoprune.progress import Progress, TrialProgress
 from autoprune.report import (
-    finetune_setbacks,
     front_table,
     indistinct_note,
     plot_front,

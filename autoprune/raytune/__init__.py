@@ -123,8 +123,8 @@ def _preflight(space: SearchSpace, start: dict[str, Any] | None) -> None:
 
 def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dict[str, Any]:
     """The checkpoint measured as it is on the search's splits; refuses weights that do not fit, before any trial."""
+    from ..notes import CARVED_VALIDATION_NOTE
     from ..preflight import evaluate_start
-    from ..report import CARVED_VALIDATION_NOTE
 
     cfg = space.default_config()
     record = evaluate_start(cfg, start, device="cpu")

@@ -1,0 +1,96 @@
+"""The one-line notes said under a search's front: what failed and why, a search that produced nothing, finetuning
+that went wrong, and a validation split a checkpoint may have trained on."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .report import _fmt_acc
+
+# A search from trained weights whose validation split comes out of the training data: said in the log and report.
+CARVED_VALIDATION_NOTE = (
+    "note: the validation split is carved from the training data (dataset.val_fraction), which the checkpoint may "
+    "have trained on: validation accuracy can read high and choose worse models; have the dataset loader return "
+    "val_x/val_y held out from the checkpoint's training"
+)
+
+
+def carved_validation(trials: Sequence[dict]) -> bool:
+    """Whether trials started from a checkpoint chose on a validation split carved from the training data."""
+    return any(t.get("start") == "checkpoint" and t.get("val_source") == "carved" for t in trials)
+
+
+SETBACK = 0.05  # finetuning that ends this far below the pruned model it started from went wrong
+
+
+def finetune_setbacks(records: Sequence[dict], margin: float = SETBACK) -> str | None:
+    """A one-line note on the trials whose finetuning lowered validation accuracy by more than ``margin`` from
+    the model it started from (``val_accuracy_pruned``), or None when there are none.
+
+    Finetuning exists to recover what pruning lost: ending well below its start means its updates were too
+    large for the model (the lr too high, or no gradient clipping). Among sampled trials one such trial is the
+    sampler exploring; among the seeded baselines it means the space's defaults do not suit the model.
+    """
+    hit = [
+        r
+        for r in records
+        if r.get("val_accuracy_pruned") is not None
+        and r.get("val_accuracy") is not None
+        and r["val_accuracy"] < r["val_accuracy_pruned"] - margin
+    ]
+    if not hit:
+        return None
+    worst = max(hit, key=lambda r: r["val_accuracy_pruned"] - r["val_accuracy"])
+    baselines = sum(1 for r in hit if r.get("baseline"))
+    among = ""
+    if baselines:
+        among = f", including {baselines} seeded baseline{'s' if baselines > 1 else ''} (the space's defaults)"
+    ft = (worst.get("config") or {}).get("finetune") or {}
+    lr = " with phase 1's rewound lr" if ft.get("lr_rewind") else f" at lr {ft['lr']:.3g}" if "lr" in ft else ""
+    clip = ft.get("grad_clip")
+    fix = "lower finetune.lr" + (f" or finetune.grad_clip (now {clip:g})" if clip else " or set finetune.grad_clip")
+    return (
+        f"note: finetuning lost more than {100 * margin:g} pt of validation accuracy in {len(hit)} of "
+        f"{len(records)} trials{among}; worst: trial {worst.get('trial', '?')}, "
+        f"{_fmt_acc(worst['val_accuracy_pruned'])} after pruning, {_fmt_acc(worst['val_accuracy'])} after "
+        f"finetuning{lr}: its steps are too large for this model; {fix}"
+    )
+
+
+def failure_causes(failures: Sequence[dict]) -> list[tuple[str, int]]:
+    """The reasons trials failed, most frequent first, with their counts."""
+    counts: dict[str, int] = {}
+    for f in failures:
+        reason = str(f.get("reason") or f.get("outcome") or "unknown")
+        counts[reason] = counts.get(reason, 0) + 1
+    return sorted(counts.items(), key=lambda kv: -kv[1])
+
+
+def all_failed(results: Any) -> str | None:
+    """One line when a study has failed trials and no finished one: the search produced nothing, and why."""
+    if results.trials or not results.failures:
+        return None
+    causes = failure_causes(results.failures)
+    reason, count = causes[0]
+    n = len(results.failures)
+    share = "every one" if count == n else f"{count} of them"
+    return (
+        f"all {n} trials failed, no model was produced; {share}: {reason}"
+        f"{f' (and {len(causes) - 1} other causes)' if len(causes) > 1 else ''}; fix that, then run the search again"
+    )
+
+
+def front_notes(results: Any) -> list[str]:
+    """The notes for a finished search's results (``ledger.Results``), in the order they are said."""
+    notes = []
+    if results.failures and results.trials:  # with no finished trial, ``all_failed`` says it as the error
+        causes = failure_causes(results.failures)
+        shown = "; ".join(f"{count} x {reason}" for reason, count in causes[:3])
+        notes.append(f"failed trials: {shown}{f'; {len(causes) - 3} more causes' if len(causes) > 3 else ''}")
+    if carved_validation(results.trials):
+        notes.append(CARVED_VALIDATION_NOTE)
+    setbacks = finetune_setbacks(results.trials)
+    if setbacks:
+        notes.append(setbacks)
+    return notes
