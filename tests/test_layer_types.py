@@ -257,3 +257,18 @@ def test_a_size_without_rates_or_allocation_is_refused_not_ignored() -> None:
     cfg = TrialConfig.from_dict({"dataset": {"name": "digits", "limit": 100}, "device": "cpu"})
     with pytest.raises(ConfigError, match="nothing would be pruned"):
         run_trial(cfg)
+
+
+def test_a_space_names_its_globs_as_a_list_or_one_string_and_is_told_when_they_match_nothing() -> None:
+    from autoprune.space import parse_space
+
+    def space(include: object) -> dict:
+        prune = {"allocation": "global", "density": 0.1, "include": include}
+        return {"dataset": {"name": "digits"}, "model": {"name": "lenet-300-100"}, "prune": prune}
+
+    assert parse_space(space(["fc1", "fc3"])).layers == ("fc1", "fc3")
+    assert parse_space(space("fc*")).layers == ("fc1", "fc2", "fc3")  # one glob, not its characters
+    with pytest.raises(ConfigError, match=r"prune\.include must be a list of glob patterns"):
+        parse_space(space(5))
+    with pytest.raises(ConfigError, match=r"prune\.include glob 'encoder\.\*' matches no prunable weight"):
+        parse_space(space("encoder.*"))

@@ -207,13 +207,13 @@ def run_search(
     _check_resources(concurrent, cpus_per_trial, gpus_per_trial)
     _check_something_to_search(spec, n)
     stopping = early_stop_settings(early_stop or spec.early_stop, reduction_factor, grace_period)
-    start = _start_weights(spec)
-    reference = _dense_reference(spec, start, log) if start is not None else None
-    _preflight(spec, start)
     rundir.check_new_run_dir(run_dir)
     ledger.quiet_optuna()
     # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
     given_storage = ledger.open_storage(study_storage, run_dir) if study_storage is not None else None
+    start = _start_weights(spec)
+    reference = _dense_reference(spec, start, log) if start is not None else None
+    _preflight(spec, start)
     started_ray = init_ray(address, verbose)
     created: list[Path] = []
     new_study: tuple[str, optuna.storages.BaseStorage] | None = None
