@@ -25,9 +25,10 @@ class TrialResult:
     val_accuracy_trained: float  # after phase 1
     val_accuracy_pruned: float | None  # right after one-shot pruning, before finetuning; None for gradual
     val_samples: int  # the validation split's size: an accuracy on it has standard error sqrt(p(1-p)/n)
-    flops_dense: int  # multiply-accumulates per sample of the prunable weights, dense (measure.count_macs)
-    flops_effective: int  # the same, counting only nonzero weights
-    macs_other: int  # MACs per sample outside the prunable weights (attention scores, weights left dense)
+    flops_dense: int | None  # multiply-accumulates per sample of the prunable weights, dense (measure.count_macs);
+    # None when the count could not follow the model (the log says why)
+    flops_effective: int | None  # the same, counting only nonzero weights
+    macs_other: int | None  # MACs per sample outside the prunable weights (attention scores, weights left dense)
     not_pruned: dict[str, int]  # parameters left dense, by group (biases, normalization) or parameter path
     start: str  # what phase 1 started from: "checkpoint" (model.weights or given tensors) or "scratch"
     val_source: str  # "carved" from the training data, or the dataset "loader"'s own validation split

@@ -30,6 +30,7 @@ from torch import nn
 from ._trial_checks import check_layers, check_phase_one
 from .config import SGDConfig, TrialConfig
 from .data import Datasets, load_datasets, resolve_device
+from .errors import ModelError
 from .measure import count_macs
 from .models import build_model, load_weights, read_weights
 from .notes import CARVED_VALIDATION_NOTE
@@ -113,7 +114,11 @@ def run_trial(
     select = Selection.of(cfg.prune)
     layers = prunable_weights(model, select)
     check_layers(cfg, layers)
-    macs = count_macs(model, layers, data.input_shape)
+    try:  # a count is a measurement, not the pipeline: a model it cannot follow still prunes, and the log says so
+        macs = count_macs(model, layers, data.input_shape)
+    except ModelError as exc:
+        macs = None
+        say(f"MACs not counted: {exc}")
     dense_numel = {name: w.numel() for name, w in layers.items()}
     prunable, (_, params_total) = sum(dense_numel.values()), count_params(model)
     left_dense = not_pruned(model, layers) if cfg.prune.enabled else {}
@@ -264,9 +269,9 @@ def run_trial(
         val_accuracy_trained=val_trained,
         val_accuracy_pruned=val_pruned,
         val_samples=len(data.val_x),
-        flops_dense=macs.dense,
-        flops_effective=macs.effective(nonzero),
-        macs_other=macs.other,
+        flops_dense=macs.dense if macs else None,
+        flops_effective=macs.effective(nonzero) if macs else None,
+        macs_other=macs.other if macs else None,
         not_pruned=left_dense,
         start=started,
         val_source=data.val_source,

@@ -272,3 +272,26 @@ def test_a_space_names_its_globs_as_a_list_or_one_string_and_is_told_when_they_m
         parse_space(space(5))
     with pytest.raises(ConfigError, match=r"prune\.include glob 'encoder\.\*' matches no prunable weight"):
         parse_space(space("encoder.*"))
+
+
+def test_a_model_the_mac_count_cannot_follow_still_prunes_and_the_log_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import autoprune.trial as trial_module
+    from autoprune.errors import ModelError
+
+    def refuse(*_args: object) -> None:
+        raise ModelError("cannot count the MACs of Net: an op without a formula")
+
+    monkeypatch.setattr(trial_module, "count_macs", refuse)
+    cfg = TrialConfig.from_dict(
+        {
+            "dataset": {"name": "digits", "limit": 200},
+            "budget": {"train_epochs": 1, "finetune_epochs": 1},
+            "prune": {"allocation": "global", "density": 0.3},
+            "device": "cpu",
+        }
+    )
+    lines: list[str] = []
+    record = run_trial(cfg, log=lines.append).record()
+    assert record["params_nonzero"] == record["params_planned"]
+    assert record["flops_dense"] is None and record["flops_effective"] is None
+    assert "MACs not counted: cannot count the MACs of Net: an op without a formula" in lines
