@@ -13,7 +13,6 @@ model is rebuilt by its ``module:function`` factory.
 from __future__ import annotations
 
 import os
-import zipfile
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -24,9 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from ._io import atomic_open, plain
-from ._paths import check_input_file, check_output_file
+from ._paths import check_output_file
 from ._trust import check_allowed
 from .errors import ModelError, first_line
+from .models import load_torch_data
 from .models import state_mismatch as _mismatch
 from .models import state_shapes as _shapes
 from .pruning.masks import MaskSet
@@ -277,19 +277,8 @@ def save_model(
 
 
 def _read(path: Path, device: str | torch.device) -> Any:
-    check_input_file(path, what="model file", error=ModelError)  # /dev/zero or a FIFO would hang the reader
-    if not zipfile.is_zipfile(path):
-        # torch.save writes a zip archive; a truncated one has lost its directory at the end.
-        raise ModelError(f"cannot read model file {path}: not a complete torch file (truncated or another format)")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        if "weights only load failed" in str(exc).lower():
-            raise ModelError(
-                f"cannot read model file {path}: it holds Python objects, not only data and tensors, so it is not "
-                "an autoprune model file (these are never unpickled)"
-            ) from None
-        raise ModelError(f"cannot read model file {path}: {first_line(exc, 160)}") from None
+    objects = "it is not an autoprune model file (these are never unpickled)"
+    return load_torch_data(path, what="model file", device=device, objects=objects)
 
 
 def load_model(

@@ -223,6 +223,24 @@ def state_mismatch(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[
     return "; ".join(problems) or None
 
 
+def load_torch_data(path: Path, *, what: str, device: str | torch.device, objects: str) -> object:
+    """``torch.load(weights_only=True)`` of a file received as data: tensors and plain containers only, never a
+    pickled object. Each way it can fail is one ``ModelError`` line; ``objects`` says what to do about a file that
+    holds Python objects."""
+    check_input_file(path, what=what, error=ModelError)  # /dev/zero or a FIFO would hang the reader
+    if not zipfile.is_zipfile(path):
+        # torch.save writes a zip archive; a truncated one has lost its directory at the end.
+        raise ModelError(f"cannot read {what} {path}: not a complete torch file (truncated or another format)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise ModelError(
+                f"cannot read {what} {path}: it holds Python objects, not only data and tensors; {objects}"
+            ) from None
+        raise ModelError(f"cannot read {what} {path}: {first_line(exc, 160)}") from None
+
+
 def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """A ``state_dict`` read from a file as data (``weights_only``: a file never runs code), on the CPU.
 
@@ -230,20 +248,8 @@ def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     ``state_dict``, ``model_state_dict`` or ``model``. Anything else is refused in one line.
     """
     path = Path(path).expanduser()
-    check_input_file(path, what="weights file", error=ModelError)
-    if not zipfile.is_zipfile(path):
-        raise ModelError(
-            f"cannot read weights file {path}: not a complete torch file (truncated, or not written by torch.save)"
-        )
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "weights only load failed" in str(exc).lower():
-            raise ModelError(
-                f"cannot read weights file {path}: it holds Python objects, not only tensors (a pickled model?); "
-                "save the weights with torch.save(model.state_dict(), PATH)"
-            ) from None
-        raise ModelError(f"cannot read weights file {path}: {first_line(exc, 160)}") from None
+    objects = "a pickled model? save the weights with torch.save(model.state_dict(), PATH)"
+    data = load_torch_data(path, what="weights file", device="cpu", objects=objects)
     if isinstance(data, Mapping) and not any(isinstance(v, torch.Tensor) for v in data.values()):
         nested = next((data[k] for k in _NESTED_STATE_KEYS if isinstance(data.get(k), Mapping)), None)
         data = nested if nested is not None else data
