@@ -91,16 +91,14 @@ def run_trial(
         if overrides:
             raise SearchError("overrides apply to a space file; change a TrialConfig with dataclasses.replace")
         cfg = space
-        if weights is not None:
-            model = dataclasses.replace(cfg.model, weights=str(Path(weights).expanduser().absolute()))
-            cfg = dataclasses.replace(cfg, model=model)
     else:
-        if weights is not None:
-            overrides = [*overrides, _weights_override(weights)]
         spec = space if isinstance(space, SearchSpace) else load_space(space, overrides)
-        if isinstance(space, SearchSpace) and overrides:  # a loaded space takes weights from its own file
+        if isinstance(space, SearchSpace) and overrides:
             raise SearchError("overrides apply to a space file; load the space with them: load_space(path, overrides)")
         cfg = spec.default_config()
+    if weights is not None:  # model.weights, whatever the space gave: a path from here, as in the command line
+        model = dataclasses.replace(cfg.model, weights=str(Path(weights).expanduser().absolute()))
+        cfg = dataclasses.replace(cfg, model=model)
     if seed is not None:
         cfg = dataclasses.replace(cfg, seed=seed)
         cfg = TrialConfig.from_dict(cfg.to_dict())  # validated like any other value

@@ -180,3 +180,15 @@ def test_a_search_whose_trial_cannot_run_is_refused_before_it_starts(
     assert "the space's trial fails before the search starts" in line
     assert "the batch norm statistics are not set up" in line
     assert not (tmp_path / "run").exists()  # refused before Ray or any file
+
+
+def test_the_api_takes_weights_for_a_config_or_a_space(trained: tuple[Path, dict]) -> None:
+    import autoprune
+    from autoprune.space import parse_space
+
+    path, record = trained
+    cfg = _config(model={"name": "lenet-300-100"}, budget={"train_epochs": 0})
+    assert autoprune.run_trial(cfg, weights=path).test_accuracy == record["test_accuracy"]
+    space = parse_space(cfg.to_dict())
+    result = autoprune.run_trial(space, weights=path)
+    assert result.test_accuracy == record["test_accuracy"] and result.record()["start"] == "checkpoint"
