@@ -109,8 +109,9 @@ def run_trial(
 
 
 def _weights_override(path: str | os.PathLike) -> str:
-    """``model.weights=PATH`` as a ``--set`` item (the path JSON-quoted: YAML reads it back as that string)."""
-    return f"model.weights={json.dumps(str(Path(path).expanduser().absolute()))}"
+    """``model.weights=PATH`` as a ``--set`` item (the path JSON-quoted: YAML reads it back as that string; loading
+    the space makes it absolute)."""
+    return f"model.weights={json.dumps(str(path))}"
 
 
 def search(

@@ -156,6 +156,15 @@ class TrainConfig(SGDConfig):
             _check_number("train.weight_clip", self.weight_clip, low=0.0, low_open=True)
 
 
+def check_globs(where: str, globs: Any) -> tuple[str, ...]:
+    """A list of glob patterns as a tuple; one given as a string is that glob, not its characters."""
+    if isinstance(globs, str):
+        globs = (globs,)
+    if not isinstance(globs, (list, tuple)) or not all(isinstance(g, str) and g for g in globs):
+        raise ConfigError(f"{where} must be a list of glob patterns such as ['encoder.*'], got {globs!r}")
+    return tuple(globs)
+
+
 def unit_prunable(layers: Sequence[str]) -> list[str]:
     """The prunable layers that may lose whole units under structured pruning: all but the last, whose outputs
     are the classes.
@@ -212,12 +221,7 @@ class PruneConfig:
         for name, share in self.shares.items():
             _check_number(f"prune.shares.{name}", share, low=0.0, low_open=True)
         for key in ("include", "exclude"):
-            globs = getattr(self, key)
-            if isinstance(globs, str):
-                globs = (globs,)
-            if not isinstance(globs, (list, tuple)) or not all(isinstance(g, str) and g for g in globs):
-                raise ConfigError(f"prune.{key} must be a list of glob patterns such as ['encoder.*'], got {globs!r}")
-            object.__setattr__(self, key, tuple(globs))
+            object.__setattr__(self, key, check_globs(f"prune.{key}", getattr(self, key)))
         if not isinstance(self.embeddings, bool):
             raise ConfigError(f"prune.embeddings must be true or false, got {self.embeddings!r}")
         _check_number("prune.floor", self.floor, low=0.0, high=1.0)

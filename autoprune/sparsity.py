@@ -146,9 +146,7 @@ def add_l1_grad_(weights: Sequence[torch.Tensor], lam: float, scratch: list[torc
     if lam == 0.0 or not weights:
         return
     grads = [w.grad for w in weights]
-    if scratch is None:
-        torch._foreach_add_(grads, torch._foreach_sign(list(weights)), alpha=lam)
-        return
+    scratch = penalty_scratch("l1", weights) if scratch is None else scratch
     torch._foreach_copy_(scratch, list(weights))
     torch._foreach_sign_(scratch)
     torch._foreach_add_(grads, scratch, alpha=lam)
@@ -165,13 +163,10 @@ def add_group_lasso_grad_(
     """
     if lam == 0.0:
         return
+    scratch = penalty_scratch("group_lasso", weights) if scratch is None else scratch
     for i, w in enumerate(weights):
         rows = w.view(w.shape[0], -1) if w.is_contiguous() else w.reshape(w.shape[0], -1)
         shape = (-1, *([1] * (w.dim() - 1)))
-        if scratch is None:
-            norms = torch.linalg.vector_norm(rows, dim=1).clamp_min_(eps)
-            w.grad.add_(w / norms.view(shape), alpha=lam)
-            continue
         norms, quotient = scratch[2 * i], scratch[2 * i + 1]
         torch.linalg.vector_norm(rows, dim=1, out=norms)
         norms.clamp_min_(eps)

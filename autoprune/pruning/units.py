@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
+from ..config import check_globs
 from ..errors import ConfigError
 
 __all__ = ["Selection", "not_pruned", "not_pruned_line", "parameter_paths", "prunable_weights"]
@@ -38,7 +39,7 @@ class Selection:
     __slots__ = ("embeddings", "exclude", "include")
 
     def __init__(self, include: Sequence[str] = (), exclude: Sequence[str] = (), embeddings: bool = False) -> None:
-        self.include, self.exclude = _globs("include", include), _globs("exclude", exclude)
+        self.include, self.exclude = check_globs("prune.include", include), check_globs("prune.exclude", exclude)
         self.embeddings = bool(embeddings)
 
     @classmethod
@@ -47,15 +48,6 @@ class Selection:
         if cfg is None:
             return cls()
         return cls(getattr(cfg, "include", ()), getattr(cfg, "exclude", ()), getattr(cfg, "embeddings", False))
-
-
-def _globs(key: str, globs: object) -> tuple[str, ...]:
-    """A list of glob patterns; one given as a string is that glob, not its characters."""
-    if isinstance(globs, str):
-        globs = (globs,)
-    if not isinstance(globs, (list, tuple)) or not all(isinstance(g, str) and g for g in globs):
-        raise ConfigError(f"prune.{key} must be a list of glob patterns such as ['encoder.*'], got {globs!r}")
-    return tuple(globs)
 
 
 def _candidates(model: nn.Module, embeddings: bool) -> list[tuple[str, str, Tensor]]:
