@@ -296,14 +296,15 @@ def _enqueue(study: optuna.Study, baselines: list[Baseline], probe: bool = False
     return labels
 
 
-DENSE_REFERENCE_ATTR = "dense_reference"  # study attribute: the checkpoint a search started from, measured as it is
+DENSE_REFERENCE_ATTR = "dense_reference"  # study attribute: the dense model a search started from, measured as it is
 REFERENCE_KEYS = ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "flops_dense", "val_samples")
 
 
 def checkpoint_reference(study: optuna.Study) -> dict[str, Any] | None:
-    """The dense reference of a search from trained weights (``model.weights``), as a record without a trial."""
+    """The dense reference of a search from trained weights (``model.weights``, or its dense start), as a record
+    without a trial; its ``reference`` says which (``checkpoint`` or ``dense start``)."""
     ref = study.user_attrs.get(DENSE_REFERENCE_ATTR)
-    return {**ref, "reference": "checkpoint"} if isinstance(ref, dict) and "val_accuracy" in ref else None
+    return {"reference": "checkpoint", **ref} if isinstance(ref, dict) and "val_accuracy" in ref else None
 
 
 def seed_baselines(study: optuna.Study, space: SearchSpace, limit: int) -> list[str]:

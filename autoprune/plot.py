@@ -89,7 +89,7 @@ def plot_front(
             s=180,
             color="tab:red",
             zorder=4,
-            label="checkpoint (dense)" if baseline.get("reference") == "checkpoint" else "dense baseline",
+            label=f"{baseline['reference']} (dense)" if baseline.get("reference") else "dense baseline",
         )
         # every model's drop from the dense model reads against this line
         ax.axhline(float(baseline["val_accuracy"]), color="tab:red", linestyle=":", linewidth=0.8, zorder=1)

@@ -110,7 +110,7 @@ def front_table(
     base_rows = []
     if baseline is not None:
         trial = baseline.get("trial")
-        name = "checkpoint" if baseline.get("reference") == "checkpoint" else "dense"
+        name = baseline.get("reference") or "dense"  # checkpoint, dense start
         base_rows = [_table_row(baseline, name if trial is None else f"dense ({trial})", baseline)]
     widths = [max(len(row[i]) for row in [header, *rows, *base_rows]) for i in range(len(header))]
     right = (False, True, True, True, True, True, False)  # numbers right-aligned, text left-aligned

@@ -338,6 +338,12 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         )
     if space.early_stop is not None and space.early_stop not in EARLY_STOP_MODES:
         raise fail(f"search.early_stop must be one of {', '.join(EARLY_STOP_MODES)}, got {space.early_stop!r}")
+    from .dense_start import dense_epochs  # it builds on this module
+
+    try:
+        dense_epochs(space)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     return space
 
 

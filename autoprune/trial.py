@@ -76,6 +76,7 @@ def run_trial(
     on_epoch: Callable[[str, int, int, float], None] | None = None,
     report: Callable[[IntermediateResult], None] | None = None,
     start: Mapping[str, torch.Tensor] | None = None,
+    start_kind: str = "checkpoint",
 ) -> TrialResult:
     """Run the full pipeline for ``cfg``. Same seed, same device and thread count → same result.
 
@@ -84,9 +85,10 @@ def run_trial(
     one-shot pruning (it may raise to stop the trial there); reporting measures a subset of the validation split
     and does not change the result. The model starts from ``start`` (a ``state_dict``: a search reads
     ``model.weights`` once and ships its tensors), else from the file ``cfg.model.weights`` names, else from its
-    factory's initialisation. Raises ``DivergedError`` (phase, step) on a non-finite loss, ``ConfigError`` on a
-    configuration that does not fit the model (e.g. a sparsity for a layer it does not have) and ``ModelError``
-    on weights that do not fit it.
+    factory's initialisation. ``start_kind`` is what the record calls ``start``: ``"dense start"`` for a search's
+    own dense model (``dense_start.py``), trained on this trial's training split. Raises ``DivergedError``
+    (phase, step) on a non-finite loss, ``ConfigError`` on a configuration that does not fit the model (e.g. a
+    sparsity for a layer it does not have) and ``ModelError`` on weights that do not fit it.
     """
     say = log or (lambda _msg: None)
     dev = resolve_device(device if device is not None else cfg.device)
@@ -106,9 +108,9 @@ def run_trial(
     if start is not None or cfg.model.weights is not None:
         source = cfg.model.weights or "the given state_dict"
         load_weights(model, read_weights(source) if start is None else start, source=source, name=cfg.model.name)
-        started = "checkpoint"
-        say(f"start: trained weights from {source}")
-        if data.val_source == "carved":
+        started = start_kind if start is not None else "checkpoint"
+        say(f"start: trained weights from {source if started == 'checkpoint' else 'the ' + started}")
+        if data.val_source == "carved" and started == "checkpoint":
             say(CARVED_VALIDATION_NOTE)
     model = model.to(dev)
     select = Selection.of(cfg.prune)

@@ -13,6 +13,11 @@ smallest model any run made. A ratio much above ceiling / TPE's hypervolume is o
 
     python benchmarks/search_efficiency.py --space digits_quick --budget 60 --seeds 0,1,2
     python benchmarks/search_efficiency.py --space lenet300_fashion --budget 200 --seeds 0,1 --json out.json
+    python benchmarks/search_efficiency.py --space lenet300_fashion --budget 420 --seeds 0,1 \\
+        --modes tpe,dense,dense-short --concurrent 2
+
+``dense`` and ``dense-short`` train the dense model once per search (``search.dense_start``, inside the budget)
+and start every trial from it; ``dense-short`` also cuts the trials' sparse training to ``--short-epochs``.
 """
 
 from __future__ import annotations
@@ -26,11 +31,16 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = {  # name -> (sampler, early stop)
-    "tpe+asha": ("tpe", "asha"),
-    "tpe": ("tpe", "off"),
-    "random": ("random", "off"),
+MODES = {  # name -> (sampler, early stop, dense start)
+    "tpe+asha": ("tpe", "asha", None),
+    "tpe": ("tpe", "off", None),
+    "random": ("random", "off", None),
+    # search.dense_start (the space's train epochs, trained once), trials as the space has them
+    "dense": ("tpe", "off", "same"),
+    # the same dense start; the trials' sparse training cut to --short-epochs
+    "dense-short": ("tpe", "off", "short"),
 }
+DEFAULT_MODES = ("tpe+asha", "tpe", "random")
 BUCKETS = (0.01, 0.02, 0.05, 0.10, 0.25, 1.0)  # fractions of the dense parameter count
 
 
@@ -49,7 +59,13 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
     import autoprune
     from autoprune.pareto import hypervolume
 
-    sampler, early_stop = MODES[mode]
+    sampler, early_stop, dense = MODES[mode]
+    overrides = list(args.set or [])
+    if dense is not None:
+        epochs = autoprune.load_space(space, overrides).default_config().budget.train_epochs
+        overrides.append(f"search.dense_start={epochs}")
+        if dense == "short":
+            overrides.append(f"budget.train_epochs={args.short_epochs}")
     run_dir = work / f"{Path(space).stem}-{mode}-s{seed}"
     t0 = time.monotonic()
     outcome = autoprune.search(
@@ -63,7 +79,7 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
         reduction_factor=args.reduction_factor if early_stop == "asha" else None,
         grace_period=args.grace_period if early_stop == "asha" else None,
         timeout=args.budget,
-        overrides=args.set or [],
+        overrides=overrides,
         log=LogTo(work / f"{run_dir.name}.log"),
     )
     wall = time.monotonic() - t0
@@ -72,10 +88,12 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
     res = outcome.results
     dense = max((r["params_total"] for r in res.trials), default=0)
     hv = hypervolume(res.front, ref_params=dense, ref_accuracy=args.ref_accuracy) if dense else 0.0
-    best = {}
+    best, test = {}, {}
     for frac in BUCKETS:
-        fits = [r["val_accuracy"] for r in res.front if r["params_nonzero"] <= frac * dense]
-        best[f"{frac:g}"] = max(fits) if fits else None
+        fits = [r for r in res.front if r["params_nonzero"] <= frac * dense]
+        chosen = max(fits, key=lambda r: r["val_accuracy"]) if fits else None
+        best[f"{frac:g}"] = chosen["val_accuracy"] if chosen else None
+        test[f"{frac:g}"] = chosen["test_accuracy"] if chosen else None
     return {
         "space": space,
         "mode": mode,
@@ -91,6 +109,7 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
         "best_accuracy": max((r["val_accuracy"] for r in res.front), default=None),
         "hypervolume": hv,
         "best_by_size": best,
+        "test_by_size": test,  # test accuracy of the model validation chose in each bucket
     }
 
 
@@ -113,13 +132,17 @@ def ceiling(rows: list[dict], ref_accuracy: float) -> float | None:
 def summarize(rows: list[dict], ref_accuracy: float) -> None:
     head = " | ".join(f"≤{b * 100:g}%" for b in BUCKETS)
     print(f"\nhypervolume: val accuracy above {ref_accuracy:g} x log10(nonzero params) up to the dense count")
-    print(f"{'space':>18} {'mode':>9} seed |  wall s | finished stopped | front |     HV | best val acc {head}")
+    print(f"{'space':>18} {'mode':>11} seed |  wall s | finished stopped | front |     HV | best val acc {head}")
     for r in rows:
         best = " | ".join(f"{v:.4f}" if v is not None else "  -   " for v in r["best_by_size"].values())
         print(
-            f"{Path(r['space']).stem:>18} {r['mode']:>9} {r['seed']:4d} | {r['wall_s']:7.1f} | {r['finished']:8d} "
+            f"{Path(r['space']).stem:>18} {r['mode']:>11} {r['seed']:4d} | {r['wall_s']:7.1f} | {r['finished']:8d} "
             f"{r['stopped']:7d} | {r['front']:5d} | {r['hypervolume']:6.3f} | {best}"
         )
+    print(f"\ntest accuracy of the model validation chose, by size: {head}")
+    for r in rows:
+        test = " | ".join(f"{v:.4f}" if v is not None else "  -   " for v in r["test_by_size"].values())
+        print(f"{Path(r['space']).stem:>18} {r['mode']:>11} {r['seed']:4d} | {test}")
     for space in dict.fromkeys(r["space"] for r in rows):
         mine = [r for r in rows if r["space"] == space]
         base = {r["seed"]: r["hypervolume"] for r in mine if r["mode"] == "tpe"}
@@ -149,7 +172,8 @@ def main() -> None:
     parser.add_argument("--space", action="append", help="space file or shipped name (repeatable)")
     parser.add_argument("--budget", type=float, default=60.0, help="wall-clock seconds per run")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--short-epochs", type=int, default=3, help="dense-short: the trials' train epochs")
     parser.add_argument("--concurrent", type=int, default=None, help="trials at a time (default: one per CPU)")
     parser.add_argument("--reduction-factor", type=float, default=None)
     parser.add_argument("--grace-period", type=float, default=None)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import ledger, rundir
+from .. import dense_start, ledger, rundir
 from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, REFERENCE_KEYS, seed_baselines
 from ..errors import SearchError
 from ..ledger import Results
@@ -214,6 +214,10 @@ def run_search(
     start = _start_weights(spec)
     reference = _dense_reference(spec, start, log) if start is not None else None
     _preflight(spec, start)
+    epochs = dense_start.dense_epochs(spec)
+    if epochs is not None:  # after the preflight: a space that cannot run fails before this costs anything
+        start, reference, seconds = dense_start.train_dense(spec, epochs)
+        dense_start.describe(reference, seconds, log)
     started_ray = init_ray(address, verbose)
     created: list[Path] = []
     new_study: tuple[str, optuna.storages.BaseStorage] | None = None
@@ -250,6 +254,8 @@ def run_search(
                 log(f"search: the first {len(seeded)} trials are baselines: {', '.join(seeded)}")
             created.append(run_dir / rundir.SPACE_FILE)
             space_yaml = rundir.freeze_space(run_dir, spec)
+            if epochs is not None and start is not None:
+                created.append(dense_start.save(run_dir, start))
             info = RunInfo(
                 study_name=study_name,
                 storage=ledger.storage_record(study_storage, run_dir),
@@ -370,6 +376,11 @@ def resume_search(
             if missing <= 0:
                 log(f"resume: {counted} trials finished already (requested {target}); nothing to run")
                 return _finish(run_dir, study, info.trials, 0, t0, log)
+            start = _start_weights(space)
+            if start is None and (kept := dense_start.load_or_train(space, run_dir, log)) is not None:
+                start, reference = kept
+                if reference is not None:
+                    study.set_user_attr(DENSE_REFERENCE_ATTR, reference)
             info.trials = target
             info.resources = resources
             info.early_stop = stopping
@@ -390,7 +401,7 @@ def resume_search(
                     already=records,
                     already_counted=counted,
                     deadline=deadline,
-                    start=_start_weights(space),
+                    start=start,
                 ),
                 timeout_s,
                 run_dir,

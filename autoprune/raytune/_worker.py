@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import rundir
 from ..baselines import TRIAL_ATTR as BASELINE_ATTR
+from ..dense_start import START_KIND as DENSE_START
 from ..errors import DivergedError, first_line
 from ..ledger import OBJECTIVES, Outcome
 from ..space import define_by_run
@@ -55,7 +56,8 @@ class Job:
     gpus: float  # GPUs reserved per trial (0: run on the CPU)
     rungs: tuple[float, float] | None = None  # early stopping: (grace period, reduction factor); None: off
     launch_dir: str = ""  # the folder the search was launched from: a user's relative paths mean it
-    start: dict[str, Any] | None = None  # model.weights as tensors, read once by the driver; None: fresh weights
+    start: dict[str, Any] | None = None  # model.weights or the dense start as tensors, read once by the driver;
+    # None: fresh weights
 
 
 def trial_device(gpus: float, configured: str) -> str | None:
@@ -130,7 +132,12 @@ def tune_trial(config: dict[str, Any], job: Job) -> None:
         device = trial_device(job.gpus, cfg.device)
         # Without early stopping nothing is measured between epochs: the trial costs what it always did.
         result = run_trial(
-            cfg, device=device, threads=job.threads, report=progress if job.rungs else None, start=job.start
+            cfg,
+            device=device,
+            threads=job.threads,
+            report=progress if job.rungs else None,
+            start=job.start,
+            start_kind="checkpoint" if cfg.model.weights is not None else DENSE_START,
         )
         try:
             result.save(rundir.new_model_path(job.run_dir, number))
