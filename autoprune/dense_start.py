@@ -9,7 +9,7 @@ phase 1 fewer epochs. The tensors are kept in the run directory (``dense_start.p
 and extend start from the same model, trained once.
 
 The trials' validation split was never trained on: the dense model saw the same training split they do. That
-holds only while every trial splits the data alike, so a space that searches the seed or a dataset setting with
+holds only while every trial splits the data alike, so a space that searches a dataset or model setting with
 a dense start is refused.
 """
 
@@ -53,7 +53,7 @@ def dense_epochs(space: SearchSpace) -> int | None:
         raise ConfigError(
             f"{where}: the space starts from model.weights already; drop one (dense_start trains the model itself)"
         )
-    varied = [d.path for d in space.dims if d.path == "seed" or d.path.startswith(("dataset.", "model."))]
+    varied = [d.path for d in space.dims if d.path.startswith(("dataset.", "model."))]
     if varied:
         raise ConfigError(
             f"{where} trains on one data split, but the space searches {varied[0]}, which changes the split or "

@@ -461,3 +461,38 @@ def test_declared_sizes_are_refined_to_exactly_in_a_real_search(local_ray, tmp_p
     code, out, _ = run_cli(["report", str(run_dir)], capsys, monkeypatch)
     best = pick_max_params(res.trials, size)  # what `pick --max-params` takes there
     assert code == 0 and f"<= {size} params (5%): trial {best['trial']}, {best['params_nonzero']} params" in out
+
+
+def test_a_dense_start_is_trained_once_kept_for_resume_and_every_trial_starts_from_it(
+    local_ray, space_file: Path, tmp_path: Path
+) -> None:
+    from autoprune.models import read_weights
+    from autoprune.preflight import evaluate_start
+    from autoprune.space import load_space
+
+    run_dir, lines = tmp_path / "dense", []
+    outcome = run_search(
+        space_file, run_dir, trials=2, concurrent=2, seed=0, overrides=["search.dense_start=2"], log=lines.append
+    )
+    assert sum("search: dense start trained 2 epochs" in line for line in lines) == 1
+    res = outcome.results
+    assert res.baseline["reference"] == "dense start" and "trial" not in res.baseline
+    assert len(res.trials) == 2 and all(t["start"] == "dense start" for t in res.trials)
+    # The kept tensors measure exactly the reference the report reads against.
+    kept = run_dir / "dense_start.pt"
+    again = evaluate_start(load_space(space_file).default_config(), read_weights(kept), device="cpu")
+    assert (again["val_accuracy"], again["test_accuracy"]) == (
+        res.baseline["val_accuracy"],
+        res.baseline["test_accuracy"],
+    )
+    report = json.loads((run_dir / "report" / "report.json").read_text())
+    assert report["dense"]["reference"] == "dense start"
+    # Resume starts from the kept model (nothing trained again); a missing file is trained again, and said.
+    mtime, lines = kept.stat().st_mtime_ns, []
+    assert resume_search(run_dir, trials=3, log=lines.append).ran == 1
+    assert kept.stat().st_mtime_ns == mtime and not any("dense start trained" in line for line in lines)
+    kept.unlink()
+    lines.clear()
+    assert resume_search(run_dir, trials=4, log=lines.append).ran == 1
+    assert any(line.endswith("dense_start.pt is missing; training the dense start again (2 epochs)") for line in lines)
+    assert kept.is_file() and all(t["start"] == "dense start" for t in load_results(run_dir).trials)
