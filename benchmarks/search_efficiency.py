@@ -23,8 +23,11 @@ and start every trial from it; ``dense-short`` also cuts the trials' sparse trai
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -55,6 +58,39 @@ class LogTo:
             print(line, file=fh)
 
 
+def dense_seconds(log_file: Path) -> float:
+    """The seconds a run's dense start took, from its log (0 without one)."""
+    found = re.search(r"dense start trained \d+ epochs in (\d+) s", log_file.read_text()) if log_file.exists() else None
+    return float(found.group(1)) if found else 0.0
+
+
+def hypervolume_series(run_dir: Path, started_at: float, ref_accuracy: float) -> list[tuple[float, float]]:
+    """(seconds since the search call, hypervolume of every trial finished by then), at each trial's end."""
+    import optuna
+
+    from autoprune.ledger import load_results
+    from autoprune.pareto import hypervolume
+
+    info = json.loads((run_dir / "run.json").read_text())
+    study = optuna.load_study(study_name=info["study_name"], storage=f"sqlite:///{run_dir / 'study.db'}")
+    ended = {t.number: t.datetime_complete.timestamp() - started_at for t in study.trials if t.datetime_complete}
+    records = sorted((r for r in load_results(run_dir).trials if r["trial"] in ended), key=lambda r: ended[r["trial"]])
+    dense = max((r["params_total"] for r in records), default=0)
+    return [
+        (ended[r["trial"]], hypervolume(records[: i + 1], ref_params=dense, ref_accuracy=ref_accuracy))
+        for i, r in enumerate(records)
+    ]
+
+
+def hv_at(series: list[tuple[float, float]], seconds: float) -> float:
+    return max((hv for t, hv in series if t <= seconds), default=0.0)
+
+
+def reach_seconds(series: list[tuple[float, float]], target: float) -> float | None:
+    """When a run's hypervolume first reached ``target`` (None: never)."""
+    return next((t for t, hv in series if hv >= target - 1e-12), None)
+
+
 def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     import autoprune
     from autoprune.pareto import hypervolume
@@ -67,7 +103,7 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
         if dense == "short":
             overrides.append(f"budget.train_epochs={args.short_epochs}")
     run_dir = work / f"{Path(space).stem}-{mode}-s{seed}"
-    t0 = time.monotonic()
+    t0, started_at = time.monotonic(), time.time()
     outcome = autoprune.search(
         space,
         run_dir=run_dir,
@@ -110,6 +146,8 @@ def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Pa
         "hypervolume": hv,
         "best_by_size": best,
         "test_by_size": test,  # test accuracy of the model validation chose in each bucket
+        "dense_s": dense_seconds(work / f"{run_dir.name}.log"),
+        "series": hypervolume_series(run_dir, started_at, args.ref_accuracy),
     }
 
 
@@ -127,6 +165,19 @@ def ceiling(rows: list[dict], ref_accuracy: float) -> float | None:
         "val_accuracy": max(r["best_accuracy"] for r in ran),
     }
     return hypervolume([corner], ref_params=max(r["params_dense"] for r in ran), ref_accuracy=ref_accuracy)
+
+
+def curve(rows: list[dict], base: dict[int, float]) -> None:
+    """Hypervolume at fractions of the budget, and when each run reached tpe's final hypervolume (same seed):
+    from the search call, and without its dense start (what a search from a checkpoint already trained costs)."""
+    print("  hypervolume at 25/50/75/100% of the budget; reached tpe's final HV at (s; without the dense start)")
+    for r in rows:
+        if not r.get("series"):
+            continue
+        at = " ".join(f"{hv_at(r['series'], f * r['budget_s']):.3f}" for f in (0.25, 0.5, 0.75, 1.0))
+        reach = reach_seconds(r["series"], base.get(r["seed"], math.inf))
+        when = "never" if reach is None else f"{reach:.0f} s; {reach - r.get('dense_s', 0.0):.0f} s"
+        print(f"  {r['mode']:>11} seed {r['seed']}: {at} | {when} (dense start {r.get('dense_s', 0.0):.0f} s)")
 
 
 def summarize(rows: list[dict], ref_accuracy: float) -> None:
@@ -151,6 +202,7 @@ def summarize(rows: list[dict], ref_accuracy: float) -> None:
         if top is not None and base:
             reach = top / statistics.median(base.values())
             print(f"  ceiling (every run's best accuracy at every size): HV {top:.3f} = {reach:.3f} x tpe's median")
+        curve(mine, base)
         for mode in MODES:
             if mode == "tpe":
                 continue
@@ -181,7 +233,23 @@ def main() -> None:
     parser.add_argument("--set", action="append", help="KEY=VALUE for every run's space")
     parser.add_argument("--work-dir", default=None, help="where the run directories go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write every run's numbers here")
+    parser.add_argument(
+        "--reanalyse",
+        default=None,
+        help="summarize the runs of this --json file again (their run dirs in --work-dir), without running any",
+    )
     args = parser.parse_args()
+    if args.reanalyse:
+        rows = json.loads(Path(args.reanalyse).read_text())
+        for r in rows:
+            if "series" not in r:  # an older file: the call's start from run.json, less the dense start
+                name = f"{Path(r['space']).stem}-{r['mode']}-s{r['seed']}"
+                created = json.loads((Path(args.work_dir) / name / "run.json").read_text())["created"]
+                r["dense_s"] = dense_seconds(Path(args.work_dir) / f"{name}.log")
+                started = datetime.datetime.fromisoformat(created).timestamp() - r["dense_s"]
+                r["series"] = hypervolume_series(Path(args.work_dir) / name, started, args.ref_accuracy)
+        summarize(rows, args.ref_accuracy)
+        return
     spaces = args.space or ["digits_quick"]
     seeds = [int(s) for s in args.seeds.split(",")]
     modes = [m for m in args.modes.split(",") if m]
