@@ -188,12 +188,18 @@ def resume(
     timeout: float | str | None = None,
     verbose: bool = False,
     log: Log | None = None,
+    allow_modules: Collection[str] = (),
 ) -> LaunchResult:
     """Finish an interrupted search, or extend it to ``trials`` trials in total: ``autoprune resume``.
 
     Finished trials are kept and never re-run; trials an interruption left running are closed and replaced;
     trials enqueued into the study (``optuna.Study.enqueue_trial``) run first. Early stopping and resources
     default to the search's (given values replace them in run.json); ``timeout`` holds for this call.
+
+    What it runs: the run's frozen ``space.yaml``, once its digest matches run.json's. Its model and dataset
+    code (``module:function``) is imported only when you started the run here (run.json carries your seal, see
+    ``_trust``), or when the module is in ``allow_modules``: a run directory received from someone else runs
+    no code of theirs unless you allow it. A resume so allowed seals the run for the next one.
     """
     from .raytune import resume_search
 
@@ -211,12 +217,14 @@ def resume(
         grace_period=grace_period,
         timeout=timeout,
         verbose=verbose,
+        allow_modules=allow_modules,
         **kwargs,
     )
 
 
 def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None) -> Results:
     """Every finished trial of a search and its Pareto front, read from the study (no Ray; also mid-search).
+    The study is opened read-only, and nothing the run names (its model or dataset code) is imported.
 
     ``.trials`` and ``.front`` are trial records (dicts), ``.failed``, ``.running``, ``.counted`` counts,
     ``.baseline`` the dense trial when the search has one, ``.frame()`` the DataFrame of ``results``.
