@@ -297,14 +297,14 @@ def pick(
     best trade-off), or ``trial`` (any finished trial, by number). With ``max_params`` the record also holds
     ``"indistinct"``: the other finished trials within that size whose validation accuracy is within one standard
     error of the most accurate one's (``pareto.indistinct``; trial, params_nonzero, val_accuracy each), most
-    accurate first: validation cannot rank them.
+    accurate first: validation cannot rank them. The study is only read, and nothing the run names is imported:
+    the model file is copied as data (``export.copy_model``).
     """
     from ._paths import check_output_file, inside_run
-    from ._trust import named_modules
     from .export import check_model_output, copy_model
     from .pareto import check_one_rule, indistinct
     from .pareto import pick as pick_record
-    from .rundir import MODELS_DIR, RunInfo, read_frozen_space
+    from .rundir import MODELS_DIR
 
     check_one_rule(max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
     if most_accurate and max_params is None:
@@ -323,10 +323,8 @@ def pick(
             f"the model file of trial {chosen['trial']} is missing ({source}); on a cluster --run-dir must be on a "
             "filesystem every node shares"
         )
-    # The run's own space named its model and dataset code when the user started the search: those modules only.
-    space, _ = read_frozen_space(Path(run_dir), RunInfo.read(Path(run_dir)))
     metrics = {k: v for k, v in chosen.items() if k not in ("config", "model_path")}
-    copy_model(source, out, metrics=metrics, allow_modules=named_modules(space.document))
+    copy_model(source, out, metrics=metrics)  # as data: a model built by a factory is copied, nothing imported
     result = {**chosen, "out": str(out)}
     if res.baseline is not None:  # the dense reference: the checkpoint a search started from, or its dense trial
         from .report import drop_points
