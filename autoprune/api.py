@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def run_trial(
@@ -252,23 +257,24 @@ def refresh_report(
     csv: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     study_storage: str | None = None,
+    log: Log | None = None,
 ) -> Results:
     """Refresh RUN_DIR/report (front.csv, trials.csv, report.json, pareto.png) and return the results:
-    ``autoprune report``. ``csv`` and ``plot`` write extra copies of the trials table and the plot there.
+    ``autoprune report``. ``csv`` and ``plot`` write extra copies of the trials table and the plot there; like
+    ``pick``, they replace only a file of that kind that autoprune wrote. Reading writes nothing else: the study
+    is opened read-only, and a run directory that cannot be written keeps its report files, as ``log`` says.
     """
-    from ._paths import check_output_file
-    from .report import plot_front, write_csv, write_report
+    from .report import check_extra_outputs, plot_front, write_csv, write_report
 
-    # Before anything is read or written: never onto the run's own files, a folder, or a place that cannot be written.
-    outputs = [
-        check_output_file(path, what=what, protected_dirs=[run_dir], example=example)
-        for path, what, example in ((csv, "--csv", "trials.csv"), (plot, "--plot", "front.png"))
-        if path
-    ]
-    if len(outputs) == 2 and outputs[0] == outputs[1]:
-        raise SearchError(f"--csv and --plot are the same file {csv}; give two file names")
+    check_extra_outputs(run_dir, csv=csv, plot=plot)  # before anything is read or written
     res = load_results(run_dir, study_storage=study_storage)
-    write_report(run_dir, res)
+    try:
+        write_report(run_dir, res)
+    except OSError as exc:  # a read-only run (received, or on a read-only mount): the report is still the answer
+        (log or _stderr)(
+            f"note: {Path(run_dir) / 'report'} was not refreshed ({exc.strerror or exc}); --csv FILE and --plot "
+            "FILE write the table and the plot elsewhere"
+        )
     if csv is not None:
         front = {id(r) for r in res.front}
         write_csv([{**r, "on_front": id(r) in front} for r in res.trials], csv)

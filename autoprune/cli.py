@@ -276,11 +276,11 @@ def report(
     plot: Annotated[Path | None, typer.Option(help="Also write the Pareto plot (PNG) here.")] = None,
     study_storage: StorageOption = None,
 ) -> None:
-    """The Pareto front over every finished trial of the study; refreshes the files in RUN_DIR/report."""
+    """The Pareto front of the study (read only, no code run); refreshes the files in RUN_DIR/report."""
     from .api import refresh_report
     from .report import report_document
 
-    results = refresh_report(run_dir, csv=csv, plot=plot, study_storage=study_storage)
+    results = refresh_report(run_dir, csv=csv, plot=plot, study_storage=study_storage, log=_log)
     for extra in (csv, plot):
         if extra is not None:
             _log(f"wrote {extra}")
