@@ -71,6 +71,15 @@ StorageOption = Annotated[
         "path. Default: study.db in the run directory.",
     ),
 ]
+AllowModuleOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-module",
+        metavar="MODULE",
+        help="Allow importing this module where a file you did not write (a model file, a run directory someone "
+        "else started) names a model or dataset factory in it. Repeatable.",
+    ),
+]
 LaunchJsonOption = Annotated[bool, flag("--json", help="At the end print the report JSON on stdout.")]
 VerboseOption = Annotated[bool, flag("--verbose", help="Show Ray's own logs and every early-stopping decision.")]
 TimeoutOption = Annotated[

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def run_trial(
@@ -188,12 +193,18 @@ def resume(
     timeout: float | str | None = None,
     verbose: bool = False,
     log: Log | None = None,
+    allow_modules: Collection[str] = (),
 ) -> LaunchResult:
     """Finish an interrupted search, or extend it to ``trials`` trials in total: ``autoprune resume``.
 
     Finished trials are kept and never re-run; trials an interruption left running are closed and replaced;
     trials enqueued into the study (``optuna.Study.enqueue_trial``) run first. Early stopping and resources
     default to the search's (given values replace them in run.json); ``timeout`` holds for this call.
+
+    What it runs: the run's frozen ``space.yaml``, once its digest matches run.json's. Its model and dataset
+    code (``module:function``) is imported only when you started the run here (run.json carries your seal, see
+    ``_trust``), or when the module is in ``allow_modules``: a run directory received from someone else runs
+    no code of theirs unless you allow it. A resume so allowed seals the run for the next one.
     """
     from .raytune import resume_search
 
@@ -211,12 +222,14 @@ def resume(
         grace_period=grace_period,
         timeout=timeout,
         verbose=verbose,
+        allow_modules=allow_modules,
         **kwargs,
     )
 
 
 def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None) -> Results:
     """Every finished trial of a search and its Pareto front, read from the study (no Ray; also mid-search).
+    The study is opened read-only, and nothing the run names (its model or dataset code) is imported.
 
     ``.trials`` and ``.front`` are trial records (dicts), ``.failed``, ``.running``, ``.counted`` counts,
     ``.baseline`` the dense trial when the search has one, ``.frame()`` the DataFrame of ``results``.
@@ -244,23 +257,24 @@ def refresh_report(
     csv: str | os.PathLike | None = None,
     plot: str | os.PathLike | None = None,
     study_storage: str | None = None,
+    log: Log | None = None,
 ) -> Results:
     """Refresh RUN_DIR/report (front.csv, trials.csv, report.json, pareto.png) and return the results:
-    ``autoprune report``. ``csv`` and ``plot`` write extra copies of the trials table and the plot there.
+    ``autoprune report``. ``csv`` and ``plot`` write extra copies of the trials table and the plot there; like
+    ``pick``, they replace only a file of that kind that autoprune wrote. Reading writes nothing else: the study
+    is opened read-only, and a run directory that cannot be written keeps its report files, as ``log`` says.
     """
-    from ._paths import check_output_file
-    from .report import plot_front, write_csv, write_report
+    from .report import check_extra_outputs, plot_front, write_csv, write_report
 
-    # Before anything is read or written: never onto the run's own files, a folder, or a place that cannot be written.
-    outputs = [
-        check_output_file(path, what=what, protected_dirs=[run_dir], example=example)
-        for path, what, example in ((csv, "--csv", "trials.csv"), (plot, "--plot", "front.png"))
-        if path
-    ]
-    if len(outputs) == 2 and outputs[0] == outputs[1]:
-        raise SearchError(f"--csv and --plot are the same file {csv}; give two file names")
+    check_extra_outputs(run_dir, csv=csv, plot=plot)  # before anything is read or written
     res = load_results(run_dir, study_storage=study_storage)
-    write_report(run_dir, res)
+    try:
+        write_report(run_dir, res)
+    except OSError as exc:  # a read-only run (received, or on a read-only mount): the report is still the answer
+        (log or _stderr)(
+            f"note: {Path(run_dir) / 'report'} was not refreshed ({exc.strerror or exc}); --csv FILE and --plot "
+            "FILE write the table and the plot elsewhere"
+        )
     if csv is not None:
         front = {id(r) for r in res.front}
         write_csv([{**r, "on_front": id(r) in front} for r in res.trials], csv)
@@ -289,14 +303,14 @@ def pick(
     best trade-off), or ``trial`` (any finished trial, by number). With ``max_params`` the record also holds
     ``"indistinct"``: the other finished trials within that size whose validation accuracy is within one standard
     error of the most accurate one's (``pareto.indistinct``; trial, params_nonzero, val_accuracy each), most
-    accurate first: validation cannot rank them.
+    accurate first: validation cannot rank them. The study is only read, and nothing the run names is imported:
+    the model file is copied as data (``export.copy_model``).
     """
     from ._paths import check_output_file, inside_run
-    from ._trust import named_modules
     from .export import check_model_output, copy_model
     from .pareto import check_one_rule, indistinct
     from .pareto import pick as pick_record
-    from .rundir import MODELS_DIR, RunInfo, read_frozen_space
+    from .rundir import MODELS_DIR
 
     check_one_rule(max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
     if most_accurate and max_params is None:
@@ -315,10 +329,8 @@ def pick(
             f"the model file of trial {chosen['trial']} is missing ({source}); on a cluster --run-dir must be on a "
             "filesystem every node shares"
         )
-    # The run's own space named its model and dataset code when the user started the search: those modules only.
-    space, _ = read_frozen_space(Path(run_dir), RunInfo.read(Path(run_dir)))
     metrics = {k: v for k, v in chosen.items() if k not in ("config", "model_path")}
-    copy_model(source, out, metrics=metrics, allow_modules=named_modules(space.document))
+    copy_model(source, out, metrics=metrics)  # as data: a model built by a factory is copied, nothing imported
     result = {**chosen, "out": str(out)}
     if res.baseline is not None:  # the dense reference: the checkpoint a search started from, or its dense trial
         from .report import drop_points

@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from ._cli_options import (
+    AllowModuleOption,
     Command,
     EarlyStop,
     GraceOption,
@@ -236,8 +237,12 @@ def resume(
     timeout: TimeoutOption = None,
     as_json: LaunchJsonOption = False,
     verbose: VerboseOption = False,
+    allow_module: AllowModuleOption = None,
 ) -> None:
-    """Finish an interrupted search (finished trials are kept), or extend it with --trials N (N in total)."""
+    """Finish an interrupted search (finished trials are kept), or extend it with --trials N (N in total).
+
+    Code the run's space names is imported only if you started the run here, or allow it with --allow-module.
+    """
     from .api import resume as run
 
     outcome = run(
@@ -254,6 +259,7 @@ def resume(
         timeout=timeout,
         verbose=verbose,
         log=_log,
+        allow_modules=allow_module or (),
     )
     _finish_launch(outcome, as_json)
 
@@ -270,11 +276,11 @@ def report(
     plot: Annotated[Path | None, typer.Option(help="Also write the Pareto plot (PNG) here.")] = None,
     study_storage: StorageOption = None,
 ) -> None:
-    """The Pareto front over every finished trial of the study; refreshes the files in RUN_DIR/report."""
+    """The Pareto front of the study (read only, no code run); refreshes the files in RUN_DIR/report."""
     from .api import refresh_report
     from .report import report_document
 
-    results = refresh_report(run_dir, csv=csv, plot=plot, study_storage=study_storage)
+    results = refresh_report(run_dir, csv=csv, plot=plot, study_storage=study_storage, log=_log)
     for extra in (csv, plot):
         if extra is not None:
             _log(f"wrote {extra}")
@@ -343,13 +349,7 @@ def evaluate(
         bool, flag("--json", help="Print test_accuracy, params_nonzero, params_total (and more) on stdout.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
-    allow_module: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-module",
-            help="Allow importing this module when the file names a model or dataset factory in it. Repeatable.",
-        ),
-    ] = None,
+    allow_module: AllowModuleOption = None,
 ) -> None:
     """Reload an exported model (safely, weights only) and re-measure it on its dataset's test split."""
     from .api import evaluate as measure

@@ -281,15 +281,8 @@ def _read(path: Path, device: str | torch.device) -> Any:
     return load_torch_data(path, what="model file", device=device, objects=objects)
 
 
-def load_model(
-    path: str | os.PathLike, *, device: str | torch.device = "cpu", allow_modules: Collection[str] = ()
-) -> LoadedModel:
-    """Read a file written by ``save_model`` and rebuild the model on ``device``, in eval mode.
-
-    A model that is not a plain ``nn.Sequential`` names its ``module:function`` factory; that module is imported
-    only when it is in ``allow_modules`` (a file is data: opening one must not run code it names).
-    """
-    path = Path(path)
+def _document(path: Path, device: str | torch.device) -> dict[str, Any]:
+    """The content of a model file, its format, version and keys checked (data only: nothing is built)."""
     data = _read(path, device)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelError(f"{path} is a torch file but not an autoprune model file (no format {FORMAT!r} entry)")
@@ -307,6 +300,20 @@ def load_model(
     state = data["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ModelError(f"{path} is damaged: state_dict is not a mapping of tensors")
+    return data
+
+
+def load_model(
+    path: str | os.PathLike, *, device: str | torch.device = "cpu", allow_modules: Collection[str] = ()
+) -> LoadedModel:
+    """Read a file written by ``save_model`` and rebuild the model on ``device``, in eval mode.
+
+    A model that is not a plain ``nn.Sequential`` names its ``module:function`` factory; that module is imported
+    only when it is in ``allow_modules`` (a file is data: opening one must not run code it names).
+    """
+    path = Path(path)
+    data = _document(path, device)
+    state = data["state_dict"]
     input_shape = tuple(int(s) for s in data["input_shape"])
     num_classes = int(data["num_classes"])
 
@@ -356,18 +363,44 @@ def load_model(
     )
 
 
-def copy_model(
-    source: str | os.PathLike, out: str | os.PathLike, *, metrics: dict, allow_modules: Collection[str] = ()
-) -> Path:
-    """Re-export the model in ``source`` to ``out`` with ``metrics`` as its record (``pick``'s export)."""
-    loaded = load_model(source, allow_modules=allow_modules)
-    return save_model(
-        out,
-        loaded.model,
-        masks=loaded.masks,
-        config=loaded.config,
-        metrics=metrics,
-        input_shape=loaded.input_shape,
-        num_classes=loaded.num_classes,
-        preprocessing=loaded.preprocessing,
-    )
+def copy_model(source: str | os.PathLike, out: str | os.PathLike, *, metrics: dict) -> Path:
+    """Re-export the model in ``source`` to ``out`` with ``metrics`` as its record (``pick``'s export).
+
+    A plain ``nn.Sequential`` is rebuilt from its description and saved again, which checks every tensor. A model
+    built by a factory is copied as data, its factory not imported (a run directory may come from someone else):
+    its masks are checked against its tensors and its factory must be the model its own configuration names;
+    loading the copy (``evaluate --allow-module``) imports the factory and checks the rest.
+    """
+    source = Path(source)
+    data = _document(source, "cpu")
+    factory = data["architecture"].get("factory") if isinstance(data["architecture"], dict) else None
+    if not isinstance(factory, str):
+        loaded = load_model(source)
+        return save_model(
+            out,
+            loaded.model,
+            masks=loaded.masks,
+            config=loaded.config,
+            metrics=metrics,
+            input_shape=loaded.input_shape,
+            num_classes=loaded.num_classes,
+            preprocessing=loaded.preprocessing,
+        )
+    if factory != _factory_name(data["config"]):
+        raise ModelError(
+            f"{source} is damaged: its architecture names factory {factory!r}, which is not the model its "
+            "configuration names (the file was altered)"
+        )
+    if not isinstance(data["masks"], dict):
+        raise ModelError(f"{source} is damaged: masks is not a mapping")
+    for name, packed in data["masks"].items():
+        mask = _unpack(packed, f"{source}: mask {name!r}")
+        if name not in data["state_dict"] or tuple(data["state_dict"][name].shape) != tuple(mask.shape):
+            raise ModelError(f"{source} is damaged: mask {name!r} does not match a tensor")
+    out = check_model_output(out)
+    kept = (*_REQUIRED_KEYS, "format", "version", "preprocessing", "torch_version")  # nothing else of the file
+    document = {k: data[k] for k in kept if k in data}
+    document["metrics"] = _plain(metrics, "metrics")
+    with atomic_open(out) as fh:
+        torch.save(document, fh)
+    return out

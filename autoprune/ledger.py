@@ -1,4 +1,5 @@
-"""The Optuna study as the ledger of a search: storage, samplers, recording outcomes, reading records back.
+"""The Optuna study as the ledger of a search: samplers, recording outcomes, reading records back. Where the
+study is stored, and how each command opens it (read-only for ``report`` and ``pick``), is ``_storage``'s.
 
 Every finished trial is COMPLETE with values (val_accuracy, params_nonzero) and its trial record and model path
 as user attributes; a trial that diverged, raised or was cut off is FAIL with its ``outcome`` and
@@ -21,8 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _urls
-from ._paths import PathError, check_input_file, inside_run
+from ._paths import PathError, inside_run
+from ._storage import STORAGE_ENV as STORAGE_ENV  # re-exported: the storage functions are the ledger's API
+from ._storage import open_storage as open_storage
+from ._storage import redact_url as redact_url
+from ._storage import storage_record as storage_record
+from ._storage import storage_spec as storage_spec
 from .baselines import CALIBRATION_ATTR, checkpoint_reference
 from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
@@ -39,7 +44,6 @@ if TYPE_CHECKING:
 DEFAULT_SAMPLER = "tpe"
 OBJECTIVES = ("val_accuracy", "params_nonzero")
 DIRECTIONS = ("maximize", "minimize")
-STORAGE_ENV = "AUTOPRUNE_STUDY_STORAGE"
 # Trial outcomes kept in the study (user attribute "outcome"). The first five count toward the number of trials
 # a search asked for: a trial stopped early was judged, not lost, and a trial whose process was killed (the OOM
 # killer's SIGKILL) failed like one that raised, so the search goes on to the number asked for. Only trials cut
@@ -48,95 +52,7 @@ COUNTED_OUTCOMES = ("complete", "diverged", "error", "pruned", "crashed")
 OUTCOMES = (*COUNTED_OUTCOMES, "interrupted")
 
 
-# ------------------------------------------------------------------------------------------------ storage
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and run.json), whatever the password holds."""
-    return _urls.redact_url(url)
-
-
-def open_storage(spec: str | None, run_dir: Path) -> optuna.storages.BaseStorage:
-    """The Optuna storage for ``--study-storage``: None = ``run_dir/study.db`` (SQLite); a database URL
-    (``sqlite:///...``, ``postgresql://user:pw@host/db``) = ``RDBStorage``; any other value is the path of a
-    journal file (``JournalStorage``, for shared filesystems). Failures are one line, password removed.
-    """
-    import optuna
-
-    shown = redact_url(spec) if spec else str(run_dir / STUDY_FILE)
-    try:
-        if spec is None:
-            return optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
-        if _urls.is_url(spec):
-            url = _urls.parse_storage_url(spec)
-            engine_kwargs: dict[str, Any] = {}
-            if url.family == "postgresql":
-                # Without a timeout a firewalled host hangs the command for minutes.
-                engine_kwargs = {"connect_args": {"connect_timeout": 10}}
-            # The parsed URL, re-encoded: SQLAlchemy would misread a password holding '@', '/' or '#'.
-            return optuna.storages.RDBStorage(url.connect_url(), engine_kwargs=engine_kwargs or None)
-        path = Path(spec).expanduser()
-        if path.is_dir():
-            raise SearchError(f"--study-storage {spec} is a directory; give a journal file path or a database URL")
-        if path.exists() and not path.is_file():
-            raise SearchError(f"--study-storage {spec} is not a regular file (a device or pipe); give a journal file")
-        if not path.parent.is_dir():
-            raise SearchError(f"cannot open study storage {spec}: folder {path.parent} does not exist")
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        return JournalStorage(JournalFileBackend(str(path)))
-    except (SearchError, _urls.StorageURLError):
-        raise
-    except ModuleNotFoundError as exc:
-        hint = " (pip install 'autoprune[postgres]')" if "psycopg" in str(exc) else ""
-        raise SearchError(f"cannot open study storage {shown}: missing database driver {exc.name}{hint}") from None
-    except Exception as exc:
-        first = _urls.scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", spec or "")
-        raise SearchError(
-            f"cannot open study storage {shown}: {type(exc).__name__}: {first[:200]}; check the URL, the server "
-            "and the credentials"
-        ) from None
-
-
-def storage_record(spec: str | None, run_dir: Path) -> dict[str, Any]:
-    """How run.json remembers the storage: never with a password."""
-    if spec is None:
-        return {"kind": "run-dir"}
-    if _urls.is_url(spec):
-        return {"kind": "rdb", "url": redact_url(spec)}
-    path = Path(spec).expanduser().resolve()
-    try:
-        return {"kind": "journal", "path": str(path.relative_to(run_dir.resolve())), "in_run_dir": True}
-    except ValueError:
-        return {"kind": "journal", "path": str(path), "in_run_dir": False}
-
-
-def storage_spec(info: RunInfo, run_dir: Path, override: str | None) -> str | None:
-    """The storage spec to open for a run, from run.json, completed by ``--study-storage`` or its env var."""
-    rec = info.storage
-    kind = rec.get("kind")
-    given = override or os.environ.get(STORAGE_ENV) or None
-    if kind == "run-dir":
-        return None
-    if kind == "journal":
-        if given:
-            return given
-        return str(run_dir / rec["path"]) if rec.get("in_run_dir") else rec["path"]
-    if kind == "rdb":
-        url = rec["url"]
-        if given:
-            if redact_url(given) != url:
-                raise SearchError(
-                    f"--study-storage {redact_url(given)} is not the storage of this run ({url}); give the same URL"
-                )
-            return given
-        if ":***@" in url:
-            raise SearchError(
-                f"the study of {run_dir} is in {url}; run.json keeps no password: pass --study-storage URL or set "
-                f"{STORAGE_ENV} (or use a password file such as ~/.pgpass)"
-            )
-        return url
-    raise SearchError(f"{run_dir / RUN_FILE} is damaged: unknown storage kind {kind!r}")
+# -------------------------------------------------------------------------------------------------- study
 
 
 def quiet_optuna() -> None:
@@ -145,9 +61,6 @@ def quiet_optuna() -> None:
 
     if optuna.logging.get_verbosity() < optuna.logging.WARNING:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-# -------------------------------------------------------------------------------------------------- study
 
 
 def create_study(storage: optuna.storages.BaseStorage, name: str, space: SearchSpace, version: str) -> optuna.Study:
@@ -167,17 +80,16 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, space: SearchS
     return study
 
 
-def load_study(info: RunInfo, run_dir: Path, storage_override: str | None) -> optuna.Study:
-    """Open the study of a run directory (read-only use is safe while a search runs)."""
+def load_study(info: RunInfo, run_dir: Path, storage_override: str | None, *, read_only: bool = False) -> optuna.Study:
+    """Open the study of a run directory; it must exist (nothing is created). ``read_only`` (``report``, ``pick``)
+    writes nothing at all; reading is safe while a search runs."""
     import optuna
 
     quiet_optuna()
     spec = storage_spec(info, run_dir, storage_override)
-    if spec is None:
-        if not (run_dir / STUDY_FILE).exists():
-            raise SearchError(f"{run_dir} has {RUN_FILE} but no {STUDY_FILE}; the study of this run is lost")
-        check_input_file(run_dir / STUDY_FILE, what="study", error=SearchError)  # a FIFO would hang SQLite
-    storage = open_storage(spec, run_dir)
+    if spec is None and not (run_dir / STUDY_FILE).exists():
+        raise SearchError(f"{run_dir} has {RUN_FILE} but no {STUDY_FILE}; the study of this run is lost")
+    storage = open_storage(spec, run_dir, mode="read" if read_only else "write")
     try:
         return optuna.load_study(study_name=info.study_name, storage=storage)
     except KeyError:
@@ -416,4 +328,5 @@ def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None
     """Read a run's study (no Ray needed; works while a search is running) and compute its Pareto front."""
     run_dir = Path(run_dir)
     info = RunInfo.read(run_dir)
-    return study_results(load_study(info, run_dir, study_storage), requested=info.trials, run_dir=run_dir)
+    study = load_study(info, run_dir, study_storage, read_only=True)
+    return study_results(study, requested=info.trials, run_dir=run_dir)

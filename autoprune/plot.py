@@ -11,6 +11,8 @@ from pathlib import Path
 
 from ._io import atomic_open
 
+SOFTWARE = "autoprune"  # the PNG's Software text: how `report --plot` knows a file it may replace
+
 
 def _key(record: dict) -> tuple:
     return (record.get("trial"), record.get("params_nonzero"), record.get("val_accuracy"))
@@ -104,4 +106,4 @@ def plot_front(
     ax.grid(True, which="both", alpha=0.25)
     fig.tight_layout()
     with atomic_open(Path(path), "wb") as fh:
-        fig.savefig(fh, format="png")
+        fig.savefig(fh, format="png", metadata={"Software": SOFTWARE})

@@ -337,6 +337,39 @@ def write_csv(records: Sequence[dict], path: str | os.PathLike) -> None:
         frame.to_csv(fh, index=False)
 
 
+def check_extra_outputs(
+    run_dir: str | os.PathLike, *, csv: str | os.PathLike | None, plot: str | os.PathLike | None
+) -> None:
+    """Refuse ``report``'s ``--csv`` and ``--plot`` files before anything is read or written: never onto the run's
+    own files, a folder, or a place that cannot be written (``check_output_file``), and, as ``pick`` refuses to
+    replace anything but a model file, never over an existing file autoprune did not write there: a trials CSV
+    (its header starts with our columns), a PNG autoprune drew (its Software text)."""
+    from ._paths import check_output_file
+    from .errors import SearchError
+    from .plot import SOFTWARE
+
+    outputs = [
+        check_output_file(path, what=what, protected_dirs=[run_dir], example=example)
+        for path, what, example in ((csv, "--csv", "trials.csv"), (plot, "--plot", "front.png"))
+        if path
+    ]
+    if len(outputs) == 2 and outputs[0] == outputs[1]:
+        raise SearchError(f"--csv and --plot are the same file {csv}; give two file names")
+    for path, what, kind in ((csv, "--csv", "trials CSV"), (plot, "--plot", "plot")):
+        if not path or not Path(path).is_file():
+            continue
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(4096)
+        except OSError:
+            head = b""
+        ours = head.startswith(b"\x89PNG") and f"Software\0{SOFTWARE}".encode() in head
+        if what == "--csv":
+            ours = head.startswith(",".join(_LEAD_COLUMNS).encode())
+        if not ours:
+            raise SearchError(f"refusing to overwrite {path}: not an autoprune {kind}; choose another {what} file")
+
+
 def write_report(run_dir: str | os.PathLike, results: Results) -> dict[str, Path]:
     """Write a run's ``results`` to ``run_dir/report/{front.csv, trials.csv, report.json, pareto.png}`` atomically.
 

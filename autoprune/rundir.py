@@ -2,7 +2,8 @@
 
 Everything one search produced lives under one folder::
 
-    run.json          what was asked for: study name and storage, space digest, sampler, seed, resources, trials
+    run.json          what was asked for: study name and storage, space digest, sampler, seed, resources, trials;
+                      the seal of the user who started it (``_trust``: resume imports the space's modules)
     space.yaml        the search space as searched (after --set), frozen; resume checks it against run.json
     study.db          the Optuna study (SQLite), unless --study-storage names a server database or a journal file
     models/trial_N.pt the exported model of every trial that finished (N is the Optuna trial number)
@@ -22,7 +23,7 @@ import fcntl
 import functools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,9 @@ import yaml
 
 from ._io import atomic_open
 from ._paths import check_input_file, find_run_dir
-from .errors import SearchError
-from .space import SearchSpace, load_yaml, parse_space
+from ._trust import check_run_modules, sealed_here
+from .errors import SearchError, first_line
+from .space import SearchSpace, document_digest, load_yaml, parse_space
 
 RUN_FILE = "run.json"
 SPACE_FILE = "space.yaml"
@@ -77,6 +79,7 @@ class RunInfo:
     created: str = ""
     launches: list[dict[str, Any]] = field(default_factory=list)
     format: int = RUN_FORMAT
+    seal: str | None = None  # _trust.seal(space_digest): this user started the run, so resume imports its modules
 
     @classmethod
     def read(cls, run_dir: Path) -> RunInfo:
@@ -122,7 +125,13 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     leaves a stale lock behind; a second driver on the same directory is refused instead of closing the
     first one's running trials.
     """
-    fh = open(run_dir / LOCK_FILE, "a+")
+    try:
+        fh = open(run_dir / LOCK_FILE, "a+")
+    except OSError as exc:  # a read-only run directory (received, or a read-only mount)
+        raise SearchError(
+            f"cannot lock {run_dir} ({exc.strerror or exc}); running trials writes into the run directory: make it "
+            "writable, or copy it somewhere writable"
+        ) from None
     try:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -179,20 +188,36 @@ def freeze_space(run_dir: Path, space: SearchSpace) -> str:
     return text
 
 
-def read_frozen_space(run_dir: Path, info: RunInfo) -> tuple[SearchSpace, str]:
-    """The run's frozen space and its text, read once and checked against the digest in run.json."""
+def frozen_document(run_dir: Path, info: RunInfo) -> tuple[Any, str]:
+    """The run's frozen space as data and its text, refused unless its digest is run.json's. Nothing the space
+    names is imported or built: the digest is compared before the space is parsed."""
     path = run_dir / SPACE_FILE
     if not path.exists():
         raise SearchError(f"{path} is missing; it is needed to resume this search")
     check_input_file(path, what="frozen space", max_bytes=_MAX_RECORD_BYTES, error=SearchError)
-    text = path.read_text()
-    space = space_from_text(text)
-    if space.digest != info.space_digest:
+    try:
+        text = path.read_text(encoding="utf-8")
+        document = load_yaml(text) or {}
+        digest = document_digest(document)
+    except (OSError, ValueError, TypeError, RecursionError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
+        raise SearchError(f"{path} is unreadable or damaged ({first_line(exc, 120)}); restore it") from None
+    if digest != info.space_digest:
         raise SearchError(
-            f"{path} was changed since the search started (digest {space.digest[:12]} != "
-            f"{info.space_digest[:12]} in {RUN_FILE}); restore it, or start a new search in another --run-dir"
+            f"{path} was changed since the search started (digest {digest[:12]} != {info.space_digest[:12]} in "
+            f"{RUN_FILE}); restore it, or start a new search in another --run-dir"
         )
-    return space, text
+    return document, text
+
+
+def read_frozen_space(run_dir: Path, info: RunInfo, *, allow_modules: Collection[str] = ()) -> tuple[SearchSpace, str]:
+    """The run's frozen space and its text, for ``resume``, checked before anything it names is imported: its
+    digest against run.json (``frozen_document``), then its modules (``_trust.check_run_modules``: those of a run
+    this user sealed, or in ``allow_modules``). Only then is it parsed, which builds the model to find its layers.
+    """
+    document, text = frozen_document(run_dir, info)
+    sealed = sealed_here(info.space_digest, info.seal)
+    check_run_modules(document, sealed=sealed, allow_modules=allow_modules, source=str(run_dir / SPACE_FILE))
+    return space_from_text(text), text
 
 
 def declared_sizes(run_dir: Path) -> tuple[float, ...]:

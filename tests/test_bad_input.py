@@ -362,7 +362,7 @@ CASES: list[tuple[str, list[str], list[str], Setup | None]] = [
      model_path(other_run)),
     ("pick-ledger-symlink-out", [*PICK, f"{T}/m.pt"], ["points outside"],
      model_path("models/evil.pt", plant=evil_link)),
-    ("pick-model-names-os-abort", [*PICK, f"{T}/m.pt"], ["os:abort", "--allow-module"],
+    ("pick-model-names-os-abort", [*PICK, f"{T}/m.pt"], ["os:abort", "damaged"],
      lambda tmp, run: [torch.save(_model(run, architecture={"factory": "os:abort"}), p)
                        for p in sorted(run.glob("models/*.pt"))] and {}),
     ("pick-model-fifo", [*PICK, f"{T}/m.pt"], ["not a regular file"],

@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray")
 
 from optuna.trial import TrialState  # noqa: E402
 
+from autoprune._trust import sealed_here  # noqa: E402
 from autoprune.api import evaluate as evaluate_model  # noqa: E402
 from autoprune.api import pick as pick_model  # noqa: E402
 from autoprune.config import TrialConfig  # noqa: E402
@@ -226,6 +227,8 @@ def test_extend_reruns_nothing_and_recomputes_the_front(finished_run: Path, tmp_
 def test_resume_refuses_a_changed_space(finished_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "changed"
     shutil.copytree(finished_run, run_dir)
+    info = RunInfo.read(run_dir)  # sealed by this user: resume may import what the space names
+    assert sealed_here(info.space_digest, info.seal) and not sealed_here(info.space_digest, "0" * 64)
     frozen = run_dir / "space.yaml"
     frozen.write_text(frozen.read_text().replace("limit: 600", "limit: 500"))
     listing = sorted(p.name for p in run_dir.rglob("*"))

@@ -22,12 +22,13 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import dense_start, ledger, rundir
+from .._trust import seal
 from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, REFERENCE_KEYS, seed_baselines
 from ..errors import SearchError
 from ..ledger import Results
@@ -274,6 +275,7 @@ def run_search(
                 address=address,
                 version=rundir.autoprune_version(),
                 created=rundir.now(),
+                seal=seal(spec.digest),  # this user chose the space's modules: resume may import them
             )
             info.write(run_dir)
             created.clear()  # the run exists from here on: never remove anything of it
@@ -329,13 +331,15 @@ def resume_search(
     timeout: float | str | None = None,
     verbose: bool = False,
     log: Log = _stderr,
+    allow_modules: Collection[str] = (),
 ) -> LaunchResult:
     """Finish an interrupted search, or extend a finished one to ``trials`` trials in total.
 
     Trials an interruption left RUNNING are closed as FAIL (outcome ``interrupted``) and replaced; finished
     ones are kept and never re-run; trials enqueued into the study (``study.enqueue_trial``) run first.
     Resources and early stopping default to those in run.json (given ones replace them there); ``timeout``
-    holds for this call only.
+    holds for this call only. The frozen space's digest is checked, and the code it names (``module:function``)
+    is imported only when this user started the run or allows that module (``rundir.read_frozen_space``).
     """
     t0 = time.perf_counter()
     timeout_s, deadline = _deadline(timeout)
@@ -344,7 +348,7 @@ def resume_search(
     stopping = early_stop_settings(early_stop, reduction_factor, grace_period, base=info.early_stop)
     if trials is not None:
         _check_positive_int("--trials", trials)
-    space, space_yaml = rundir.read_frozen_space(run_dir, info)
+    space, space_yaml = rundir.read_frozen_space(run_dir, info, allow_modules=allow_modules)
     space.check_importable()  # a model or dataset the trial workers cannot load: refused before the study is touched
     resources = dict(info.resources)
     overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
@@ -385,6 +389,7 @@ def resume_search(
             info.resources = resources
             info.early_stop = stopping
             info.address = where
+            info.seal = seal(info.space_digest)  # its modules passed read_frozen_space: the next resume needs no flag
             # A new seed per launch: the same seed would make the random sampler repeat the first trials' configs.
             sampler_seed = info.seed + len(study.trials)
             ran, timed_out = _launched(
