@@ -1,35 +1,25 @@
-"""A user's own folder, as README's "Your own model or data" describes it, and the console script run from it.
+"""A user's own folder, as docs/guides/own-model-and-data.md describes it, and the console script run from it.
 
-The files are README's own examples, read from README.md, so the documented example is the one that is tested.
+The files are the guide's own examples (``doc_example``), so the documented example is the one that is tested.
 ``write_user_folder`` is plain (no fixture) so that tests of the command line and of the Python API can share it.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from _doc_blocks import doc_example
 from _session import kill_session
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 USER_FILES = ("my_models.py", "my_data.py", "resnet_fashion.yaml", "tabular.yaml")
 
 # Tiny budgets for the tests: a few hundred training samples, one epoch per phase.
 TINY_RESNET = ["dataset.limit=600", "budget.train_epochs=1", "budget.finetune_epochs=1", "budget.batch_size=64"]
 TINY_TABULAR = ["budget.train_epochs=2", "budget.finetune_epochs=1"]
-
-
-def readme_example(name: str) -> str:
-    """The fenced block of README.md whose first line is ``# NAME``, without that line."""
-    text = README.read_text()
-    match = re.search(rf"```(?:python|yaml)\n# {re.escape(name)}\n(.*?)```", text, re.S)
-    if match is None:
-        raise AssertionError(f"README.md has no example block starting with '# {name}'")
-    return match.group(1)
 
 
 @dataclass(frozen=True)
@@ -40,10 +30,10 @@ class UserFolder:
 
 
 def write_user_folder(path: Path) -> UserFolder:
-    """Write README's my_models.py, my_data.py and the two space files into ``path``."""
+    """Write the guide's my_models.py, my_data.py and the two space files into ``path``."""
     path.mkdir(parents=True, exist_ok=True)
     for name in USER_FILES:
-        (path / name).write_text(readme_example(name))
+        (path / name).write_text(doc_example(name))
     return UserFolder(path=path, resnet_space=path / "resnet_fashion.yaml", tabular_space=path / "tabular.yaml")
 
 

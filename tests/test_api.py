@@ -1,27 +1,19 @@
-"""The Python API: ``import autoprune`` as a notebook user meets it, README's examples included."""
+"""The Python API: ``import autoprune`` as a notebook user meets it, the documentation's examples included."""
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
 import torch
+from _doc_blocks import doc_example
 
 import autoprune
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 TINY = ["budget.train_epochs=1", "budget.finetune_epochs=1"]
-
-
-def readme_python(number: int) -> str:
-    """The ``number``-th python block of README's "From Python" section."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## From Python") :]
-    section = section[: section.index("\n## ", 1)]
-    return re.findall(r"```python\n(.*?)```", section, flags=re.S)[number]
 
 
 def test_the_package_lists_its_api_with_docstrings() -> None:
@@ -76,7 +68,7 @@ def test_a_file_without_stored_preprocessing_gets_its_datasets(tmp_path: Path) -
 
 @pytest.mark.fashion
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs the Fashion-MNIST files")
-def test_readme_plain_torch_loader_matches_the_recorded_accuracy(tmp_path: Path, monkeypatch) -> None:
+def test_plain_torch_loader_matches_the_recorded_accuracy(tmp_path: Path, monkeypatch) -> None:
     overrides = [
         *TINY,
         "dataset.limit=3000",
@@ -87,7 +79,7 @@ def test_readme_plain_torch_loader_matches_the_recorded_accuracy(tmp_path: Path,
     result = autoprune.run_trial("lenet300_fashion", overrides=overrides, save=tmp_path / "model.pt")
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
-    exec(readme_python(1), scope)
+    exec(doc_example("load_plain.py"), scope)
     assert scope["accuracy"] == pytest.approx(result.test_accuracy, abs=1e-4)  # 10,000 test images: 1 may flip
     assert scope["accuracy"] > 0.6
     raw, labels = scope["raw"], scope["labels"].long()
@@ -96,11 +88,11 @@ def test_readme_plain_torch_loader_matches_the_recorded_accuracy(tmp_path: Path,
 
 
 @pytest.mark.ray
-def test_readme_python_example_then_evaluate(tmp_path: Path, monkeypatch) -> None:
+def test_from_python_example_then_evaluate(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     scope: dict = {}
-    exec(readme_python(0), scope)
+    exec(doc_example("from_python.py"), scope)
     df = scope["df"]
     assert len(df) == 3 and df["trial"].tolist() == [0, 1, 2] and (df["state"] == "COMPLETE").all()
     dtypes = df.dtypes.astype(str).to_dict()

@@ -1,9 +1,9 @@
-"""README's "Prune the model you already have", as a user runs it: train a Transformer with their own script,
-then trial, search, report, pick and evaluate from the checkpoint with the installed ``autoprune`` command, in
-their folder; the picked model reloads after the checkpoint is deleted. And a search whose trials all fail exits
+"""docs/guides/trained-model.md as a user runs it: train a Transformer with their own script, then trial, search,
+report, pick and evaluate from the checkpoint with the installed ``autoprune`` command, in their folder; the picked
+model reloads after the checkpoint is deleted. And a search whose trials all fail exits
 non-zero with their cause in one line.
 
-The files are README's own blocks (``readme_example``), so the documented workflow is the tested one.
+The files are the guide's own blocks (``doc_example``), so the documented workflow is the tested one.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from _user_folder import console_env, readme_example, run_console
+from _doc_blocks import doc_example
+from _user_folder import console_env, run_console
 
 FILES = ("my_encoder.py", "train_encoder.py", "encoder_digits.yaml")
 TINY = ["--set", "budget.train_epochs=1", "--set", "budget.finetune_epochs=1"]
@@ -24,7 +25,7 @@ TINY = ["--set", "budget.train_epochs=1", "--set", "budget.finetune_epochs=1"]
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("user")
     for name in FILES:
-        (path / name).write_text(readme_example(name))
+        (path / name).write_text(doc_example(name))
     done = subprocess.run(
         [sys.executable, "train_encoder.py", "4"], cwd=path, env=console_env(), capture_output=True, text=True
     )

@@ -1,4 +1,4 @@
-"""A new user's session, as README's "Your own model or data" tells it: my_models.py (a residual CNN with nested
+"""A new user's session, as docs/guides/own-model-and-data.md tells it: my_models.py (a residual CNN with nested
 blocks and a keyword-only factory, and an MLP) and my_data.py (a tabular dataset) in the user's folder, and the
 installed ``autoprune`` command run from that folder: trial, search with ``sparsity: auto``, pick, evaluate.
 

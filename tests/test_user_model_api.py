@@ -1,4 +1,4 @@
-"""The same user session as ``test_user_model.py``, through the Python API: README's my_models.py in the user's
+"""The same user session as ``test_user_model.py``, through the Python API: the guide's my_models.py in the user's
 folder, the working folder set to it, and ``autoprune.run_trial``, ``search``, ``results``, ``pick`` and
 ``load_model`` called in this process. The loaded models are called on raw Fashion-MNIST images as the IDX files
 hold them (uint8 28x28).
