@@ -31,6 +31,7 @@ import yaml
 
 from ._io import atomic_open
 from ._paths import check_input_file, find_run_dir
+from ._spacefile import read_text
 from .errors import SearchError
 from .space import SearchSpace, load_yaml, parse_space
 
@@ -164,7 +165,7 @@ def check_new_run_dir(run_dir: Path) -> None:
 @functools.lru_cache(maxsize=4)
 def space_from_text(text: str) -> SearchSpace:
     """The search space of a frozen ``space.yaml`` text (cached: every trial of a worker reads the same one)."""
-    return parse_space(load_yaml(text) or {}, source=SPACE_FILE)
+    return parse_space(load_yaml(text, SPACE_FILE) or {}, source=SPACE_FILE)
 
 
 def freeze_space(run_dir: Path, space: SearchSpace) -> str:
@@ -185,7 +186,7 @@ def read_frozen_space(run_dir: Path, info: RunInfo) -> tuple[SearchSpace, str]:
     if not path.exists():
         raise SearchError(f"{path} is missing; it is needed to resume this search")
     check_input_file(path, what="frozen space", max_bytes=_MAX_RECORD_BYTES, error=SearchError)
-    text = path.read_text()
+    text = read_text(path, str(path), SearchError)
     space = space_from_text(text)
     if space.digest != info.space_digest:
         raise SearchError(
