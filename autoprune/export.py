@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._bounds import INT64_MAX
 from ._io import atomic_open, plain
-from ._paths import check_output_file
+from ._paths import as_path, check_output_file
 from ._trust import check_allowed
 from .errors import ModelError, first_line
-from .models import load_torch_data
+from .models import check_fits, load_torch_data
 from .models import state_mismatch as _mismatch
 from .models import state_shapes as _shapes
 from .pruning.masks import MaskSet
@@ -142,10 +143,21 @@ def _pack(mask: Tensor) -> dict[str, Any]:
     return {"shape": list(mask.shape), "bits": bits}
 
 
+def _shape(value: Any, where: str, *, low: int) -> tuple[int, ...]:
+    """A shape read from a file: a non-empty list of whole numbers from ``low`` within 64 bits, else one line."""
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(isinstance(s, int) and not isinstance(s, bool) and low <= s <= INT64_MAX for s in value)
+    ):
+        raise ModelError(f"{where} must be a list of whole numbers >= {low}, got {value!r:.80}")
+    return tuple(value)
+
+
 def _unpack(packed: Any, where: str) -> Tensor:
     if not isinstance(packed, dict) or not isinstance(packed.get("bits"), Tensor) or "shape" not in packed:
         raise ModelError(f"{where}: damaged mask entry")
-    shape = tuple(packed["shape"])
+    shape = _shape(packed["shape"], f"{where}: damaged mask entry: shape", low=0)
     n = 1
     for s in shape:
         n *= int(s)
@@ -289,7 +301,7 @@ def load_model(
     A model that is not a plain ``nn.Sequential`` names its ``module:function`` factory; that module is imported
     only when it is in ``allow_modules`` (a file is data: opening one must not run code it names).
     """
-    path = Path(path)
+    path = as_path(path, "model file", ModelError)
     data = _read(path, device)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelError(f"{path} is a torch file but not an autoprune model file (no format {FORMAT!r} entry)")
@@ -307,8 +319,14 @@ def load_model(
     state = data["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ModelError(f"{path} is damaged: state_dict is not a mapping of tensors")
-    input_shape = tuple(int(s) for s in data["input_shape"])
-    num_classes = int(data["num_classes"])
+    # Read as data: what the file says is checked before it sizes or builds anything.
+    input_shape = _shape(data["input_shape"], f"{path} is damaged: input_shape", low=1)
+    num_classes = data["num_classes"]
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= INT64_MAX:
+        raise ModelError(f"{path} is damaged: num_classes must be a whole number >= 1, got {num_classes!r:.80}")
+    for key in ("config", "metrics"):
+        if not isinstance(data[key], dict):
+            raise ModelError(f"{path} is damaged: {key} must be a mapping, got {type(data[key]).__name__}")
 
     architecture = data["architecture"]
     try:
@@ -327,6 +345,14 @@ def load_model(
     problem = _mismatch(_shapes(model), {k: tuple(v.shape) for k, v in state.items()})
     if problem:
         raise ModelError(f"{path}: the weights do not fit the architecture ({problem})")
+    # assign=True below keeps a file's dtypes: a float64 or complex weight would fail only in the forward pass.
+    holds = {k: v.dtype for k, v in model.state_dict().items()}
+    for name, tensor in state.items():
+        if tensor.dtype != holds[name]:
+            raise ModelError(
+                f"{path} is damaged: {name} is {tensor.dtype} but the architecture holds {holds[name]} (autoprune "
+                "writes the weights as the model holds them)"
+            )
     # assign=True keeps the saved tensors (and their dtype) instead of copying into fresh ones.
     try:
         model.load_state_dict(state, strict=True, assign=True)
@@ -354,6 +380,15 @@ def load_model(
         num_classes=num_classes,
         preprocessing=data.get("preprocessing") if isinstance(data.get("preprocessing"), dict) else None,
     )
+
+
+def check_runs(loaded: LoadedModel, path: str | os.PathLike) -> None:
+    """One zero sample through a loaded model: an architecture that cannot run on its own input shape (a layer
+    missing, such as its Flatten) or gives another number of classes is a damaged file, said in one line."""
+    try:
+        check_fits(loaded.model, "of the file", loaded.input_shape, loaded.num_classes)
+    except ModelError as exc:
+        raise ModelError(f"{path} is damaged: {str(exc).partition('; check')[0]}") from None
 
 
 def copy_model(
