@@ -255,19 +255,21 @@ def load_torch_data(path: Path, *, what: str, device: str | torch.device, object
     return data
 
 
-def _dense(tensor: torch.Tensor) -> bool:
-    """Each element stored once, in its own place (any order of dimensions: channels-last too)."""
-    expected = 1
+def _overlaps(tensor: torch.Tensor) -> bool:
+    """Whether two elements share a place in storage (stride 0, or strides that interleave). A view that does not
+    overlap holds at most as many elements as its storage, which the file holds; any order of dimensions and gaps
+    between them (channels-last, a slice) are fine."""
+    reach = 0  # the largest offset the dimensions so far can reach
     for stride, length in sorted((st, n) for st, n in zip(tensor.stride(), tensor.shape, strict=True) if n != 1):
-        if stride != expected:
-            return False
-        expected *= length
-    return True
+        if stride <= reach:
+            return True
+        reach += stride * (length - 1)
+    return False
 
 
 def _check_tensors(data: object, where: str, size: int) -> None:
     """Refuse, before anything is computed, a file whose tensors are more than it holds: stride-0 or overlapping
-    views (a 6 kB file can hold a "30000x30000" weight, every element the same few bytes), storages larger than the
+    views (a 6 kB file can hold a "30000x30000" weight, every element the same four bytes), storages larger than the
     file, sparse or meta tensors; and plain data nested too deep or too large once shared values are expanded."""
     check_tree(data, f"cannot read {where}", ModelError)
     stored, stack = 0, [data]
@@ -283,10 +285,11 @@ def _check_tensors(data: object, where: str, size: int) -> None:
                 raise ModelError(
                     f"cannot read {where}: it holds a {node.layout} {node.device} tensor, not plain weights"
                 )
-            if node.numel() and not _dense(node):
+            if node.numel() and _overlaps(node):
                 raise ModelError(
                     f"cannot read {where}: a tensor shaped {list(node.shape)} is a view with strides "
-                    f"{list(node.stride())}, not stored element by element; torch.save(model.state_dict()) writes none"
+                    f"{list(node.stride())}, whose elements share their storage; torch.save(model.state_dict()) "
+                    "writes none"
                 )
             storage = node.untyped_storage()
             if storage.data_ptr() not in seen:

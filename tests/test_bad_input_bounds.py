@@ -344,7 +344,7 @@ CASES: list[tuple[str, list[str], list[str], Setup | None]] = [
     ("evaluate-no-flatten", EVALUATE, ["is damaged", "does not run on a sample shaped (1, 8, 8)"],
      model_file("m.pt", lambda doc: doc.__setitem__("architecture", [x for x in doc["architecture"]
                                                                      if x["type"] != "Flatten"]))),
-    ("evaluate-stride-0-30000x30000", EVALUATE, ["strides [0, 0]", "not stored element by element"],
+    ("evaluate-stride-0-30000x30000", EVALUATE, ["strides [0, 0]", "share their storage"],
      model_file("m.pt", _stride0_model)),
     ("evaluate-overlapping-strides", EVALUATE, ["strides"], model_file("m.pt", _set(
         "state_dict/fc1.weight", torch.zeros(300 + 63).as_strided((300, 64), (1, 1))))),
@@ -442,3 +442,14 @@ def test_the_api_refuses_in_one_line_what_the_command_line_does(call, words: str
         call(tmp_path)
     message = str(info.value)
     assert words in message and "\n" not in message, message
+
+
+def test_views_that_share_no_storage_are_read(tmp_path: Path) -> None:
+    """A slice (gaps between its elements) or a channels-last weight is stored in the file: only overlap is refused."""
+    from autoprune.models import read_weights
+
+    columns = torch.arange(128.0).view(8, 16)[:, :4]
+    conv = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    torch.save({"columns": columns, "conv": conv}, tmp_path / "w.pt")
+    state = read_weights(tmp_path / "w.pt")
+    assert torch.equal(state["columns"], columns) and torch.equal(state["conv"], conv)
