@@ -415,6 +415,26 @@ def test_there_are_enough_cases() -> None:
     assert len(CASES) >= 80 and len({c[0] for c in CASES}) == len(CASES)
 
 
+API_IDS = [
+    "search-run-dir-none",
+    "search-run-dir-empty",
+    "resume-none",
+    "evaluate-int",
+    "load-model-none",
+    "load-results-none",
+    "results-bytes",
+    "refresh-report-none",
+    "pick-run-dir-none",
+    "pick-out-none",
+    "pick-max-params-text",
+    "pick-trial-text",
+    "pick-min-accuracy-text",
+    "run-trial-save-int",
+    "run-trial-threads-million",
+    "run-trial-threads-text",
+]
+
+
 @pytest.mark.parametrize(
     ("call", "words"),
     [
@@ -435,7 +455,7 @@ def test_there_are_enough_cases() -> None:
         (lambda tmp: autoprune.run_trial(threads=10**6), "--threads must be more than 0 and at most"),
         (lambda tmp: autoprune.run_trial(threads="4"), "--threads must be more than 0"),
     ],
-    ids=lambda v: "" if callable(v) else v.split(" must")[0].strip("-"),
+    ids=API_IDS,
 )
 def test_the_api_refuses_in_one_line_what_the_command_line_does(call, words: str, tmp_path: Path) -> None:
     with pytest.raises(AutoPruneError) as info:
