@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from ._bounds import INT64_MAX, machine_cpus
 from .space import SAMPLERS
 from .stopping import EARLY_STOP_MODES
 
@@ -90,3 +91,15 @@ ReductionOption = Annotated[
     float | None, typer.Option(help="Early stopping: rungs η× apart in epochs; the top 1/η of a rung go on (3).")
 ]
 GraceOption = Annotated[float | None, typer.Option(help="Early stopping: epochs before the first rung (1).")]
+# `trial`'s own: bounded here so that a value past them is a usage error, before anything is read or said.
+ThreadsOption = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        max=machine_cpus(),
+        help="torch CPU threads, at most the machine's (1: a busy machine slows it gracefully).",
+    ),
+]
+TrialSeedOption = Annotated[
+    int | None, typer.Option(min=0, max=INT64_MAX, help="Seed of the split, the weights and the batch order.")
+]

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._bounds import MAX_CHOICES
 from .config import _SECTIONS
 from .errors import ConfigError
 
@@ -253,6 +254,10 @@ def collect(path: str, leaf: Any, section: dict[str, Any], name: str, dims: list
         choices = leaf["choices"]
         if not isinstance(choices, list) or not choices:
             raise fail(f"{path}: choices must be a non-empty list, got {choices!r}")
+        if len(choices) > MAX_CHOICES:  # validation builds a configuration for each
+            raise fail(
+                f"{path}: {len(choices):,} choices, more than the {MAX_CHOICES:,} a leaf may have; search a range"
+            )
         if len(choices) == 1:  # a single choice is a fixed value
             section[name] = choices[0]
             return

@@ -27,6 +27,7 @@ from .errors import AutoPruneError
 __all__ = [
     "RUN_OWNED",
     "PathError",
+    "as_path",
     "check_input_file",
     "check_output_file",
     "find_run_dir",
@@ -56,6 +57,14 @@ class PathError(AutoPruneError):
 
 def _shown(path: str | os.PathLike) -> str:
     return os.fspath(path) or "''"
+
+
+def as_path(value: object, what: str, error: type[AutoPruneError] = PathError) -> Path:
+    """``value`` as a ``Path``, refused in one line unless it is a non-empty ``str`` or ``os.PathLike``: an API
+    caller's ``None`` would otherwise be a ``TypeError``, and ``''`` would quietly mean the current folder."""
+    if isinstance(value, (str, os.PathLike)) and isinstance(os.fspath(value), str) and os.fspath(value).strip():
+        return Path(value)
+    raise error(f"{what} must name a file or folder (a non-empty str or os.PathLike), got {value!r:.80}")
 
 
 def find_run_dir(path: Path) -> Path | None:
@@ -115,6 +124,8 @@ def check_output_file(
     writer, saving a trial's model into ``models/``). A file that can be created here is created and removed
     again, which is the only test that tells for every filesystem and for root.
     """
+    if not (isinstance(path, (str, os.PathLike)) and isinstance(os.fspath(path), str)):
+        raise error(f"{what} must be a path (a str or os.PathLike), got {path!r:.80}")
     shown = _shown(path)
     if not os.fspath(path).strip():
         raise error(f"{what} is empty; give a file name such as {example}")
@@ -174,7 +185,7 @@ def check_input_file(
     """Refuse, before opening it, an input ``path`` that is missing, not a regular file, or larger than
     ``max_bytes``; return it. ``what`` names it in the message ("model file", "run.json").
     """
-    shown = _shown(path)
+    shown = _shown(as_path(path, what, error))
     p = Path(path).expanduser()
     try:
         st = p.stat()  # follows symlinks: what counts is what would be read

@@ -1,4 +1,4 @@
-"""Finding space files (a path, or the name of a shipped one) and reading YAML safely."""
+"""Finding space files (a path, or the name of a shipped one) and reading YAML safely, within ``_bounds``' limits."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from ._bounds import YAML_MAX_BYTES, YAML_MAX_DEPTH, check_tree
+from .errors import AutoPruneError, ConfigError, first_line
 
 DEFAULT_SPACE = "digits_quick"
 
@@ -34,9 +35,41 @@ _Loader.add_implicit_resolver(
 )
 
 
-def load_yaml(text: str) -> Any:
-    """Parse YAML safely (no Python objects), reading ``1e-4`` as a float."""
-    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: as safe as yaml.safe_load
+def load_yaml(text: str, source: str = "YAML", error: type[AutoPruneError] = ConfigError) -> Any:
+    """Parse YAML safely (no Python objects), reading ``1e-4`` as a float, within ``_bounds``' limits (size,
+    nesting, values once aliases are expanded, 64-bit integers).
+
+    A syntax error is a ``yaml.YAMLError`` (callers say where it is); anything else is ``error``, one line
+    naming ``source``: a value its tag cannot build (``!!int abc``, a 13th month, an integer of 5,000 digits)
+    raises a plain Python error from inside PyYAML, and deep nesting its ``RecursionError``.
+    """
+    if len(text) > YAML_MAX_BYTES:
+        raise error(f"{source} is {len(text):,} characters, more than the {YAML_MAX_BYTES:,} a space file can be")
+    try:
+        document = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: as safe as yaml.safe_load
+    except RecursionError:
+        raise error(f"{source} is nested too deeply (at most {YAML_MAX_DEPTH} levels)") from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        raise error(f"{source}: a value cannot be read ({first_line(exc, 120)})") from None
+    check_tree(document, source, error)
+    return document
+
+
+def read_text(path: Path, source: str, error: type[AutoPruneError] = ConfigError) -> str:
+    """The text of a space file: refused in one line when it is larger than a space file can be or not UTF-8."""
+    try:
+        if path.stat().st_size > YAML_MAX_BYTES:
+            raise error(
+                f"{source} is larger than the {YAML_MAX_BYTES >> 20} MiB a space file can be; is it the right file?"
+            )
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{source} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r}); save it "
+            "as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise error(f"cannot read {source}: {exc.strerror or exc}") from None
 
 
 def builtin_spaces() -> dict[str, Path]:

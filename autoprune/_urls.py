@@ -155,6 +155,11 @@ def parse_storage_url(text: str) -> StorageURL:
     if scheme.partition("+")[0].lower() == "sqlite":
         # A file path, not an authority: an '@' or ':' in it is part of the file name.
         _, slash, path = rest.partition("/")
+        if not path.partition("?")[0] or ":memory:" in path or "mode=memory" in path:
+            raise StorageURLError(
+                f"--study-storage {text}: an in-memory SQLite database is gone when the command ends, and the "
+                "study with it; give a file, e.g. sqlite:///study.db, or leave --study-storage out"
+            )
         return StorageURL(scheme, None, None, None, None, path if slash else None, (), text)
 
     def bad(problem: str) -> StorageURLError:

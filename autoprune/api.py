@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._paths import as_path
 from .config import DEFAULT_THREADS
 from .errors import ModelError, SearchError
 from .space import load_space
@@ -85,6 +86,7 @@ def run_trial(
     weights. ``save`` exports the model to that file. Returns the ``TrialResult``: ``.record()`` is the JSON trial
     record, ``.model`` the pruned model.
     """
+    from ._bounds import check_threads
     from ._paths import check_output_file
     from .config import TrialConfig
     from .space import SearchSpace
@@ -92,6 +94,8 @@ def run_trial(
 
     if save is not None:  # before the trial runs: a bad path must not cost a whole trial
         check_output_file(save, what="--save", example="model.pt")
+    if threads is not None:
+        check_threads("--threads", threads)
     if isinstance(space, TrialConfig):
         if overrides:
             raise SearchError("overrides apply to a space file; change a TrialConfig with dataclasses.replace")
@@ -236,7 +240,7 @@ def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None
     """
     from .ledger import load_results as load
 
-    return load(run_dir, study_storage=study_storage)
+    return load(as_path(run_dir, "run_dir", SearchError), study_storage=study_storage)
 
 
 def results(run_dir: str | os.PathLike, *, study_storage: str | None = None) -> pd.DataFrame:
@@ -266,6 +270,7 @@ def refresh_report(
     """
     from .report import check_extra_outputs, plot_front, write_csv, write_report
 
+    run_dir = as_path(run_dir, "run_dir", SearchError)
     check_extra_outputs(run_dir, csv=csv, plot=plot)  # before anything is read or written
     res = load_results(run_dir, study_storage=study_storage)
     try:
@@ -312,6 +317,7 @@ def pick(
     from .pareto import pick as pick_record
     from .rundir import MODELS_DIR
 
+    run_dir = as_path(run_dir, "run_dir", SearchError)
     check_one_rule(max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
     if most_accurate and max_params is None:
         raise SearchError("--most-accurate chooses among the models within --max-params N; give --max-params")
@@ -354,6 +360,7 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Col
     from .config import TrialConfig, upgrade_config
     from .data import load_datasets, resolve_device
     from .errors import ConfigError
+    from .export import check_runs
     from .export import load_model as load
     from .pruning import count_params
     from .train import evaluate as accuracy
@@ -371,17 +378,19 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Col
             f"{path}: the model expects inputs {list(loaded.input_shape)} but dataset {cfg.dataset.name!r} gives "
             f"{list(data.input_shape)}"
         )
+    check_runs(loaded, path)  # before the measuring: a layer missing (its Flatten) is one line
     ebs = cfg.budget.eval_batch_size
     test = accuracy(loaded.model, data.test_x, data.test_y, batch_size=ebs, amp=cfg.amp)
     val = accuracy(loaded.model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     nonzero, stored = count_params(loaded.model)
     recorded = {k: loaded.metrics.get(k) for k in ("trial", "val_accuracy", "test_accuracy", "params_nonzero")}
+    total = loaded.metrics.get("params_total")  # the file's record: data, not trusted to be a number
     return {
         "file": str(path),
         "test_accuracy": test,
         "val_accuracy": val,
         "params_nonzero": nonzero,
-        "params_total": int(loaded.metrics.get("params_total", stored)),
+        "params_total": total if isinstance(total, int) and not isinstance(total, bool) else stored,
         "params_stored": stored,
         "recorded": recorded,
     }

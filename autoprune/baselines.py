@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._bounds import MAX_RUNGS
 from ._leaves import section_leaf
 from .config import STRUCTURED_ALLOCATIONS
 from .errors import ConfigError
@@ -115,6 +116,10 @@ def _densities(spec: Any, dim: Dim | None, allocations: int) -> list[list[float 
     counted = not isinstance(spec, list)
     if counted and (isinstance(spec, bool) or not isinstance(spec, int) or spec < 0):
         raise ConfigError(f"{where} must be a list of densities or a number of them >= 0, got {spec!r}")
+    if (len(spec) if not counted else spec) > MAX_RUNGS:  # each is a configuration built and checked
+        raise ConfigError(
+            f"{where}: at most {MAX_RUNGS} densities per allocation, got {spec if counted else len(spec)}"
+        )
     if spec == 0 or spec == []:
         return [[]] * allocations
     if dim is None:  # the density is not searched: the baselines differ by allocation only
@@ -222,6 +227,11 @@ def calibrate_leaves(space: SearchSpace) -> list[str]:
                 ) from None
     if len(set(leaves)) != len(leaves):
         raise ConfigError(f"{where} lists a leaf twice: {leaves!r}")
+    grid = math.prod(max((len(probe_values(d)) for d in space.dims if d.key == p), default=1) for p in leaves)
+    if grid > MAX_RUNGS:  # the probes are every combination of the leaves' values: keep them a handful
+        raise ConfigError(
+            f"{where}: {len(leaves)} leaves make up to {grid:,} probes, more than {MAX_RUNGS}; calibrate fewer"
+        )
     # A leaf the file or --set fixes has nothing to calibrate: `--set finetune.optimizer=sgd` on a space that
     # calibrates the optimizer and the lr calibrates the lr alone.
     return [p for p in leaves if p in searched]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from ._bounds import cut
 from ._cli_options import (
     AllowModuleOption,
     Command,
@@ -25,7 +26,9 @@ from ._cli_options import (
     SetOption,
     SpaceArgument,
     StorageOption,
+    ThreadsOption,
     TimeoutOption,
+    TrialSeedOption,
     VerboseOption,
     app,
     flag,
@@ -53,7 +56,7 @@ def _root(
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"autoprune: error: {message}", fg=typer.colors.RED, err=True)
+    _one_line(message)
     raise typer.Exit(code)
 
 
@@ -73,10 +76,8 @@ def trial(
         bool, flag("--json", help="Print one JSON trial record on stdout, and nothing on stderr.")
     ] = False,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: the config's, auto).")] = None,
-    threads: Annotated[
-        int, typer.Option(min=1, help="torch CPU threads (1: a busy machine slows the trial gracefully).")
-    ] = DEFAULT_THREADS,
-    seed: Annotated[int | None, typer.Option(help="Seed of the split, the weights and the batch order.")] = None,
+    threads: ThreadsOption = DEFAULT_THREADS,
+    seed: TrialSeedOption = None,
     save: Annotated[Path | None, typer.Option(help="Export the resulting model to this file.")] = None,
 ) -> None:
     """Run one full pipeline (sparse train → prune → finetune → evaluate) with fixed values. No Ray."""
@@ -156,7 +157,7 @@ def _finish_launch(outcome: Any, as_json: bool) -> None:
 @app.command(cls=Command)
 def search(
     space: SpaceArgument = None,
-    run_dir: Annotated[Path, typer.Option("--run-dir", help="New directory for everything the search makes.")] = ...,
+    run_dir: Annotated[str, typer.Option("--run-dir", help="New directory for everything the search makes.")] = ...,
     trials: Annotated[
         int | None, typer.Option(help="Number of trials (default: the space's search.trials, else 20).")
     ] = None,
@@ -382,7 +383,7 @@ def _disk_full(exc: BaseException) -> bool:
 
 
 def _one_line(message: str) -> None:
-    typer.secho(f"autoprune: error: {' '.join(message.split())}", fg=typer.colors.RED, err=True)
+    typer.secho(f"autoprune: error: {cut(message)}", fg=typer.colors.RED, err=True)  # a value shown may be a file
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from ._bounds import INT64_MAX, MAX_BATCH, MAX_EPOCHS
 from .errors import ConfigError
 
 LR_SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
@@ -91,10 +92,11 @@ class BudgetConfig:
     eval_batch_size: int = 4096
 
     def __post_init__(self) -> None:
-        _check_number("budget.train_epochs", self.train_epochs, low=0, integer=True)
-        _check_number("budget.finetune_epochs", self.finetune_epochs, low=0, integer=True)
-        _check_number("budget.batch_size", self.batch_size, low=1, integer=True)
-        _check_number("budget.eval_batch_size", self.eval_batch_size, low=1, integer=True)
+        # Bounded (``_bounds``): 1e23 epochs would run until killed; a batch of billions is a typo.
+        _check_number("budget.train_epochs", self.train_epochs, low=0, high=MAX_EPOCHS, integer=True)
+        _check_number("budget.finetune_epochs", self.finetune_epochs, low=0, high=MAX_EPOCHS, integer=True)
+        _check_number("budget.batch_size", self.batch_size, low=1, high=MAX_BATCH, integer=True)
+        _check_number("budget.eval_batch_size", self.eval_batch_size, low=1, high=MAX_BATCH, integer=True)
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class SGDConfig:
         _check_number(f"{at}.momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         _check_number(f"{at}.weight_decay", self.weight_decay, low=0.0)
         _check_choice(f"{at}.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        _check_number(f"{at}.lr_step_epochs", self.lr_step_epochs, low=1, integer=True)
+        _check_number(f"{at}.lr_step_epochs", self.lr_step_epochs, low=1, high=MAX_EPOCHS, integer=True)
         _check_number(f"{at}.lr_gamma", self.lr_gamma, low=0.0, high=1.0, low_open=True)
         _check_number(f"{at}.lr_warmup", self.lr_warmup, low=0.0, high=1.0, high_open=True)
         if self.grad_clip is not None:
@@ -285,7 +287,7 @@ class TrialConfig:
     tf32: bool = True  # TF32 tensor cores for float32 matmuls and convolutions on CUDA (ignored on CPU)
 
     def __post_init__(self) -> None:
-        _check_number("seed", self.seed, low=0, integer=True)
+        _check_number("seed", self.seed, low=0, high=INT64_MAX, integer=True)
         for key in ("amp", "tf32"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}")

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ._bounds import MAX_EPOCHS
 from ._io import atomic_open
 from .baselines import REFERENCE_KEYS
 from .errors import ConfigError
@@ -43,10 +44,10 @@ def dense_epochs(space: SearchSpace) -> int | None:
     where = "search.dense_start"
     if raw is True:
         epochs = space.default_config().budget.train_epochs
-    elif isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1:
+    elif isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= MAX_EPOCHS:
         epochs = raw
     else:
-        raise ConfigError(f"{where} must be true, false or a number of epochs (>= 1), got {raw!r}")
+        raise ConfigError(f"{where} must be true, false or a number of epochs (1 to {MAX_EPOCHS:,}), got {raw!r}")
     if epochs < 1:
         raise ConfigError(f"{where} is true but budget.train_epochs is {epochs}; give the epochs: dense_start: 10")
     if space.default_config().model.weights is not None:

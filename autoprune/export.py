@@ -13,7 +13,6 @@ model is rebuilt by its ``module:function`` factory.
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._architecture import describe_architecture, rebuild_architecture
+from ._bounds import INT64_MAX
 from ._io import atomic_open, plain
-from ._paths import check_output_file
+from ._paths import as_path, check_output_file
 from ._trust import check_allowed
 from .errors import ModelError, first_line
-from .models import load_torch_data
+from .models import check_fits, load_torch_data
 from .models import state_mismatch as _mismatch
 from .models import state_shapes as _shapes
 from .pruning.masks import MaskSet
@@ -34,25 +35,6 @@ from .pruning.masks import MaskSet
 FORMAT = "autoprune-model"
 VERSION = 1
 
-# Layers an architecture spec may hold, each with the constructor arguments that reproduce it exactly.
-_LAYERS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
-    "Linear": (nn.Linear, ("in_features", "out_features", "bias")),
-    "Conv2d": (
-        nn.Conv2d,
-        ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "bias", "padding_mode"),
-    ),
-    "BatchNorm1d": (nn.BatchNorm1d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
-    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine", "track_running_stats")),
-    "ReLU": (nn.ReLU, ("inplace",)),
-    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "dilation", "ceil_mode")),
-    "AvgPool2d": (
-        nn.AvgPool2d,
-        ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override"),
-    ),
-    "Flatten": (nn.Flatten, ("start_dim", "end_dim")),
-    "Dropout": (nn.Dropout, ("p", "inplace")),
-    "Identity": (nn.Identity, ()),
-}
 _REQUIRED_KEYS = ("architecture", "state_dict", "masks", "config", "metrics", "input_shape", "num_classes")
 
 
@@ -69,66 +51,6 @@ class LoadedModel:
     preprocessing: dict | None = None  # raw input -> model input (``preprocess.Preprocessing``); None: not stored
 
 
-# ---------------------------------------------------------------------------------------------- architecture
-
-
-def _layer_kwargs(module: nn.Module) -> dict[str, Any] | None:
-    """Constructor arguments of a supported layer, or None when the layer cannot be described."""
-    kind = type(module).__name__
-    if kind not in _LAYERS or type(module) is not _LAYERS[kind][0]:  # a subclass may change forward()
-        return None
-    if isinstance(module, nn.Conv2d) and module.groups != 1:
-        return None
-    if isinstance(module, nn.MaxPool2d) and module.return_indices:
-        return None
-    kwargs: dict[str, Any] = {}
-    for arg in _LAYERS[kind][1]:
-        value = getattr(module, arg)
-        if arg == "bias":
-            value = value is not None
-        kwargs[arg] = list(value) if isinstance(value, tuple) else value
-    return kwargs
-
-
-def describe_architecture(model: nn.Module) -> list[dict[str, Any]] | None:
-    """The layer-by-layer spec of a plain ``nn.Sequential`` of supported layers, else None."""
-    if type(model) is not nn.Sequential:
-        return None
-    spec = []
-    for name, child in model.named_children():
-        kwargs = _layer_kwargs(child)
-        if kwargs is None:
-            return None
-        spec.append({"name": name, "type": type(child).__name__, "kwargs": kwargs})
-    return spec
-
-
-def rebuild_architecture(spec: Any) -> nn.Sequential:
-    """Build the ``nn.Sequential`` described by a spec from ``describe_architecture`` (fresh weights)."""
-    if not isinstance(spec, list) or not spec:
-        raise ModelError(f"architecture must be a non-empty list of layers, got {type(spec).__name__}")
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
-    for i, layer in enumerate(spec):
-        if not isinstance(layer, dict) or not {"name", "type", "kwargs"} <= set(layer):
-            raise ModelError(f"architecture layer {i} must be a dict with name, type and kwargs, got {layer!r}")
-        name, kind, kwargs = layer["name"], layer["type"], layer["kwargs"]
-        if not isinstance(name, str) or not name or "." in name or name in layers:
-            raise ModelError(f"architecture layer {i} has an invalid or repeated name {name!r}")
-        if kind not in _LAYERS:
-            raise ModelError(
-                f"architecture layer {i} ({name!r}) has unknown layer type {kind!r}; known: {', '.join(_LAYERS)}"
-            )
-        cls, allowed = _LAYERS[kind]
-        if not isinstance(kwargs, dict) or not set(kwargs) <= set(allowed):
-            raise ModelError(f"architecture layer {i} ({name!r}): invalid {kind} arguments {kwargs!r}")
-        args = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-        try:
-            layers[name] = cls(**args)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"architecture layer {i} ({name!r}): cannot build {kind}({args}): {exc}") from None
-    return nn.Sequential(layers)
-
-
 # ---------------------------------------------------------------------------------------------- masks
 
 
@@ -142,10 +64,21 @@ def _pack(mask: Tensor) -> dict[str, Any]:
     return {"shape": list(mask.shape), "bits": bits}
 
 
+def _shape(value: Any, where: str, *, low: int) -> tuple[int, ...]:
+    """A shape read from a file: a non-empty list of whole numbers from ``low`` within 64 bits, else one line."""
+    if (
+        not isinstance(value, (list, tuple))
+        or not value
+        or not all(isinstance(s, int) and not isinstance(s, bool) and low <= s <= INT64_MAX for s in value)
+    ):
+        raise ModelError(f"{where} must be a list of whole numbers >= {low}, got {value!r:.80}")
+    return tuple(value)
+
+
 def _unpack(packed: Any, where: str) -> Tensor:
     if not isinstance(packed, dict) or not isinstance(packed.get("bits"), Tensor) or "shape" not in packed:
         raise ModelError(f"{where}: damaged mask entry")
-    shape = tuple(packed["shape"])
+    shape = _shape(packed["shape"], f"{where}: damaged mask entry: shape", low=0)
     n = 1
     for s in shape:
         n *= int(s)
@@ -282,7 +215,8 @@ def _read(path: Path, device: str | torch.device) -> Any:
 
 
 def _document(path: Path, device: str | torch.device) -> dict[str, Any]:
-    """The content of a model file, its format, version and keys checked (data only: nothing is built)."""
+    """The content of a model file, its format, version and keys checked, and what it says of its own shape
+    (data only: nothing is sized or built)."""
     data = _read(path, device)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ModelError(f"{path} is a torch file but not an autoprune model file (no format {FORMAT!r} entry)")
@@ -300,6 +234,14 @@ def _document(path: Path, device: str | torch.device) -> dict[str, Any]:
     state = data["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ModelError(f"{path} is damaged: state_dict is not a mapping of tensors")
+    # Read as data: what the file says is checked before it sizes or builds anything.
+    _shape(data["input_shape"], f"{path} is damaged: input_shape", low=1)
+    num_classes = data["num_classes"]
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= INT64_MAX:
+        raise ModelError(f"{path} is damaged: num_classes must be a whole number >= 1, got {num_classes!r:.80}")
+    for key in ("config", "metrics"):
+        if not isinstance(data[key], dict):
+            raise ModelError(f"{path} is damaged: {key} must be a mapping, got {type(data[key]).__name__}")
     return data
 
 
@@ -311,11 +253,11 @@ def load_model(
     A model that is not a plain ``nn.Sequential`` names its ``module:function`` factory; that module is imported
     only when it is in ``allow_modules`` (a file is data: opening one must not run code it names).
     """
-    path = Path(path)
+    path = as_path(path, "model file", ModelError)
     data = _document(path, device)
     state = data["state_dict"]
-    input_shape = tuple(int(s) for s in data["input_shape"])
-    num_classes = int(data["num_classes"])
+    input_shape = _shape(data["input_shape"], f"{path} is damaged: input_shape", low=1)
+    num_classes = data["num_classes"]
 
     architecture = data["architecture"]
     try:
@@ -334,6 +276,14 @@ def load_model(
     problem = _mismatch(_shapes(model), {k: tuple(v.shape) for k, v in state.items()})
     if problem:
         raise ModelError(f"{path}: the weights do not fit the architecture ({problem})")
+    # assign=True below keeps a file's dtypes: a float64 or complex weight would fail only in the forward pass.
+    holds = {k: v.dtype for k, v in model.state_dict().items()}
+    for name, tensor in state.items():
+        if tensor.dtype != holds[name]:
+            raise ModelError(
+                f"{path} is damaged: {name} is {tensor.dtype} but the architecture holds {holds[name]} (autoprune "
+                "writes the weights as the model holds them)"
+            )
     # assign=True keeps the saved tensors (and their dtype) instead of copying into fresh ones.
     try:
         model.load_state_dict(state, strict=True, assign=True)
@@ -361,6 +311,15 @@ def load_model(
         num_classes=num_classes,
         preprocessing=data.get("preprocessing") if isinstance(data.get("preprocessing"), dict) else None,
     )
+
+
+def check_runs(loaded: LoadedModel, path: str | os.PathLike) -> None:
+    """One zero sample through a loaded model: an architecture that cannot run on its own input shape (a layer
+    missing, such as its Flatten) or gives another number of classes is a damaged file, said in one line."""
+    try:
+        check_fits(loaded.model, "of the file", loaded.input_shape, loaded.num_classes)
+    except ModelError as exc:
+        raise ModelError(f"{path} is damaged: {str(exc).partition('; check')[0]}") from None
 
 
 def copy_model(source: str | os.PathLike, out: str | os.PathLike, *, metrics: dict) -> Path:

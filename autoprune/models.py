@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ._bounds import check_tree
 from ._imports import call_factory, factory_arguments, import_callable
 from ._paths import check_input_file
 from .errors import ModelError, first_line
@@ -231,14 +232,71 @@ def load_torch_data(path: Path, *, what: str, device: str | torch.device, object
     if not zipfile.is_zipfile(path):
         # torch.save writes a zip archive; a truncated one has lost its directory at the end.
         raise ModelError(f"cannot read {what} {path}: not a complete torch file (truncated or another format)")
+    size = path.stat().st_size
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ModelError(f"cannot read {what} {path}: {first_line(exc, 160)}") from None
+    if unpacked > size:  # torch.save stores, never compresses: more than the file holds is a zip bomb
+        raise ModelError(
+            f"cannot read {what} {path}: it unpacks to {unpacked:,} bytes from {size:,}, a compressed archive, which "
+            "torch.save never writes"
+        )
+    try:
+        data = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
         if "weights only load failed" in str(exc).lower():
             raise ModelError(
                 f"cannot read {what} {path}: it holds Python objects, not only data and tensors; {objects}"
             ) from None
         raise ModelError(f"cannot read {what} {path}: {first_line(exc, 160)}") from None
+    _check_tensors(data, f"{what} {path}", size)
+    return data
+
+
+def _overlaps(tensor: torch.Tensor) -> bool:
+    """Whether two elements share a place in storage (stride 0, or strides that interleave). A view that does not
+    overlap holds at most as many elements as its storage, which the file holds; any order of dimensions and gaps
+    between them (channels-last, a slice) are fine."""
+    reach = 0  # the largest offset the dimensions so far can reach
+    for stride, length in sorted((st, n) for st, n in zip(tensor.stride(), tensor.shape, strict=True) if n != 1):
+        if stride <= reach:
+            return True
+        reach += stride * (length - 1)
+    return False
+
+
+def _check_tensors(data: object, where: str, size: int) -> None:
+    """Refuse, before anything is computed, a file whose tensors are more than it holds: stride-0 or overlapping
+    views (a 6 kB file can hold a "30000x30000" weight, every element the same four bytes), storages larger than the
+    file, sparse or meta tensors; and plain data nested too deep or too large once shared values are expanded."""
+    check_tree(data, f"cannot read {where}", ModelError)
+    stored, stack = 0, [data]
+    seen: set[int] = set()
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, torch.Tensor):
+            if node.layout != torch.strided or node.is_meta or node.is_quantized:
+                raise ModelError(
+                    f"cannot read {where}: it holds a {node.layout} {node.device} tensor, not plain weights"
+                )
+            if node.numel() and _overlaps(node):
+                raise ModelError(
+                    f"cannot read {where}: a tensor shaped {list(node.shape)} is a view with strides "
+                    f"{list(node.stride())}, whose elements share their storage; torch.save(model.state_dict()) "
+                    "writes none"
+                )
+            storage = node.untyped_storage()
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                stored += storage.nbytes()
+    if stored > size:
+        raise ModelError(f"cannot read {where}: its tensors take {stored:,} bytes, more than the file's {size:,}")
 
 
 def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

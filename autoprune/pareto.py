@@ -245,6 +245,15 @@ def check_one_rule(
             "give exactly one of --max-params N, --min-accuracy A, --knee, --trial N "
             f"(got {', '.join(rules) or 'none'})"
         )
+    whole, number = (int, np.integer), (int, float, np.integer, np.floating)  # checked before any file is read
+    for name, value, kinds in (
+        ("--max-params", max_params, whole),
+        ("--trial", trial, whole),
+        ("--min-accuracy", min_accuracy, number),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+            kind = "a whole number" if kinds is whole else "a number"
+            raise SearchError(f"{name} must be {kind}, got {value!r}")
 
 
 def pick(

@@ -32,6 +32,7 @@ import yaml
 
 from ._io import atomic_open
 from ._paths import check_input_file, find_run_dir
+from ._spacefile import read_text
 from ._trust import check_run_modules, sealed_here
 from .errors import SearchError, first_line
 from .space import SearchSpace, document_digest, load_yaml, parse_space
@@ -173,7 +174,7 @@ def check_new_run_dir(run_dir: Path) -> None:
 @functools.lru_cache(maxsize=4)
 def space_from_text(text: str) -> SearchSpace:
     """The search space of a frozen ``space.yaml`` text (cached: every trial of a worker reads the same one)."""
-    return parse_space(load_yaml(text) or {}, source=SPACE_FILE)
+    return parse_space(load_yaml(text, SPACE_FILE) or {}, source=SPACE_FILE)
 
 
 def freeze_space(run_dir: Path, space: SearchSpace) -> str:
@@ -195,11 +196,11 @@ def frozen_document(run_dir: Path, info: RunInfo) -> tuple[Any, str]:
     if not path.exists():
         raise SearchError(f"{path} is missing; it is needed to resume this search")
     check_input_file(path, what="frozen space", max_bytes=_MAX_RECORD_BYTES, error=SearchError)
+    text = read_text(path, str(path), SearchError)  # not UTF-8, or larger than a space file: one line
     try:
-        text = path.read_text(encoding="utf-8")
-        document = load_yaml(text) or {}
+        document = load_yaml(text, str(path), SearchError) or {}
         digest = document_digest(document)
-    except (OSError, ValueError, TypeError, RecursionError, yaml.YAMLError) as exc:  # ValueError: not UTF-8
+    except (ValueError, TypeError, RecursionError, yaml.YAMLError) as exc:
         raise SearchError(f"{path} is unreadable or damaged ({first_line(exc, 120)}); restore it") from None
     if digest != info.space_digest:
         raise SearchError(

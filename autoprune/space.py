@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ._bounds import MAX_TRIALS
 from ._leaves import (
     LAYER_MAPS,
     SEARCH_KEYS,
@@ -40,7 +41,7 @@ from ._leaves import (
 from ._leaves import Cases as Cases  # re-exported with Dim: the searched dimensions
 from ._leaves import Dim as Dim
 from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shipped spaces
-from ._spacefile import load_yaml, resolve_space_path
+from ._spacefile import load_yaml, read_text, resolve_space_path
 from ._spacemodel import model_layers
 from .baselines import calibrate_leaves, ladder
 from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
@@ -145,12 +146,9 @@ def load_space(path: str | Path | None, overrides: Iterable[str] = ()) -> Search
     """Read, override (``KEY=VALUE``, dotted keys, YAML scalar values) and validate a space file."""
     file = resolve_space_path(path)
     source = str(path if path is not None else file)
+    text = read_text(file, f"space file {source}")
     try:
-        text = file.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read space file {source}: {exc.strerror}") from None
-    try:
-        document = load_yaml(text)
+        document = load_yaml(text, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark is not None else source
@@ -175,7 +173,7 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. prune.sparsity.fc1=0.9")
     try:
-        value = load_yaml(raw) if raw.strip() else None
+        value = load_yaml(raw, f"--set {key}") if raw.strip() else None
     except yaml.YAMLError:
         raise ConfigError(
             f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"
@@ -268,7 +266,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
 
     prune = base.setdefault("prune", {})
     searched = {d.path for d in dims}
-    for fixed in ("model.weights", "prune.include", "prune.exclude", "prune.embeddings"):
+    for fixed in ("model.name", "model.weights", "prune.include", "prune.exclude", "prune.embeddings"):
         if fixed in searched:
             raise fail(f"{fixed} cannot be searched: it decides which weights there are; give one value")
     _density_needs_allocation(prune, searched, fail)
@@ -316,9 +314,9 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     )
     _validate_values(space, fail)
     if space.trials is not None and (
-        not isinstance(space.trials, int) or isinstance(space.trials, bool) or space.trials < 1
+        not isinstance(space.trials, int) or isinstance(space.trials, bool) or not 1 <= space.trials <= MAX_TRIALS
     ):
-        raise fail(f"search.trials must be a positive integer, got {space.trials!r}")
+        raise fail(f"search.trials must be a whole number from 1 to {MAX_TRIALS:,}, got {space.trials!r}")
     if space.sampler is not None and space.sampler not in SAMPLERS:
         raise fail(f"search.sampler must be one of {', '.join(SAMPLERS)}, got {space.sampler!r}")
     try:

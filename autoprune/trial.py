@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._bounds import machine_cpus
 from ._trial_checks import check_layers, check_phase_one
 from .config import SGDConfig, TrialConfig
 from .data import Datasets, load_datasets, resolve_device
@@ -93,7 +94,7 @@ def run_trial(
     say = log or (lambda _msg: None)
     dev = resolve_device(device if device is not None else cfg.device)
     if threads is not None and dev.type == "cpu":
-        torch.set_num_threads(max(1, int(threads)))
+        torch.set_num_threads(min(max(1, int(threads)), machine_cpus()))  # a node's CPUs bound a trial's threads
     cuda = cuda_settings(cfg, dev)
     _apply_cuda(cuda)
     seconds: dict[str, float] = {}

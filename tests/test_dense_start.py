@@ -30,7 +30,10 @@ def test_true_trains_as_many_epochs_as_the_trials_and_false_none() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["search.dense_start=always"], r"dense_start must be true, false or a number of epochs \(>= 1\), got 'al"),
+        (
+            ["search.dense_start=always"],
+            r"dense_start must be true, false or a number of epochs \(1 to 10,000\), got 'al",
+        ),
         (["search.dense_start=0"], r"search\.dense_start must be true, false or a number of epochs"),
         (["search.dense_start=true", "budget.train_epochs=0"], r"budget\.train_epochs is 0; give the epochs"),
         (["search.dense_start=true", "model.weights=net.pt"], r"starts from model\.weights already; drop one"),

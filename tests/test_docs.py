@@ -278,7 +278,8 @@ def test_the_trial_record_reference_lists_every_key() -> None:
 
 
 def test_the_model_file_reference_lists_every_key(tmp_path: Path) -> None:
-    from autoprune.export import _LAYERS, save_model
+    from autoprune._architecture import _LAYERS
+    from autoprune.export import save_model
 
     path = save_model(
         tmp_path / "m.pt",

@@ -193,12 +193,16 @@ def test_resume_of_a_run_started_here_needs_no_flag_and_elsewhere_one(
     assert "nothing to run" in err and _marker(run).exists()
 
 
-@pytest.mark.parametrize("text", [b"model: {name: \xff\xfe}\n", b"model: " + b"[" * 5000 + b"]" * 5000 + b"\n"],
-                         ids=["not-utf8", "nested-5000"])  # fmt: skip
-def test_resume_refuses_a_damaged_space_in_one_line(run: Path, text: bytes, capsys, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    ("text", "cause"),
+    [(b"model: {name: \xff\xfe}\n", "is not UTF-8 text"),
+     (b"model: " + b"[" * 5000 + b"]" * 5000 + b"\n", "is nested too deeply")],
+    ids=["not-utf8", "nested-5000"],
+)  # fmt: skip
+def test_resume_refuses_a_damaged_space_in_one_line(run: Path, text: bytes, cause: str, capsys, monkeypatch) -> None:
     (run / "space.yaml").write_bytes(text)
     before = _sha(run)
-    _refused(["resume", str(run), "--trials", "5"], capsys, monkeypatch, "space.yaml", "unreadable or damaged")
+    _refused(["resume", str(run), "--trials", "5"], capsys, monkeypatch, "space.yaml", cause)
     assert _sha(run) == before
 
 

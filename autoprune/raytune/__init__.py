@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import dense_start, ledger, rundir
+from .._bounds import MAX_SEED, check_count, check_threads
+from .._paths import as_path
 from .._trust import seal
 from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, REFERENCE_KEYS, seed_baselines
 from ..errors import SearchError
@@ -35,7 +37,7 @@ from ..ledger import Results
 from ..rundir import RunInfo
 from ..space import SearchSpace, load_space
 from ..stopping import early_stop_settings, format_duration, parse_duration
-from ._launch import cluster_concurrency, init_ray, launch, resolve_gpus, shutdown_ray
+from ._launch import check_address, cluster_concurrency, init_ray, launch, resolve_gpus, shutdown_ray
 
 if TYPE_CHECKING:
     import optuna
@@ -138,16 +140,15 @@ def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dic
     return {k: record[k] for k in REFERENCE_KEYS if k in record}
 
 
-def _check_positive_int(option: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SearchError(f"{option} must be a positive integer, got {value!r}")
-
-
-def _check_resources(concurrent: int | None, cpus: float, gpus: float | str) -> None:
+def _check_resources(concurrent: int | None, cpus: float, gpus: float | str, address: str | None) -> None:
     if concurrent is not None:
-        _check_positive_int("--concurrent", concurrent)
+        check_count("--concurrent", concurrent)
     if not (isinstance(cpus, (int, float)) and math.isfinite(cpus) and cpus > 0):
         raise SearchError(f"--cpus-per-trial must be > 0, got {cpus!r}")
+    if (address or os.environ.get("RAY_ADDRESS") or "local") == "local":  # this machine; a cluster's: by Ray
+        check_threads("--cpus-per-trial", cpus, SearchError)
+    elif address:  # its form now, before the preflight trial; whether anything answers there, when Ray starts
+        check_address(address, connect=False)
     if isinstance(gpus, str):
         gpus = resolve_gpus(gpus, 1.0)  # auto, or a number given as text; only its form is checked here
     if not (isinstance(gpus, (int, float)) and math.isfinite(gpus) and gpus >= 0):
@@ -197,15 +198,15 @@ def run_search(
 
     t0 = time.perf_counter()
     timeout_s, deadline = _deadline(timeout)
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir, "--run-dir", SearchError)
     spec = load_space(space, overrides)
     spec.check_importable()  # a model or dataset the trial workers cannot load: refused before anything exists
     n = trials if trials is not None else (spec.trials or DEFAULT_TRIALS)
-    _check_positive_int("--trials", n)
+    check_count("--trials", n)
     sampler = ledger.check_sampler(sampler or spec.sampler or ledger.DEFAULT_SAMPLER)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SearchError(f"--seed must be a non-negative integer, got {seed!r}")
-    _check_resources(concurrent, cpus_per_trial, gpus_per_trial)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise SearchError(f"--seed must be a non-negative integer of 32 bits (at most {MAX_SEED}), got {seed!r}")
+    _check_resources(concurrent, cpus_per_trial, gpus_per_trial, address)
     _check_something_to_search(spec, n)
     stopping = early_stop_settings(early_stop or spec.early_stop, reduction_factor, grace_period)
     rundir.check_new_run_dir(run_dir)
@@ -343,24 +344,24 @@ def resume_search(
     """
     t0 = time.perf_counter()
     timeout_s, deadline = _deadline(timeout)
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir, "run_dir", SearchError)
     info = RunInfo.read(run_dir)
     stopping = early_stop_settings(early_stop, reduction_factor, grace_period, base=info.early_stop)
     if trials is not None:
-        _check_positive_int("--trials", trials)
+        check_count("--trials", trials)
     space, space_yaml = rundir.read_frozen_space(run_dir, info, allow_modules=allow_modules)
     space.check_importable()  # a model or dataset the trial workers cannot load: refused before the study is touched
     resources = dict(info.resources)
     overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
     resources.update({key: value for key, value in overrides.items() if value is not None})
-    _check_resources(resources["concurrent"], float(resources["cpus_per_trial"]), resources["gpus_per_trial"])
+    where = address if address is not None else info.address
+    _check_resources(resources["concurrent"], float(resources["cpus_per_trial"]), resources["gpus_per_trial"], where)
     with rundir.run_lock(run_dir):
         study = ledger.load_study(info, run_dir, study_storage)
         records, failures, _ = ledger.trial_records(study, run_dir)
         counted = ledger.count_finished(records, failures)
         target = trials if trials is not None else info.trials
         missing = target - counted
-        where = address if address is not None else info.address
         started_ray = False
         try:
             if missing > 0:  # connect first: an unreachable cluster must leave the study as it is
@@ -391,7 +392,7 @@ def resume_search(
             info.address = where
             info.seal = seal(info.space_digest)  # its modules passed read_frozen_space: the next resume needs no flag
             # A new seed per launch: the same seed would make the random sampler repeat the first trials' configs.
-            sampler_seed = info.seed + len(study.trials)
+            sampler_seed = (info.seed + len(study.trials)) % (MAX_SEED + 1)  # 32 bits, as the samplers take
             ran, timed_out = _launched(
                 launch(
                     run_dir,

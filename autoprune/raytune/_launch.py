@@ -138,13 +138,18 @@ def _started_callback(progress: Progress) -> Any:
     return Started()
 
 
-def _check_address(address: str) -> None:
-    """Fail fast on a ``host:port`` nothing listens on (ray.init would retry for a long time)."""
-    if address == "auto" or address.startswith(("ray://", "local")):
+def check_address(address: str, *, connect: bool = True) -> None:
+    """Fail fast on a malformed address, or (``connect``) a ``host:port`` nothing listens on (ray.init would retry
+    for a long time)."""
+    if address in ("auto", "local") or address.startswith("ray://"):  # not "localhost:PORT": that one is checked
         return
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
+    if not sep or not (port.isascii() and port.isdigit()) or not host:
         raise SearchError(f"--address {address!r}: expected auto or host:port, e.g. 10.0.0.1:6379")
+    if not 0 < int(port) < 65536:  # the resolver would take 99999 modulo 65536, a port nobody meant
+        raise SearchError(f"--address {address!r}: port {port} is not a number from 1 to 65535; e.g. host:6379")
+    if not connect:
+        return
     try:
         with socket.create_connection((host, int(port)), timeout=5):
             pass
@@ -165,7 +170,7 @@ def init_ray(address: str | None, verbose: bool) -> bool:
     # Ray's job submission for the entrypoint) counts as an address.
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        _check_address(address)
+        check_address(address)
     import ray
 
     if ray.is_initialized():
