@@ -185,11 +185,20 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
         return
     check_known_path(parts, where=f"--set {key}")
     node = document
-    for part in parts[:-1]:
+    for depth, part in enumerate(parts[:-1], start=1):
         child = node.get(part)
-        if not isinstance(child, dict):  # `auto` or a fixed value is replaced by a mapping being filled in
+        where = ".".join(parts[:depth])
+        if child is None or (child == "auto" and where in LAYER_MAPS):
+            # Absent or empty; or `auto` (every layer searched) that a layer set by name replaces, as documented:
+            # one run, one layer pruned.
             child = {}
             node[part] = child
+        elif not isinstance(child, dict):  # replacing it would silently drop what the file gave there
+            raise ConfigError(
+                f"--set {key}: {where} is {child!r:.60} ({type(child).__name__}), not a mapping that "
+                f"{parts[depth]} could be set in; make {where} a mapping in the space file or set it whole: "
+                f"--set '{where}={{{parts[depth]}: ...}}'"
+            )
         node = child
     node[parts[-1]] = value
 

@@ -325,6 +325,15 @@ CASES: list[tuple[str, list[str], list[str], Setup | None]] = [
      ["model.name cannot be searched"], None),
     ("trial-model-name-searched", [*TRIAL, "--set", "model.name={{choices: [lenet-300-100, bn-cnn]}}"],
      ["model.name cannot be searched"], None),
+    ("set-under-scalar-section", ["trial", f"{T}/scalar.yaml", "--set", "train.lr=0.1"],
+     ["--set train.lr", "train is 5 (int), not a mapping", "--set 'train={lr: ...}'"],
+     text("scalar.yaml", FIXED + "train: 5\n")),
+    ("set-under-scalar-layer-map", ["trial", f"{T}/rate.yaml", "--set", "prune.sparsity.fc1=0.9"],
+     ["prune.sparsity is 0.5 (float), not a mapping"], text("rate.yaml", FIXED.split("prune:")[0] +
+                                                              "prune: {sparsity: 0.5}\n")),
+    ("set-under-section-set-earlier", [*TRIAL, "--set", "train=5", "--set", "train.lr=0.1"], ["train is 5"], None),
+    ("set-under-string-leaf", [*TRIAL, "--set", "dataset.name.x=1"], ["dataset.name takes a value, not sub-keys"],
+     None),
     # a model file: its own dtypes, shapes and strides, checked before anything is computed
     ("evaluate-float64", EVALUATE, ["fc1.weight is torch.float64", "float32"],
      model_file("m.pt", _weight_as(torch.float64))),

@@ -85,6 +85,13 @@ def test_set_overrides_fix_searched_and_fixed_leaves(tmp_path: Path) -> None:
     assert cfg.seed == 3
 
 
+def test_set_fills_an_empty_section_and_replaces_auto_with_the_layers_it_names(tmp_path: Path) -> None:
+    doc = {**with_("prune.sparsity", "auto"), "train": None}
+    space = load_space(write(tmp_path, doc), ["prune.sparsity.fc1=0.9", "train.lr=0.5"])
+    assert space.document["prune"]["sparsity"] == {"fc1": 0.9}  # one run, one layer pruned (documented)
+    assert space.default_config().train.lr == 0.5
+
+
 def test_sparsity_auto_searches_every_prunable_layer(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, with_("prune.sparsity", "auto")))
     assert [d.path for d in space.dims if d.path.startswith("prune.sparsity")] == [
