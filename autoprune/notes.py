@@ -1,8 +1,9 @@
 """The one-line notes said under a search's front: what failed and why, a search that produced nothing, finetuning
-that went wrong, and a validation split a checkpoint may have trained on."""
+that went wrong, trials that collapsed to chance, and a validation split a checkpoint may have trained on."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +59,83 @@ def finetune_setbacks(records: Sequence[dict], margin: float = SETBACK) -> str |
     )
 
 
+CHANCE_ERRORS = 2.0  # standard errors above chance a validation accuracy must reach to show something was learned
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a record, else None: a study is data, and may hold anything."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def chance_ceiling(record: dict) -> float | None:
+    """The highest validation accuracy that is still chance for ``record``: its split's majority share (``val_chance``)
+    plus ``CHANCE_ERRORS`` standard errors of an accuracy at that share on its ``val_samples`` samples; None when
+    the record does not say them (runs made before records held ``val_chance``).
+
+    One-sided: a network whose updates diverged answers one class (any of them, so at most the majority share) or
+    noise, and on a small split a share a little above it is still luck, not learning."""
+    chance, n = _number(record.get("val_chance")), _number(record.get("val_samples"))
+    if chance is None or n is None or n < 1 or not 0 < chance < 1:
+        return None
+    return chance + CHANCE_ERRORS * math.sqrt(chance * (1 - chance) / n)
+
+
+def at_chance(record: dict, key: str = "val_accuracy") -> bool:
+    """Whether ``record[key]`` (a validation accuracy) is no better than chance (``chance_ceiling``)."""
+    ceiling, accuracy = chance_ceiling(record), _number(record.get(key))
+    return ceiling is not None and accuracy is not None and accuracy <= ceiling
+
+
+def _named(records: Sequence[dict], limit: int = 8) -> str:
+    shown = ", ".join(str(r.get("trial", "?")) for r in records[:limit])
+    more = f" and {len(records) - limit} more" if len(records) > limit else ""
+    return f"trial{'s' if len(records) > 1 else ''} {shown}{more}"
+
+
+def _lr(record: dict, section: str) -> str:
+    lr = _number(((record.get("config") or {}).get(section) or {}).get("lr"))
+    return f" (now {lr:.3g})" if lr is not None else ""
+
+
+def chance_collapses(records: Sequence[dict]) -> str | None:
+    """A one-line note naming the trials that finished no better than chance (``at_chance``), or None.
+
+    Such a trial is "complete" and may even sit on the front at a small size, yet learned nothing: its updates
+    diverged, and clipping kept the loss finite, so nothing failed. Where it collapsed says what to lower:
+    already after phase 1, ``train.lr``; after finetuning from a pruned model above chance, ``finetune.lr``;
+    after pruning, which left too few weights for finetuning to learn back, the size or ``finetune.lr``.
+    """
+    hit = [r for r in records if at_chance(r)]
+    if not hit:
+        return None
+    trained: list[dict] = []
+    pruned: list[dict] = []
+    finetuned: list[dict] = []
+    for r in hit:  # by the phase that left it at chance
+        if at_chance(r, "val_accuracy_trained"):
+            trained.append(r)
+        elif at_chance(r, "val_accuracy_pruned"):
+            pruned.append(r)
+        else:
+            finetuned.append(r)
+    causes = []
+    if trained:
+        causes.append(f"in phase 1, {_named(trained)}: lower train.lr{_lr(trained[0], 'train')}")
+    if finetuned:
+        causes.append(f"in finetuning, {_named(finetuned)}: lower finetune.lr{_lr(finetuned[0], 'finetune')}")
+    if pruned:
+        causes.append(f"at pruning, not learned back, {_named(pruned)}: too small a size, or lower finetune.lr")
+    first = hit[0]
+    return (
+        f"note: {len(hit)} of {len(records)} trials collapsed to chance (validation accuracy at most "
+        f"{_fmt_acc(chance_ceiling(first))}, within {CHANCE_ERRORS:g} standard errors of the "
+        f"{_fmt_acc(_number(first['val_chance']))} that always answering the largest class scores on "
+        f"{first['val_samples']} samples): their updates diverged and they learned nothing; " + "; ".join(causes)
+    )
+
+
 def failure_causes(failures: Sequence[dict]) -> list[tuple[str, int]]:
     """The reasons trials failed, most frequent first, with their counts."""
     counts: dict[str, int] = {}
@@ -90,7 +168,7 @@ def front_notes(results: Any) -> list[str]:
         notes.append(f"failed trials: {shown}{f'; {len(causes) - 3} more causes' if len(causes) > 3 else ''}")
     if carved_validation(results.trials):
         notes.append(CARVED_VALIDATION_NOTE)
-    setbacks = finetune_setbacks(results.trials)
-    if setbacks:
-        notes.append(setbacks)
+    for note in (finetune_setbacks(results.trials), chance_collapses(results.trials)):
+        if note:
+            notes.append(note)
     return notes

@@ -217,6 +217,8 @@ def _fmt_not_pruned(groups: dict, total: Any) -> str:
 
 def trial_summary(record: dict) -> str:
     """A few lines describing one trial record (``autoprune trial`` without ``--json``)."""
+    from .notes import at_chance  # notes imports this module
+
     sec = record.get("seconds") or {}
     phases = ", ".join(f"{k} {float(v):.1f}s" for k, v in sec.items())
     dense, eff = record.get("flops_dense"), record.get("flops_effective")
@@ -233,6 +235,12 @@ def trial_summary(record: dict) -> str:
         other = record.get("macs_other") or 0
         rest = f"; {other} more outside them (attention products, weights left dense)" if other else ""
         lines.append(f"MACs/sample    {eff} of {dense} ({_fmt_share(eff, dense)}) in the pruned weights{rest}")
+    if at_chance(record):
+        lr = "train.lr" if at_chance(record, "val_accuracy_trained") else "finetune.lr"
+        lines.append(
+            f"collapsed      no better than chance ({_fmt_acc(record.get('val_chance'))} answering one class):"
+            f" its updates diverged; lower {lr}"
+        )
     if record.get("not_pruned"):
         lines.append(f"left dense     {_fmt_not_pruned(record['not_pruned'], record.get('params_total'))}")
     lines.append(f"time           {phases} on {record.get('device', '?')}")

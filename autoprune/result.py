@@ -25,6 +25,7 @@ class TrialResult:
     val_accuracy_trained: float  # after phase 1
     val_accuracy_pruned: float | None  # right after one-shot pruning, before finetuning; None for gradual
     val_samples: int  # the validation split's size: an accuracy on it has standard error sqrt(p(1-p)/n)
+    val_chance: float | None  # the split's majority-class share: what always answering one class scores at best
     flops_dense: int | None  # multiply-accumulates per sample of the prunable weights, dense (measure.count_macs);
     # None when the count could not follow the model (the log says why)
     flops_effective: int | None  # the same, counting only nonzero weights
@@ -55,6 +56,7 @@ class TrialResult:
             "val_accuracy_trained": self.val_accuracy_trained,
             "val_accuracy_pruned": self.val_accuracy_pruned,
             "val_samples": self.val_samples,
+            "val_chance": self.val_chance,
             "flops_dense": self.flops_dense,
             "flops_effective": self.flops_effective,
             "macs_other": self.macs_other,
@@ -81,3 +83,14 @@ class TrialResult:
             num_classes=self.num_classes,
             preprocessing=self.preprocessing or None,
         )
+
+
+def majority_share(labels: torch.Tensor) -> float | None:
+    """The share of ``labels`` (class indices) held by the most frequent class: the accuracy chance sets on them.
+
+    A network whose updates diverged answers one class, or noise; either way it scores at most this, so a trial
+    no better than it learned nothing (``notes.chance_collapses``). The majority share rather than 1/classes: on
+    an unbalanced split one class alone already scores above 1/classes. None for an empty split."""
+    if labels.numel() == 0:
+        return None
+    return int(torch.bincount(labels.flatten().long()).max()) / labels.numel()

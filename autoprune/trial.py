@@ -48,6 +48,7 @@ from .pruning import (
 from .pruning.masks import MaskSet
 from .pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
 from .result import TrialResult as TrialResult  # re-exported: what run_trial returns
+from .result import majority_share
 from .sparsity import rewound_lr_at
 from .train import batches_for_statistics, evaluate, run_phase
 
@@ -272,6 +273,7 @@ def run_trial(
         val_accuracy_trained=val_trained,
         val_accuracy_pruned=val_pruned,
         val_samples=len(data.val_x),
+        val_chance=majority_share(data.val_y),
         flops_dense=macs.dense if macs else None,
         flops_effective=macs.effective(nonzero) if macs else None,
         macs_other=macs.other if macs else None,

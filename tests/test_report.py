@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from _helpers import results_of
 
-from autoprune.notes import finetune_setbacks
+from autoprune.notes import at_chance, chance_collapses, finetune_setbacks, front_notes
 from autoprune.pareto import hypervolume, pareto_front
 from autoprune.progress import Progress, TrialProgress
 from autoprune.report import (
@@ -18,6 +18,7 @@ from autoprune.report import (
     plot_front,
     report_document,
     sizes_table,
+    trial_summary,
     write_csv,
     write_report,
 )
@@ -115,6 +116,64 @@ def test_finetune_setbacks_names_the_worst_trial_and_the_seeded_baselines_among_
     assert "in 2 of 5 trials, including 2 seeded baselines (the space's defaults)" in note
     assert "worst: trial 2, 0.6600 after pruning, 0.2900 after finetuning with phase 1's rewound lr" in note
     assert note.endswith("lower finetune.lr or finetune.grad_clip (now 5)")
+
+
+TINY = """\
+dataset: {name: digits, val_fraction: 0.2, limit: 600}
+model: {name: lenet-300-100}
+budget: {train_epochs: 3, finetune_epochs: 1, batch_size: 64}
+train: {grad_clip: 5.0, weight_clip: 1.0}
+prune: {sparsity: {fc1: 0.9}}
+finetune: {grad_clip: 5.0}
+"""
+
+
+def test_trials_that_diverged_to_chance_are_named_with_the_lr_to_lower(tmp_path: Path):
+    """Real trials: at lr 1e6 clipping keeps the loss finite and the trial "completes" at the split's majority
+    share; at lr 0.05 it learns. Only the first is named, with the phase it collapsed in and its lr."""
+    from autoprune import run_trial
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    records = []
+    for number, lr in enumerate(["1e6", "0.05"]):
+        record = run_trial(tmp_path / "tiny.yaml", overrides=[f"train.lr={lr}"], threads=1).record()
+        records.append({**record, "trial": number})
+    diverged, learned = records
+    assert 0.1 <= diverged["val_chance"] < 0.2  # ten digits, one of them the most frequent in the split
+    assert at_chance(diverged) and not at_chance(learned)
+    note = chance_collapses(records)
+    assert note is not None and "\n" not in note
+    assert note.startswith("note: 1 of 2 trials collapsed to chance")
+    assert note.endswith("in phase 1, trial 0: lower train.lr (now 1e+06)")
+    assert note in front_notes(results_of(records))  # said under the front by search, resume and report
+    assert "collapsed      no better than chance" in trial_summary(diverged)  # and by `autoprune trial`
+    assert "collapsed" not in trial_summary(learned)
+
+
+def test_chance_is_the_majority_share_plus_two_standard_errors_and_old_or_damaged_records_are_not_judged():
+    def record(trial: int, final: object, trained: float = 0.9, pruned: float | None = 0.8, **extra) -> dict:
+        config = {"train": {"lr": 0.05}, "finetune": {"lr": 0.5}}
+        base = {"val_chance": 0.5, "val_samples": 100, "config": config}  # ceiling 0.5 + 2 * 0.05 = 0.6
+        return {"trial": trial, "val_accuracy": final, "val_accuracy_trained": trained,
+                "val_accuracy_pruned": pruned, **base, **extra}  # fmt: skip
+
+    assert at_chance(record(0, 0.6)) and not at_chance(record(0, 0.61))
+    assert at_chance(record(0, 0.2))  # one minority class answered: below the majority share is chance too
+    old = record(1, 0.5, val_chance=None)  # runs made before records held val_chance: nothing claimed
+    damaged = [
+        record(2, "abc"),
+        record(3, 0.5, val_samples="many"),
+        record(4, float("nan")),
+        record(5, 0.5, val_chance=1),  # one class only: no accuracy tells learning from chance
+    ]
+    assert chance_collapses([old, *damaged]) is None
+    mixed = [record(6, 0.55), record(7, 0.5, trained=0.5), record(8, 0.5, pruned=0.5), record(9, 0.9)]
+    note = chance_collapses(mixed)
+    assert note is not None
+    assert "3 of 4 trials collapsed to chance (validation accuracy at most 0.6000" in note
+    assert "in phase 1, trial 7: lower train.lr (now 0.05)" in note
+    assert "in finetuning, trial 6: lower finetune.lr (now 0.5)" in note
+    assert "at pruning, not learned back, trial 8: too small a size, or lower finetune.lr" in note
 
 
 def test_sizes_table_names_the_pick_at_each_size_and_the_trials_validation_cannot_tell_apart():

@@ -53,6 +53,7 @@ def test_per_layer_sparsity_and_params_are_exact() -> None:
     }
     data = trial_module.load_datasets(DatasetConfig(name="synthetic"), seed=0, device="cpu")
     assert record["val_samples"] == len(data.val_x) > 0  # what the validation accuracy's standard error depends on
+    assert record["val_chance"] == int(torch.bincount(data.val_y).max()) / len(data.val_y)  # the majority share
     assert record["val_accuracy"] * record["val_samples"] == pytest.approx(
         round(record["val_accuracy"] * len(data.val_x))
     )
