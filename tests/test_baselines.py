@@ -10,7 +10,7 @@ import pytest
 from _helpers import ask, tune_searcher
 from optuna.trial import TrialState
 
-from autoprune import ledger
+from autoprune import interrupted, ledger
 from autoprune.baselines import STUDY_ATTR, TRIAL_ATTR, ladder, seed_baselines
 from autoprune.errors import ConfigError
 from autoprune.ledger import Outcome
@@ -154,22 +154,42 @@ def test_the_results_frame_marks_baselines_also_before_they_run() -> None:
     assert df.loc[df.baseline, "prune.allocation"].tolist() == ["global"] * 3
 
 
-def test_resume_never_reruns_a_baseline() -> None:
+def test_resume_never_reruns_a_finished_baseline_and_runs_an_interrupted_one_again_once(tmp_path) -> None:
     sp = space()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
     seed_baselines(study, sp, limit=12)
     done = [ask(study, sp.dims) for _ in range(3)]
     for trial in done:
         ledger.record_outcome(study, trial, Outcome("complete", record=_record(trial, 0.9, 100)))
-    ask(study, sp.dims)  # running when the search is interrupted
-    # resume: stale trials closed, seeding asked again (it must add nothing), the rest asked for
-    assert ledger.close_stale_trials(study) == 1
+    cut = ask(study, sp.dims)  # running when the search is interrupted
+    # resume: stale trials closed, the cut-off baseline enqueued again, seeding asked again (it must add nothing)
+    assert interrupted.repair(study, tmp_path, requeue=True) == [
+        "resume: closed 1 trial left running by an interruption",
+        f"resume: 1 seeded baseline cut off by an interruption run again before sampled trials: {ladder(sp)[3].label}",
+    ]
     assert seed_baselines(study, sp, limit=12) == []
-    rest = [ask(study, sp.dims) for _ in range(10)]
+    assert interrupted.repair(study, tmp_path, requeue=True) == []  # a second resume: it waits already
+    rest = [ask(study, sp.dims) for _ in range(11)]
     labels = [study.trials[t.number].user_attrs.get(TRIAL_ATTR) for t in rest]
-    assert labels == [b.label for b in ladder(sp)[4:]] + [None, None]  # the waiting ones, then sampled
+    assert labels == [b.label for b in ladder(sp)[4:]] + [ladder(sp)[3].label, None, None]  # waiting, then sampled
+    assert rest[8].params == cut.params == pytest.approx(ladder(sp)[3].params)
+    for trial in rest:
+        ledger.record_outcome(study, trial, Outcome("complete", record=_record(trial, 0.9, 100)))
+    assert interrupted.repair(study, tmp_path, requeue=True) == []  # it finished: never again
     all_labels = [t.user_attrs.get(TRIAL_ATTR) for t in study.trials if t.user_attrs.get(TRIAL_ATTR)]
-    assert len(all_labels) == len(set(all_labels)) == 12  # each baseline once, the interrupted one not again
+    assert len(all_labels) == 13 and len(set(all_labels)) == 12  # each once, the interrupted one twice
+    records, _, _ = ledger.trial_records(study)
+    assert {r["baseline"] for r in records if r.get("baseline")} == {b.label for b in ladder(sp)}  # every size
+
+
+def test_a_baseline_that_failed_on_its_own_is_a_result_and_not_run_again(tmp_path) -> None:
+    sp = space()
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS))
+    seed_baselines(study, sp, limit=3)
+    ledger.record_outcome(study, ask(study, sp.dims), Outcome("diverged", reason="non-finite loss"))
+    ledger.record_outcome(study, ask(study, sp.dims), Outcome("interrupted", reason="stopped before it finished"))
+    assert interrupted.repair(study, tmp_path, requeue=False) == []  # nothing will run: nothing enqueued
+    assert interrupted.requeue_baselines(study) == [ladder(sp)[1].label]  # the interrupted one, not the diverged
 
 
 def test_ray_tunes_optuna_searcher_asks_the_seeded_baselines_first() -> None:
@@ -373,6 +393,27 @@ def test_calibration_survives_an_interrupted_search() -> None:
     assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == {"finetune.lr": pytest.approx(10**-2.5)}
     labels = [t.user_attrs.get(TRIAL_ATTR) for t in study.trials if t.user_attrs.get(TRIAL_ATTR)]
     assert len(labels) == len(set(labels)) == 3 + 12
+    assert interrupted.requeue_baselines(study) == []  # the ladder is chosen: the probe has nothing left to decide
+
+
+def test_an_interrupted_probe_runs_again_and_the_calibration_waits_for_it(tmp_path) -> None:
+    from autoprune.baselines import CALIBRATION_ATTR, PROBE_ATTR, Calibration
+
+    sp = calibrated()
+    study = optuna.create_study(directions=list(ledger.DIRECTIONS))
+    seed_baselines(study, sp, limit=20)
+    asked = [ask(study, sp.dims) for _ in range(3)]
+    _finish(study, asked[0], 0.6)
+    _finish(study, asked[1], 0.9)  # the third probe is running when the driver dies
+    lines = interrupted.repair(study, tmp_path, requeue=True)
+    assert lines[-1].endswith("run again before sampled trials: global@0.04 finetune.lr=0.03162")
+    calibration = Calibration(sp)
+    assert calibration.before_ask(study) is True  # the probe run again is still to come
+    again = ask(study, sp.dims)
+    assert study.trials[again.number].user_attrs[PROBE_ATTR] is True and again.params == asked[2].params
+    _finish(study, again, 0.95)
+    assert calibration.before_ask(study) is False
+    assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == {"finetune.lr": pytest.approx(10**-1.5)}
 
 
 def test_no_calibration_when_the_trials_leave_no_room_for_a_ladder() -> None:

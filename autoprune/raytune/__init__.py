@@ -9,8 +9,8 @@ on the workers (``_worker.py``).
 Workers write the model files straight into ``models/``: on a multi-node cluster ``--run-dir`` must be on a
 filesystem every node mounts at the same path, and autoprune must be installed on every node.
 
-Resume does not replay Ray's experiment state: it opens the same study, closes trials an interruption left
-RUNNING as FAIL, and launches a fresh Tuner for the trials still missing. Finished trials are never re-run
+Resume does not replay Ray's experiment state: it opens the same study, puts right what an interruption left
+(``interrupted.py``) and launches a fresh Tuner for the trials still missing. Finished trials are never re-run
 because every new trial is a new Optuna trial, and the sampler sees every earlier trial through the study.
 """
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import dense_start, ledger, rundir
+from .. import dense_start, interrupted, ledger, rundir
 from .._bounds import MAX_SEED, check_count, check_threads
 from .._paths import as_path
 from .._trust import seal
@@ -336,8 +336,9 @@ def resume_search(
 ) -> LaunchResult:
     """Finish an interrupted search, or extend a finished one to ``trials`` trials in total.
 
-    Trials an interruption left RUNNING are closed as FAIL (outcome ``interrupted``) and replaced; finished
-    ones are kept and never re-run; trials enqueued into the study (``study.enqueue_trial``) run first.
+    Trials an interruption left RUNNING are closed as FAIL (outcome ``interrupted``) and replaced (a seeded
+    baseline by itself), their model files set aside in ``models/interrupted/``; finished ones are kept and
+    never re-run; trials enqueued into the study (``study.enqueue_trial``) run first.
     Resources and early stopping default to those in run.json (given ones replace them there); ``timeout``
     holds for this call only. The frozen space's digest is checked, and the code it names (``module:function``)
     is imported only when this user started the run or allows that module (``rundir.read_frozen_space``).
@@ -375,9 +376,8 @@ def resume_search(
                         ) from None
                     raise
                 cluster_concurrency(float(resources["cpus_per_trial"]), resources["gpus_per_trial"])
-            closed = ledger.close_stale_trials(study)
-            if closed:
-                log(f"resume: closed {closed} trial{'s' if closed != 1 else ''} left running by an interruption")
+            for line in interrupted.repair(study, run_dir, requeue=missing > 0):  # stale trials, files, baselines
+                log(line)
             if missing <= 0:
                 log(f"resume: {counted} trials finished already (requested {target}); nothing to run")
                 return _finish(run_dir, study, info.trials, 0, t0, log)
