@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from ._bounds import INT64_MAX, MAX_TRIALS
 from ._io import atomic_open
 from ._paths import check_input_file, find_run_dir
 from ._spacefile import read_text
@@ -104,9 +105,13 @@ class RunInfo:
                 value = getattr(info, name)
                 if not isinstance(value, kind) or isinstance(value, bool):
                     raise TypeError(f"{name} is {type(value).__name__} {value!r:.40}")
-            return info
         except (OSError, ValueError, TypeError) as exc:
             raise SearchError(f"{path} is unreadable or damaged ({type(exc).__name__}: {exc})") from None
+        info.resources = {**_RESOURCE_DEFAULTS, **info.resources}
+        bad = _out_of_bounds(info)
+        if bad is not None:
+            raise SearchError(f"{path}: {bad}; the file was edited or damaged: set it within that in {RUN_FILE}")
+        return info
 
     def write(self, run_dir: Path) -> None:
         with atomic_open(run_dir / RUN_FILE, "w") as fh:
@@ -116,6 +121,51 @@ class RunInfo:
 # What the code reading run.json relies on; a hand-edited file fails here, in one line, not later.
 _FIELD_TYPES = {"study_name": str, "storage": dict, "space_digest": str, "sampler": str, "seed": int, "trials": int,
                 "resources": dict, "sampler_options": dict, "launches": list}  # fmt: skip
+_RESOURCE_DEFAULTS = {"concurrent": None, "cpus_per_trial": 1.0, "gpus_per_trial": "auto"}  # search's defaults
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number(value: Any, low: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= MAX_TRIALS
+
+
+def _gpus(value: Any) -> bool:
+    if isinstance(value, str):  # as --gpus-per-trial takes it: auto, or a number as text
+        if value.strip().lower() == "auto":
+            return True
+        try:
+            value = float(value)
+        except ValueError:
+            return False
+    return _number(value, 0) and (value <= 1 or value == int(value))
+
+
+def _out_of_bounds(info: RunInfo) -> str | None:
+    """The first value of a run.json outside the bounds its option has (``search`` wrote it within them), as
+    "NAME must be RULE, got VALUE"; None when every one is within. A received file is data: a trial count of 10**30
+    would start a search that never ends, text where a number belongs fails as a traceback. The seed may take
+    64 bits: resume folds it into the 32 its samplers take, and runs made before ``--seed`` was held to 32 bits
+    hold such seeds."""
+    concurrent, cpus, gpus = (info.resources[k] for k in _RESOURCE_DEFAULTS)
+    checks = (
+        ("trials", info.trials, _whole(info.trials, 1, MAX_TRIALS), f"a whole number from 1 to {MAX_TRIALS:,}"),
+        ("seed", info.seed, _whole(info.seed, 0, INT64_MAX), "a whole number from 0 to 2**63 - 1"),
+        ("resources.concurrent", concurrent, concurrent is None or _whole(concurrent, 1, MAX_TRIALS),
+         f"null or a whole number from 1 to {MAX_TRIALS:,}"),
+        ("resources.cpus_per_trial", cpus, _number(cpus, 0) and cpus > 0, "a number of CPUs above 0"),
+        ("resources.gpus_per_trial", gpus, _gpus(gpus), "auto, a share of one GPU (0 to 1) or a whole number of GPUs"),
+        ("early_stop", info.early_stop, isinstance(info.early_stop, dict), 'an object such as {"mode": "off"}'),
+        ("address", info.address, info.address is None or isinstance(info.address, str), "null or host:port text"),
+    )  # fmt: skip
+    for name, value, ok, rule in checks:
+        if not ok:
+            huge = isinstance(value, int) and value.bit_length() > 64
+            shown = f"an integer of {value.bit_length()} bits" if huge else f"{value!r:.60}"
+            return f"{name} must be {rule}, got {shown}"
+    return None
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import pickle
 import tempfile
 import time
@@ -92,6 +93,21 @@ def run_file(name: str, content: bytes) -> Setup:
         (run / name).write_bytes(content)
 
     return setup
+
+
+def run_json(change: Callable[[dict], object]) -> Setup:
+    """run.json edited (a received run, or a hand-edited one): ``change`` alters its parsed content."""
+
+    def setup(tmp: Path, run: Path) -> None:
+        doc = json.loads((run / "run.json").read_text())
+        change(doc)
+        (run / "run.json").write_text(json.dumps(doc))
+
+    return setup
+
+
+def _resource(key: str, value: object) -> Callable[[dict], object]:
+    return lambda doc: doc["resources"].__setitem__(key, value)
 
 
 def _good_model() -> dict:
@@ -334,6 +350,26 @@ CASES: list[tuple[str, list[str], list[str], Setup | None]] = [
     ("set-under-section-set-earlier", [*TRIAL, "--set", "train=5", "--set", "train.lr=0.1"], ["train is 5"], None),
     ("set-under-string-leaf", [*TRIAL, "--set", "dataset.name.x=1"], ["dataset.name takes a value, not sub-keys"],
      None),
+    # run.json read back by resume and report: its integers within the options' bounds
+    ("resume-run-json-trials-past-limit", ["resume", R], ["run.json", "trials must be a whole number from 1 to "
+     "1,000,000, got an integer of 100 bits"], run_json(lambda doc: doc.update(trials=10**30))),
+    ("report-run-json-trials-past-limit", ["report", R], ["run.json", "trials must be"],
+     run_json(lambda doc: doc.update(trials=10**30))),
+    ("resume-run-json-trials-zero", ["resume", R], ["trials must be", "got 0"], run_json(lambda d: d.update(trials=0))),
+    ("report-run-json-seed-negative", ["report", R], ["seed must be", "got -1"],
+     run_json(lambda doc: doc.update(seed=-1))),
+    ("resume-run-json-concurrent-zero", ["resume", R], ["resources.concurrent must be"],
+     run_json(_resource("concurrent", 0))),
+    ("resume-run-json-cpus-text", ["resume", R], ["resources.cpus_per_trial", "'abc'"],
+     run_json(_resource("cpus_per_trial", "abc"))),
+    ("resume-run-json-cpus-nan", ["resume", R], ["resources.cpus_per_trial"],
+     run_json(_resource("cpus_per_trial", float("nan")))),
+    ("resume-run-json-gpus-negative", ["resume", R], ["resources.gpus_per_trial", "-1"],
+     run_json(_resource("gpus_per_trial", -1))),
+    ("resume-run-json-early-stop-list", ["resume", R], ["early_stop must be"],
+     run_json(lambda doc: doc.update(early_stop=[1]))),
+    ("resume-run-json-address-number", ["resume", R], ["address must be"],
+     run_json(lambda doc: doc.update(address=5))),
     # a model file: its own dtypes, shapes and strides, checked before anything is computed
     ("evaluate-float64", EVALUATE, ["fc1.weight is torch.float64", "float32"],
      model_file("m.pt", _weight_as(torch.float64))),
