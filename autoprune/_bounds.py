@@ -31,6 +31,7 @@ __all__ = [
     "check_tree",
     "cut",
     "machine_cpus",
+    "too_many_values",
 ]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -84,10 +85,7 @@ def check_tree(document: Any, source: str, error: type[AutoPruneError] = ConfigE
         node, where, depth = stack.pop()
         count += 1
         if count > YAML_MAX_NODES:
-            raise error(
-                f"{source}: more than {YAML_MAX_NODES:,} values once each value it repeats by reference (a YAML "
-                "alias, *name) is counted where it appears; far more than such a file holds"
-            )
+            raise error(too_many_values(source))
         if depth > YAML_MAX_DEPTH:
             raise error(f"{source}: {where or 'the document'} is nested more than {YAML_MAX_DEPTH} levels deep")
         if isinstance(node, int) and not isinstance(node, bool) and not INT64_MIN <= node <= INT64_MAX:
@@ -99,6 +97,14 @@ def check_tree(document: Any, source: str, error: type[AutoPruneError] = ConfigE
                 stack.append((value, label, depth + 1))
         elif isinstance(node, (list, tuple)):
             stack.extend((value, f"{where}[{i}]", depth + 1) for i, value in enumerate(node))
+
+
+def too_many_values(source: str) -> str:
+    """The refusal of a document past ``YAML_MAX_NODES`` values, as ``check_tree`` and the YAML reader say it."""
+    return (
+        f"{source}: more than {YAML_MAX_NODES:,} values once each value it repeats by reference (a YAML alias, "
+        "*name) is counted where it appears; far more than such a file holds"
+    )
 
 
 def cut(message: str, limit: int = MAX_MESSAGE) -> str:

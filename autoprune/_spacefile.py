@@ -8,17 +8,35 @@ from typing import Any
 
 import yaml
 
-from ._bounds import YAML_MAX_BYTES, YAML_MAX_DEPTH, check_tree
+from ._bounds import YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_NODES, check_tree, too_many_values
 from .errors import AutoPruneError, ConfigError, first_line
 
 DEFAULT_SPACE = "digits_quick"
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no arbitrary objects) that also reads ``1e-4`` as a float, as a user means it.
+class _TooManyValues(Exception):
+    pass
 
-    YAML 1.1 wants a dot in the mantissa (``1.0e-4``) and would otherwise hand back the string "1e-4".
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no arbitrary objects) that also reads ``1e-4`` as a float, as a user means it, and stops
+    at the ``YAML_MAX_NODES``-th value it builds.
+
+    YAML 1.1 wants a dot in the mantissa (``1.0e-4``) and would otherwise hand back the string "1e-4". Counting
+    while composing bounds the parse of a file of many small values (PyYAML parses 1 MiB of them in seconds) by
+    the limit ``check_tree`` holds the expanded document to anyway: an alias is counted once here, so nothing
+    ``check_tree`` would accept is refused.
     """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.values = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.values += 1
+        if self.values > YAML_MAX_NODES:
+            raise _TooManyValues
+        return super().compose_node(parent, index)
 
 
 _Loader.add_implicit_resolver(
@@ -49,6 +67,8 @@ def load_yaml(text: str, source: str = "YAML", error: type[AutoPruneError] = Con
         document = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: as safe as yaml.safe_load
     except RecursionError:
         raise error(f"{source} is nested too deeply (at most {YAML_MAX_DEPTH} levels)") from None
+    except _TooManyValues:
+        raise error(too_many_values(source)) from None
     except (ValueError, TypeError, AttributeError, OverflowError) as exc:
         raise error(f"{source}: a value cannot be read ({first_line(exc, 120)})") from None
     check_tree(document, source, error)

@@ -311,6 +311,8 @@ CASES: list[tuple[str, list[str], list[str], Setup | None]] = [
      text("deep.yaml", "train: {lr: " + "[" * 5000 + "]" * 5000 + "}\n")),
     ("yaml-40-levels", ["trial", f"{T}/deep.yaml"], ["nested more than 32 levels"],
      text("deep.yaml", "train: {lr: " + "[" * 40 + "]" * 40 + "}\n")),
+    ("yaml-values-past-limit-stop-the-parse", ["trial", f"{T}/many.yaml"], ["many.yaml", "100,000 values"],
+     text("many.yaml", FIXED + "train: {lr: [" + "0, " * 100_001 + "]]] a syntax error never reached\n")),
     ("yaml-recursive-alias", ["trial", f"{T}/loop.yaml"], ["nested more than 32"],
      text("loop.yaml", "train: {lr: &a [*a]}\n")),
     ("yaml-larger-than-1-mib", ["trial", f"{T}/big.yaml"], ["big.yaml", "MiB"],
