@@ -304,7 +304,7 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
     kill_driver_when(cmd, lambda: bool(_completed(run_dir)), 60)
     finished_before = _completed(run_dir)
     assert 1 <= len(finished_before) < 4
-    models_before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir()}
+    models_before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").glob("trial_*.pt")}
 
     outcome = resume_search(run_dir, log=lambda _m: None)
     study = _study(run_dir)
@@ -314,12 +314,16 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
         if t.number in finished_before:
             assert t.datetime_complete == datetime.datetime.fromisoformat(finished_before[t.number])
     assert {k: v for k, v in models_before.items() if int(k[6:-3]) in finished_before} == {
-        p.name: p.stat().st_mtime_ns for p in (run_dir / "models").iterdir() if int(p.name[6:-3]) in finished_before
+        p.name: p.stat().st_mtime_ns
+        for p in (run_dir / "models").glob("trial_*.pt")
+        if int(p.name[6:-3]) in finished_before
     }
     cut = [t for t in study.trials if t.state == TrialState.FAIL]
     assert all(t.user_attrs["outcome"] == "interrupted" for t in cut)
     assert not [t for t in study.trials if t.state == TrialState.RUNNING]
     assert len(study.trials) == 4 + len(cut)
+    # models/ holds the finished trials' models only (one a killed trial saved would be in models/interrupted/)
+    assert {p.name for p in (run_dir / "models").glob("*.pt")} == {f"trial_{t.number}.pt" for t in complete}
     assert [launch["kind"] for launch in RunInfo.read(run_dir).launches] == ["search", "resume"]
 
 
