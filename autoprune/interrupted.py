@@ -43,9 +43,10 @@ def repair(study: optuna.Study, run_dir: str | os.PathLike, *, requeue: bool) ->
         lines.append(moved)
     labels = requeue_baselines(study) if requeue else []
     if labels:
+        one = len(labels) == 1
         lines.append(
-            f"resume: {len(labels)} seeded baseline{'s' if len(labels) != 1 else ''} cut off by an interruption "
-            f"run again before sampled trials: {', '.join(labels)}"
+            f"resume: {len(labels)} seeded baseline{'' if one else 's'} cut off by an interruption "
+            f"{'runs' if one else 'run'} again before any sampled trial: {', '.join(labels)}"
         )
     return lines
 
@@ -112,7 +113,11 @@ def set_aside_models(study: optuna.Study, run_dir: str | os.PathLike) -> str | N
         )
     if len(moved) < len(orphans):
         left = [n for n, _ in orphans if n not in moved]
-        parts.append(f"left those of trials {_names(left)} that did not finish in {MODELS_DIR}/ (cannot move them)")
+        plural = "s" if len(left) != 1 else ""
+        parts.append(
+            f"left the model file{plural} of trial{plural} {_names(left)}, which did not finish, in {MODELS_DIR}/ "
+            f"({MODELS_DIR}/{INTERRUPTED_DIR} is not a folder they can be moved to)"
+        )
     if removed:
         parts.append(f"removed {removed} half-written model file{'s' if removed != 1 else ''}")
     return "resume: " + "; ".join(parts)

@@ -165,7 +165,8 @@ def test_resume_never_reruns_a_finished_baseline_and_runs_an_interrupted_one_aga
     # resume: stale trials closed, the cut-off baseline enqueued again, seeding asked again (it must add nothing)
     assert interrupted.repair(study, tmp_path, requeue=True) == [
         "resume: closed 1 trial left running by an interruption",
-        f"resume: 1 seeded baseline cut off by an interruption run again before sampled trials: {ladder(sp)[3].label}",
+        "resume: 1 seeded baseline cut off by an interruption runs again before any sampled trial: "
+        + ladder(sp)[3].label,
     ]
     assert seed_baselines(study, sp, limit=12) == []
     assert interrupted.repair(study, tmp_path, requeue=True) == []  # a second resume: it waits already
@@ -406,7 +407,7 @@ def test_an_interrupted_probe_runs_again_and_the_calibration_waits_for_it(tmp_pa
     _finish(study, asked[0], 0.6)
     _finish(study, asked[1], 0.9)  # the third probe is running when the driver dies
     lines = interrupted.repair(study, tmp_path, requeue=True)
-    assert lines[-1].endswith("run again before sampled trials: global@0.04 finetune.lr=0.03162")
+    assert lines[-1].endswith("runs again before any sampled trial: global@0.04 finetune.lr=0.03162")
     calibration = Calibration(sp)
     assert calibration.before_ask(study) is True  # the probe run again is still to come
     again = ask(study, sp.dims)

@@ -84,8 +84,8 @@ def test_a_linked_folder_for_them_is_not_followed(tmp_path: Path) -> None:
     (run / "models" / "interrupted").symlink_to(elsewhere)
     lines = interrupted.repair(study, run, requeue=True)
     assert lines[1] == (
-        "resume: left those of trials 1 that did not finish in models/ (cannot move them); removed 1 half-written "
-        "model file"
+        "resume: left the model file of trial 1, which did not finish, in models/ (models/interrupted is not a "
+        "folder they can be moved to); removed 1 half-written model file"
     )
     assert list(elsewhere.iterdir()) == [] and (run / "models" / "trial_1.pt").exists()
 
