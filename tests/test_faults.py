@@ -54,8 +54,9 @@ def _error_lines(err: str) -> list[str]:
 
 def test_a_killed_worker_counts_as_failed_and_the_search_ends_with_what_was_asked(space: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
+    # 4,000 epochs of the tiny space are seconds of training a trial, so the kill below lands mid-trial.
     cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "3", "--concurrent", "1",
-               "--set", "budget.train_epochs=40")  # fmt: skip
+               "--set", "budget.train_epochs=4000")  # fmt: skip
     driver = subprocess.Popen(
         cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -151,8 +152,9 @@ def test_racing_drivers_one_wins_and_the_loser_deletes_nothing(space: Path, tmp_
 
 def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(space: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
+    # 4,000 epochs of the tiny space are seconds of training a trial, so the kill below lands mid-trial.
     cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "3", "--concurrent", "1",
-               "--set", "budget.train_epochs=40")  # fmt: skip
+               "--set", "budget.train_epochs=4000")  # fmt: skip
     driver = subprocess.Popen(cmd, env=driver_env(), start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     try:
