@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from autoprune import cli
+from autoprune.rundir import RunInfo
 
 # The smallest real search: 300 digits, one epoch per phase, one searched rate. Ray tests use it.
 TINY_SPACE = """\
@@ -71,3 +74,20 @@ def results_of(trials, front=None, *, failed=0, stopped=(), baseline=None):
         baseline=baseline,
         stopped=list(stopped),
     )
+
+
+def write_run_json(run_dir: Path, space_digest: str, *, trials: int, **fields: Any) -> RunInfo:
+    """Write ``RUN_DIR/run.json`` as ``search`` would for a run made by hand, without Ray: the study
+    ``autoprune`` in the run's own study.db, space.yaml, TPE, seed 0, one CPU a trial; ``fields`` replace any of
+    those (``RunInfo``'s fields)."""
+    defaults: dict[str, Any] = {
+        "study_name": "autoprune",
+        "storage": {"kind": "run-dir"},
+        "space_source": "space.yaml",
+        "sampler": "tpe",
+        "seed": 0,
+        "resources": {"concurrent": None, "cpus_per_trial": 1.0, "gpus_per_trial": "auto"},
+    }
+    info = RunInfo(**{**defaults, "space_digest": space_digest, "trials": trials, **fields})
+    info.write(run_dir)
+    return info

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from _helpers import TINY_SPACE as SPACE
-from _helpers import run_cli
+from _helpers import run_cli, write_run_json
 
 import autoprune
 from autoprune._bounds import MAX_MESSAGE
@@ -58,23 +58,12 @@ def _sha(folder: Path) -> dict[str, str]:
 
 def _write_run(run: Path) -> None:
     """A run directory as a search leaves it before its first trial: run.json and the frozen space."""
-    from autoprune.rundir import RunInfo, space_from_text
+    from autoprune.rundir import space_from_text
 
     run.mkdir()
     (run / "models").mkdir()
     (run / "space.yaml").write_text(SPACE)
-    resources = {"concurrent": None, "cpus_per_trial": 1.0, "gpus_per_trial": "auto"}
-    info = RunInfo(
-        study_name="autoprune",
-        storage={"kind": "run-dir"},
-        space_digest=space_from_text(SPACE).digest,
-        space_source="space.yaml",
-        sampler="tpe",
-        seed=0,
-        trials=3,
-        resources=resources,
-    )
-    info.write(run)
+    write_run_json(run, space_from_text(SPACE).digest, trials=3)
 
 
 # ------------------------------------------------------------------------------------------------ set-ups

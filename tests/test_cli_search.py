@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from _helpers import TINY_SPACE as SPACE
-from _helpers import run_cli
+from _helpers import run_cli, write_run_json
 
 import autoprune
 from autoprune.errors import SearchError
 from autoprune.ledger import redact_url
-from autoprune.rundir import RunInfo
 
 
 def one_error_line(err: str) -> str:
@@ -135,16 +134,14 @@ def test_redact_url_hides_only_the_password() -> None:
 def test_report_asks_for_the_password_that_run_json_does_not_keep(tmp_path, capsys, monkeypatch) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    RunInfo(
+    write_run_json(
+        run_dir,
+        "0" * 64,
+        trials=4,
         study_name="autoprune-run-abc",
         storage={"kind": "rdb", "url": "postgresql://bob:***@db.example/x"},
-        space_digest="0" * 64,
-        space_source="space.yaml",
-        sampler="tpe",
-        seed=0,
-        trials=4,
         resources={"concurrent": None, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0},
-    ).write(run_dir)
+    )
     monkeypatch.delenv("AUTOPRUNE_STUDY_STORAGE", raising=False)
     code, _, err = run_cli(["report", str(run_dir)], capsys, monkeypatch)
     line = one_error_line(err)
@@ -245,17 +242,13 @@ def test_resume_on_an_unreachable_cluster_leaves_the_study_alone(tmp_path, close
         study_name="autoprune", storage=f"sqlite:///{run_dir / 'study.db'}", directions=["maximize", "minimize"]
     )
     study.ask()  # a trial the lost driver left RUNNING
-    RunInfo(
-        study_name="autoprune",
-        storage={"kind": "run-dir"},
-        space_digest=parse_space(yaml.safe_load(SPACE)).digest,
-        space_source="space.yaml",
-        sampler="tpe",
-        seed=0,
+    write_run_json(
+        run_dir,
+        parse_space(yaml.safe_load(SPACE)).digest,
         trials=3,
         resources={"concurrent": None, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0},
         address=f"127.0.0.1:{closed_port}",
-    ).write(run_dir)
+    )
     before = snapshot(run_dir)
     code, _, err = run_cli(["resume", str(run_dir)], capsys, monkeypatch)
     line = one_error_line(err)

@@ -10,11 +10,11 @@ from pathlib import Path
 import optuna
 import pytest
 from _helpers import TINY_SPACE as SPACE
-from _helpers import run_cli
+from _helpers import run_cli, write_run_json
 
 from autoprune import interrupted, ledger
 from autoprune.ledger import Outcome
-from autoprune.rundir import RunInfo, space_from_text
+from autoprune.rundir import space_from_text
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -34,18 +34,7 @@ def _run(run: Path) -> optuna.Study:
     study.ask(), study.ask()  # left RUNNING by the killed driver
     for name in ("trial_0.pt", "trial_1.pt", PARTIAL, "trial_9.pt"):
         (run / "models" / name).write_bytes(name.encode())
-    resources = {"concurrent": None, "cpus_per_trial": 1.0, "gpus_per_trial": "auto"}
-    info = RunInfo(
-        study_name="autoprune",
-        storage={"kind": "run-dir"},
-        space_digest=space.digest,
-        space_source="space.yaml",
-        sampler="tpe",
-        seed=0,
-        trials=1,  # finished already: resume runs nothing and needs no Ray
-        resources=resources,
-    )
-    info.write(run)
+    write_run_json(run, space.digest, trials=1)  # finished already: resume runs nothing and needs no Ray
     return study
 
 

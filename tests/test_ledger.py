@@ -8,6 +8,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _helpers import write_run_json
 from optuna.trial import TrialState
 
 from autoprune import ledger
@@ -149,16 +150,7 @@ def test_load_results_reads_a_run_directory_without_ray(tmp_path: Path) -> None:
     space = parse_space(SPACE, source="s.yaml")
     study = ledger.create_study(ledger.open_storage(None, tmp_path), "autoprune", space, "0")
     _finish(study, Outcome("complete", record=_record(0.9, 10), model_path="models/trial_0.pt"))
-    RunInfo(
-        study_name="autoprune",
-        storage={"kind": "run-dir"},
-        space_digest=space.digest,
-        space_source="s.yaml",
-        sampler="tpe",
-        seed=0,
-        trials=2,
-        resources={},
-    ).write(tmp_path)
+    write_run_json(tmp_path, space.digest, trials=2, space_source="s.yaml", resources={})
     res = ledger.load_results(tmp_path)
     assert [r["trial"] for r in res.trials] == [0] and res.requested == 2 and res.run_dir == tmp_path
     code = "import autoprune.ledger, autoprune.rundir, autoprune.api, sys; print('ray' in sys.modules)"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _helpers import TINY_SPACE, ask, run_cli
+from _helpers import TINY_SPACE, ask, run_cli, write_run_json
 
 from autoprune import api, data, ledger, rundir
 from autoprune._trust import seal
@@ -64,17 +64,8 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         result.save(rundir.new_model_path(run, trial.number))
         outcome = ledger.Outcome("complete", record=result.record(), model_path=rundir.model_file(trial.number))
         ledger.record_outcome(study, trial, outcome)
-    rundir.RunInfo(
-        study_name="autoprune",
-        storage={"kind": "run-dir"},
-        space_digest=space.digest,
-        space_source="space.yaml",
-        sampler="tpe",
-        seed=0,
-        trials=2,
-        resources={"concurrent": 1, "cpus_per_trial": 1.0, "gpus_per_trial": 0},
-        seal=seal(space.digest),
-    ).write(run)
+    resources = {"concurrent": 1, "cpus_per_trial": 1.0, "gpus_per_trial": 0}
+    write_run_json(run, space.digest, trials=2, resources=resources, seal=seal(space.digest))
     (run / rundir.LOCK_FILE).touch()  # as a search leaves it
     api.refresh_report(run)
     return run
