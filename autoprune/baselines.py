@@ -310,6 +310,11 @@ DENSE_REFERENCE_ATTR = "dense_reference"  # study attribute: the dense model a s
 REFERENCE_KEYS = ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "flops_dense", "val_samples")
 
 
+def reference_of(record: dict[str, Any]) -> dict[str, Any]:
+    """What a dense trial's record keeps as a search's dense reference (``DENSE_REFERENCE_ATTR``)."""
+    return {k: record[k] for k in REFERENCE_KEYS if k in record}
+
+
 def checkpoint_reference(study: optuna.Study) -> dict[str, Any] | None:
     """The dense reference of a search from trained weights (``model.weights``, or its dense start), as a record
     without a trial; its ``reference`` says which (``checkpoint`` or ``dense start``)."""

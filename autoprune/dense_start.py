@@ -25,7 +25,7 @@ import torch
 
 from ._bounds import MAX_EPOCHS
 from ._io import atomic_open
-from .baselines import REFERENCE_KEYS
+from .baselines import reference_of
 from .errors import ConfigError
 from .space import SearchSpace
 
@@ -42,15 +42,16 @@ def dense_epochs(space: SearchSpace) -> int | None:
     if raw is False or raw is None:
         return None
     where = "search.dense_start"
+    cfg = space.default_config()
     if raw is True:
-        epochs = space.default_config().budget.train_epochs
+        epochs = cfg.budget.train_epochs
     elif isinstance(raw, int) and not isinstance(raw, bool) and 1 <= raw <= MAX_EPOCHS:
         epochs = raw
     else:
         raise ConfigError(f"{where} must be true, false or a number of epochs (1 to {MAX_EPOCHS:,}), got {raw!r}")
     if epochs < 1:
         raise ConfigError(f"{where} is true but budget.train_epochs is {epochs}; give the epochs: dense_start: 10")
-    if space.default_config().model.weights is not None:
+    if cfg.model.weights is not None:
         raise ConfigError(
             f"{where}: the space starts from model.weights already; drop one (dense_start trains the model itself)"
         )
@@ -64,8 +65,8 @@ def dense_epochs(space: SearchSpace) -> int | None:
 
 
 def train_dense(space: SearchSpace, epochs: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], float]:
-    """Train ``space``'s model densely for ``epochs``: its state_dict (on the CPU), its reference record (the
-    keys of ``baselines.REFERENCE_KEYS``) and the seconds it took."""
+    """Train ``space``'s model densely for ``epochs``: its state_dict (on the CPU), its dense reference
+    (``baselines.reference_of`` its record) and the seconds it took."""
     from .trial import run_trial
 
     cfg = space.default_config()
@@ -78,9 +79,7 @@ def train_dense(space: SearchSpace, epochs: int) -> tuple[dict[str, torch.Tensor
     t0 = time.perf_counter()
     result = run_trial(dense)
     state = {k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}
-    record = result.record()
-    reference = {k: record[k] for k in REFERENCE_KEYS if k in record}
-    return state, {**reference, "reference": START_KIND, "epochs": epochs}, time.perf_counter() - t0
+    return state, {**reference_of(result.record()), "reference": START_KIND, "epochs": epochs}, time.perf_counter() - t0
 
 
 def save(run_dir: Path, state: dict[str, torch.Tensor]) -> Path:

@@ -31,7 +31,7 @@ from .. import dense_start, interrupted, ledger, rundir
 from .._bounds import MAX_SEED, check_count, check_threads
 from .._paths import as_path
 from .._trust import seal
-from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, REFERENCE_KEYS, seed_baselines
+from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, reference_of, seed_baselines
 from ..errors import SearchError
 from ..ledger import Results
 from ..rundir import RunInfo
@@ -137,7 +137,7 @@ def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dic
     )
     if record.get("val_source") == "carved":
         log(CARVED_VALIDATION_NOTE)
-    return {k: record[k] for k in REFERENCE_KEYS if k in record}
+    return reference_of(record)
 
 
 def _check_resources(concurrent: int | None, cpus: float, gpus: float | str, address: str | None) -> None:
