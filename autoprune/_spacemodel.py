@@ -10,15 +10,12 @@ _INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic":
 _NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
 
 
-def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> list[str]:
+def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> tuple[list[str], list[str] | None]:
     """Prunable weight names of the configured model (``pruning.units``, narrowed by the space's ``prune.include``,
-    ``prune.exclude`` and ``prune.embeddings``), building it on the CPU (cheap: no data is loaded).
-
-    Structured pruning removes units along a chain of layers, so it needs an ``nn.Sequential``: any other model
-    is refused here, before a trial trains it only to fail at the pruning step.
+    ``prune.exclude`` and ``prune.embeddings``), building it on the CPU (cheap: no data is loaded); with
+    ``structured``, also its channel groups' names (``pruning.channels``: the model is traced once), which is what
+    ``prune.sparsity`` rates then. A model the trace cannot follow is refused here, before a trial trains it.
     """
-    from torch import nn
-
     from .models import build_model, check_fits  # torch is needed only here
     from .pruning.units import Selection, prunable_weights
 
@@ -42,14 +39,26 @@ def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> list[s
         check_fits(built, model, shape, classes)
     except AutoPruneError as exc:
         raise fail(str(exc)) from None
-    if structured and not isinstance(built, nn.Sequential):
-        raise fail(
-            f"prune.structured: true needs an nn.Sequential model (structured pruning removes units along a chain "
-            f"of layers), but model {model} is a {type(built).__name__}; use prune.structured: false"
-        )
     prune = base.get("prune", {})
     try:
         select = Selection(prune.get("include", ()), prune.get("exclude", ()), prune.get("embeddings", False))
-        return list(prunable_weights(built, select))
+        weights = prunable_weights(built, select)
     except (AutoPruneError, TypeError) as exc:
         raise fail(str(exc)) from None
+    if not structured:
+        return list(weights), None
+    from .pruning.channels import channel_graph
+    from .pruning.units import parameter_paths
+
+    try:
+        graph = channel_graph(built, shape)
+    except AutoPruneError as exc:
+        raise fail(f"prune.structured: {exc}; use prune.structured: false for this model") from None
+    modules = {path.rpartition(".")[0] for path in parameter_paths(built, weights).values()}
+    groups = graph.restricted(modules, "not selected").names()
+    if not groups:
+        raise fail(
+            f"prune.structured: model {model} has no channel group to prune ({graph.kept_whole_line() or 'none'}); "
+            "use prune.structured: false"
+        )
+    return list(weights), groups

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .config import TrialConfig, check_structured_sparsity
+from .config import TrialConfig
 from .errors import ConfigError
 
 
@@ -42,16 +42,15 @@ def check_layers(cfg: TrialConfig, layers: dict[str, Tensor]) -> None:
             "prune.sparsity, which is empty; give prune.density with prune.allocation: global (or lamp, uniform, "
             "erk), or rates in prune.sparsity, or set prune.enabled: false"
         )
+    structured = cfg.prune.enabled and cfg.prune.structured  # its rates name channel groups: checked by the graph
     for where, mapping in (
-        ("prune.sparsity", cfg.prune.sparsity),
+        ("prune.sparsity", {} if structured else cfg.prune.sparsity),
         ("prune.shares", cfg.prune.shares),
         ("train.lr_multipliers", cfg.train.lr_multipliers),
     ):
         for layer in mapping:
             if layer not in layers:
                 raise ConfigError(f"{where}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(names)}")
-    if cfg.prune.enabled and cfg.prune.structured:
-        check_structured_sparsity([layer for layer, rate in cfg.prune.sparsity.items() if rate], names)
     if cfg.prune.enabled and not cfg.prune.structured:
         _check_not_emptied(cfg, {name: w.numel() for name, w in layers.items()})
 

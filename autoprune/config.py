@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
@@ -165,23 +164,6 @@ def check_globs(where: str, globs: Any) -> tuple[str, ...]:
     if not isinstance(globs, (list, tuple)) or not all(isinstance(g, str) and g for g in globs):
         raise ConfigError(f"{where} must be a list of glob patterns such as ['encoder.*'], got {globs!r}")
     return tuple(globs)
-
-
-def unit_prunable(layers: Sequence[str]) -> list[str]:
-    """The prunable layers that may lose whole units under structured pruning: all but the last, whose outputs
-    are the classes.
-    """
-    return list(layers[:-1])
-
-
-def check_structured_sparsity(rated: Iterable[str], layers: Sequence[str]) -> None:
-    """Refuse a structured sparsity for the output layer (``rated``: the layers given a rate other than 0)."""
-    allowed = set(unit_prunable(layers))
-    for layer in rated:
-        if layer in layers and layer not in allowed:
-            raise ConfigError(
-                f"prune.sparsity.{layer}: the output layer cannot lose units under structured pruning; remove it"
-            )
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ needed to run it, and the preprocessing from raw inputs (``preprocess.Preprocess
 it was stored lack it, and ``autoprune.load_model`` derives it from their dataset's name). A plain
 ``nn.Sequential`` of common layers is described layer by layer, with the shapes taken from the modules
 themselves, so a model made physically smaller by structured pruning rebuilds at its smaller size. Any other
-model is rebuilt by its ``module:function`` factory.
+model is rebuilt by its ``module:function`` factory; a structured one then has the recorded removal
+(``pruning.channels.Structure``: which channels of which group, as plain data) replayed on it before its weights
+load, so no module is ever unpickled. A mask that is just ``weight != 0`` is not stored: the file lists those
+parameters under ``masked`` and loading derives their masks from the weights.
 """
 
 from __future__ import annotations
@@ -140,18 +143,20 @@ def save_model(
     input_shape: tuple[int, ...],
     num_classes: int,
     preprocessing: dict | None = None,
+    structure: list | None = None,
 ) -> Path:
     """Write ``model`` with its masks applied, and what is needed to rebuild and run it, to ``path``.
 
     ``masks`` maps parameter names (``fc1.weight``) to tensors whose nonzero entries are kept. The file is
     written to a temporary sibling and moved into place, so ``path`` always holds either the old or the new
     complete file. An existing file is replaced only when it is itself an autoprune model file. The caller's
-    model is not modified.
+    model is not modified. ``structure`` (a factory model made smaller by structured pruning) is the removal that
+    rebuilds its shapes from the factory's dense model.
     """
     path = check_model_output(path)
     state = {k: v.detach() for k, v in model.state_dict().items()}
     param_names = {name for name, _ in model.named_parameters()}
-    packed_masks = {}
+    packed_masks, derived = {}, []
     for name, mask in (masks or {}).items():
         if name not in param_names or name not in state:
             raise ModelError(
@@ -164,7 +169,10 @@ def save_model(
             )
         keep = mask.to(device=state[name].device) != 0
         state[name] = state[name] * keep
-        packed_masks[name] = _pack(keep)
+        if bool(torch.equal(keep, state[name] != 0)):
+            derived.append(name)  # the mask is the weight's own nonzero pattern: nothing to store
+        else:
+            packed_masks[name] = _pack(keep)
     state = {k: v.cpu() for k, v in state.items()}
 
     architecture: Any = describe_architecture(model)
@@ -182,8 +190,14 @@ def save_model(
             )
         from .models import build_model
 
-        expected = _shapes(build_model(factory, tuple(input_shape), int(num_classes)))
+        dense = build_model(factory, tuple(input_shape), int(num_classes))
         architecture = {"factory": factory}
+        if structure:
+            from .pruning.channels import Structure, rebuild
+
+            rebuild(dense, Structure.from_data(structure), tuple(input_shape))
+            architecture["structure"] = Structure.from_data(structure).to_data()
+        expected = _shapes(dense)
     problem = _mismatch(expected, {k: tuple(v.shape) for k, v in state.items()})
     if problem:
         raise ModelError(f"cannot save {path}: the weights would not load into the rebuilt architecture ({problem})")
@@ -194,6 +208,7 @@ def save_model(
         "architecture": architecture,
         "state_dict": state,
         "masks": packed_masks,
+        "masked": derived,
         "config": _plain(config, "config"),
         "metrics": _plain(metrics, "metrics"),
         "input_shape": [int(s) for s in input_shape],
@@ -267,6 +282,10 @@ def load_model(
             check_allowed(architecture["factory"], allow_modules, what="architecture.factory", source="the file")
 
             model = build_model(architecture["factory"], input_shape, num_classes)
+            if "structure" in architecture:
+                from .pruning.channels import Structure, rebuild
+
+                rebuild(model, Structure.from_data(architecture["structure"], f"{path}: structure"), input_shape)
         else:
             # Built on the meta device: no memory is spent on initial weights that are replaced right away.
             with torch.device("meta"):
@@ -300,6 +319,11 @@ def load_model(
         if name not in params or tuple(params[name].shape) != tuple(mask.shape):
             raise ModelError(f"{path} is damaged: mask {name!r} does not match a parameter")
         masks[name] = mask.to(params[name].device)
+    derived = data.get("masked", [])
+    if not isinstance(derived, list) or not all(isinstance(n, str) and n in params for n in derived):
+        raise ModelError(f"{path} is damaged: masked must list parameters of the model")
+    for name in derived:
+        masks[name] = params[name].detach() != 0
     MaskSet(model, masks).apply_()  # already zero in the file; re-applied so the model holds the invariant
     model.eval()
     return LoadedModel(
@@ -357,7 +381,14 @@ def copy_model(source: str | os.PathLike, out: str | os.PathLike, *, metrics: di
         if name not in data["state_dict"] or tuple(data["state_dict"][name].shape) != tuple(mask.shape):
             raise ModelError(f"{source} is damaged: mask {name!r} does not match a tensor")
     out = check_model_output(out)
-    kept = (*_REQUIRED_KEYS, "format", "version", "preprocessing", "torch_version")  # nothing else of the file
+    kept = (
+        *_REQUIRED_KEYS,
+        "format",
+        "version",
+        "preprocessing",
+        "torch_version",
+        "masked",
+    )  # nothing else of the file
     document = {k: data[k] for k in kept if k in data}
     document["metrics"] = _plain(metrics, "metrics")
     with atomic_open(out) as fh:

@@ -42,6 +42,7 @@ class TrialResult:
     input_shape: tuple[int, ...] = ()
     num_classes: int = 0
     preprocessing: dict[str, Any] = field(default_factory=dict)  # raw input -> model input (preprocess.py)
+    structure: list | None = None  # structured: the channels removed, as data (pruning.channels.Structure)
 
     def record(self) -> dict[str, Any]:
         """The JSON trial record (DESIGN.md field names)."""
@@ -82,6 +83,7 @@ class TrialResult:
             input_shape=self.input_shape,
             num_classes=self.num_classes,
             preprocessing=self.preprocessing or None,
+            structure=self.structure,
         )
 
 

@@ -44,7 +44,7 @@ from ._spacefile import builtin_spaces as builtin_spaces  # re-exported: the shi
 from ._spacefile import load_yaml, read_text, resolve_space_path
 from ._spacemodel import model_layers
 from .baselines import calibrate_leaves, ladder
-from .config import _SECTIONS, TrialConfig, check_structured_sparsity, unit_prunable
+from .config import _SECTIONS, TrialConfig
 from .errors import ConfigError
 from .refine import refine_settings, size_dim, size_targets
 from .stopping import EARLY_STOP_MODES
@@ -203,6 +203,13 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
+def _layer_names(mapping: str, layers: list[str], groups: list[str] | None) -> tuple[list[str], str]:
+    """The names a layer map takes, and what they are: channel groups for a structured ``prune.sparsity``."""
+    if mapping == "prune.sparsity" and groups is not None:
+        return groups, "channel group"
+    return layers, "layer"
+
+
 def _density_needs_allocation(prune: dict[str, Any], searched: set[str], fail: Any) -> None:
     """A size given as ``density`` or ``nonzero_params`` is shared out by an allocation. With none named, and no
     per-layer rates, the obvious reading is one global ranking (``per_layer``, the dataclass default, would leave
@@ -280,10 +287,10 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
             raise fail(f"{fixed} cannot be searched: it decides which weights there are; give one value")
     _density_needs_allocation(prune, searched, fail)
     structured = prune.get("structured", False)
-    layers = model_layers(base, fail, structured=structured is True)
+    layers, groups = model_layers(base, fail, structured=structured is True)
     if prune.get("sparsity") == "auto":
         prune["sparsity"] = {}
-        targets = unit_prunable(layers) if structured else layers
+        targets = groups if groups is not None else layers
         dims.extend(
             Dim(path=f"prune.sparsity.{layer}", low=AUTO_SPARSITY[0], high=AUTO_SPARSITY[1]) for layer in targets
         )
@@ -292,20 +299,15 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         dims.extend(Dim(path=f"prune.shares.{n}", low=AUTO_SHARES[0], high=AUTO_SHARES[1], log=True) for n in layers)
     for dim in dims:
         parts = split_key(dim.path)
-        if ".".join(parts[:2]) in LAYER_MAPS and parts[-1] not in layers:
-            raise fail(f"{dim.path}: unknown layer {parts[-1]!r}; prunable layers: {', '.join(layers)}")
+        known, what = _layer_names(".".join(parts[:2]), layers, groups)
+        if ".".join(parts[:2]) in LAYER_MAPS and parts[-1] not in known:
+            raise fail(f"{dim.path}: unknown {what} {parts[-1]!r}; {what}s: {', '.join(known)}")
     for mapping in LAYER_MAPS:
         sec, name = mapping.split(".")
+        known, what = _layer_names(mapping, layers, groups)
         for layer in base.get(sec, {}).get(name, {}) or {}:
-            if layer not in layers:
-                raise fail(f"{mapping}.{layer}: unknown layer {layer!r}; prunable layers: {', '.join(layers)}")
-    if structured:
-        rated = [d.path.removeprefix("prune.sparsity.") for d in dims if d.path.startswith("prune.sparsity.")]
-        rated += [layer for layer, rate in (prune.get("sparsity") or {}).items() if rate]
-        try:
-            check_structured_sparsity(rated, layers)
-        except ConfigError as exc:
-            raise fail(str(exc)) from None
+            if layer not in known:
+                raise fail(f"{mapping}.{layer}: unknown {what} {layer!r}; {what}s: {', '.join(known)}")
 
     space = SearchSpace(
         source=source,

@@ -38,13 +38,16 @@ from .notes import CARVED_VALIDATION_NOTE
 from .preprocess import for_dataset
 from .pruning import (
     agp_events,
+    channel_graph,
     compute_masks,
     count_params,
     gradient_statistics,
     kept_weights,
     planned_params,
-    shrink_sequential,
+    removed_by_masks,
+    shrink,
 )
+from .pruning.channels import ChannelGraph
 from .pruning.masks import MaskSet
 from .pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
 from .result import TrialResult as TrialResult  # re-exported: what run_trial returns
@@ -128,12 +131,17 @@ def run_trial(
     left_dense = not_pruned(model, layers) if cfg.prune.enabled else {}
     if left_dense:
         say(not_pruned_line(left_dense, params_total))
+    graph = structured_groups(model, layers, data) if cfg.prune.enabled and cfg.prune.structured else None
+    if graph is not None and graph.kept_whole_line():
+        say(graph.kept_whole_line())
     # The batch order is drawn where the data lives: on a GPU no permutation crosses from host memory.
     gen = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
     trained_epochs = cfg.budget.train_epochs if cfg.train.enabled else 0
     pruned = [not cfg.prune.enabled]  # the final masks are in place
-    progress = _progress_reporter(cfg, model, data, trained_epochs, report, lambda: pruned[0])
+    pc, fc = cfg.prune, cfg.finetune
+    params_planned = planned_params(model, pc, graph)  # fixed before training (fails now if it cannot be)
+    progress = _progress_reporter(cfg, params_planned, model, data, trained_epochs, report, lambda: pruned[0])
 
     def sgd(phase: SGDConfig, epochs: int, **kwargs: Any) -> tuple[int, MaskSet | None]:
         """One SGD phase on the training split (both phases share the batch size, batch order and amp)."""
@@ -154,9 +162,6 @@ def run_trial(
             **kwargs,
         )
 
-    # The allocation fixes the count before training: say it up front (and fail now on a count that cannot be).
-    pc, fc = cfg.prune, cfg.finetune
-    params_planned = planned_params(model, pc)
     say(f"planned: {params_planned} of {params_total} params nonzero after pruning")
     ft_epochs = cfg.budget.finetune_epochs
     steps_per_epoch = -(-len(data.train_x) // bs)
@@ -184,7 +189,8 @@ def run_trial(
         kept = final_kept + round((1.0 - fraction) * (prunable - final_kept))
         current_masks = current.masks if current is not None else None
         pruned[0] = fraction >= 1.0
-        return MaskSet(model, compute_masks(model, pc, rates=rates, kept=kept, grads=grads, current=current_masks))
+        masks = compute_masks(model, pc, rates=rates, kept=kept, grads=grads, current=current_masks, graph=graph)
+        return MaskSet(model, masks)
 
     def agp(total_steps: int) -> dict[int, Callable[[], MaskSet]]:
         """AGP events over [gradual_start, gradual_end] of a phase of ``total_steps``."""
@@ -251,8 +257,9 @@ def run_trial(
     # 4. evaluation (structured: on the physically smaller model, whose outputs equal the masked model's)
     t0 = time.perf_counter()
     final_masks = dict(masks.masks) if masks else {}
-    if pc.structured and masks:
-        model = shrink_sequential(model, _kept_units(masks, parameter_paths(model, layers)))
+    structure = None
+    if graph is not None and masks:
+        structure = shrink(model, graph, removed_by_masks(graph, final_masks), data.input_shape).to_data()
         final_masks = {}
     val_acc = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     test_acc = evaluate(model, data.test_x, data.test_y, batch_size=ebs, amp=cfg.amp)
@@ -286,6 +293,7 @@ def run_trial(
         cuda=cuda,
         model=model,
         masks={k: v.detach().to("cpu", torch.bool) for k, v in final_masks.items()},
+        structure=structure,
         input_shape=tuple(data.input_shape),
         num_classes=data.num_classes,
         preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
@@ -329,6 +337,7 @@ def _each(*callbacks: Callable[[int, float], None] | None) -> Callable[[int, flo
 
 def _progress_reporter(
     cfg: TrialConfig,
+    planned: int,
     model: nn.Module,
     data: Datasets,
     trained_epochs: int,
@@ -342,7 +351,6 @@ def _progress_reporter(
     subset = torch.randperm(n, generator=torch.Generator().manual_seed(_REPORT_SUBSET_SEED))[:REPORT_VAL_SAMPLES]
     subset = torch.sort(subset).values.to(data.val_x.device)
     x, y = data.val_x[subset], data.val_y[subset]
-    planned = planned_params(model, cfg.prune)
     epochs = trained_epochs + cfg.budget.finetune_epochs
 
     def progress(stage: str, offset: int) -> Callable[[int, float], None]:
@@ -355,12 +363,8 @@ def _progress_reporter(
     return progress
 
 
-def _kept_units(masks: MaskSet, paths: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Output units each layer keeps under structured masks (only layers that lost some); ``paths``: unit ->
-    parameter name."""
-    keep = {}
-    for name, path in paths.items():
-        alive = masks.masks[path].flatten(1).any(dim=1)
-        if not bool(alive.all()):
-            keep[name] = alive.nonzero().flatten()
-    return keep
+def structured_groups(model: nn.Module, layers: Mapping[str, torch.Tensor], data: Datasets) -> ChannelGraph:
+    """The channel groups a structured trial prunes: those rooted at a layer whose weight is selected."""
+    graph = channel_graph(model, data.input_shape, example=data.train_x[:1])
+    modules = {path.rpartition(".")[0] for path in parameter_paths(model, dict(layers)).values()}
+    return graph.restricted(modules, "not selected by prune.include/exclude")

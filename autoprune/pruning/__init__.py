@@ -4,7 +4,8 @@
 - ``allocation``: how many weights each layer keeps (uniform, ERK, global, LAMP, shares), summing exactly.
 - ``masks``: 0/1 masks from scores and counts; ``compute_masks`` and ``planned_params`` for a model and config.
 - ``schedules``: AGP gradual pruning as lists of events.
-- ``structured``: whole-unit removal, its rules, and the physically smaller model.
+- ``channels``: channel groups of any model (Torch-Pruning's dependency graph), their masks, the smaller model.
+- ``structured``: which channels a structured configuration removes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .allocation import (
     lamp_scores,
     layer_counts,
 )
+from .channels import ChannelGraph, Structure, channel_graph, rebuild, removed_channels, shrink
 from .criteria import (
     CRITERIA,
     gradient_importance,
@@ -37,24 +39,19 @@ from .masks import (
     planned_params,
 )
 from .schedules import agp_events, agp_fraction, agp_sparsity, density_at, gradual_event_steps, gradual_plan
-from .structured import (
-    kept_weights_structured,
-    removed_units,
-    shrink_sequential,
-    structured_keep,
-    structured_param_masks,
-    uniform_unit_rate,
-    unit_scores,
-)
+from .structured import removed_by_masks, structured_removal, uniform_rate
 
 __all__ = [
     "ALLOCATIONS",
     "CRITERIA",
+    "ChannelGraph",
+    "Structure",
     "agp_events",
     "agp_fraction",
     "agp_sparsity",
     "apply_masks",
     "capped_proportional",
+    "channel_graph",
     "compute_masks",
     "count_masks",
     "count_params",
@@ -67,7 +64,6 @@ __all__ = [
     "gradual_plan",
     "kept_count",
     "kept_weights",
-    "kept_weights_structured",
     "lamp_scores",
     "layer_counts",
     "layer_scores",
@@ -75,11 +71,11 @@ __all__ = [
     "magnitude_importance",
     "per_layer_masks",
     "planned_params",
-    "removed_units",
-    "shrink_sequential",
-    "structured_keep",
-    "structured_param_masks",
+    "rebuild",
+    "removed_by_masks",
+    "removed_channels",
+    "shrink",
+    "structured_removal",
     "taylor_importance",
-    "uniform_unit_rate",
-    "unit_scores",
+    "uniform_rate",
 ]

@@ -16,16 +16,12 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..config import PruneConfig, check_structured_sparsity, unit_prunable
+from ..config import PruneConfig
 from ..errors import ConfigError, ModelError
 from .allocation import check_rates, kept_count, layer_counts, ranked
+from .channels import ChannelGraph
 from .criteria import layer_scores
-from .structured import (
-    removed_units,
-    structured_keep,
-    structured_param_masks,
-    uniform_unit_rate,
-)
+from .structured import structured_removal, uniform_rate
 from .units import Selection, parameter_paths, prunable_weights
 
 __all__ = [
@@ -87,7 +83,7 @@ def kept_weights(model: nn.Module, cfg: PruneConfig) -> int:
     ``per_layer``: the sum over layers of ``numel - round(rate * numel)``. Any other allocation:
     ``round(density * prunable weights)``, or with ``nonzero_params`` what is left of it once every parameter
     outside the prunable weights (biases, normalisation) is counted. Structured pruning meets the count as nearly
-    as whole units allow (``planned_params`` gives the exact result).
+    as whole channels allow (``planned_params`` gives the exact result).
     """
     numels = {name: w.numel() for name, w in prunable_weights(model, Selection.of(cfg)).items()}
     prunable = sum(numels.values())
@@ -105,32 +101,40 @@ def kept_weights(model: nn.Module, cfg: PruneConfig) -> int:
     return cfg.nonzero_params - others
 
 
-def _structured_rates(model: nn.Module, cfg: PruneConfig, rates: dict[str, float] | None, kept: int | None):
+def _graph(graph: ChannelGraph | None) -> ChannelGraph:
+    if graph is None:
+        raise ModelError("structured pruning needs the model's channel groups: pass graph=channel_graph(model, shape)")
+    return graph
+
+
+def _structured_rates(
+    model: nn.Module, cfg: PruneConfig, graph: ChannelGraph, rates: Mapping[str, float] | None, kept: int | None
+) -> dict[str, float]:
+    """Each group's rate: ``cfg.sparsity`` (or ``rates``) for ``per_layer``; under ``uniform`` one rate, the one
+    that leaves the prunable weights nearest to ``kept`` (default: ``kept_weights``)."""
     if cfg.allocation == "uniform":
-        rate = uniform_unit_rate(model, kept_weights(model, cfg) if kept is None else kept)
-        return dict.fromkeys(unit_prunable(list(prunable_weights(model, Selection.of(cfg)))), rate)
-    return dict(cfg.sparsity) if rates is None else rates
+        weights = prunable_weights(model, Selection.of(cfg))
+        by_path = {parameter_paths(model, weights)[n]: w for n, w in weights.items()}
+        rate = uniform_rate(graph, model, by_path, kept_weights(model, cfg) if kept is None else kept)
+        return dict.fromkeys(graph.groups, rate)
+    return graph.check_rates(dict(cfg.sparsity) if rates is None else rates)
 
 
-def planned_params(model: nn.Module, cfg: PruneConfig) -> int:
+def planned_params(model: nn.Module, cfg: PruneConfig, graph: ChannelGraph | None = None) -> int:
     """Nonzero parameters ``model`` will have once pruned by ``cfg``: a pure function of shapes and config.
 
     Unstructured pruning zeroes weights only, so this is every parameter minus the weights removed. Structured
-    pruning also removes the units' biases, the BatchNorm entries behind them and the next layer's inputs; the
-    count comes from the removal plan on the model's shapes. Training keeps kept weights nonzero, so the
-    trial's measured ``params_nonzero`` equals this.
+    pruning also removes every slice coupled to a removed channel (biases, normalisation entries, the next
+    layers' inputs; ``graph`` holds the groups): the count is that of the smaller model. Training keeps kept
+    weights nonzero, so the trial's measured ``params_nonzero`` equals this.
     """
     params_total = sum(p.numel() for p in model.parameters())
     if not cfg.enabled:
         return params_total
     weights = prunable_weights(model, Selection.of(cfg))
     if cfg.structured:
-        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(weights))
-        rates = check_rates(weights, _structured_rates(model, cfg, None, None))
-        units = {name: w.shape[0] for name, w in weights.items() if name in rates}
-        keep = {name: torch.arange(n - removed_units(rates[name], n)) for name, n in units.items()}
-        masks = structured_param_masks(model, keep)
-        return params_total - sum(int(m.numel() - torch.count_nonzero(m)) for m in masks.values())
+        graph = _graph(graph)
+        return graph.planned_nonzero(model, graph.removal(_structured_rates(model, cfg, graph, None, None)))
     prunable = sum(w.numel() for w in weights.values())
     return params_total - prunable + kept_weights(model, cfg)
 
@@ -160,24 +164,26 @@ def compute_masks(
     kept: int | None = None,
     grads: dict[str, Tensor] | None = None,
     current: dict[str, Tensor] | None = None,
+    graph: ChannelGraph | None = None,
 ) -> dict[str, Tensor]:
     """Parameter-name masks (``"fc1.weight"``...) for ``cfg.criterion`` and ``cfg.allocation``.
 
     ``rates`` (``per_layer``) default to ``cfg.sparsity`` and ``kept`` (the prunable weights kept, any other
     allocation) to ``kept_weights(model, cfg)``; a gradual schedule passes its intermediate values. ``current``
     holds the masks in force, whose zeros stay zeros when the count tightens. With ``cfg.structured`` the masks
-    remove whole units (see ``structured_param_masks``; the output layer keeps its units).
+    remove whole channel groups of ``graph`` (``channels.ChannelGraph``), every coupled slice of them.
     """
     weights = prunable_weights(model, Selection.of(cfg))
     paths = parameter_paths(model, weights)
     scores = layer_scores(model, cfg.criterion, grads, weights=weights)
+    if cfg.structured:
+        graph = _graph(graph)
+        by_path = {paths[name]: score for name, score in scores.items()}
+        removed = structured_removal(graph, by_path, _structured_rates(model, cfg, graph, rates, kept), current)
+        return graph.masks(model, removed)
     layer_current = None
     if current is not None:
         layer_current = {name: current[path] for name, path in paths.items() if path in current}
-    if cfg.structured:
-        check_structured_sparsity([n for n, rate in cfg.sparsity.items() if rate], list(weights))
-        keep = structured_keep(scores, _structured_rates(model, cfg, rates, kept), layer_current)
-        return structured_param_masks(model, keep)
     if cfg.allocation == "per_layer":
         weight_masks = per_layer_masks(scores, dict(cfg.sparsity) if rates is None else rates, layer_current)
     else:
