@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AutoPruneError
+
+if TYPE_CHECKING:
+    from .pruning.channels import ChannelGraph
 
 _INPUT_SHAPES = {"fashion-mnist": (1, 28, 28), "digits": (1, 8, 8), "synthetic": (1, 8, 8)}
 _NUM_CLASSES = {"fashion-mnist": 10, "digits": 10, "synthetic": 4}
 
 
-def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> tuple[list[str], list[str] | None]:
+def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> tuple[list[str], ChannelGraph | None]:
     """Prunable weight names of the configured model (``pruning.units``, narrowed by the space's ``prune.include``,
     ``prune.exclude`` and ``prune.embeddings``), building it on the CPU (cheap: no data is loaded); with
-    ``structured``, also its channel groups' names (``pruning.channels``: the model is traced once), which is what
+    ``structured``, also its channel groups (``pruning.channels``: the model is traced once), which
     ``prune.sparsity`` rates then. A model the trace cannot follow is refused here, before a trial trains it.
     """
     from .models import build_model, check_fits  # torch is needed only here
@@ -55,8 +58,8 @@ def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> tuple[
     except AutoPruneError as exc:
         raise fail(f"prune.structured: {exc}; use prune.structured: false for this model") from None
     modules = {path.rpartition(".")[0] for path in parameter_paths(built, weights).values()}
-    groups = graph.restricted(modules, "not selected").names()
-    if not groups:
+    groups = graph.restricted(modules, "not selected by prune.include/exclude")
+    if not groups.groups:
         raise fail(
             f"prune.structured: model {model} has no channel group to prune ({graph.kept_whole_line() or 'none'}); "
             "use prune.structured: false"

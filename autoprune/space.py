@@ -52,6 +52,8 @@ from .stopping import EARLY_STOP_MODES
 if TYPE_CHECKING:
     import optuna
 
+    from .pruning.channels import ChannelGraph
+
 AUTO_SPARSITY = (0.0, 0.95)  # the range `prune.sparsity: auto` searches for every prunable layer
 AUTO_SHARES = (0.25, 4.0)  # the log range `prune.shares: auto` searches for every prunable layer
 SAMPLERS = ("tpe", "nsga2", "random")  # the values of `search.sampler` and `--sampler`
@@ -203,11 +205,14 @@ def _apply_override(document: dict[str, Any], item: str) -> None:
     node[parts[-1]] = value
 
 
-def _layer_names(mapping: str, layers: list[str], groups: list[str] | None) -> tuple[list[str], str]:
-    """The names a layer map takes, and what they are: channel groups for a structured ``prune.sparsity``."""
+def _check_layer_name(mapping: str, name: str, layers: list[str], groups: ChannelGraph | None, fail: Any) -> None:
+    """Refuse a name a layer map does not take: a prunable layer, or a channel group for a structured
+    ``prune.sparsity`` (whose message says which group a coupled layer belongs to)."""
     if mapping == "prune.sparsity" and groups is not None:
-        return groups, "channel group"
-    return layers, "layer"
+        if name not in groups.groups:
+            raise fail(groups.unknown(name))
+    elif name not in layers:
+        raise fail(f"{mapping}.{name}: unknown layer {name!r}; prunable layers: {', '.join(layers)}")
 
 
 def _density_needs_allocation(prune: dict[str, Any], searched: set[str], fail: Any) -> None:
@@ -290,7 +295,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     layers, groups = model_layers(base, fail, structured=structured is True)
     if prune.get("sparsity") == "auto":
         prune["sparsity"] = {}
-        targets = groups if groups is not None else layers
+        targets = groups.names() if groups is not None else layers
         dims.extend(
             Dim(path=f"prune.sparsity.{layer}", low=AUTO_SPARSITY[0], high=AUTO_SPARSITY[1]) for layer in targets
         )
@@ -299,15 +304,12 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         dims.extend(Dim(path=f"prune.shares.{n}", low=AUTO_SHARES[0], high=AUTO_SHARES[1], log=True) for n in layers)
     for dim in dims:
         parts = split_key(dim.path)
-        known, what = _layer_names(".".join(parts[:2]), layers, groups)
-        if ".".join(parts[:2]) in LAYER_MAPS and parts[-1] not in known:
-            raise fail(f"{dim.path}: unknown {what} {parts[-1]!r}; {what}s: {', '.join(known)}")
+        if ".".join(parts[:2]) in LAYER_MAPS:
+            _check_layer_name(".".join(parts[:2]), parts[-1], layers, groups, fail)
     for mapping in LAYER_MAPS:
         sec, name = mapping.split(".")
-        known, what = _layer_names(mapping, layers, groups)
         for layer in base.get(sec, {}).get(name, {}) or {}:
-            if layer not in known:
-                raise fail(f"{mapping}.{layer}: unknown {what} {layer!r}; {what}s: {', '.join(known)}")
+            _check_layer_name(mapping, layer, layers, groups, fail)
 
     space = SearchSpace(
         source=source,

@@ -85,8 +85,13 @@ def test_file_is_plain_data_with_compact_masks(tmp_path: Path):
         "ReLU",
         "Linear",
     ]
+    assert data["masks"] == {} and data["masked"] == list(masks)  # the weights' zeros say each mask
+    with torch.no_grad():  # a kept weight that is exactly zero: the mask must be stored, as bits
+        model.fc1.weight.view(-1)[int(masks["fc1.weight"].view(-1).nonzero()[0])] = 0.0
+    data = torch.load(save(tmp_path / "model.pt", model, masks), weights_only=True)
     bits = data["masks"]["fc1.weight"]["bits"]
     assert bits.dtype == torch.uint8 and bits.numel() == -(-masks["fc1.weight"].numel() // 8)
+    assert data["masked"] == [n for n in masks if n != "fc1.weight"]
 
 
 def test_masks_are_applied_to_the_saved_weights_without_touching_the_model(tmp_path: Path):

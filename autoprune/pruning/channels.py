@@ -25,17 +25,15 @@ width (it changes the head width), and groups of a single channel. Attention's f
 from __future__ import annotations
 
 import copy
-import functools
 import math
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ModelError
+from ._depgraph import Structure, _dependency_graph, _quiet, rebuild, shrink
 
 __all__ = [
     "ChannelGraph",
@@ -78,29 +76,6 @@ class ChannelGroup:
     channels: int
     members: tuple[Member, ...]
     layers: tuple[str, ...]  # module paths of the layers whose weights the group slices
-
-
-@dataclass(frozen=True)
-class Structure:
-    """A structured removal as plain data: for each group, the root module path and the channels removed, in the
-    order they were removed. ``rebuild`` replays it on the dense model of the same architecture."""
-
-    removed: tuple[tuple[str, tuple[int, ...]], ...]
-
-    def to_data(self) -> list[list]:
-        return [[root, list(idxs)] for root, idxs in self.removed]
-
-    @classmethod
-    def from_data(cls, data: object, where: str = "structure") -> Structure:
-        if not isinstance(data, list):
-            raise ModelError(f"{where} must be a list of [module path, [channel, ...]], got {type(data).__name__}")
-        removed = []
-        for item in data:
-            ok = isinstance(item, list) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], list)
-            if not ok or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in item[1]):
-                raise ModelError(f"{where}: each entry must be [module path, [channel, ...]], got {item!r:.80}")
-            removed.append((item[0], tuple(item[1])))
-        return cls(tuple(removed))
 
 
 @dataclass
@@ -202,19 +177,6 @@ class ChannelGraph:
         return total - sum(int(m.numel() - m.count_nonzero()) for m in self.masks(model, removed).values())
 
 
-def _quiet(fn: Callable) -> Callable:
-    """``fn`` with Torch-Pruning's warnings (unwrapped parameters, shape inference) silenced: what it builds is
-    checked here, by the probes and by the callers' comparisons."""
-
-    @functools.wraps(fn)
-    def quiet(*args: Any, **kwargs: Any) -> Any:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return fn(*args, **kwargs)
-
-    return quiet
-
-
 def _output_layer(model: nn.Module, example: Tensor) -> str:
     """The module path of the last layer with its own weights that a forward pass runs."""
     order: list[str] = []
@@ -232,16 +194,6 @@ def _output_layer(model: nn.Module, example: Tensor) -> str:
     if not order:
         raise ModelError("structured pruning found no layer with weights in the model's forward pass")
     return inner[-1] if inner else order[-1]
-
-
-def _dependency_graph(model: nn.Module, example: Tensor):
-    import torch_pruning as tp
-
-    from ._recurrent import RECURRENT_PRUNERS
-
-    return tp.DependencyGraph().build_dependency(
-        model, example_inputs=example, customized_pruners=dict(RECURRENT_PRUNERS)
-    )
 
 
 def _groups(dg, output: nn.Module) -> list[tuple[str, list]]:
@@ -370,54 +322,3 @@ def channel_graph(model: nn.Module, input_shape: Sequence[int], *, example: Tens
 
 def _has_weights(model: nn.Module, name: str) -> bool:
     return any(True for _ in dict(model.named_modules())[name].parameters(recurse=False))
-
-
-@_quiet
-def shrink(
-    model: nn.Module, graph: ChannelGraph, removed: Mapping[str, Tensor], input_shape: Sequence[int]
-) -> Structure:
-    """Remove the ``removed`` channels of each group from ``model`` in place; the removal as data."""
-    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
-    was = model.training
-    model.eval()
-    dg = _dependency_graph(model, x)
-    modules = dict(model.named_modules())
-    done = []
-    for name, idx in removed.items():
-        idxs = sorted(int(i) for i in idx.tolist())
-        if not idxs:
-            continue
-        root = modules[graph.groups[name].root]
-        dg.get_pruning_group(root, dg.get_pruner_of_module(root).prune_out_channels, idxs).prune()
-        done.append((graph.groups[name].root, tuple(idxs)))
-    model.train(was)
-    return Structure(tuple(done))
-
-
-@_quiet
-def rebuild(model: nn.Module, structure: Structure, input_shape: Sequence[int]) -> nn.Module:
-    """Apply a recorded ``structure`` to a freshly built dense ``model`` in place: its parameters and buffers take
-    the smaller shapes, ready for the pruned model's ``state_dict``."""
-    if not structure.removed:
-        return model
-    x = torch.zeros(1, *input_shape)
-    was = model.training
-    model.eval()
-    try:
-        dg = _dependency_graph(model, x)
-        modules = dict(model.named_modules())
-        for root, idxs in structure.removed:
-            if root not in modules:
-                raise ModelError(f"the structure names a layer {root!r} this model does not have")
-            module = modules[root]
-            pruner = dg.get_pruner_of_module(module)
-            n = pruner.get_out_channels(module) if pruner is not None else None
-            if n is None or not all(i < n for i in idxs) or len(set(idxs)) >= n:
-                raise ModelError(f"the structure removes channels {list(idxs)[:8]} of {root}, which has {n}")
-            dg.get_pruning_group(module, pruner.prune_out_channels, list(idxs)).prune()
-    except ModelError:
-        raise
-    except Exception as exc:
-        raise ModelError(f"the recorded structure does not apply to this model: {type(exc).__name__}: {exc}") from None
-    model.train(was)
-    return model
