@@ -155,6 +155,7 @@ def run_phase(
     teacher: nn.Module | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     prunable: Sequence[torch.Tensor] | None = None,
+    group_lasso: Callable[[float], None] | None = None,
 ) -> tuple[int, MaskSet | None]:
     """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
 
@@ -169,8 +170,9 @@ def run_phase(
     current masks are enforced on weights after every step, on gradients before it, and on momentum buffers
     whenever they change. ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1; one
     host sync per epoch, only when given). ``prunable`` are the weight tensors the penalty and the weight clipping
-    act on (default: every prunable weight, see ``pruning.units``). Returns the number of steps taken and the
-    final masks.
+    act on (default: every prunable weight, see ``pruning.units``). ``group_lasso(λ)`` replaces the group
+    lasso's per-unit gradient (structured pruning passes its coupled groups': ``ChannelGraph.group_lasso``).
+    Returns the number of steps taken and the final masks.
     """
     if epochs == 0 or len(x) == 0:
         return 0, masks
@@ -182,7 +184,7 @@ def run_phase(
     steps_per_epoch = -(-len(x) // batch_size)
     total = steps_per_epoch * epochs
     events = dict(prune_events or {})
-    penalty = _penalty(sparse, weights) if sparse else None
+    penalty = _penalty(sparse, weights, group_lasso) if sparse else None
     grad_clip = phase.grad_clip
     weight_clip = sparse.weight_clip if sparse else None
     autocast = (
@@ -253,16 +255,22 @@ def run_phase(
     return step, masks
 
 
-def _penalty(tc: TrainConfig, weights: list[torch.Tensor]) -> Callable[[float], None] | None:
+def _penalty(
+    tc: TrainConfig, weights: list[torch.Tensor], group_lasso: Callable[[float], None] | None = None
+) -> Callable[[float], None] | None:
     """Adds λ(progress) times the penalty's gradient to the weights' gradients in place; None for no penalty."""
     add_grad = {"l1": add_l1_grad_, "group_lasso": add_group_lasso_grad_}.get(tc.penalty)
     if add_grad is None:
         return None
-    scratch = penalty_scratch(tc.penalty, weights)  # allocated once per phase, reused by every step
+    coupled = group_lasso if tc.penalty == "group_lasso" else None
+    scratch = None if coupled else penalty_scratch(tc.penalty, weights)  # allocated once, reused by every step
 
     def apply(progress: float) -> None:
         lam = lambda_at(tc.lambda_schedule, tc.lambda_max, progress, warmup=tc.lambda_warmup, steps=tc.lambda_steps)
-        add_grad(weights, lam, scratch=scratch)
+        if coupled is not None:
+            coupled(lam)
+        else:
+            add_grad(weights, lam, scratch=scratch)
 
     return apply
 

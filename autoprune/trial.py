@@ -134,6 +134,7 @@ def run_trial(
     graph = structured_groups(model, layers, data) if cfg.prune.enabled and cfg.prune.structured else None
     if graph is not None and graph.kept_whole_line():
         say(graph.kept_whole_line())
+    coupled_lasso = graph.group_lasso(model) if graph is not None else None  # over the coupled groups' slices
     # The batch order is drawn where the data lives: on a GPU no permutation crosses from host memory.
     gen = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(cfg.seed)
     bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
@@ -159,6 +160,7 @@ def run_trial(
             amp=amp,
             on_epoch=after,
             prunable=list(layers.values()),
+            group_lasso=coupled_lasso,
             **kwargs,
         )
 

@@ -252,3 +252,27 @@ def test_an_unstructured_file_stores_no_mask_that_its_weights_already_say(tmp_pa
     out = save_model(tmp_path / "z.pt", model, masks=masks, config={}, metrics={}, input_shape=(8,), num_classes=4)
     raw = torch.load(out, weights_only=True)
     assert list(raw["masks"]) == ["fc1.weight"] and raw["masked"] == ["fc2.weight"]
+
+
+def test_the_group_lasso_gradient_is_that_of_the_sum_of_each_coupled_channels_norm() -> None:
+    model = _perturbed(Residual())
+    graph = channel_graph(model, SHAPE)
+    params = dict(model.named_parameters())
+    penalty = torch.zeros(())
+    for group in graph.groups.values():
+        sq = torch.zeros(group.channels)
+        for m in group.members:
+            p = params[m.path]
+            if p.dim() < 2:
+                continue  # biases and normalisation are not penalised
+            per = p.pow(2).sum(dim=[d for d in range(p.dim()) if d != m.dim])
+            valid = m.channel >= 0
+            sq = sq.index_add(0, m.channel[valid], per[valid])
+        penalty = penalty + sq.sqrt().sum()
+    expected = torch.autograd.grad(0.01 * penalty, list(params.values()), allow_unused=True)
+    for p in params.values():
+        p.grad = torch.zeros_like(p)
+    graph.group_lasso(model)(0.01)
+    for (name, p), want in zip(params.items(), expected, strict=True):
+        assert torch.allclose(p.grad, torch.zeros_like(p) if want is None else want, atol=1e-6), name
+    assert float(params["a1.weight"].grad.abs().sum()) > 0 and float(params["fc.bias"].grad.abs().sum()) == 0

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -168,6 +168,42 @@ class ChannelGraph:
                 total = part if total is None else total + part
             out[name] = (total if total is not None else torch.zeros(group.channels)).sqrt()
         return out
+
+    def group_lasso(self, model: nn.Module, eps: float = 1e-12) -> Callable[[float], None]:
+        """``add(λ)``: ``grad += λ·w_c/‖w_c‖`` in place for every channel ``c`` of every group, ``‖w_c‖`` the norm
+        of all the weight slices the channel owns (every coupled layer's, inputs and outputs; biases and
+        normalisation are not penalised): the group lasso over what structured pruning removes together."""
+        params = dict(model.named_parameters())
+        terms: list[tuple[Tensor, int, Tensor]] = []
+        offset = 0
+        for group in self.groups.values():
+            for m in group.members:
+                p = params[m.path]
+                if p.dim() >= 2:
+                    idx = torch.where(m.channel >= 0, m.channel + offset, -1)
+                    terms.append((p, m.dim, idx.to(p.device)))
+            offset += group.channels
+        sink = offset  # positions outside every group add to a slot whose scale is 0
+        terms = [(p, d, torch.where(i >= 0, i, sink)) for p, d, i in terms]
+
+        @torch.no_grad()
+        def add(lam: float) -> None:
+            if lam == 0.0 or not terms:
+                return
+            sq = torch.zeros(sink + 1, device=terms[0][0].device)
+            for p, d, idx in terms:
+                dims = [k for k in range(p.dim()) if k != d]
+                sq.index_add_(0, idx, p.detach().float().pow(2).sum(dim=dims))
+            inv = sq.sqrt_().clamp_min_(eps).reciprocal_()
+            inv[sink] = 0.0
+            for p, d, idx in terms:
+                if p.grad is None:
+                    continue
+                shape = [1] * p.dim()
+                shape[d] = -1
+                p.grad.add_(p * inv[idx].view(shape).to(p.dtype), alpha=lam)
+
+        return add
 
     def planned_nonzero(self, model: nn.Module, removal: Mapping[str, int]) -> int:
         """Parameters ``model`` keeps when each group loses ``removal[name]`` channels (which ones does not matter:
