@@ -22,7 +22,20 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp", "tf32")
+TOP_LEVEL = (
+    "dataset",
+    "model",
+    "budget",
+    "train",
+    "prune",
+    "finetune",
+    "measure",
+    "search",
+    "seed",
+    "device",
+    "amp",
+    "tf32",
+)
 SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine", "sizes", "dense_start")
 RANGE_KEYS = {"low", "high", "log", "step", "default"}
 CHOICE_KEYS = {"choices", "default"}
