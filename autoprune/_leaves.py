@@ -36,7 +36,7 @@ TOP_LEVEL = (
     "amp",
     "tf32",
 )
-SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine", "sizes", "dense_start")
+SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine", "sizes", "dense_start", "objective")
 RANGE_KEYS = {"low", "high", "log", "step", "default"}
 CHOICE_KEYS = {"choices", "default"}
 # Leaves whose value is itself a mapping keyed by layer name.
