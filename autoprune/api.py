@@ -279,7 +279,7 @@ def refresh_report(
         write_csv([{**r, "on_front": id(r) in front} for r in res.trials], csv)
     if plot is not None:
         title = f"{Path(run_dir).name}: Pareto front"
-        plot_front(res.trials, res.front, plot, baseline=res.baseline, title=title)
+        plot_front(res.trials, res.front, plot, baseline=res.baseline, title=title, key=res.key)
     return res
 
 

@@ -229,9 +229,10 @@ def test_a_latency_search_ranks_reports_and_picks_by_latency(
     assert [r["trial"] for r in doc["front"]] == [r["trial"] for r in front]
     hypervolume = json.loads((latency_run / "report" / "report.json").read_text())["hypervolume"]
     assert hypervolume["x"] == "log10(latency_ms)" and hypervolume["value"] > 0
-    code, out, _ = run_cli(["report", str(latency_run)], capsys, monkeypatch)
+    code, out, _ = run_cli(["report", str(latency_run), "--plot", str(tmp_path / "front.png")], capsys, monkeypatch)
     header = out.splitlines()[1].split()
     assert code == 0 and "latency" in header and "speed-up" in header
+    assert (tmp_path / "front.png").stat().st_size > 0
 
     bound = front[min(1, len(front) - 1)]["latency_ms"]
     out_file = tmp_path / "fast.pt"
