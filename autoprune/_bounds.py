@@ -20,6 +20,7 @@ __all__ = [
     "MAX_CHOICES",
     "MAX_EPOCHS",
     "MAX_MESSAGE",
+    "MAX_REPEATS",
     "MAX_RUNGS",
     "MAX_SEED",
     "MAX_TRIALS",
@@ -39,6 +40,7 @@ MAX_EPOCHS = 10_000  # per phase; also a dense start's and an lr step's
 MAX_BATCH = 1 << 24  # samples in one batch (16.8 M): more than any dataset a trial loads at once
 MAX_TRIALS = 1_000_000  # trials of a search, and trials at a time
 MAX_RUNGS = 100  # baselines in a ladder, and calibration probes
+MAX_REPEATS = 1_000  # timed blocks of one latency measurement: each lasts at least a few milliseconds
 MAX_CHOICES = 1_000  # choices of one searched leaf: validation builds a configuration for each
 MAX_SEED = 2**32 - 1  # a search's sampler seed: Optuna's samplers seed numpy, which takes 32 bits
 YAML_MAX_BYTES = 1 << 20  # a space file is a few kB

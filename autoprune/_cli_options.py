@@ -103,3 +103,22 @@ ThreadsOption = Annotated[
 TrialSeedOption = Annotated[
     int | None, typer.Option(min=0, max=INT64_MAX, help="Seed of the split, the weights and the batch order.")
 ]
+# `pick`'s bounds, one per size a record measures (pareto.pick_at_most).
+MaxParamsOption = Annotated[
+    int | None,
+    typer.Option(
+        help="With at most N nonzero params: the largest model within one standard error of the most accurate one "
+        "on validation (see --most-accurate)."
+    ),
+]
+MaxMacsOption = Annotated[
+    int | None, typer.Option(help="With at most N MACs per sample as the model runs: chosen as by --max-params.")
+]
+MaxLatencyOption = Annotated[
+    float | None,
+    typer.Option(
+        "--max-latency-ms",
+        help="With at most MS milliseconds per forward pass at the trials' measure.latency_batch: chosen as by "
+        "--max-params.",
+    ),
+]

@@ -22,8 +22,21 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-TOP_LEVEL = ("dataset", "model", "budget", "train", "prune", "finetune", "search", "seed", "device", "amp", "tf32")
-SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine", "sizes", "dense_start")
+TOP_LEVEL = (
+    "dataset",
+    "model",
+    "budget",
+    "train",
+    "prune",
+    "finetune",
+    "measure",
+    "search",
+    "seed",
+    "device",
+    "amp",
+    "tf32",
+)
+SEARCH_KEYS = ("trials", "sampler", "baselines", "early_stop", "refine", "sizes", "dense_start", "objective")
 RANGE_KEYS = {"low", "high", "log", "step", "default"}
 CHOICE_KEYS = {"choices", "default"}
 # Leaves whose value is itself a mapping keyed by layer name.

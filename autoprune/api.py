@@ -117,12 +117,6 @@ def run_trial(
     return result
 
 
-def _weights_override(path: str | os.PathLike) -> str:
-    """``model.weights=PATH`` as a ``--set`` item (the path JSON-quoted: YAML reads it back as that string; loading
-    the space makes it absolute)."""
-    return f"model.weights={json.dumps(str(path))}"
-
-
 def search(
     space: str | os.PathLike | None = None,
     *,
@@ -159,7 +153,7 @@ def search(
     from .raytune import run_search
 
     if weights is not None:
-        overrides = [*overrides, _weights_override(weights)]
+        overrides = [*overrides, f"model.weights={json.dumps(str(weights))}"]  # JSON-quoted: YAML reads a string
     kwargs = {"log": log} if log is not None else {}
     return run_search(
         space,
@@ -285,7 +279,7 @@ def refresh_report(
         write_csv([{**r, "on_front": id(r) in front} for r in res.trials], csv)
     if plot is not None:
         title = f"{Path(run_dir).name}: Pareto front"
-        plot_front(res.trials, res.front, plot, baseline=res.baseline, title=title)
+        plot_front(res.trials, res.front, plot, baseline=res.baseline, title=title, key=res.key)
     return res
 
 
@@ -294,6 +288,8 @@ def pick(
     *,
     out: str | os.PathLike,
     max_params: int | None = None,
+    max_macs: int | None = None,
+    max_latency_ms: float | None = None,
     min_accuracy: float | None = None,
     knee: bool = False,
     trial: int | None = None,
@@ -303,30 +299,35 @@ def pick(
     """Choose one model of a search and export it to ``out``; returns its record plus ``"out"``: ``autoprune pick``.
 
     Exactly one rule: ``max_params`` (at most that many nonzero parameters: the largest model within one standard
-    error of the most accurate one on validation, or with ``most_accurate`` that one; ``pareto.pick_max_params``),
-    ``min_accuracy`` (the smallest front model at least that accurate on validation data), ``knee`` (the front's
-    best trade-off), or ``trial`` (any finished trial, by number). With ``max_params`` the record also holds
-    ``"indistinct"``: the other finished trials within that size whose validation accuracy is within one standard
-    error of the most accurate one's (``pareto.indistinct``; trial, params_nonzero, val_accuracy each), most
-    accurate first: validation cannot rank them. The study is only read, and nothing the run names is imported:
-    the model file is copied as data (``export.copy_model``).
+    error of the most accurate one on validation, or with ``most_accurate`` that one; ``pareto.pick_at_most``),
+    ``max_macs`` or ``max_latency_ms`` (the same over MACs per sample as the model runs, or milliseconds per forward
+    pass at ``measure.latency_batch``), ``min_accuracy`` (the smallest front model, by the search's objective, at
+    least that accurate on validation data), ``knee`` (the front's best trade-off), or ``trial`` (any finished trial,
+    by number). With a ``max_*`` rule the record also holds ``"indistinct"``: the other finished trials within that
+    bound whose validation accuracy is within one standard error of the most accurate one's (``pareto.indistinct``;
+    trial, params_nonzero, the bounded key, val_accuracy each), most accurate first: validation cannot rank them.
+    The study is only read, and nothing the run names is imported: the model file is copied as data.
     """
     from ._paths import check_output_file, inside_run
     from .export import check_model_output, copy_model
-    from .pareto import check_one_rule, indistinct
+    from .pareto import check_one_rule, indistinct, max_rule
     from .pareto import pick as pick_record
     from .rundir import MODELS_DIR
 
     run_dir = as_path(run_dir, "run_dir", SearchError)
-    check_one_rule(max_params=max_params, min_accuracy=min_accuracy, knee=knee, trial=trial)
-    if most_accurate and max_params is None:
-        raise SearchError("--most-accurate chooses among the models within --max-params N; give --max-params")
+    rules = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
+    bound = max_rule(**rules)
+    rules.update(min_accuracy=min_accuracy, knee=knee, trial=trial)
+    check_one_rule(**rules)
+    if most_accurate and bound is None:
+        raise SearchError(
+            "--most-accurate chooses among the models within --max-params N; give --max-params (or --max-macs)"
+        )
     # Checked before anything is read: never into a run's own files (another trial's model), never a folder.
     check_output_file(out, what="--out", protected_dirs=[run_dir], example="model.pt", error=SearchError)
     out = check_model_output(out)
     res = load_results(run_dir, study_storage=study_storage)
-    rules = {"max_params": max_params, "min_accuracy": min_accuracy, "knee": knee, "trial": trial}
-    chosen = pick_record(res.trials, **rules, most_accurate=most_accurate)
+    chosen = pick_record(res.trials, **rules, most_accurate=most_accurate, key=res.key)
     if chosen.get("model_path_refused"):  # raises: the study names a file outside this run's models/
         inside_run(run_dir, chosen["model_path_refused"], what="model_path", under=MODELS_DIR, error=SearchError)
     source = chosen.get("model_path")
@@ -343,9 +344,10 @@ def pick(
 
         result["dense_test_accuracy"] = res.baseline.get("test_accuracy")
         result["drop_points"] = drop_points(chosen, res.baseline)
-    if max_params is not None:
-        keys = ("trial", "params_nonzero", "val_accuracy")
-        result["indistinct"] = [{k: r.get(k) for k in keys} for r in indistinct(res.trials, chosen, max_params)[0]]
+    if bound is not None:
+        keys = dict.fromkeys(("trial", "params_nonzero", bound[0], "val_accuracy"))
+        close = indistinct(res.trials, chosen, bound[1], key=bound[0])[0]
+        result["indistinct"] = [{k: r.get(k) for k in keys} for r in close]
     return result
 
 

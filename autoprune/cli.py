@@ -21,6 +21,9 @@ from ._cli_options import (
     EarlyStop,
     GraceOption,
     LaunchJsonOption,
+    MaxLatencyOption,
+    MaxMacsOption,
+    MaxParamsOption,
     ReductionOption,
     Sampler,
     SetOption,
@@ -105,7 +108,7 @@ def trial(
     if as_json:
         _print_json(record)
     else:
-        from .report import trial_summary
+        from .summary import trial_summary
 
         typer.echo(trial_summary(record))
 
@@ -119,7 +122,8 @@ def _print_front(results: Any, run_dir: Path) -> None:
     from .rundir import declared_sizes
 
     total = len(results.trials) + results.failed + len(results.stopped)
-    typer.echo(front_table(results.front, total=len(results.trials), failed=results.failed, baseline=results.baseline))
+    counts = {"total": len(results.trials), "failed": results.failed}
+    typer.echo(front_table(results.front, **counts, baseline=results.baseline, key=results.key))
     at_sizes = sizes_table(results.front, declared_sizes(run_dir), results.trials)
     if at_sizes:
         typer.echo(at_sizes)
@@ -295,15 +299,11 @@ def report(
 def pick(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a search.")],
     out: Annotated[Path, typer.Option("--out", help="File to export the chosen model to.")] = ...,
-    max_params: Annotated[
-        int | None,
-        typer.Option(
-            help="With at most N nonzero params: the largest model within one standard error of the most "
-            "accurate one on validation (see --most-accurate)."
-        ),
-    ] = None,
+    max_params: MaxParamsOption = None,
+    max_macs: MaxMacsOption = None,
+    max_latency_ms: MaxLatencyOption = None,
     most_accurate: Annotated[
-        bool, flag("--most-accurate", help="With --max-params: the most accurate model on validation instead.")
+        bool, flag("--most-accurate", help="With a --max-* rule: the most accurate model on validation instead.")
     ] = False,
     min_accuracy: Annotated[
         float | None, typer.Option(help="The smallest front model with val accuracy >= A (a fraction).")
@@ -320,6 +320,8 @@ def pick(
         run_dir,
         out=out,
         max_params=max_params,
+        max_macs=max_macs,
+        max_latency_ms=max_latency_ms,
         min_accuracy=min_accuracy,
         knee=knee,
         trial=trial,

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from ._bounds import INT64_MAX, MAX_BATCH, MAX_EPOCHS
+from ._bounds import INT64_MAX, MAX_BATCH, MAX_EPOCHS, MAX_REPEATS
 from .errors import ConfigError
 
 LR_SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
@@ -254,6 +254,21 @@ class FinetuneConfig(SGDConfig):
 
 
 @dataclass(frozen=True)
+class MeasureConfig:
+    """What a trial measures besides accuracy and size: how fast its dense and final models run (``speed.py``)."""
+
+    latency: bool = True  # time forward passes of the dense model (before training) and of the final model
+    latency_batch: int = 64  # the batch size of latency_ms, speedup and search.objective latency (1 is timed too)
+    latency_repeats: int = 20  # timed blocks per batch size, of which the median is kept
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.latency, bool):
+            raise ConfigError(f"measure.latency must be true or false, got {self.latency!r}")
+        _check_number("measure.latency_batch", self.latency_batch, low=1, high=MAX_BATCH, integer=True)
+        _check_number("measure.latency_repeats", self.latency_repeats, low=1, high=MAX_REPEATS, integer=True)
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     """Everything one pipeline run needs. ``TrialConfig.from_dict(cfg.to_dict()) == cfg``."""
 
@@ -263,6 +278,7 @@ class TrialConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
     seed: int = 0  # seeds the split, the initial weights and the batch order
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
     amp: bool = False  # bf16 autocast on CUDA (ignored on CPU)
@@ -327,4 +343,5 @@ _SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "prune": PruneConfig,
     "finetune": FinetuneConfig,
+    "measure": MeasureConfig,
 }

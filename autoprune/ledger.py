@@ -1,8 +1,9 @@
 """The Optuna study as the ledger of a search: samplers, recording outcomes, reading records back. Where the
 study is stored, and how each command opens it (read-only for ``report`` and ``pick``), is ``_storage``'s.
 
-Every finished trial is COMPLETE with values (val_accuracy, params_nonzero) and its trial record and model path
-as user attributes; a trial that diverged, raised or was cut off is FAIL with its ``outcome`` and
+Every finished trial is COMPLETE with values (val_accuracy, the searched size: params_nonzero, or macs or
+latency_ms under ``search.objective``, which the study keeps as its user attribute ``objective``) and its trial
+record and model path as user attributes; a trial that diverged, raised or was cut off is FAIL with its ``outcome`` and
 ``fail_reason``; a trial that early stopping stopped is PRUNED, with no values (it never enters the front), the
 ``rung`` and ``rung_epoch`` it was stopped at and the ``stop_reason``. Every trial that reported progress keeps
 its ``intermediate`` values: ``[epoch, stage, val_accuracy]`` on the validation subset (see ``trial.py``).
@@ -31,6 +32,7 @@ from ._storage import storage_spec as storage_spec
 from .baselines import CALIBRATION_ATTR, checkpoint_reference
 from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
+from .pareto import SIZE_KEYS
 from .refine import REFINE_ATTR, SIZE_ATTR
 from .rundir import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
 from .space import SAMPLERS
@@ -42,8 +44,11 @@ if TYPE_CHECKING:
     from .space import SearchSpace
 
 DEFAULT_SAMPLER = "tpe"
+# The values Ray Tune's reports carry (early stopping judges the planned parameter count, whatever the objective);
+# the study's second value is the searched objective's record key (``objective_key``).
 OBJECTIVES = ("val_accuracy", "params_nonzero")
 DIRECTIONS = ("maximize", "minimize")
+OBJECTIVE_ATTR = "objective"  # the study's user attribute: search.objective (absent in studies made before: params)
 # Trial outcomes kept in the study (user attribute "outcome"). The first five count toward the number of trials
 # a search asked for: a trial stopped early was judged, not lost, and a trial whose process was killed (the OOM
 # killer's SIGKILL) failed like one that raised, so the search goes on to the number asked for. Only trials cut
@@ -64,7 +69,8 @@ def quiet_optuna() -> None:
 
 
 def create_study(storage: optuna.storages.BaseStorage, name: str, space: SearchSpace, version: str) -> optuna.Study:
-    """A new two-objective study that says what it is: metric names, the space document, the version."""
+    """A new two-objective study that says what it is: metric names, the objective, the space document, the
+    version."""
     import optuna
 
     try:
@@ -73,7 +79,8 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, space: SearchS
         raise SearchError(f"study {name!r} exists already in this storage; choose another --run-dir") from None
     with warnings.catch_warnings():  # experimental in Optuna, harmless: names the values in dashboards
         warnings.simplefilter("ignore")
-        study.set_metric_names(list(OBJECTIVES))
+        study.set_metric_names([OBJECTIVES[0], SIZE_KEYS[space.objective]])
+    study.set_user_attr(OBJECTIVE_ATTR, space.objective)
     study.set_user_attr("autoprune_version", version)
     study.set_user_attr("space", space.document)
     study.set_user_attr("space_digest", space.digest)
@@ -97,6 +104,25 @@ def load_study(info: RunInfo, run_dir: Path, storage_override: str | None, *, re
         raise SearchError(
             f"study {info.study_name!r} not found in {shown}; is this the storage of {run_dir}?"
         ) from None
+
+
+def study_objective(study: optuna.Study) -> str:
+    """The study's ``search.objective`` (``params`` for a study made before searches had one)."""
+    name = study.user_attrs.get(OBJECTIVE_ATTR, "params")
+    if not isinstance(name, str) or name not in SIZE_KEYS:
+        raise SearchError(f"the study's objective {name!r:.40} is not one of {', '.join(SIZE_KEYS)}; it was edited")
+    return name
+
+
+def check_objective(study: optuna.Study, info: RunInfo, space: SearchSpace) -> None:
+    """Refuse to go on with a search whose objective changed since it started: its values would mix two measures."""
+    searched = study_objective(study)
+    for where, name in ((RUN_FILE, info.objective), ("the frozen space's search.objective", space.objective)):
+        if name != searched:
+            raise SearchError(
+                f"{where} says objective {name!r} but this study was searched for {searched!r}; a search keeps its "
+                "objective: restore it, or start a new search in another --run-dir"
+            )
 
 
 def check_sampler(name: Any) -> str:
@@ -143,9 +169,14 @@ class Outcome:
 
 
 def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -> None:
-    """Annotate ``trial`` with its outcome and tell the study: COMPLETE with both values, PRUNED, or FAIL."""
+    """Annotate ``trial`` with its outcome and tell the study: COMPLETE with both values, PRUNED, or FAIL. A
+    finished trial that could not measure the searched objective (``study_objective``) fails, saying so."""
     from optuna.trial import TrialState
 
+    objective = study_objective(study)
+    if outcome.kind == "complete" and outcome.record is not None and outcome.record.get(SIZE_KEYS[objective]) is None:
+        why = f"its {SIZE_KEYS[objective]} could not be measured (autoprune trial on its configuration logs why)"
+        outcome = Outcome("error", reason=why, attrs=outcome.attrs, intermediate=outcome.intermediate)
     trial.set_user_attr("outcome", outcome.kind)
     for key, value in outcome.attrs.items():
         if value:
@@ -161,7 +192,7 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -
     elif outcome.kind == "complete" and outcome.record is not None:
         trial.set_user_attr("record", outcome.record)
         trial.set_user_attr("model_path", outcome.model_path)
-        values = [outcome.record[OBJECTIVES[0]], outcome.record[OBJECTIVES[1]]]
+        values = [outcome.record[OBJECTIVES[0]], outcome.record[SIZE_KEYS[objective]]]
         study.tell(trial, values, state=TrialState.COMPLETE)
     else:
         trial.set_user_attr("fail_reason", outcome.reason or "")
@@ -192,7 +223,7 @@ class Results:
     """Every trial of a run's study, as records, and the Pareto front over the finished ones."""
 
     trials: list[dict[str, Any]]  # records of COMPLETE trials, by trial number
-    front: list[dict[str, Any]]  # the non-dominated ones, sorted by params_nonzero
+    front: list[dict[str, Any]]  # the non-dominated ones, sorted by the objective's key (params_nonzero)
     failed: int  # FAIL trials (diverged, raised, cut off)
     running: int  # RUNNING trials (a search in progress, or one that was killed)
     counted: int  # trials that count toward the requested number
@@ -203,13 +234,20 @@ class Results:
     run_dir: Path | None = None
     study_trials: list[dict[str, Any]] = field(default_factory=list)  # every trial: trial, state, params, baseline
     calibration: str | None = None  # what the calibration of the baselines chose, and from which probes
+    objective: str = "params"  # search.objective: the front trades val_accuracy against SIZE_KEYS[objective]
+
+    @property
+    def key(self) -> str:
+        """The record key the front minimizes."""
+        return SIZE_KEYS[self.objective]
 
     def frame(self) -> pd.DataFrame:
         """One row per trial of the study, flat columns, in trial order (``optuna``'s ``trials_dataframe`` style).
 
         Columns: ``trial``, ``state`` (COMPLETE, PRUNED, FAIL, RUNNING, WAITING), ``outcome``, ``val_accuracy``,
         ``test_accuracy``, ``params_nonzero`` and ``params_total`` (nullable integers), ``fraction_dense``,
-        ``sparsity.<layer>``, every searched parameter under its dotted path, ``on_front``, ``baseline`` (seeded
+        ``macs``, ``latency_ms`` and ``speedup`` where the records have them, ``sparsity.<layer>``, every searched
+        parameter under its dotted path, ``on_front``, ``baseline`` (seeded
         by baseline seeding), ``refined_from`` (the trial whose settings a front refinement carries, else
         missing), ``model_path``, ``reason``. The front is ``df[df.on_front]``.
         """
@@ -226,15 +264,17 @@ class Results:
                 row[key] = rec.get(key)
             total = rec.get("params_total")
             row["fraction_dense"] = rec["params_nonzero"] / total if total else None
+            row.update({key: rec[key] for key in _SPEED_COLUMNS if key in rec})
             row.update({f"sparsity.{k}": v for k, v in (rec.get("layer_sparsity") or {}).items()})
             row.update(t["params"])
             row.update(on_front=t["trial"] in front, baseline=bool(t.get("baseline")), refined_from=t.get(REFINE_ATTR))
             row.update(model_path=rec.get("model_path"), reason=fail.get("reason"))
             rows.append(row)
         df = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)) or ["trial"])
-        floats = ["val_accuracy", "test_accuracy", "fraction_dense", *(c for c in df if c.startswith("sparsity."))]
+        floats = ["val_accuracy", "test_accuracy", "fraction_dense", "latency_ms", "speedup"]
+        floats += [c for c in df if c.startswith("sparsity.")]
         for col in df:
-            if col in ("params_nonzero", "params_total"):
+            if col in ("params_nonzero", "params_total", "macs"):
                 df[col] = df[col].astype("Int64")
             elif col in floats:
                 df[col] = df[col].astype("float64")
@@ -243,6 +283,9 @@ class Results:
             elif col == REFINE_ATTR:
                 df[col] = df[col].astype("Int64")
         return df
+
+
+_SPEED_COLUMNS = ("macs", "latency_ms", "speedup")  # in the frame: what the model executes, and how fast
 
 
 def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[list[dict], list[dict], int]:
@@ -308,10 +351,12 @@ def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None =
         for t in study.get_trials()
     ]
     calibrated = study.user_attrs.get(CALIBRATION_ATTR)
+    objective = study_objective(study)
     return Results(
+        objective=objective,
         calibration=calibrated.get("summary") if isinstance(calibrated, dict) else None,
         trials=records,
-        front=pareto_front(records),
+        front=pareto_front(records, SIZE_KEYS[objective]),
         failed=len(failures),
         running=running,
         counted=count_finished(records, unfinished),

@@ -1,4 +1,5 @@
-"""The Pareto plot of a search: validation accuracy against nonzero parameters, as a PNG.
+"""The Pareto plot of a search: validation accuracy against nonzero parameters (or the searched objective), as a
+PNG.
 
 matplotlib loads only inside ``plot_front``; the figure is drawn off-screen (Agg) and written atomically.
 """
@@ -10,8 +11,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._io import atomic_open
+from .pareto import LATENCY, MACS, PARAMS
 
 SOFTWARE = "autoprune"  # the PNG's Software text: how `report --plot` knows a file it may replace
+_LABELS = {PARAMS: "nonzero parameters", MACS: "MACs per sample as run", LATENCY: "latency per forward pass, ms"}
+_FLOOR = {PARAMS: 1.0, MACS: 1.0, LATENCY: 1e-6}  # a log axis cannot show 0
 
 
 def _key(record: dict) -> tuple:
@@ -25,8 +29,10 @@ def plot_front(
     *,
     baseline: dict | None = None,
     title: str = "",
+    key: str = PARAMS,
 ) -> None:
-    """Write a PNG of validation accuracy against nonzero parameters (log scale).
+    """Write a PNG of validation accuracy against nonzero parameters (log scale), or against ``key``: the record
+    key the search minimized (``macs``, ``latency_ms``).
 
     Dominated trials are grey dots; the front is a step line with filled markers labelled by trial number,
     the same models' test accuracy is drawn as hollow markers, the seeded baselines' own front as a dashed line,
@@ -43,9 +49,9 @@ def plot_front(
     on_front = {_key(r) for r in front}
 
     def xs(records: Sequence[dict]) -> list[float]:
-        return [max(float(r["params_nonzero"]), 1.0) for r in records]  # a log axis cannot show 0
+        return [max(float(r[key]), _FLOOR[key]) for r in records]
 
-    dominated = [r for r in trials if _key(r) not in on_front and r.get("val_accuracy") is not None]
+    dominated = [r for r in trials if _key(r) not in on_front and None not in (r.get("val_accuracy"), r.get(key))]
     if dominated:
         ax.scatter(
             xs(dominated),
@@ -79,11 +85,11 @@ def plot_front(
                 ax.annotate(
                     str(r["trial"]), (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8, color="tab:blue"
                 )
-    seeded = baseline_front(trials)
+    seeded = baseline_front(trials, key)
     if seeded:
         bx, by = xs(seeded), [float(r["val_accuracy"]) for r in seeded]
         ax.step(bx, by, where="post", color="0.3", linestyle="--", linewidth=1.0, label="baselines' front")
-    if baseline is not None and baseline.get("val_accuracy") is not None:
+    if baseline is not None and None not in (baseline.get("val_accuracy"), baseline.get(key)):
         ax.scatter(
             xs([baseline]),
             [baseline["val_accuracy"]],
@@ -100,9 +106,9 @@ def plot_front(
     else:
         ax.set_xscale("log")
         ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("nonzero parameters (log scale)")
+    ax.set_xlabel(f"{_LABELS[key]} (log scale)")
     ax.set_ylabel("accuracy")
-    ax.set_title(title or "accuracy vs. parameters")
+    ax.set_title(title or f"accuracy vs. {'parameters' if key == PARAMS else _LABELS[key]}")
     ax.grid(True, which="both", alpha=0.25)
     fig.tight_layout()
     with atomic_open(Path(path), "wb") as fh:

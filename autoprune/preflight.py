@@ -13,23 +13,41 @@ import dataclasses
 import tempfile
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import TrialConfig
 from .data import load_datasets
 from .errors import DivergedError, SearchError, first_line
+from .pareto import SIZE_KEYS
 from .trial import run_trial
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
 
 PREFLIGHT_SAMPLES = 256  # training, validation and test samples each, at most
 
 
+def preflight_space(space: SearchSpace, start: Mapping[str, torch.Tensor] | None) -> None:
+    """``preflight`` of ``space``'s default trial, with the modules the space names allowed, for its objective."""
+    from ._trust import named_modules
+
+    preflight(
+        space.default_config(), start=start, allow_modules=named_modules(space.document), objective=space.objective
+    )
+
+
 def preflight(
-    cfg: TrialConfig, *, start: Mapping[str, torch.Tensor] | None = None, allow_modules: Collection[str] = ()
+    cfg: TrialConfig,
+    *,
+    start: Mapping[str, torch.Tensor] | None = None,
+    allow_modules: Collection[str] = (),
+    objective: str = "params",
 ) -> None:
     """Run ``cfg``'s pipeline for one epoch per phase on at most ``PREFLIGHT_SAMPLES`` samples, on the CPU, then
-    export and reload the model; raise a one-line ``SearchError`` naming the cause when any step fails.
+    export and reload the model; raise a one-line ``SearchError`` naming the cause when any step fails, or when the
+    trial could not measure what the search minimizes (``objective``: ``search.objective``).
 
     A trial that diverges on so few samples says nothing about a search, so divergence passes.
     """
@@ -53,7 +71,8 @@ def preflight(
             test_x=data.test_x[:n],
             test_y=data.test_y[:n],
         )
-        result = run_trial(small, data=data, device="cpu", start=start)
+        lines: list[str] = []
+        result = run_trial(small, data=data, device="cpu", start=start, log=lines.append)
         with tempfile.TemporaryDirectory(prefix="autoprune-preflight-") as folder:
             from .export import load_model
 
@@ -66,6 +85,13 @@ def preflight(
             f"the space's trial fails before the search starts ({first_line(exc)}); every trial would fail the "
             "same way: fix that, then search (autoprune trial SPACE runs one trial with its log)"
         ) from None
+    key = SIZE_KEYS[objective]
+    if result.record()[key] is None:
+        why = next((line for line in lines if " not " in line and ("latency" in line or "MACs" in line)), "")
+        raise SearchError(
+            f"search.objective {objective}: the space's trial could not measure its {key}"
+            f"{f' ({why})' if why else ''}, so no trial could be ranked; fix that, or search.objective: params"
+        )
 
 
 def evaluate_start(

@@ -68,7 +68,8 @@ SIZE_DIMS = ("prune.density", "prune.nonzero_params")  # the searched leaves tha
 MIN_RATIO = 1.1  # a refinement's size differs from both neighbours' by at least this factor
 DEFAULT_EVERY = 3
 DEFAULT_AFTER = 10
-# A finished trial's values are (validation accuracy, nonzero parameters): the study layout of ``ledger.OBJECTIVES``.
+# Refinement targets parameter counts whatever the search's objective: a finished trial's size here is its record's
+# params_nonzero (its second value under search.objective params, which studies made before records held it use).
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,17 @@ def _finished(trials: Sequence[optuna.trial.FrozenTrial], size: str) -> list[opt
     return [t for t in trials if t.state == done and t.values and len(t.values) == 2 and size in t.params]
 
 
+def _params(t: optuna.trial.FrozenTrial) -> float:
+    """A finished trial's nonzero parameters."""
+    rec = t.user_attrs.get("record")
+    count = rec.get("params_nonzero") if isinstance(rec, dict) else None
+    return float(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else float(t.values[1])
+
+
 def _front(trials: Sequence[optuna.trial.FrozenTrial], size: str) -> list[optuna.trial.FrozenTrial]:
     """The finished trials no other beats on (accuracy, parameters), smallest first; one per size."""
     done = _finished(trials, size)
-    done.sort(key=lambda t: (t.values[1], -t.values[0], t.number))
+    done.sort(key=lambda t: (_params(t), -t.values[0], t.number))
     front, best = [], -math.inf
     for t in done:  # by size ascending: a trial is on the front when it beats every smaller one
         if t.values[0] > best:
@@ -181,7 +189,7 @@ def propose(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim) -> Proposal | 
     front = _front(trials, size)
     gaps = []
     for lo, hi in itertools.pairwise(front):
-        width = math.log10(max(hi.values[1], 1.0)) - math.log10(max(lo.values[1], 1.0))
+        width = math.log10(max(_params(hi), 1.0)) - math.log10(max(_params(lo), 1.0))
         gaps.append((width * (hi.values[0] - lo.values[0]), lo, hi))
     gaps.sort(key=lambda g: -g[0])
     for _, lo, hi in gaps:
@@ -197,7 +205,7 @@ def propose(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim) -> Proposal | 
             continue
         reason = (
             f"refine: trial {hi.number}'s settings at {size.split('.')[-1]} {value:.4g}, between the front's "
-            f"{lo.values[1]:.0f} params (trial {lo.number}, val {lo.values[0]:.4f}) and {hi.values[1]:.0f} params "
+            f"{_params(lo):.0f} params (trial {lo.number}, val {lo.values[0]:.4f}) and {_params(hi):.0f} params "
             f"(trial {hi.number}, val {hi.values[0]:.4f})"
         )
         return Proposal(params=params, source=hi.number, reason=reason)
@@ -229,11 +237,11 @@ def propose_size(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim, sizes: Se
         count = size_count(target, total)
         if not others < count < total:
             continue
-        within = [t for t in done if t.values[1] <= count]
+        within = [t for t in done if _params(t) <= count]
         if not within:
             continue
-        best = max(within, key=lambda t: (t.values[0], -t.values[1], -t.number))
-        if best.values[1] >= SIZE_SLACK * count:
+        best = max(within, key=lambda t: (t.values[0], -_params(t), -t.number))
+        if _params(best) >= SIZE_SLACK * count:
             continue
         value: float | int = count if dim.is_int else (count - others) / prunable
         if not dim.low <= value <= dim.high:  # type: ignore[operator]
@@ -243,7 +251,7 @@ def propose_size(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim, sizes: Se
             continue
         reason = (
             f"refine: trial {best.number}'s settings at exactly {count} params (size {target:g}), the best model "
-            f"within it so far having {best.values[1]:.0f} params (val {best.values[0]:.4f})"
+            f"within it so far having {_params(best):.0f} params (val {best.values[0]:.4f})"
         )
         return Proposal(params=params, source=best.number, reason=reason, size=count)
     return None

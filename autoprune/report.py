@@ -1,5 +1,5 @@
 """Rendering of a search's results: terminal table, CSV, JSON document (the plot is ``plot.py``'s; live
-progress lines are ``progress.py``'s).
+progress lines are ``progress.py``'s; what ``autoprune trial`` prints, ``summary.py``'s).
 
 Everything here reads records and the front computed by ``pareto.py``; nothing is decided here. pandas and
 matplotlib load only inside the functions that need them, so importing this module stays cheap. Files are
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_open, plain
+from .pareto import LATENCY, MACS, PARAMS
 from .plot import plot_front
 
 if TYPE_CHECKING:
@@ -25,7 +26,10 @@ if TYPE_CHECKING:
 
 # Column groups of the CSV, in this order; within a group columns keep their first-seen order.
 _LEAD_COLUMNS = ("trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total")
+_SPEED_COLUMNS = (MACS, LATENCY, "speedup")  # after the lead columns, where the records have them
 _TAIL_COLUMNS = ("model_path",)
+_DENSE_OF = {PARAMS: "params_total", MACS: "macs_dense", LATENCY: "latency_dense_ms"}  # the dense model's size
+_HEADERS = {MACS: "MACs", LATENCY: "latency ms"}  # the table's column of a searched objective other than params
 _MAX_TABLE_LAYERS = 8  # beyond this the sparsity column shows "+N more" instead of every layer
 
 
@@ -66,12 +70,22 @@ def _fmt_drop(record: dict, reference: dict | None) -> str:
     return "-" if drop is None else f"{0.0 - drop:+.2f}"
 
 
-def _table_row(record: dict, label: str | None = None, reference: dict | None = None) -> list[str]:
+def _fmt_speed(record: dict, column: str) -> str:
+    value = record.get(column)
+    if value is None:
+        return "-"
+    return f"{float(value):.2f}x" if column == "speedup" else f"{float(value):.3g}" if column == LATENCY else str(value)
+
+
+def _table_row(
+    record: dict, label: str | None = None, reference: dict | None = None, speed: Sequence[str] = ()
+) -> list[str]:
     trial = record.get("trial")
     return [
         label if label is not None else ("-" if trial is None else str(trial)),
         str(record.get("params_nonzero", "-")),
         _fmt_share(record.get("params_nonzero"), record.get("params_total")),
+        *(_fmt_speed(record, column) for column in speed),
         _fmt_acc(record.get("val_accuracy")),
         _fmt_acc(record.get("test_accuracy")),
         _fmt_drop(record, reference),
@@ -80,11 +94,19 @@ def _table_row(record: dict, label: str | None = None, reference: dict | None = 
 
 
 def front_table(
-    front: Sequence[dict], *, total: int | None = None, failed: int = 0, baseline: dict | None = None
+    front: Sequence[dict],
+    *,
+    total: int | None = None,
+    failed: int = 0,
+    baseline: dict | None = None,
+    key: str = PARAMS,
 ) -> str:
-    """An aligned plain-text table of the front, smallest model first, for a terminal.
+    """An aligned plain-text table of the front, smallest model first (by ``key``, the searched objective's), for
+    a terminal.
 
-    Columns: trial number, nonzero parameters, their share of the dense count, validation and test accuracy, the
+    Columns: trial number, nonzero parameters, their share of the dense count, the objective (MACs or latency
+    in ms) when it is not parameters, the speed-up over the dense model where measured, validation and test
+    accuracy, the
     test accuracy against the dense reference's in points, and the zero fraction of each layer in percent.
     ``total`` is the number of finished trials; ``baseline`` (the dense reference: the checkpoint a search started
     from, else its best dense trial) is shown under a rule when given, and marked ``dense`` where it is on the
@@ -96,7 +118,11 @@ def front_table(
         title += f" of {total} finished trial{'s' if total != 1 else ''}"
     if failed:
         title += f", {failed} failed"
-    header = ["trial", "params", "% dense", "val acc", "test acc", "vs dense", "sparsity % (per layer)"]
+    speed = [key] if key in _HEADERS else []
+    if any(r.get("speedup") is not None for r in front):
+        speed.append("speedup")
+    header = ["trial", "params", "% dense", *(_HEADERS.get(c, "speed-up") for c in speed)]
+    header += ["val acc", "test acc", "vs dense", "sparsity % (per layer)"]
     dense = baseline.get("trial") if baseline is not None else None
 
     def label(r: dict) -> str | None:
@@ -106,14 +132,14 @@ def front_table(
             return f"{r['trial']} {r['baseline']}"
         return f"{r['trial']} from {r['refined_from']}" if r.get("refined_from") is not None else None
 
-    rows = [_table_row(r, label(r), baseline) for r in front]
+    rows = [_table_row(r, label(r), baseline, speed) for r in front]
     base_rows = []
     if baseline is not None:
         trial = baseline.get("trial")
         name = baseline.get("reference") or "dense"  # checkpoint, dense start
-        base_rows = [_table_row(baseline, name if trial is None else f"dense ({trial})", baseline)]
+        base_rows = [_table_row(baseline, name if trial is None else f"dense ({trial})", baseline, speed)]
     widths = [max(len(row[i]) for row in [header, *rows, *base_rows]) for i in range(len(header))]
-    right = (False, True, True, True, True, True, False)  # numbers right-aligned, text left-aligned
+    right = (False, *[True] * (len(header) - 2), False)  # numbers right-aligned, text left-aligned
 
     def line(row: list[str]) -> str:
         cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)]
@@ -206,49 +232,6 @@ def indistinct_note(chosen: dict) -> str | None:
     )
 
 
-def _fmt_not_pruned(groups: dict, total: Any) -> str:
-    from .pruning.units import not_pruned_line
-
-    try:
-        return not_pruned_line({str(k): int(v) for k, v in groups.items()}, int(total)).removeprefix("not pruned: ")
-    except (TypeError, ValueError):
-        return "-"
-
-
-def trial_summary(record: dict) -> str:
-    """A few lines describing one trial record (``autoprune trial`` without ``--json``)."""
-    from .notes import at_chance  # notes imports this module
-
-    sec = record.get("seconds") or {}
-    phases = ", ".join(f"{k} {float(v):.1f}s" for k, v in sec.items())
-    dense, eff = record.get("flops_dense"), record.get("flops_effective")
-    lines = [
-        f"val accuracy   {_fmt_acc(record.get('val_accuracy'))}"
-        f"  (trained {_fmt_acc(record.get('val_accuracy_trained'))},"
-        f" pruned {_fmt_acc(record.get('val_accuracy_pruned'))})",
-        f"test accuracy  {_fmt_acc(record.get('test_accuracy'))}",
-        f"parameters     {record.get('params_nonzero')} nonzero of {record.get('params_total')}"
-        f" ({_fmt_share(record.get('params_nonzero'), record.get('params_total'))})",
-        f"sparsity %     {_fmt_sparsity(record.get('layer_sparsity'))}",
-    ]
-    if dense:
-        other = record.get("macs_other") or 0
-        rest = f"; {other} more outside them (attention products, weights left dense)" if other else ""
-        lines.append(f"MACs/sample    {eff} of {dense} ({_fmt_share(eff, dense)}) in the pruned weights{rest}")
-    if at_chance(record):
-        lr = "train.lr" if at_chance(record, "val_accuracy_trained") else "finetune.lr"
-        lines.append(
-            f"collapsed      no better than chance ({_fmt_acc(record.get('val_chance'))} answering one class):"
-            f" its updates diverged; lower {lr}"
-        )
-    if record.get("not_pruned"):
-        lines.append(f"left dense     {_fmt_not_pruned(record['not_pruned'], record.get('params_total'))}")
-    lines.append(f"time           {phases} on {record.get('device', '?')}")
-    if record.get("model_path"):
-        lines.append(f"model          {record['model_path']}")
-    return "\n".join(lines)
-
-
 def _plain(value: Any) -> Any:
     """JSON-safe copy: numpy scalars to Python, paths to strings, non-finite floats to None."""
     return plain(value, where="record", json_safe=True, strict=False)
@@ -256,7 +239,9 @@ def _plain(value: Any) -> Any:
 
 def report_document(results: Results) -> dict:
     """The ``report --json`` document of a run's results: ``{"front": [...], "trials": [...], "failed": N,
-    "stopped": [...], "baseline_front": [...], "calibration": str | None, "dense": record | None}``, JSON-safe.
+    "stopped": [...], "baseline_front": [...], "calibration": str | None, "dense": record | None}``, JSON-safe,
+    the front sorted by the searched objective's key; a search whose ``search.objective`` is not ``params`` also
+    has ``"objective"`` (``macs`` or ``latency``).
     ``dense`` is the dense reference (the checkpoint a search started from, else its most accurate dense trial).
     ``stopped`` lists the trials early stopping stopped (trial, rung, epoch, val_accuracy, reason);
     ``baseline_front`` is the front of the seeded baselines alone, to set the searched front against;
@@ -267,25 +252,27 @@ def report_document(results: Results) -> dict:
     trials = list(results.trials)
     document = {"front": _plain(list(results.front)), "trials": _plain(trials), "failed": int(results.failed)}
     calibration = results.calibration if isinstance(results.calibration, str) else None
-    document.update(stopped=_plain(list(results.stopped)), baseline_front=_plain(baseline_front(trials)))
-    return {**document, "calibration": calibration, "dense": _plain(results.baseline)}
+    document.update(stopped=_plain(list(results.stopped)), baseline_front=_plain(baseline_front(trials, results.key)))
+    document.update(calibration=calibration, dense=_plain(results.baseline))
+    return document if results.objective == "params" else {**document, "objective": results.objective}
 
 
-def front_hypervolume(front: Sequence[dict]) -> dict[str, Any] | None:
-    """The front's hypervolume (``pareto.hypervolume``: log10 parameters × val accuracy) against the reference
-    point (dense parameter count, accuracy 0): one number to compare searches of the same model by.
+def front_hypervolume(front: Sequence[dict], key: str = PARAMS) -> dict[str, Any] | None:
+    """The front's hypervolume (``pareto.hypervolume``: log10 parameters, or ``key``, × val accuracy) against the
+    reference point (the dense model's parameter count, or its ``key``, and accuracy 0): one number to compare
+    searches of the same model by.
     """
     from .pareto import hypervolume
 
-    totals = [r["params_total"] for r in front if r.get("params_total")]
+    totals = [r[_DENSE_OF[key]] for r in front if r.get(_DENSE_OF[key])]
     if not totals:
         return None
     ref = max(totals)
     return {
-        "value": hypervolume(front, ref_params=ref, ref_accuracy=0.0),
+        "value": hypervolume(front, ref_params=ref, ref_accuracy=0.0, key=key),
         "ref_params": ref,
         "ref_accuracy": 0.0,
-        "x": "log10(params_nonzero)",
+        "x": f"log10({key})",
         "y": "val_accuracy",
     }
 
@@ -313,18 +300,21 @@ def _flat_record(record: dict) -> dict[str, Any]:
 def _column_group(column: str) -> int:
     if column in _LEAD_COLUMNS:
         return 0
+    if column in _SPEED_COLUMNS:
+        return 1
     if column in _TAIL_COLUMNS:
-        return 5
-    for rank, prefix in ((2, "seconds."), (3, "sparsity."), (4, "config.")):
+        return 6
+    for rank, prefix in ((3, "seconds."), (4, "sparsity."), (5, "config.")):
         if column.startswith(prefix):
             return rank
-    return 1  # flops, intermediate accuracies and any other scalar
+    return 2  # flops, intermediate accuracies and any other scalar
 
 
 def write_csv(records: Sequence[dict], path: str | os.PathLike) -> None:
     """Write one row per record with flat columns, atomically.
 
-    Columns: trial, val_accuracy, test_accuracy, params_nonzero, params_total, the other scalars (flops_*,
+    Columns: trial, val_accuracy, test_accuracy, params_nonzero, params_total, macs, latency_ms and speedup where
+    the records have them, the other scalars (flops_*,
     val_accuracy_trained, ...), ``seconds.<phase>``, ``sparsity.<layer>``, the configuration as dotted
     columns (``config.train.lr``), then model_path.
     """
@@ -397,11 +387,12 @@ def write_report(run_dir: str | os.PathLike, results: Results) -> dict[str, Path
     write_csv(front, paths["front_csv"])
     write_csv(trials, paths["trials_csv"])
     document = report_document(replace(results, front=front, trials=trials))
-    document["hypervolume"] = front_hypervolume(front)
+    document["hypervolume"] = front_hypervolume(front, results.key)
     with atomic_open(paths["json"], "w") as fh:
         json.dump(document, fh, indent=2, allow_nan=False)
         fh.write("\n")
-    plot_front(trials, front, paths["plot"], baseline=results.baseline, title=f"{Path(run_dir).name}: Pareto front")
+    title = f"{Path(run_dir).name}: Pareto front"
+    plot_front(trials, front, paths["plot"], baseline=results.baseline, title=title, key=results.key)
     return paths
 
 

@@ -10,6 +10,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from .speed import Speed
+
+# Record keys a clock measures: two runs of one configuration differ in them only (the rest is reproducible).
+CLOCK_KEYS = (
+    "seconds",
+    "latency_ms",
+    "latency_dense_ms",
+    "latency_by_batch_ms",
+    "latency_dense_by_batch_ms",
+    "speedup",
+)
+
 
 @dataclass
 class TrialResult:
@@ -43,6 +55,7 @@ class TrialResult:
     num_classes: int = 0
     preprocessing: dict[str, Any] = field(default_factory=dict)  # raw input -> model input (preprocess.py)
     structure: list | None = None  # structured: the channels removed, as data (pruning.channels.Structure)
+    speed: Speed | None = None  # MACs and latency of the final and the dense model (speed.py); None: not measured
 
     def record(self) -> dict[str, Any]:
         """The JSON trial record (DESIGN.md field names)."""
@@ -61,6 +74,7 @@ class TrialResult:
             "flops_dense": self.flops_dense,
             "flops_effective": self.flops_effective,
             "macs_other": self.macs_other,
+            **(self.speed or Speed()).record(),
             "not_pruned": dict(self.not_pruned),
             "start": self.start,
             "val_source": self.val_source,

@@ -2,7 +2,8 @@
 
 Everything one search produced lives under one folder::
 
-    run.json          what was asked for: study name and storage, space digest, sampler, seed, resources, trials;
+    run.json          what was asked for: study name and storage, space digest, sampler, seed, resources, trials,
+                      the objective;
                       the seal of the user who started it (``_trust``: resume imports the space's modules)
     space.yaml        the search space as searched (after --set), frozen; resume checks it against run.json
     study.db          the Optuna study (SQLite), unless --study-storage names a server database or a journal file
@@ -36,6 +37,7 @@ from ._paths import check_input_file, find_run_dir
 from ._spacefile import read_text
 from ._trust import check_run_modules, sealed_here
 from .errors import SearchError, first_line
+from .pareto import SIZE_KEYS
 from .space import SearchSpace, document_digest, load_yaml, parse_space
 
 RUN_FILE = "run.json"
@@ -82,6 +84,7 @@ class RunInfo:
     launches: list[dict[str, Any]] = field(default_factory=list)
     format: int = RUN_FORMAT
     seal: str | None = None  # _trust.seal(space_digest): this user started the run, so resume imports its modules
+    objective: str = "params"  # search.objective: what the front trades accuracy against (params for runs from before)
 
     @classmethod
     def read(cls, run_dir: Path) -> RunInfo:
@@ -159,6 +162,8 @@ def _out_of_bounds(info: RunInfo) -> str | None:
         ("resources.gpus_per_trial", gpus, _gpus(gpus), "auto, a share of one GPU (0 to 1) or a whole number of GPUs"),
         ("early_stop", info.early_stop, isinstance(info.early_stop, dict), 'an object such as {"mode": "off"}'),
         ("address", info.address, info.address is None or isinstance(info.address, str), "null or host:port text"),
+        ("objective", info.objective, isinstance(info.objective, str) and info.objective in SIZE_KEYS,
+         " or ".join(SIZE_KEYS)),
     )  # fmt: skip
     for name, value, ok, rule in checks:
         if not ok:

@@ -46,6 +46,7 @@ from ._spacemodel import model_layers
 from .baselines import calibrate_leaves, ladder
 from .config import _SECTIONS, TrialConfig
 from .errors import ConfigError
+from .pareto import SIZE_KEYS
 from .refine import refine_settings, size_dim, size_targets
 from .stopping import EARLY_STOP_MODES
 
@@ -96,6 +97,7 @@ class SearchSpace:
     refine: Any = None  # `search.refine` in the file: front refinement (see ``refine.py``)
     sizes: Any = None  # `search.sizes` in the file: sizes a user will pick at, refined to exactly (``refine.py``)
     cases: tuple[Cases, ...] = ()  # leaves whose fixed value depends on a searched one
+    objective: str = "params"  # `search.objective`: what the front trades accuracy against (``pareto.SIZE_KEYS``)
 
     @property
     def digest(self) -> str:
@@ -290,6 +292,8 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     for fixed in ("model.name", "model.weights", "prune.include", "prune.exclude", "prune.embeddings"):
         if fixed in searched:
             raise fail(f"{fixed} cannot be searched: it decides which weights there are; give one value")
+    for path in sorted(p for p in searched if p.startswith("measure.")):
+        raise fail(f"{path} cannot be searched: it says how every trial is measured, alike for all; give one value")
     _density_needs_allocation(prune, searched, fail)
     structured = prune.get("structured", False)
     layers, groups = model_layers(base, fail, structured=structured is True)
@@ -324,8 +328,10 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         refine=search.get("refine"),
         sizes=search.get("sizes"),
         cases=tuple(cases),
+        objective="params" if search.get("objective") is None else search["objective"],
     )
     _validate_values(space, fail)
+    _check_objective(space, fail)
     if space.trials is not None and (
         not isinstance(space.trials, int) or isinstance(space.trials, bool) or not 1 <= space.trials <= MAX_TRIALS
     ):
@@ -356,6 +362,24 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
     except ConfigError as exc:
         raise fail(str(exc)) from None
     return space
+
+
+def _check_objective(space: SearchSpace, fail: Any) -> None:
+    """Refuse a ``search.objective`` that is not one, or that every trial of the space would tie on."""
+    name = space.objective
+    if not isinstance(name, str) or name not in SIZE_KEYS:
+        raise fail(f"search.objective must be one of {', '.join(SIZE_KEYS)}, got {name!r}")
+    if name == "params":
+        return
+    if name == "latency" and not space.default_config().measure.latency:
+        raise fail("search.objective latency needs measure.latency: true, got false; turn it on or search params")
+    prune = space.base.get("prune", {})
+    if prune.get("structured") is not True and "prune.structured" not in {d.path for d in space.dims}:
+        raise fail(
+            f"search.objective {name} ranks models by what they execute, but unstructured pruning keeps every layer's "
+            "shape (masked weights run dense kernels), so every trial would tie on it: set prune.structured: true, "
+            "or search.objective: params"
+        )
 
 
 def _validate_values(space: SearchSpace, fail: Any) -> None:

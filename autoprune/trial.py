@@ -6,7 +6,8 @@
    whole units and ends with a physically smaller model
 3. finetune: masked SGD or Adam (gradient-norm clipping optional), its own lr schedule or phase 1's rewound one,
    optionally distilling from the model right before its first pruning (pruned weights, grads, momentum stay 0)
-4. evaluate: validation and test accuracy, parameters, FLOPs
+4. evaluate: validation and test accuracy, parameters, FLOPs; the MACs and latency of the final model, and its
+   speed-up over the dense model timed before training (``speed.py``)
 
 With ``report``, the pipeline also reports an ``IntermediateResult`` after each epoch of sparse training and
 of finetuning, and right after one-shot pruning: validation accuracy on a fixed subset of the validation split
@@ -53,6 +54,7 @@ from .pruning.units import Selection, not_pruned, not_pruned_line, parameter_pat
 from .result import TrialResult as TrialResult  # re-exported: what run_trial returns
 from .result import majority_share
 from .sparsity import rewound_lr_at
+from .speed import SpeedProbe
 from .train import batches_for_statistics, evaluate, run_phase
 
 REPORT_VAL_SAMPLES = 2048  # validation samples measured for an intermediate result
@@ -126,6 +128,7 @@ def run_trial(
     except ModelError as exc:
         macs = None
         say(f"MACs not counted: {exc}")
+    speed = SpeedProbe(model, data.input_shape, dev, cfg.measure, amp=cfg.amp, log=say)  # the dense model, untrained
     dense_numel = {name: w.numel() for name, w in layers.items()}
     prunable, (_, params_total) = sum(dense_numel.values()), count_params(model)
     left_dense = not_pruned(model, layers) if cfg.prune.enabled else {}
@@ -270,6 +273,8 @@ def run_trial(
     layer_sparsity = {n: 1.0 - nonzero[n] / dense_numel[n] for n in dense_numel}
     seconds["eval"] = time.perf_counter() - t0
     say(f"finetuned: val accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}, {params_nonzero}/{params_total} params")
+    final_speed = speed.finish(model, macs)
+    seconds["speed"] = speed.seconds
 
     return TrialResult(
         val_accuracy=val_acc,
@@ -299,6 +304,7 @@ def run_trial(
         input_shape=tuple(data.input_shape),
         num_classes=data.num_classes,
         preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
+        speed=final_speed,
     )
 
 

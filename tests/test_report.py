@@ -18,10 +18,10 @@ from autoprune.report import (
     plot_front,
     report_document,
     sizes_table,
-    trial_summary,
     write_csv,
     write_report,
 )
+from autoprune.summary import trial_summary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

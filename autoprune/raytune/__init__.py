@@ -34,6 +34,7 @@ from .._trust import seal
 from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, reference_of, seed_baselines
 from ..errors import SearchError
 from ..ledger import Results
+from ..preflight import preflight_space
 from ..rundir import RunInfo
 from ..space import SearchSpace, load_space
 from ..stopping import early_stop_settings, format_duration, parse_duration
@@ -114,14 +115,6 @@ def _start_weights(space: SearchSpace) -> dict[str, Any] | None:
     from ..models import read_weights
 
     return read_weights(path)
-
-
-def _preflight(space: SearchSpace, start: dict[str, Any] | None) -> None:
-    """The space's default trial on a few samples: what would fail every trial fails here, in one line."""
-    from .._trust import named_modules
-    from ..preflight import preflight
-
-    preflight(space.default_config(), start=start, allow_modules=named_modules(space.document))
 
 
 def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dict[str, Any]:
@@ -215,7 +208,7 @@ def run_search(
     given_storage = ledger.open_storage(study_storage, run_dir) if study_storage is not None else None
     start = _start_weights(spec)
     reference = _dense_reference(spec, start, log) if start is not None else None
-    _preflight(spec, start)
+    preflight_space(spec, start)  # the space's default trial on a few samples: what would fail every trial fails here
     epochs = dense_start.dense_epochs(spec)
     if epochs is not None:  # after the preflight: a space that cannot run fails before this costs anything
         start, reference, seconds = dense_start.train_dense(spec, epochs)
@@ -277,6 +270,7 @@ def run_search(
                 version=rundir.autoprune_version(),
                 created=rundir.now(),
                 seal=seal(spec.digest),  # this user chose the space's modules: resume may import them
+                objective=spec.objective,
             )
             info.write(run_dir)
             created.clear()  # the run exists from here on: never remove anything of it
@@ -359,6 +353,7 @@ def resume_search(
     _check_resources(resources["concurrent"], float(resources["cpus_per_trial"]), resources["gpus_per_trial"], where)
     with rundir.run_lock(run_dir):
         study = ledger.load_study(info, run_dir, study_storage)
+        ledger.check_objective(study, info, space)  # before anything is repaired or run
         records, failures, _ = ledger.trial_records(study, run_dir)
         counted = ledger.count_finished(records, failures)
         target = trials if trials is not None else info.trials
