@@ -112,6 +112,8 @@ def _good_model() -> dict:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "model.pt"
             masks = {"fc1.weight": torch.ones(300, 64)}
+            with torch.no_grad():  # a kept weight that is exactly zero: the file stores this mask (not derived)
+                model.fc1.weight[0, 0] = 0.0
             save_model(path, model, masks=masks, config=config, metrics={}, input_shape=(1, 8, 8), num_classes=10)
             _MODEL.append(torch.load(path, weights_only=True))
     return copy.deepcopy(_MODEL[0])
