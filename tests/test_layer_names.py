@@ -1,6 +1,6 @@
 """Layer names with dots (``block.conv1``, torchvision-style ``layer1.0.conv1``) on a residual net written as a user
 writes one: in ``auto``, in per-layer keys of a space file, in ``--set``, as Optuna parameters, in a trial, in the
-reports and in the exported file. Structured pruning of such a net is refused in one line."""
+reports and in the exported file; structured pruning names its channel groups the same way."""
 
 from __future__ import annotations
 
@@ -118,17 +118,31 @@ def test_an_unknown_dotted_layer_lists_the_prunable_ones(model_name: str, tmp_pa
         load_space(tmp_path / "space.yaml", [f"{key}=0.5"])
 
 
-def test_structured_pruning_of_a_residual_net_is_one_line_before_any_training(
-    model_name: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+def test_structured_pruning_names_the_residual_nets_channel_groups_by_dotted_layer(
+    model_name: str, tmp_path: Path
 ) -> None:
-    _space(model_name, "{structured: true, sparsity: auto}", tmp_path)
-    code, out, err = run_cli(["trial", str(tmp_path / "space.yaml")], capsys, monkeypatch)
-    assert code == 1 and out == ""
-    assert err.strip().splitlines() == [
-        f"autoprune: error: {tmp_path / 'space.yaml'}: prune.structured: true needs an nn.Sequential model "
-        f"(structured pruning removes units along a chain of layers), but model {model_name} is a Net; use "
-        "prune.structured: false"
+    # the residual adds couple stem, block.conv2 and layer1.0.conv2: one group, named by its first producer
+    space = parse_space(load_yaml(_space(model_name, "{structured: true, sparsity: auto}")), source="space.yaml")
+    assert [d.path for d in space.dims] == [
+        f"prune.sparsity.{name}" for name in ("stem", "block.conv1", "layer1.0.conv1")
     ]
+    _space(model_name, "{structured: true, sparsity: auto}", tmp_path)
+    overrides = ["prune.sparsity.stem=0.5", "prune.sparsity.block.conv1=0.5", "prune.sparsity.layer1.0.conv1=0"]
+    result = run_trial(load_space(tmp_path / "space.yaml", overrides).default_config(), device="cpu")
+    shapes = {name: tuple(m.weight.shape) for name, m in result.model.named_modules() if hasattr(m, "weight")}
+    assert shapes == {
+        "stem": (3, 1, 3, 3),
+        "block.conv1": (3, 3, 3, 3),
+        "block.conv2": (3, 3, 3, 3),
+        "layer1.0.conv1": (6, 3, 3, 3),
+        "layer1.0.conv2": (3, 6, 3, 3),
+        "fc": (4, 3),
+    }
+    loaded = load_model(result.save(tmp_path / "model.pt"), allow_modules=[model_name.partition(":")[0]])
+    x = torch.randn(7, 1, 8, 8)
+    result.model.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), result.model(x))
 
 
 def test_a_trial_prunes_dotted_layers_and_reports_and_exports_them(model_name: str, tmp_path: Path) -> None:
