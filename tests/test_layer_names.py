@@ -12,7 +12,6 @@ import optuna
 import pytest
 import torch
 import yaml
-from _helpers import run_cli
 
 from autoprune.errors import ConfigError
 from autoprune.export import load_model
