@@ -10,7 +10,8 @@ For each of ``--models`` (``real_models_nets.py``'s ResNet-20 and MobileNetV2 on
    the output layer ignored) at each of ``--ratios`` of channels removed, then ``--finetune-epochs`` epochs of Adam
    at ``--baseline-lr`` (cosine) on autoprune's training split;
 3. ``autoprune.search`` of ``--trials`` structured trials from the checkpoint: ``prune.structured``, a rate per
-   channel group searched (``sparsity: auto``), magnitude or Taylor, ``--train-epochs`` of group-lasso training
+   channel group searched (``sparsity: auto``; or ``--allocation uniform``: one rate for every group, the density
+   searched), magnitude or Taylor, the front's second axis ``--objective``, ``--train-epochs`` of group-lasso training
    and ``--finetune-epochs`` of finetuning, as the baseline finetunes.
 Every model, dense, baseline and every finished trial's exported file, is then timed in this one process the same
 way: ``torch.utils.benchmark.Timer``, 1 thread, a batch of ``--batch`` inputs, the median of ``--repeats`` blocks
@@ -89,7 +90,7 @@ def space_text(name: str, weights: str, limit: int, trials: int, args: argparse.
 dataset: {{name: fashion-mnist, val_fraction: {rm.VAL_FRACTION}, limit: {limit}}}
 model: {{name: "real_models_nets:{name}", weights: {json.dumps(weights)}}}
 budget: {{train_epochs: {args.train_epochs}, finetune_epochs: {args.finetune_epochs}, batch_size: {rm.BATCH_SIZE}}}
-search: {{trials: {trials}, sampler: tpe}}
+search: {{trials: {trials}, sampler: tpe, objective: {args.objective}}}
 seed: {rm.SEED}
 
 train:
@@ -105,9 +106,8 @@ prune:
   enabled: true
   structured: true
   criterion: {{choices: [magnitude, taylor]}}
-  allocation: per_layer
+{allocation(args.allocation)}
   schedule: one_shot
-  sparsity: auto                         # one rate per channel group, in [0, 0.95]
 
 finetune:
   optimizer: adam
@@ -116,6 +116,15 @@ finetune:
   lr_schedule: cosine
   grad_clip: 5.0
 """
+
+
+def allocation(name: str) -> str:
+    """The space's allocation lines: a rate per channel group searched, or one density every group shares."""
+    if name == "uniform":  # Torch-Pruning's prior (the same channel rate everywhere), its level searched
+        return "  allocation: uniform\n  density: {low: 0.05, high: 0.8, log: true}   # weights kept; one rate for all"
+    return (
+        "  allocation: per_layer\n  sparsity: auto                         # one rate per channel group, in [0, 0.95]"
+    )
 
 
 def front(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -194,7 +203,8 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> tuple[list[str
         f"{name}: dense {count_params(dense)[1]} params, {dense_macs / 1e6:.2f}M MACs, {dense_ms:.1f} ms "
         f"(batch {args.batch}, 1 thread), file {dense_file.stat().st_size / 1e3:.0f} kB; checkpoint val "
         f"{ckpt['val_accuracy']:.4f}, test {ckpt['test_accuracy']:.4f}",
-        f"search: {args.trials} structured trials ({len(trials)} finished), train {args.train_epochs} + finetune "
+        f"search: {args.trials} structured trials ({args.allocation}, objective {args.objective}; "
+        f"{len(trials)} finished), train {args.train_epochs} + finetune "
         f"{args.finetune_epochs} epochs a trial, {t_search:.0f}s; Torch-Pruning: {t_base:.0f}s",
         "| model | val | test | Δ test (pt) | params | MACs | ms | speed-up | file/dense |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -255,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks a round (median)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
+    parser.add_argument("--allocation", choices=("per_layer", "uniform"), default="per_layer")
+    parser.add_argument("--objective", choices=("params", "macs", "latency"), default="params")
     parser.add_argument("--concurrent", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default=str(HERE / ".cache"))
