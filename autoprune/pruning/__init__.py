@@ -13,7 +13,6 @@ from __future__ import annotations
 from .allocation import (
     ALLOCATIONS,
     capped_proportional,
-    erk_densities,
     global_counts,
     kept_count,
     lamp_scores,
@@ -56,7 +55,6 @@ __all__ = [
     "count_masks",
     "count_params",
     "density_at",
-    "erk_densities",
     "global_counts",
     "gradient_importance",
     "gradient_statistics",
