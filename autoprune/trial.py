@@ -44,6 +44,8 @@ from .pruning import (
     count_params,
     gradient_statistics,
     kept_weights,
+    layer_sparsity,
+    nonzero_weights,
     planned_params,
     removed_by_masks,
     shrink,
@@ -269,8 +271,7 @@ def run_trial(
     val_acc = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
     test_acc = evaluate(model, data.test_x, data.test_y, batch_size=ebs, amp=cfg.amp)
     params_nonzero, _ = count_params(model)
-    nonzero = {n: int(torch.count_nonzero(w)) for n, w in prunable_weights(model, select).items()}
-    layer_sparsity = {n: 1.0 - nonzero[n] / dense_numel[n] for n in dense_numel}
+    nonzero = nonzero_weights(model, select)
     seconds["eval"] = time.perf_counter() - t0
     say(f"finetuned: val accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}, {params_nonzero}/{params_total} params")
     final_speed = speed.finish(model, macs)
@@ -283,7 +284,7 @@ def run_trial(
         params_total=params_total,
         params_prunable=prunable,
         params_planned=params_planned,
-        layer_sparsity=layer_sparsity,
+        layer_sparsity=layer_sparsity(model, select, dense_numel=dense_numel),
         val_accuracy_trained=val_trained,
         val_accuracy_pruned=val_pruned,
         val_samples=len(data.val_x),

@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from autoprune.config import DatasetConfig, PruneConfig, TrainConfig
 from autoprune.data import load_datasets
 from autoprune.models import build_model
-from autoprune.pruning import compute_masks
+from autoprune.pruning import MaskSet, compute_masks
 from autoprune.pruning.units import prunable_weights
-from autoprune.train import MaskSet, run_phase
+from autoprune.train import run_phase
 
 
 def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:

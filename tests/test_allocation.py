@@ -12,8 +12,8 @@ from autoprune.config import PruneConfig
 from autoprune.errors import ConfigError
 from autoprune.models import build_model
 from autoprune.pruning import (
+    MaskSet,
     agp_events,
-    apply_masks,
     capped_proportional,
     compute_masks,
     count_masks,
@@ -105,7 +105,7 @@ def test_planned_params_equals_the_pruned_models_count(model_name, allocation) -
     masks = compute_masks(model, cfg)
     pruned = type(model)() if model_name == "resnet" else build_model(model_name, _shape(model_name), 10)
     pruned.load_state_dict(model.state_dict())
-    apply_masks(pruned, masks)
+    MaskSet(pruned, masks).apply_()
     assert count_params(pruned)[0] == planned_params(model, cfg)
     assert planned_params(model, PruneConfig(enabled=False)) == count_params(model)[1]
 

@@ -13,8 +13,8 @@ from autoprune.errors import AutoPruneError, ConfigError, ModelError
 from autoprune.models import build_model
 from autoprune.pruning import (
     CRITERIA,
+    MaskSet,
     agp_sparsity,
-    apply_masks,
     compute_masks,
     count_masks,
     count_params,
@@ -242,7 +242,7 @@ def test_gradual_compute_masks_keeps_pruned_weights_pruned():
         with torch.no_grad():  # weights move between events, as during masked finetuning
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
-        apply_masks(model, masks)
+        MaskSet(model, masks).apply_()
         if current is not None:
             for name, mask in current.items():
                 assert bool(((mask == 0) <= (masks[name] == 0)).all())
@@ -253,7 +253,7 @@ def test_gradual_compute_masks_keeps_pruned_weights_pruned():
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# compute_masks / apply_masks / counting
+# compute_masks / MaskSet / counting
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "gradient", "taylor"])
@@ -286,7 +286,7 @@ def test_compute_masks_gradient_criterion_without_grads_fails():
         compute_masks(model, PruneConfig(criterion="gradient", sparsity={"fc1": 0.5}))
 
 
-def test_apply_masks_layer_sparsity_and_count_params():
+def test_mask_set_layer_sparsity_and_count_params():
     model = nn.Sequential(OrderedDict(fc1=nn.Linear(4, 3), bn=nn.BatchNorm1d(3), fc2=nn.Linear(3, 2)))
     with torch.no_grad():
         for p in model.parameters():
@@ -295,11 +295,11 @@ def test_apply_masks_layer_sparsity_and_count_params():
     mask1[0, :3] = 0  # 3 of 12
     mask2 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 4 of 6
     bn_mask = torch.tensor([1.0, 0.0, 1.0])
-    apply_masks(model, {"fc1.weight": mask1, "fc2.weight": mask2, "bn.bias": bn_mask})
+    MaskSet(model, {"fc1.weight": mask1, "fc2.weight": mask2, "bn.bias": bn_mask}).apply_()
     assert layer_sparsity(model) == {"fc1": 0.25, "fc2": pytest.approx(4 / 6)}
     total = 12 + 3 + 3 + 3 + 6 + 2
     assert count_params(model) == (total - 3 - 4 - 1, total)
     with pytest.raises(ModelError, match="unknown parameter"):
-        apply_masks(model, {"fc9.weight": mask1})
+        MaskSet(model, {"fc9.weight": mask1})
     with pytest.raises(ModelError, match="shape"):
-        apply_masks(model, {"fc1.weight": mask2})
+        MaskSet(model, {"fc1.weight": mask2})

@@ -10,9 +10,9 @@ from autoprune.config import FinetuneConfig, PruneConfig, SGDConfig, TrainConfig
 from autoprune.data import batch_indices
 from autoprune.errors import DivergedError
 from autoprune.models import build_model
-from autoprune.pruning import compute_masks
+from autoprune.pruning import MaskSet, compute_masks
 from autoprune.sparsity import grad_clip_scale
-from autoprune.train import MaskSet, evaluate, make_optimizer, run_phase
+from autoprune.train import evaluate, make_optimizer, run_phase
 
 
 def blobs(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,7 +2,8 @@
 
 - ``criteria``: element-wise importance (magnitude, gradient, Taylor) and the gradient statistics they use.
 - ``allocation``: how many weights each layer keeps (uniform, ERK, global, LAMP, shares), summing exactly.
-- ``masks``: 0/1 masks from scores and counts; ``compute_masks`` and ``planned_params`` for a model and config.
+- ``masks``: 0/1 masks from scores and counts; ``compute_masks`` and ``planned_params`` for a model and config;
+  ``MaskSet``, masks held on a model; what masks leave (``layer_sparsity``, ``count_params``).
 - ``schedules``: AGP gradual pruning as lists of events.
 - ``channels``: channel groups of any model (Torch-Pruning's dependency graph), their masks, the smaller model.
 - ``structured``: which channels a structured configuration removes.
@@ -28,12 +29,13 @@ from .criteria import (
     taylor_importance,
 )
 from .masks import (
-    apply_masks,
+    MaskSet,
     compute_masks,
     count_masks,
     count_params,
     kept_weights,
     layer_sparsity,
+    nonzero_weights,
     per_layer_masks,
     planned_params,
 )
@@ -44,11 +46,11 @@ __all__ = [
     "ALLOCATIONS",
     "CRITERIA",
     "ChannelGraph",
+    "MaskSet",
     "Structure",
     "agp_events",
     "agp_fraction",
     "agp_sparsity",
-    "apply_masks",
     "capped_proportional",
     "channel_graph",
     "compute_masks",
@@ -67,6 +69,7 @@ __all__ = [
     "layer_scores",
     "layer_sparsity",
     "magnitude_importance",
+    "nonzero_weights",
     "per_layer_masks",
     "planned_params",
     "rebuild",
