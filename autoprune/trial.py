@@ -57,7 +57,7 @@ from .result import TrialResult as TrialResult  # re-exported: what run_trial re
 from .result import majority_share
 from .sparsity import rewound_lr_at
 from .speed import SpeedProbe
-from .train import batches_for_statistics, evaluate, run_phase
+from .train import PhaseOptions, batches_for_statistics, evaluate, run_phase
 
 REPORT_VAL_SAMPLES = 2048  # validation samples measured for an intermediate result
 _REPORT_SUBSET_SEED = 0
@@ -149,25 +149,29 @@ def run_trial(
     params_planned = planned_params(model, pc, graph)  # fixed before training (fails now if it cannot be)
     progress = _progress_reporter(cfg, params_planned, model, data, trained_epochs, report, lambda: pruned[0])
 
-    def sgd(phase: SGDConfig, epochs: int, **kwargs: Any) -> tuple[int, MaskSet | None]:
+    def sgd(
+        phase: SGDConfig,
+        epochs: int,
+        prune_events: dict[int, Callable[[], MaskSet]] | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, MaskSet | None]:
         """One SGD phase on the training split (both phases share the batch size, batch order and amp)."""
         offset = 0 if phase.section == "train" else trained_epochs
         after = _each(_epochs(on_epoch, phase.section, epochs), progress(phase.section, offset) if progress else None)
-        x, y, amp = data.train_x, data.train_y, cfg.amp
-        return run_phase(
-            model,
-            x,
-            y,
-            phase,
+        events = dict(prune_events or {})
+        prune = (lambda step: events.pop(step)() if step in events else None) if events else None
+        options = PhaseOptions(
             epochs=epochs,
             batch_size=bs,
             generator=gen,
-            amp=amp,
+            amp=cfg.amp,
+            prune=prune,
             on_epoch=after,
             prunable=list(layers.values()),
             group_lasso=coupled_lasso,
             **kwargs,
         )
+        return run_phase(model, data.train_x, data.train_y, phase, options)
 
     say(f"planned: {params_planned} of {params_total} params nonzero after pruning")
     ft_epochs = cfg.budget.finetune_epochs
