@@ -13,14 +13,15 @@ from autoprune.errors import ConfigError
 from autoprune.models import build_model
 from autoprune.pruning import (
     MaskSet,
+    PruningSchedule,
     agp_events,
     capped_proportional,
     compute_masks,
     count_masks,
     count_params,
-    density_at,
     global_counts,
     kept_count,
+    kept_weights,
     lamp_scores,
     layer_counts,
     layer_scores,
@@ -220,9 +221,12 @@ def test_agp_events_over_the_end_of_a_phase() -> None:
     fractions = [f for _, f in events]
     assert fractions == pytest.approx([1 - 0.75**3, 1 - 0.5**3, 1 - 0.25**3, 1.0])
     assert fractions[-1] == 1.0
-    # an overall density ramps from dense to the final density, ending on it exactly
-    densities = [density_at(0.02, f) for f in fractions]
-    assert all(a > b for a, b in itertools.pairwise(densities)) and densities[-1] == pytest.approx(0.02)
-    assert kept_count(densities[-1], 266200) == kept_count(0.02, 266200)
+    # the weights an overall density keeps ramp from all of them to the target, ending on it exactly
+    model = build_model("lenet-300-100", (1, 28, 28), 10)
+    cfg = PruneConfig(allocation="global", density=0.02, schedule="gradual")
+    schedule = PruningSchedule(model, cfg, prunable_weights(model), finetunes=True)
+    kept = [schedule.kept_at(f) for f in fractions]
+    assert schedule.kept_at(0.0) == 266200 and all(a > b for a, b in itertools.pairwise(kept))
+    assert kept[-1] == kept_weights(model, cfg) == kept_count(0.02, 266200)
     with pytest.raises(ConfigError, match="gradual_start"):
         agp_events(100, 3, 0.9, 0.5)

@@ -14,6 +14,9 @@ from autoprune.models import build_model
 from autoprune.pruning import (
     CRITERIA,
     MaskSet,
+    PruningSchedule,
+    agp_events,
+    agp_fraction,
     agp_sparsity,
     compute_masks,
     count_masks,
@@ -22,7 +25,7 @@ from autoprune.pruning import (
     gradient_importance,
     gradient_statistics,
     gradual_event_steps,
-    gradual_plan,
+    kept_weights,
     layer_counts,
     layer_scores,
     layer_sparsity,
@@ -30,6 +33,7 @@ from autoprune.pruning import (
     per_layer_masks,
     taylor_importance,
 )
+from autoprune.pruning.units import prunable_weights
 
 
 def zeros_at(mask: torch.Tensor) -> set[int]:
@@ -211,9 +215,11 @@ def test_agp_endpoints_shape_and_monotone():
     assert values[10] > 0.95 * 0.8
 
 
-def test_gradual_plan_ends_at_final_and_is_monotone():
+def test_gradual_rates_end_at_final_and_are_monotone():
     final = {"fc1": 0.9, "fc2": 0.5, "fc3": 0.0}
-    plan = gradual_plan(final, 6)
+    model = build_model("lenet-300-100", (1, 4, 4), 3)
+    schedule = PruningSchedule(model, PruneConfig(sparsity=final), prunable_weights(model), finetunes=True)
+    plan = [schedule.rates_at(fraction) for _, fraction in agp_events(100, 6, 0.0, 1.0)]
     assert len(plan) == 6
     assert plan[-1] == final
     assert plan[0]["fc1"] > 0
@@ -221,7 +227,26 @@ def test_gradual_plan_ends_at_final_and_is_monotone():
         seq = [p[name] for p in plan]
         assert all(a <= b for a, b in itertools.pairwise(seq))
     with pytest.raises(ConfigError):
-        gradual_plan(final, 0)
+        agp_events(100, 0, 0.0, 1.0)
+
+
+def test_a_schedule_prunes_at_the_events_of_its_ramp_only():
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100", (1, 4, 4), 3)
+    weights = prunable_weights(model)
+    cfg = PruneConfig(
+        allocation="global", density=0.2, schedule="gradual", gradual_steps=3, gradual_start=0.5, gradual_end=0.8
+    )
+    schedule = PruningSchedule(model, cfg, weights, finetunes=True)
+    assert schedule.kind == "gradual" and schedule.masks is None and not schedule.at_size
+    step = schedule.ramp(100)
+    fired = [k for k in range(100) if step(k) is not None]
+    assert fired == [s for s, _ in agp_events(100, 3, 0.5, 0.8)] == [50, 65, 80]
+    assert schedule.at_size and schedule.masks is not None
+    assert sum(int(m.sum()) for m in schedule.masks.masks.values()) == kept_weights(model, cfg)
+    assert PruningSchedule(model, cfg, weights, finetunes=False).kind == "one_shot"  # no finetuning to ramp in
+    dense = PruningSchedule(model, PruneConfig(enabled=False), weights, finetunes=True)
+    assert dense.kind is None and dense.at_size
 
 
 def test_gradual_event_steps():
@@ -231,24 +256,27 @@ def test_gradual_event_steps():
     assert gradual_event_steps(50, 1, 0.5) == [25]
 
 
-def test_gradual_compute_masks_keeps_pruned_weights_pruned():
+def test_gradual_pruning_keeps_pruned_weights_pruned():
     torch.manual_seed(0)
     model = build_model("lenet-300-100", (1, 4, 4), 3)
-    cfg = PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.6})
+    cfg = PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.6}, schedule="gradual", gradual_steps=4)
+    schedule = PruningSchedule(model, cfg, prunable_weights(model), finetunes=True)
     current = None
     previous_zeros = 0
-    for rates in gradual_plan(cfg.sparsity, 4):
-        masks = compute_masks(model, cfg, rates=rates, current=current)
+    for k in range(1, 5):
+        assert not schedule.at_size
+        masks = schedule.prune_to(agp_fraction(k, 4))  # compute_masks with the masks in force as ``current``
         with torch.no_grad():  # weights move between events, as during masked finetuning
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
-        MaskSet(model, masks).apply_()
+        masks.apply_()
         if current is not None:
             for name, mask in current.items():
-                assert bool(((mask == 0) <= (masks[name] == 0)).all())
-        zeros = sum(int((m == 0).sum()) for m in masks.values())
+                assert bool(((mask == 0) <= (masks.masks[name] == 0)).all())
+        zeros = sum(int((m == 0).sum()) for m in masks.masks.values())
         assert zeros >= previous_zeros
-        previous_zeros, current = zeros, masks
+        previous_zeros, current = zeros, masks.masks
+    assert schedule.at_size
     assert layer_sparsity(model) == {"fc1": pytest.approx(0.8), "fc2": pytest.approx(0.6), "fc3": 0.0}
 
 

@@ -4,7 +4,7 @@
 - ``allocation``: how many weights each layer keeps (uniform, ERK, global, LAMP, shares), summing exactly.
 - ``masks``: 0/1 masks from scores and counts; ``compute_masks`` and ``planned_params`` for a model and config;
   ``MaskSet``, masks held on a model; what masks leave (``layer_sparsity``, ``count_params``).
-- ``schedules``: AGP gradual pruning as lists of events.
+- ``schedules``: AGP gradual pruning as lists of events; ``PruningSchedule``, one trial's pruning as state.
 - ``channels``: channel groups of any model (Torch-Pruning's dependency graph), their masks, the smaller model.
 - ``structured``: which channels a structured configuration removes.
 """
@@ -39,7 +39,7 @@ from .masks import (
     per_layer_masks,
     planned_params,
 )
-from .schedules import agp_events, agp_fraction, agp_sparsity, density_at, gradual_event_steps, gradual_plan
+from .schedules import PruningSchedule, agp_events, agp_fraction, agp_sparsity, gradual_event_steps
 from .structured import removed_by_masks, structured_removal, uniform_rate
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "CRITERIA",
     "ChannelGraph",
     "MaskSet",
+    "PruningSchedule",
     "Structure",
     "agp_events",
     "agp_fraction",
@@ -56,12 +57,10 @@ __all__ = [
     "compute_masks",
     "count_masks",
     "count_params",
-    "density_at",
     "global_counts",
     "gradient_importance",
     "gradient_statistics",
     "gradual_event_steps",
-    "gradual_plan",
     "kept_count",
     "kept_weights",
     "lamp_scores",
