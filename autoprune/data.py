@@ -26,7 +26,7 @@ import torch
 
 from .config import DatasetConfig
 from .errors import ConfigError, DataError
-from .idx import read_idx as read_idx  # re-exported: part of this module's interface
+from .idx import read_idx
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MEAN = 0.2860

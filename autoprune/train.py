@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from .sparsity import (
 )
 
 CHECK_EVERY = 32  # steps between non-finite checks (one host sync each)
+_BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]  # (model, x, y) -> loss
 
 
 class SGD:
@@ -139,105 +141,79 @@ def make_optimizer(model: nn.Module, phase: SGDConfig) -> SGD | Adam:
     return SGD(groups, momentum=phase.momentum, nesterov=phase.nesterov, weight_decay=phase.weight_decay)
 
 
+@dataclass(frozen=True)
+class PhaseOptions:
+    """How ``run_phase`` runs one phase, besides the phase's own configuration."""
+
+    epochs: int
+    batch_size: int
+    generator: torch.Generator  # draws each epoch's batch order (a trial's two phases share one)
+    amp: bool = False  # bf16 autocast, on CUDA only
+    masks: MaskSet | None = None  # in force from the first step
+    prune: Callable[[int], MaskSet | None] | None = None  # before step k: new, tighter masks at a pruning event
+    lr_fn: Callable[[int], float] | None = None  # the lr at step k, instead of the phase's own schedule
+    teacher: nn.Module | None = None  # what a finetune with distill_weight > 0 distils from
+    on_epoch: Callable[[int, float], None] | None = None  # after each epoch: (epoch from 1, mean loss)
+    prunable: Sequence[torch.Tensor] | None = None  # what the penalty and weight clipping act on (None: all)
+    group_lasso: Callable[[float], None] | None = None  # adds the group lasso's gradient at λ (coupled groups)
+
+
 def run_phase(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    phase: SGDConfig,
-    *,
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-    masks: MaskSet | None = None,
-    prune_events: Mapping[int, Callable[[], MaskSet]] | None = None,
-    amp: bool = False,
-    lr_fn: Callable[[int], float] | None = None,
-    teacher: nn.Module | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
-    prunable: Sequence[torch.Tensor] | None = None,
-    group_lasso: Callable[[float], None] | None = None,
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, phase: SGDConfig, options: PhaseOptions
 ) -> tuple[int, MaskSet | None]:
-    """Run ``epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
+    """Run ``options.epochs`` epochs of the SGD phase ``phase`` on resident tensors ``x``/``y``.
 
     Either phase clips the global gradient norm when its ``grad_clip`` is set; a ``TrainConfig`` adds sparse
     training (penalty, weight clipping, per-layer lr), any other phase is plain SGD.
-    ``lr_fn(step)`` replaces the phase's own lr schedule (learning-rate rewinding passes phase 1's tail); the
-    phase's ``lr_warmup`` ramps either one up linearly over that fraction of the phase's steps. With a
+    ``options.lr_fn(step)`` replaces the phase's own lr schedule (learning-rate rewinding passes phase 1's tail);
+    the phase's ``lr_warmup`` ramps either one up linearly over that fraction of the phase's steps. With a
     ``teacher`` and a ``FinetuneConfig`` whose ``distill_weight`` is above 0, the loss is the distillation loss
     against the teacher's logits, computed in eval mode without gradients for each batch.
 
-    ``prune_events`` maps a step number to a function returning new (tighter) masks: gradual pruning. The
-    current masks are enforced on weights after every step, on gradients before it, and on momentum buffers
-    whenever they change. ``on_epoch(epoch, mean_loss)`` is called after each epoch (epochs count from 1; one
-    host sync per epoch, only when given). ``prunable`` are the weight tensors the penalty and the weight clipping
-    act on (default: every prunable weight, see ``pruning.units``). ``group_lasso(λ)`` replaces the group
-    lasso's per-unit gradient (structured pruning passes its coupled groups': ``ChannelGraph.group_lasso``).
+    ``options.prune(step)`` returns new (tighter) masks at a gradual pruning event, else None. The masks in force
+    are enforced on weights after every step, on gradients before it, and on momentum buffers whenever they
+    change. ``on_epoch`` is called after each epoch (one host sync per epoch, only when given). ``prunable``
+    defaults to every prunable weight (see ``pruning.units``); ``group_lasso(λ)`` replaces the group lasso's
+    per-unit gradient (structured pruning passes its coupled groups': ``ChannelGraph.group_lasso``).
     Returns the number of steps taken and the final masks.
     """
-    if epochs == 0 or len(x) == 0:
+    masks, on_epoch = options.masks, options.on_epoch
+    if options.epochs == 0 or len(x) == 0:
         return 0, masks
     sparse = phase if isinstance(phase, TrainConfig) else None
     model.train()
     opt = make_optimizer(model, phase)
-    weights = list(prunable_weights(model).values()) if prunable is None else list(prunable)
+    weights = list(prunable_weights(model).values()) if options.prunable is None else list(options.prunable)
     params = [p for p in model.parameters() if p.requires_grad]
-    steps_per_epoch = -(-len(x) // batch_size)
-    total = steps_per_epoch * epochs
-    events = dict(prune_events or {})
-    penalty = _penalty(sparse, weights, group_lasso) if sparse else None
-    grad_clip = phase.grad_clip
+    steps_per_epoch = -(-len(x) // options.batch_size)
+    total = steps_per_epoch * options.epochs
+    penalty = _penalty(sparse, weights, options.group_lasso) if sparse else None
     weight_clip = sparse.weight_clip if sparse else None
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if amp and x.device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    if lr_fn is None:
-        lr_fn = functools.partial(
-            lr_at,
-            phase.lr_schedule,
-            phase.lr,
-            total_steps=total,
-            steps_per_epoch=steps_per_epoch,
-            step_epochs=phase.lr_step_epochs,
-            gamma=phase.lr_gamma,
-        )
-    warmup_steps = round(phase.lr_warmup * total)
-    if warmup_steps > 1:
-        lr_fn = functools.partial(warmed_up_lr, lr_fn, warmup_steps)
-    distill = phase if isinstance(phase, FinetuneConfig) and phase.distill_weight > 0 else None
-    if distill is not None:
-        if teacher is None:
-            raise ValueError("finetune.distill_weight > 0 needs a teacher model")
-        teacher.eval()
+    autocast = _autocast(options.amp, x.device)
+    lr_fn = _lr_schedule(phase, options.lr_fn, total, steps_per_epoch)
+    loss_of = _loss(phase, options.teacher)
     loss_sum = torch.zeros((), device=x.device)
     epoch_loss = torch.zeros((), device=x.device) if on_epoch is not None else None
     if masks:
         masks.apply_()
     step = 0
-    for epoch in range(epochs):
-        for idx in batch_indices(len(x), batch_size, generator=generator, device=x.device):
-            if step in events:
-                masks = events.pop(step)()
+    for epoch in range(options.epochs):
+        for idx in batch_indices(len(x), options.batch_size, generator=options.generator, device=x.device):
+            tighter = options.prune(step) if options.prune is not None else None
+            if tighter is not None:
+                masks = tighter
                 masks.apply_()
                 masks.mask_momentum_(opt)
             lr = lr_fn(step)
             opt.zero_grad()
             with autocast:
-                logits = model(x[idx])
-                if distill is not None and teacher is not None:
-                    with torch.inference_mode():
-                        soft = teacher(x[idx])
-                    a, t = distill.distill_weight, distill.distill_temperature
-                    loss = distillation_loss(logits, soft, y[idx], weight=a, temperature=t)
-                else:
-                    loss = F.cross_entropy(logits, y[idx])
+                loss = loss_of(model, x[idx], y[idx])
             loss.backward()
             if penalty is not None:
                 penalty(step / total)
             if masks:  # masked gradients keep masked weights and their momentum exactly zero
                 masks.mask_grads_()
-            scale = grad_clip_scale(params, grad_clip) if grad_clip is not None else 1.0
+            scale = grad_clip_scale(params, phase.grad_clip) if phase.grad_clip is not None else 1.0
             opt.step(lr, scale)
             if weight_clip is not None:
                 clip_weights_(weights, weight_clip)
@@ -253,6 +229,54 @@ def run_phase(
             on_epoch(epoch + 1, float(epoch_loss) / steps_per_epoch)  # the one host sync per epoch
             epoch_loss.zero_()
     return step, masks
+
+
+def _autocast(amp: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast with ``amp`` on CUDA; nothing elsewhere."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _lr_schedule(
+    phase: SGDConfig, lr_fn: Callable[[int], float] | None, total: int, steps_per_epoch: int
+) -> Callable[[int], float]:
+    """The lr at each step: ``lr_fn`` or the phase's own schedule, ramped up over the phase's ``lr_warmup``."""
+    if lr_fn is None:
+        lr_fn = functools.partial(
+            lr_at,
+            phase.lr_schedule,
+            phase.lr,
+            total_steps=total,
+            steps_per_epoch=steps_per_epoch,
+            step_epochs=phase.lr_step_epochs,
+            gamma=phase.lr_gamma,
+        )
+    warmup_steps = round(phase.lr_warmup * total)
+    if warmup_steps > 1:
+        lr_fn = functools.partial(warmed_up_lr, lr_fn, warmup_steps)
+    return lr_fn
+
+
+def _loss(
+    phase: SGDConfig, teacher: nn.Module | None
+) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of a batch: cross-entropy, or with a distilling finetune the distillation loss against ``teacher``."""
+    distill = phase if isinstance(phase, FinetuneConfig) and phase.distill_weight > 0 else None
+    if distill is None:
+        return lambda model, xb, yb: F.cross_entropy(model(xb), yb)
+    if teacher is None:
+        raise ValueError("finetune.distill_weight > 0 needs a teacher model")
+    teacher.eval()
+    a, t = distill.distill_weight, distill.distill_temperature
+
+    def distilled(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        logits = model(xb)
+        with torch.inference_mode():
+            soft = teacher(xb)
+        return distillation_loss(logits, soft, yb, weight=a, temperature=t)
+
+    return distilled
 
 
 def _penalty(
@@ -289,12 +313,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, batch_size: 
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=x.device)
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        if amp and x.device.type == "cuda"
-        else contextlib.nullcontext()
-    )
-    with autocast:
+    with _autocast(amp, x.device):
         for start in range(0, len(x), batch_size):
             logits = model(x[start : start + batch_size])
             correct += (logits.argmax(dim=1) == y[start : start + batch_size]).sum()

@@ -18,7 +18,7 @@ is done (``at_size``). They decide early whether a trial is worth finishing; onl
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Mapping
@@ -33,29 +33,27 @@ from ._trial_checks import check_layers, check_phase_one
 from .config import SGDConfig, TrialConfig
 from .data import Datasets, load_datasets, resolve_device
 from .errors import ModelError
-from .measure import count_macs
+from .measure import Macs, count_macs
 from .models import build_model, load_weights, read_weights
 from .notes import CARVED_VALIDATION_NOTE
 from .preprocess import for_dataset
 from .pruning import (
-    agp_events,
+    PruningSchedule,
     channel_graph,
-    compute_masks,
     count_params,
-    gradient_statistics,
-    kept_weights,
+    layer_sparsity,
+    nonzero_weights,
     planned_params,
     removed_by_masks,
     shrink,
 )
 from .pruning.channels import ChannelGraph
-from .pruning.masks import MaskSet
 from .pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
 from .result import TrialResult as TrialResult  # re-exported: what run_trial returns
 from .result import majority_share
 from .sparsity import rewound_lr_at
 from .speed import SpeedProbe
-from .train import batches_for_statistics, evaluate, run_phase
+from .train import PhaseOptions, batches_for_statistics, evaluate, run_phase
 
 REPORT_VAL_SAMPLES = 2048  # validation samples measured for an intermediate result
 _REPORT_SUBSET_SEED = 0
@@ -103,25 +101,57 @@ def run_trial(
         torch.set_num_threads(min(max(1, int(threads)), machine_cpus()))  # a node's CPUs bound a trial's threads
     cuda = cuda_settings(cfg, dev)
     _apply_cuda(cuda)
-    seconds: dict[str, float] = {}
+    t = _set_up(cfg, dev, data, start, start_kind, say)
+    t.on_epoch = on_epoch
+    t.progress = _Progress(t, report) if report is not None else None
+    val_trained = _sparse_train(t)
+    val_pruned = _prune(t, val_trained)
+    _finetune(t)
+    return _evaluate(t, val_trained, val_pruned, cuda)
 
+
+@dataclass
+class _Trial:
+    """What the phases of one trial share: set up once (``_set_up``), then read by each phase in turn."""
+
+    cfg: TrialConfig
+    device: torch.device
+    data: Datasets
+    model: nn.Module  # the trial's model, trained and pruned in place
+    started: str  # what it started from: TrialResult.start
+    dense_numel: dict[str, int]  # the prunable weights' sizes before any pruning, by unit name
+    params_total: int
+    left_dense: dict[str, int]  # parameters never pruned (TrialResult.not_pruned)
+    graph: ChannelGraph | None  # the channel groups of a structured trial
+    macs: Macs | None  # the dense model's MAC counts (None: the count could not follow the model)
+    speed: SpeedProbe  # timed the dense model; times the final one
+    params_planned: int
+    schedule: PruningSchedule  # when and how far the trial prunes; the masks in force
+    options: PhaseOptions  # what both SGD phases share: batch size, batch order, amp, the penalised weights
+    trained_epochs: int  # of phase 1 (0 when it is off)
+    steps_per_epoch: int
+    say: Callable[[str], None]
+    seconds: dict[str, float]  # wall time per phase
+    on_epoch: Callable[[str, int, int, float], None] | None = None
+    progress: _Progress | None = None
+
+
+def _set_up(
+    cfg: TrialConfig,
+    dev: torch.device,
+    data: Datasets | None,
+    start: Mapping[str, torch.Tensor] | None,
+    start_kind: str,
+    say: Callable[[str], None],
+) -> _Trial:
+    """Data and model; its prunable weights, channel groups, MACs, dense speed and planned size; the pruning
+    schedule. A configuration that does not fit the model fails here, before any training."""
     t0 = time.perf_counter()
     data = load_datasets(cfg.dataset, seed=cfg.seed, device=dev) if data is None else data.to(dev)
-    seconds["data"] = time.perf_counter() - t0
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model.name, data.input_shape, data.num_classes)
-    started = "scratch"
-    if start is not None or cfg.model.weights is not None:
-        source = cfg.model.weights or "the given state_dict"
-        load_weights(model, read_weights(source) if start is None else start, source=source, name=cfg.model.name)
-        started = start_kind if start is not None else "checkpoint"
-        say(f"start: trained weights from {source if started == 'checkpoint' else 'the ' + started}")
-        if data.val_source == "carved" and started == "checkpoint":
-            say(CARVED_VALIDATION_NOTE)
+    seconds = {"data": time.perf_counter() - t0}
+    model, started = _start_model(cfg, data, start, start_kind, say)
     model = model.to(dev)
-    select = Selection.of(cfg.prune)
-    layers = prunable_weights(model, select)
+    layers = prunable_weights(model, Selection.of(cfg.prune))
     check_layers(cfg, layers)
     try:  # a count is a measurement, not the pipeline: a model it cannot follow still prunes, and the log says so
         macs = count_macs(model, layers, data.input_shape)
@@ -129,174 +159,154 @@ def run_trial(
         macs = None
         say(f"MACs not counted: {exc}")
     speed = SpeedProbe(model, data.input_shape, dev, cfg.measure, amp=cfg.amp, log=say)  # the dense model, untrained
-    dense_numel = {name: w.numel() for name, w in layers.items()}
-    prunable, (_, params_total) = sum(dense_numel.values()), count_params(model)
+    params_total = count_params(model)[1]
     left_dense = not_pruned(model, layers) if cfg.prune.enabled else {}
     if left_dense:
         say(not_pruned_line(left_dense, params_total))
     graph = structured_groups(model, layers, data) if cfg.prune.enabled and cfg.prune.structured else None
     if graph is not None and graph.kept_whole_line():
         say(graph.kept_whole_line())
-    coupled_lasso = graph.group_lasso(model) if graph is not None else None  # over the coupled groups' slices
+    lasso = graph.group_lasso(model) if graph is not None else None  # over the coupled groups' slices
     # The batch order is drawn where the data lives: on a GPU no permutation crosses from host memory.
     gen = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(cfg.seed)
-    bs, ebs = cfg.budget.batch_size, cfg.budget.eval_batch_size
+    bs, prunable = cfg.budget.batch_size, list(layers.values())
+    options = PhaseOptions(epochs=0, batch_size=bs, generator=gen, amp=cfg.amp, prunable=prunable, group_lasso=lasso)
     trained_epochs = cfg.budget.train_epochs if cfg.train.enabled else 0
-    pruned = [not cfg.prune.enabled]  # the final masks are in place
-    pc, fc = cfg.prune, cfg.finetune
-    params_planned = planned_params(model, pc, graph)  # fixed before training (fails now if it cannot be)
-    progress = _progress_reporter(cfg, params_planned, model, data, trained_epochs, report, lambda: pruned[0])
-
-    def sgd(phase: SGDConfig, epochs: int, **kwargs: Any) -> tuple[int, MaskSet | None]:
-        """One SGD phase on the training split (both phases share the batch size, batch order and amp)."""
-        offset = 0 if phase.section == "train" else trained_epochs
-        after = _each(_epochs(on_epoch, phase.section, epochs), progress(phase.section, offset) if progress else None)
-        x, y, amp = data.train_x, data.train_y, cfg.amp
-        return run_phase(
-            model,
-            x,
-            y,
-            phase,
-            epochs=epochs,
-            batch_size=bs,
-            generator=gen,
-            amp=amp,
-            on_epoch=after,
-            prunable=list(layers.values()),
-            group_lasso=coupled_lasso,
-            **kwargs,
-        )
-
+    params_planned = planned_params(model, cfg.prune, graph)  # fixed before training (fails now if it cannot be)
     say(f"planned: {params_planned} of {params_total} params nonzero after pruning")
-    ft_epochs = cfg.budget.finetune_epochs
-    steps_per_epoch = -(-len(data.train_x) // bs)
     check_phase_one(cfg, trained_epochs)
-    schedule = pc.schedule if pc.enabled else None
-    schedule = "one_shot" if schedule == "gradual" and ft_epochs == 0 else schedule  # no finetuning to ramp in
-    final_kept = kept_weights(model, pc) if pc.enabled and pc.allocation != "per_layer" else 0
-    teacher: list[nn.Module] = []  # the model right before its first pruning, when distilling
+    statistics = functools.partial(batches_for_statistics, data.train_x, data.train_y, batch_size=bs, generator=gen)
+    finetunes, distils = cfg.budget.finetune_epochs > 0, cfg.finetune.distill_weight > 0
+    schedule = PruningSchedule(
+        model, cfg.prune, layers, finetunes=finetunes, graph=graph, batches=statistics, keep_teacher=distils
+    )
+    return _Trial(
+        cfg=cfg,
+        device=dev,
+        data=data,
+        model=model,
+        started=started,
+        dense_numel={name: w.numel() for name, w in layers.items()},
+        params_total=params_total,
+        left_dense=left_dense,
+        graph=graph,
+        macs=macs,
+        speed=speed,
+        params_planned=params_planned,
+        schedule=schedule,
+        options=options,
+        trained_epochs=trained_epochs,
+        steps_per_epoch=-(-len(data.train_x) // bs),
+        say=say,
+        seconds=seconds,
+    )
 
-    def keep_teacher() -> None:
-        if fc.distill_weight > 0 and not teacher:
-            frozen = copy.deepcopy(model).requires_grad_(False).eval()
-            frozen.zero_grad(set_to_none=True)
-            teacher.append(frozen)
 
-    def prune_to(fraction: float, current: MaskSet | None) -> MaskSet:
-        """Masks ``fraction`` of the way (AGP) from dense to the configured target; 1 is the target exactly."""
-        grads = None
-        if pc.criterion != "magnitude":
-            batches = batches_for_statistics(
-                data.train_x, data.train_y, batch_size=bs, count=pc.grad_batches, generator=gen
-            )
-            grads = gradient_statistics(model, batches, weights=layers)
-        rates = {name: rate * fraction for name, rate in pc.sparsity.items()}
-        kept = final_kept + round((1.0 - fraction) * (prunable - final_kept))
-        current_masks = current.masks if current is not None else None
-        pruned[0] = fraction >= 1.0
-        masks = compute_masks(model, pc, rates=rates, kept=kept, grads=grads, current=current_masks, graph=graph)
-        return MaskSet(model, masks)
+def _start_model(
+    cfg: TrialConfig,
+    data: Datasets,
+    start: Mapping[str, torch.Tensor] | None,
+    start_kind: str,
+    say: Callable[[str], None],
+) -> tuple[nn.Module, str]:
+    """The trial's model from ``start``, else ``cfg.model.weights``, else its initialisation; and what it started
+    from (``TrialResult.start``)."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model.name, data.input_shape, data.num_classes)
+    if start is None and cfg.model.weights is None:
+        return model, "scratch"
+    source = cfg.model.weights or "the given state_dict"
+    load_weights(model, read_weights(source) if start is None else start, source=source, name=cfg.model.name)
+    started = start_kind if start is not None else "checkpoint"
+    say(f"start: trained weights from {source if started == 'checkpoint' else 'the ' + started}")
+    if data.val_source == "carved" and started == "checkpoint":
+        say(CARVED_VALIDATION_NOTE)
+    return model, started
 
-    def agp(total_steps: int) -> dict[int, Callable[[], MaskSet]]:
-        """AGP events over [gradual_start, gradual_end] of a phase of ``total_steps``."""
-        state: list[MaskSet] = []
-        events: dict[int, Callable[[], MaskSet]] = {}
-        for at, fraction in agp_events(total_steps, pc.gradual_steps, pc.gradual_start, pc.gradual_end):
 
-            def event(fraction: float = fraction) -> MaskSet:
-                keep_teacher()
-                state[:] = [prune_to(fraction, state[0] if state else None)]
-                return state[0]
-
-            events[at] = event  # when two events share a step, the later (tighter) one wins
-        return events
-
-    # 1. sparse training (gradual_train: AGP over the end of it)
+def _sparse_train(t: _Trial) -> float:
+    """Phase 1: sparse training (a gradual_train schedule prunes over the end of it). Its validation accuracy."""
     t0 = time.perf_counter()
-    masks: MaskSet | None = None
-    if trained_epochs > 0:
-        ramp = agp(trained_epochs * steps_per_epoch) if schedule == "gradual_train" else None
-        _, masks = sgd(cfg.train, trained_epochs, prune_events=ramp)
-    val_trained = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
-    seconds["train"] = time.perf_counter() - t0
-    say(f"trained: val accuracy {val_trained:.4f} ({seconds['train']:.1f}s)")
+    if t.trained_epochs > 0:
+        prune = t.schedule.ramp(t.trained_epochs * t.steps_per_epoch) if t.schedule.kind == "gradual_train" else None
+        _sgd(t, t.cfg.train, t.trained_epochs, prune=prune)
+    val = _val_accuracy(t)
+    t.seconds["train"] = time.perf_counter() - t0
+    t.say(f"trained: val accuracy {val:.4f} ({t.seconds['train']:.1f}s)")
+    return val
 
-    # 2. pruning: one-shot now; gradual as events during finetuning; gradual_train is done already
+
+def _prune(t: _Trial, val_trained: float) -> float | None:
+    """Phase 2: a one-shot schedule prunes now (gradual ones prune within a phase). The validation accuracy of
+    the pruned model before finetuning: phase 1's when dense or pruned within phase 1, None when gradual."""
     t0 = time.perf_counter()
-    ft_events = None
-    val_pruned: float | None = val_trained  # dense, or pruned within phase 1
-    if schedule == "one_shot":
-        keep_teacher()
-        masks = prune_to(1.0, None)
-        masks.apply_()
-        val_pruned = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
-        say(f"pruned: val accuracy {val_pruned:.4f}")
-        if progress:
-            progress("prune", trained_epochs)(0)
-    elif schedule == "gradual":  # there is no pruned-but-not-finetuned model to measure
-        ft_events = agp(ft_epochs * steps_per_epoch)
+    val_pruned: float | None = val_trained
+    if t.schedule.kind == "one_shot":
+        t.schedule.prune_to(1.0).apply_()
+        val_pruned = _val_accuracy(t)
+        t.say(f"pruned: val accuracy {val_pruned:.4f}")
+        if t.progress is not None:
+            t.progress("prune", t.trained_epochs)
+    elif t.schedule.kind == "gradual":  # there is no pruned-but-not-finetuned model to measure
         val_pruned = None
-    seconds["prune"] = time.perf_counter() - t0
+    t.seconds["prune"] = time.perf_counter() - t0
+    return val_pruned
 
-    # 3. finetuning, from the teacher's knowledge and phase 1's rewound lr when asked
-    t0 = time.perf_counter()
-    keep_teacher()
-    lr_fn = None
-    if fc.lr_rewind:
-        tc = cfg.train  # Adam replays phase 1's schedule at its own lr: an SGD lr does not carry to Adam
-        lr_fn = functools.partial(
-            rewound_lr_at,
-            tc.lr_schedule,
-            fc.lr if fc.optimizer == "adam" else tc.lr,
-            steps_per_epoch=steps_per_epoch,
-            train_epochs=trained_epochs,
-            finetune_epochs=ft_epochs,
-            step_epochs=tc.lr_step_epochs,
-            gamma=tc.lr_gamma,
-        )
-    distill_from = teacher[0] if teacher else None
-    _, masks = sgd(fc, ft_epochs, masks=masks, prune_events=ft_events, lr_fn=lr_fn, teacher=distill_from)
-    teacher.clear()
-    seconds["finetune"] = time.perf_counter() - t0
 
-    # 4. evaluation (structured: on the physically smaller model, whose outputs equal the masked model's)
+def _finetune(t: _Trial) -> None:
+    """Phase 3: masked finetuning (a gradual schedule prunes during it), distilling from the model right before
+    its first pruning and on phase 1's rewound lr when asked."""
     t0 = time.perf_counter()
+    schedule, epochs = t.schedule, t.cfg.budget.finetune_epochs
+    schedule.keep_teacher()
+    prune = schedule.ramp(epochs * t.steps_per_epoch) if schedule.kind == "gradual" else None
+    _sgd(t, t.cfg.finetune, epochs, prune=prune, lr_fn=_rewound_lr(t), teacher=schedule.teacher)
+    schedule.teacher = None  # evaluation needs no teacher: free it
+    t.seconds["finetune"] = time.perf_counter() - t0
+
+
+def _evaluate(t: _Trial, val_trained: float, val_pruned: float | None, cuda: dict[str, bool]) -> TrialResult:
+    """Phase 4: accuracies, sizes and speed of the final model (structured: of the physically smaller model,
+    whose outputs equal the masked model's)."""
+    t0 = time.perf_counter()
+    model, data, ebs = t.model, t.data, t.cfg.budget.eval_batch_size
+    masks = t.schedule.masks
     final_masks = dict(masks.masks) if masks else {}
     structure = None
-    if graph is not None and masks:
-        structure = shrink(model, graph, removed_by_masks(graph, final_masks), data.input_shape).to_data()
+    if t.graph is not None and masks:
+        structure = shrink(model, t.graph, removed_by_masks(t.graph, final_masks), data.input_shape).to_data()
         final_masks = {}
-    val_acc = evaluate(model, data.val_x, data.val_y, batch_size=ebs, amp=cfg.amp)
-    test_acc = evaluate(model, data.test_x, data.test_y, batch_size=ebs, amp=cfg.amp)
+    val_acc = _val_accuracy(t)
+    test_acc = evaluate(model, data.test_x, data.test_y, batch_size=ebs, amp=t.cfg.amp)
     params_nonzero, _ = count_params(model)
-    nonzero = {n: int(torch.count_nonzero(w)) for n, w in prunable_weights(model, select).items()}
-    layer_sparsity = {n: 1.0 - nonzero[n] / dense_numel[n] for n in dense_numel}
-    seconds["eval"] = time.perf_counter() - t0
-    say(f"finetuned: val accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}, {params_nonzero}/{params_total} params")
-    final_speed = speed.finish(model, macs)
-    seconds["speed"] = speed.seconds
-
+    select = Selection.of(t.cfg.prune)
+    nonzero = nonzero_weights(model, select)
+    t.seconds["eval"] = time.perf_counter() - t0
+    accuracies = f"val accuracy {val_acc:.4f}, test accuracy {test_acc:.4f}"
+    t.say(f"finetuned: {accuracies}, {params_nonzero}/{t.params_total} params")
+    final_speed = t.speed.finish(model, t.macs)
+    t.seconds["speed"] = t.speed.seconds
     return TrialResult(
         val_accuracy=val_acc,
         test_accuracy=test_acc,
         params_nonzero=params_nonzero,
-        params_total=params_total,
-        params_prunable=prunable,
-        params_planned=params_planned,
-        layer_sparsity=layer_sparsity,
+        params_total=t.params_total,
+        params_prunable=sum(t.dense_numel.values()),
+        params_planned=t.params_planned,
+        layer_sparsity=layer_sparsity(model, select, dense_numel=t.dense_numel),
         val_accuracy_trained=val_trained,
         val_accuracy_pruned=val_pruned,
         val_samples=len(data.val_x),
         val_chance=majority_share(data.val_y),
-        flops_dense=macs.dense if macs else None,
-        flops_effective=macs.effective(nonzero) if macs else None,
-        macs_other=macs.other if macs else None,
-        not_pruned=left_dense,
-        start=started,
+        flops_dense=t.macs.dense if t.macs else None,
+        flops_effective=t.macs.effective(nonzero) if t.macs else None,
+        macs_other=t.macs.other if t.macs else None,
+        not_pruned=t.left_dense,
+        start=t.started,
         val_source=data.val_source,
-        seconds=seconds,
-        config=cfg.to_dict(),
-        device=str(dev),
+        seconds=t.seconds,
+        config=t.cfg.to_dict(),
+        device=str(t.device),
         cuda=cuda,
         model=model,
         masks={k: v.detach().to("cpu", torch.bool) for k, v in final_masks.items()},
@@ -306,6 +316,63 @@ def run_trial(
         preprocessing=for_dataset(data.name, tuple(data.input_shape)).to_dict(),
         speed=final_speed,
     )
+
+
+def _sgd(t: _Trial, phase: SGDConfig, epochs: int, **options: Any) -> None:
+    """One SGD phase on the training split, from the masks in force; both phases share ``t.options``."""
+    offset = 0 if phase.section == "train" else t.trained_epochs
+
+    def after_epoch(epoch: int, loss: float) -> None:
+        if t.on_epoch is not None:
+            t.on_epoch(phase.section, epoch, epochs, loss)
+        if t.progress is not None:
+            t.progress(phase.section, offset + epoch)
+
+    hooked = t.on_epoch is not None or t.progress is not None
+    run = dataclasses.replace(
+        t.options, epochs=epochs, masks=t.schedule.masks, on_epoch=after_epoch if hooked else None, **options
+    )
+    run_phase(t.model, t.data.train_x, t.data.train_y, phase, run)
+
+
+def _val_accuracy(t: _Trial) -> float:
+    return evaluate(t.model, t.data.val_x, t.data.val_y, batch_size=t.cfg.budget.eval_batch_size, amp=t.cfg.amp)
+
+
+def _rewound_lr(t: _Trial) -> Callable[[int], float] | None:
+    """With ``finetune.lr_rewind``, the lr of each finetuning step: phase 1's schedule, rewound."""
+    fc, tc = t.cfg.finetune, t.cfg.train
+    if not fc.lr_rewind:
+        return None
+    return functools.partial(
+        rewound_lr_at,
+        tc.lr_schedule,
+        fc.lr if fc.optimizer == "adam" else tc.lr,  # Adam replays phase 1's schedule at its own lr
+        steps_per_epoch=t.steps_per_epoch,
+        train_epochs=t.trained_epochs,
+        finetune_epochs=t.cfg.budget.finetune_epochs,
+        step_epochs=tc.lr_step_epochs,
+        gamma=tc.lr_gamma,
+    )
+
+
+class _Progress:
+    """Intermediate reports (see the module doc): ``progress(stage, epoch)`` measures the model on the fixed
+    validation subset and reports it with the trial's planned size and whether pruning is done."""
+
+    def __init__(self, t: _Trial, report: Callable[[IntermediateResult], None]) -> None:
+        n = len(t.data.val_x)
+        subset = torch.randperm(n, generator=torch.Generator().manual_seed(_REPORT_SUBSET_SEED))[:REPORT_VAL_SAMPLES]
+        subset = torch.sort(subset).values.to(t.data.val_x.device)
+        self.x, self.y = t.data.val_x[subset], t.data.val_y[subset]
+        self.trial, self.report = t, report
+        self.epochs = t.trained_epochs + t.cfg.budget.finetune_epochs
+
+    def __call__(self, stage: str, epoch: int) -> None:
+        t = self.trial
+        acc = evaluate(t.model, self.x, self.y, batch_size=t.cfg.budget.eval_batch_size, amp=t.cfg.amp)
+        planned, at_size = t.params_planned, t.schedule.at_size
+        self.report(IntermediateResult(stage, epoch, self.epochs, acc, params_planned=planned, at_size=at_size))
 
 
 def cuda_settings(cfg: TrialConfig, device: torch.device) -> dict[str, bool]:
@@ -322,53 +389,6 @@ def _apply_cuda(settings: dict[str, bool]) -> None:
     torch.backends.cuda.matmul.allow_tf32 = settings["tf32"]
     torch.backends.cudnn.allow_tf32 = settings["tf32"]
     torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
-
-
-def _epochs(
-    on_epoch: Callable[[str, int, int, float], None] | None, phase: str, epochs: int
-) -> Callable[[int, float], None] | None:
-    return None if on_epoch is None else (lambda epoch, loss: on_epoch(phase, epoch, epochs, loss))
-
-
-def _each(*callbacks: Callable[[int, float], None] | None) -> Callable[[int, float], None] | None:
-    """One per-epoch callback that calls each given one in turn (None when none is given)."""
-    given = [c for c in callbacks if c is not None]
-    if not given:
-        return None
-
-    def call(epoch: int, loss: float) -> None:
-        for callback in given:
-            callback(epoch, loss)
-
-    return call
-
-
-def _progress_reporter(
-    cfg: TrialConfig,
-    planned: int,
-    model: nn.Module,
-    data: Datasets,
-    trained_epochs: int,
-    report: Callable[[IntermediateResult], None] | None,
-    at_size: Callable[[], bool],
-) -> Callable[[str, int], Callable[[int, float], None]] | None:
-    """``progress(stage, offset)`` returns the per-epoch callback of a stage, or None without ``report``."""
-    if report is None:
-        return None
-    n = len(data.val_x)
-    subset = torch.randperm(n, generator=torch.Generator().manual_seed(_REPORT_SUBSET_SEED))[:REPORT_VAL_SAMPLES]
-    subset = torch.sort(subset).values.to(data.val_x.device)
-    x, y = data.val_x[subset], data.val_y[subset]
-    epochs = trained_epochs + cfg.budget.finetune_epochs
-
-    def progress(stage: str, offset: int) -> Callable[[int, float], None]:
-        def after_epoch(k: int, _loss: float = 0.0) -> None:
-            acc = evaluate(model, x, y, batch_size=cfg.budget.eval_batch_size, amp=cfg.amp)
-            report(IntermediateResult(stage, offset + k, epochs, acc, params_planned=planned, at_size=at_size()))
-
-        return after_epoch
-
-    return progress
 
 
 def structured_groups(model: nn.Module, layers: Mapping[str, torch.Tensor], data: Datasets) -> ChannelGraph:

@@ -92,7 +92,7 @@ def epoch_ratio(device: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from autoprune.data import batch_indices, load_datasets
     from autoprune.models import build_model
-    from autoprune.train import run_phase
+    from autoprune.train import PhaseOptions, run_phase
 
     cfg = config(SPACES["lenet-300-100"], device, args)
     data = load_datasets(cfg.dataset, seed=0, device=device)
@@ -101,7 +101,7 @@ def epoch_ratio(device: str, args: argparse.Namespace) -> dict[str, Any]:
     def pipeline(amp: bool = False) -> None:
         model = build_model(cfg.model.name, data.input_shape, data.num_classes).to(device)
         gen = torch.Generator(device=x.device).manual_seed(0)
-        run_phase(model, x, y, cfg.train, epochs=1, batch_size=bs, generator=gen, amp=amp)
+        run_phase(model, x, y, cfg.train, PhaseOptions(epochs=1, batch_size=bs, generator=gen, amp=amp))
 
     def pipeline_bf16() -> None:  # bf16 autocast (the space's amp: true); on the CPU it changes nothing
         pipeline(amp=True)

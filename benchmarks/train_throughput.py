@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from autoprune.config import DatasetConfig, PruneConfig, TrainConfig
 from autoprune.data import load_datasets
 from autoprune.models import build_model
-from autoprune.pruning import compute_masks
+from autoprune.pruning import MaskSet, compute_masks
 from autoprune.pruning.units import prunable_weights
-from autoprune.train import MaskSet, run_phase
+from autoprune.train import PhaseOptions, run_phase
 
 
 def bare_loop(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int) -> None:
@@ -69,7 +69,7 @@ def pipeline_epoch(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bs:
         grad_clip=5.0,
     )
     gen = torch.Generator().manual_seed(0)
-    run_phase(model, x, y, settings, epochs=1, batch_size=bs, generator=gen, masks=masks)
+    run_phase(model, x, y, settings, PhaseOptions(epochs=1, batch_size=bs, generator=gen, masks=masks))
 
 
 def main() -> None:

@@ -12,16 +12,16 @@ from autoprune.config import PruneConfig
 from autoprune.errors import ConfigError
 from autoprune.models import build_model
 from autoprune.pruning import (
+    MaskSet,
+    PruningSchedule,
     agp_events,
-    apply_masks,
     capped_proportional,
     compute_masks,
     count_masks,
     count_params,
-    density_at,
-    erk_densities,
     global_counts,
     kept_count,
+    kept_weights,
     lamp_scores,
     layer_counts,
     layer_scores,
@@ -106,7 +106,7 @@ def test_planned_params_equals_the_pruned_models_count(model_name, allocation) -
     masks = compute_masks(model, cfg)
     pruned = type(model)() if model_name == "resnet" else build_model(model_name, _shape(model_name), 10)
     pruned.load_state_dict(model.state_dict())
-    apply_masks(pruned, masks)
+    MaskSet(pruned, masks).apply_()
     assert count_params(pruned)[0] == planned_params(model, cfg)
     assert planned_params(model, PruneConfig(enabled=False)) == count_params(model)[1]
 
@@ -158,19 +158,22 @@ def test_erk_by_hand_with_a_layer_held_dense() -> None:
     shapes = {"a": (4, 2), "b": (10, 10), "c": (2, 1, 3, 3)}  # 8 + 100 + 18 = 126 weights
     # raw densities sum/prod: a 6/8, b 20/100, c 9/18; eps = 63 / (6 + 20 + 9) = 1.8 puts a at 1.35 > 1, so a is
     # held dense (8) and eps = 55 / (20 + 9) over the rest: b 0.2 * 55/29, c 0.5 * 55/29
-    dens = erk_densities(shapes, 0.5)
-    assert dens == pytest.approx({"a": 1.0, "b": 0.2 * 55 / 29, "c": 0.5 * 55 / 29})
+    dens = {"a": 1.0, "b": 0.2 * 55 / 29, "c": 0.5 * 55 / 29}
     scores = {n: torch.rand(s) for n, s in shapes.items()}
+    counts = layer_counts("erk", scores, 63)
+    assert all(abs(counts[n] - dens[n] * scores[n].numel()) < 1 for n in shapes)  # rounded from those densities
     # b 37.93 and c 17.07 round to 38 + 17 with a's 8: 63 exactly
-    assert layer_counts("erk", scores, 63) == {"a": 8, "b": 38, "c": 17}
+    assert counts == {"a": 8, "b": 38, "c": 17}
 
 
 def test_erk_by_hand_without_saturation() -> None:
     shapes = {"fc1": (100, 50), "fc2": (10, 100)}
     # eps = 600 / (150 + 110): fc1 keeps 150 * eps = 346.15, fc2 110 * eps = 253.85
-    assert erk_densities(shapes, 0.1) == pytest.approx({"fc1": 0.03 * 600 / 260, "fc2": 0.11 * 600 / 260})
+    dens = {"fc1": 0.03 * 600 / 260, "fc2": 0.11 * 600 / 260}
     scores = {n: torch.rand(s) for n, s in shapes.items()}
-    assert layer_counts("erk", scores, 600) == {"fc1": 346, "fc2": 254}
+    counts = layer_counts("erk", scores, kept_count(0.1, 6000))
+    assert all(abs(counts[n] - dens[n] * scores[n].numel()) < 1 for n in shapes)  # rounded from those densities
+    assert counts == {"fc1": 346, "fc2": 254}
 
 
 def test_shares_multiply_densities_and_renormalize() -> None:
@@ -218,9 +221,12 @@ def test_agp_events_over_the_end_of_a_phase() -> None:
     fractions = [f for _, f in events]
     assert fractions == pytest.approx([1 - 0.75**3, 1 - 0.5**3, 1 - 0.25**3, 1.0])
     assert fractions[-1] == 1.0
-    # an overall density ramps from dense to the final density, ending on it exactly
-    densities = [density_at(0.02, f) for f in fractions]
-    assert all(a > b for a, b in itertools.pairwise(densities)) and densities[-1] == pytest.approx(0.02)
-    assert kept_count(densities[-1], 266200) == kept_count(0.02, 266200)
+    # the weights an overall density keeps ramp from all of them to the target, ending on it exactly
+    model = build_model("lenet-300-100", (1, 28, 28), 10)
+    cfg = PruneConfig(allocation="global", density=0.02, schedule="gradual")
+    schedule = PruningSchedule(model, cfg, prunable_weights(model), finetunes=True)
+    kept = [schedule.kept_at(f) for f in fractions]
+    assert schedule.kept_at(0.0) == 266200 and all(a > b for a, b in itertools.pairwise(kept))
+    assert kept[-1] == kept_weights(model, cfg) == kept_count(0.02, 266200)
     with pytest.raises(ConfigError, match="gradual_start"):
         agp_events(100, 3, 0.9, 0.5)

@@ -18,11 +18,10 @@ from autoprune.data import (
     batch_indices,
     fashion_mnist_dir,
     load_datasets,
-    read_idx,
     stratified_split,
 )
 from autoprune.errors import DataError
-from autoprune.idx import _decode_idx
+from autoprune.idx import _decode_idx, read_idx
 
 REAL_FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 

@@ -53,22 +53,30 @@ def lrs(monkeypatch) -> list[float]:
 
 @pytest.fixture
 def phases(monkeypatch) -> list[dict]:
-    """What the pipeline hands ``run_phase`` for each phase: its config, masks, events and teacher (copied)."""
+    """What the pipeline hands ``run_phase`` for each phase: its config, masks and teacher (copied), and the steps
+    at which it pruned (``events``)."""
     seen: list[dict] = []
     run_phase = trial.run_phase
 
-    def recording(model, x, y, phase, **kw):
-        teacher = kw.get("teacher")
+    def recording(model, x, y, phase, options):
+        teacher, events, prune = options.teacher, [], options.prune
+
+        def watched(step: int):
+            masks = prune(step)
+            if masks is not None:
+                events.append(step)
+            return masks
+
         seen.append(
             {
                 "phase": phase,
-                "events": sorted(kw.get("prune_events") or {}),
-                "masks": None if kw.get("masks") is None else dict(kw["masks"].masks),
+                "events": events,
+                "masks": None if options.masks is None else dict(options.masks.masks),
                 "teacher": None if teacher is None else copy.deepcopy(teacher.state_dict()),
                 "teacher_training": None if teacher is None else teacher.training,
             }
         )
-        return run_phase(model, x, y, phase, **kw)
+        return run_phase(model, x, y, phase, dataclasses.replace(options, prune=watched if prune else None))
 
     monkeypatch.setattr(trial, "run_phase", recording)
     return seen
@@ -149,7 +157,7 @@ def test_pure_distillation_steps_along_the_distillation_gradient() -> None:
             lr=lr, momentum=0.0, lr_schedule="constant", distill_weight=weight, distill_temperature=t
         )
         gen = torch.Generator().manual_seed(0)
-        train.run_phase(model, x, y, phase, epochs=1, batch_size=32, generator=gen, teacher=teacher)
+        train.run_phase(model, x, y, phase, train.PhaseOptions(epochs=1, batch_size=32, generator=gen, teacher=teacher))
         return [p.detach() for p in model.parameters()]
 
     for got, want in zip(run(1.0), expected_step(kd), strict=True):

@@ -13,8 +13,11 @@ from autoprune.errors import AutoPruneError, ConfigError, ModelError
 from autoprune.models import build_model
 from autoprune.pruning import (
     CRITERIA,
+    MaskSet,
+    PruningSchedule,
+    agp_events,
+    agp_fraction,
     agp_sparsity,
-    apply_masks,
     compute_masks,
     count_masks,
     count_params,
@@ -22,7 +25,7 @@ from autoprune.pruning import (
     gradient_importance,
     gradient_statistics,
     gradual_event_steps,
-    gradual_plan,
+    kept_weights,
     layer_counts,
     layer_scores,
     layer_sparsity,
@@ -30,6 +33,7 @@ from autoprune.pruning import (
     per_layer_masks,
     taylor_importance,
 )
+from autoprune.pruning.units import prunable_weights
 
 
 def zeros_at(mask: torch.Tensor) -> set[int]:
@@ -211,9 +215,11 @@ def test_agp_endpoints_shape_and_monotone():
     assert values[10] > 0.95 * 0.8
 
 
-def test_gradual_plan_ends_at_final_and_is_monotone():
+def test_gradual_rates_end_at_final_and_are_monotone():
     final = {"fc1": 0.9, "fc2": 0.5, "fc3": 0.0}
-    plan = gradual_plan(final, 6)
+    model = build_model("lenet-300-100", (1, 4, 4), 3)
+    schedule = PruningSchedule(model, PruneConfig(sparsity=final), prunable_weights(model), finetunes=True)
+    plan = [schedule.rates_at(fraction) for _, fraction in agp_events(100, 6, 0.0, 1.0)]
     assert len(plan) == 6
     assert plan[-1] == final
     assert plan[0]["fc1"] > 0
@@ -221,7 +227,26 @@ def test_gradual_plan_ends_at_final_and_is_monotone():
         seq = [p[name] for p in plan]
         assert all(a <= b for a, b in itertools.pairwise(seq))
     with pytest.raises(ConfigError):
-        gradual_plan(final, 0)
+        agp_events(100, 0, 0.0, 1.0)
+
+
+def test_a_schedule_prunes_at_the_events_of_its_ramp_only():
+    torch.manual_seed(0)
+    model = build_model("lenet-300-100", (1, 4, 4), 3)
+    weights = prunable_weights(model)
+    cfg = PruneConfig(
+        allocation="global", density=0.2, schedule="gradual", gradual_steps=3, gradual_start=0.5, gradual_end=0.8
+    )
+    schedule = PruningSchedule(model, cfg, weights, finetunes=True)
+    assert schedule.kind == "gradual" and schedule.masks is None and not schedule.at_size
+    step = schedule.ramp(100)
+    fired = [k for k in range(100) if step(k) is not None]
+    assert fired == [s for s, _ in agp_events(100, 3, 0.5, 0.8)] == [50, 65, 80]
+    assert schedule.at_size and schedule.masks is not None
+    assert sum(int(m.sum()) for m in schedule.masks.masks.values()) == kept_weights(model, cfg)
+    assert PruningSchedule(model, cfg, weights, finetunes=False).kind == "one_shot"  # no finetuning to ramp in
+    dense = PruningSchedule(model, PruneConfig(enabled=False), weights, finetunes=True)
+    assert dense.kind is None and dense.at_size
 
 
 def test_gradual_event_steps():
@@ -231,29 +256,32 @@ def test_gradual_event_steps():
     assert gradual_event_steps(50, 1, 0.5) == [25]
 
 
-def test_gradual_compute_masks_keeps_pruned_weights_pruned():
+def test_gradual_pruning_keeps_pruned_weights_pruned():
     torch.manual_seed(0)
     model = build_model("lenet-300-100", (1, 4, 4), 3)
-    cfg = PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.6})
+    cfg = PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.6}, schedule="gradual", gradual_steps=4)
+    schedule = PruningSchedule(model, cfg, prunable_weights(model), finetunes=True)
     current = None
     previous_zeros = 0
-    for rates in gradual_plan(cfg.sparsity, 4):
-        masks = compute_masks(model, cfg, rates=rates, current=current)
+    for k in range(1, 5):
+        assert not schedule.at_size
+        masks = schedule.prune_to(agp_fraction(k, 4))  # compute_masks with the masks in force as ``current``
         with torch.no_grad():  # weights move between events, as during masked finetuning
             for p in model.parameters():
                 p.add_(0.01 * torch.randn_like(p))
-        apply_masks(model, masks)
+        masks.apply_()
         if current is not None:
             for name, mask in current.items():
-                assert bool(((mask == 0) <= (masks[name] == 0)).all())
-        zeros = sum(int((m == 0).sum()) for m in masks.values())
+                assert bool(((mask == 0) <= (masks.masks[name] == 0)).all())
+        zeros = sum(int((m == 0).sum()) for m in masks.masks.values())
         assert zeros >= previous_zeros
-        previous_zeros, current = zeros, masks
+        previous_zeros, current = zeros, masks.masks
+    assert schedule.at_size
     assert layer_sparsity(model) == {"fc1": pytest.approx(0.8), "fc2": pytest.approx(0.6), "fc3": 0.0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# compute_masks / apply_masks / counting
+# compute_masks / MaskSet / counting
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "gradient", "taylor"])
@@ -286,7 +314,7 @@ def test_compute_masks_gradient_criterion_without_grads_fails():
         compute_masks(model, PruneConfig(criterion="gradient", sparsity={"fc1": 0.5}))
 
 
-def test_apply_masks_layer_sparsity_and_count_params():
+def test_mask_set_layer_sparsity_and_count_params():
     model = nn.Sequential(OrderedDict(fc1=nn.Linear(4, 3), bn=nn.BatchNorm1d(3), fc2=nn.Linear(3, 2)))
     with torch.no_grad():
         for p in model.parameters():
@@ -295,11 +323,11 @@ def test_apply_masks_layer_sparsity_and_count_params():
     mask1[0, :3] = 0  # 3 of 12
     mask2 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 4 of 6
     bn_mask = torch.tensor([1.0, 0.0, 1.0])
-    apply_masks(model, {"fc1.weight": mask1, "fc2.weight": mask2, "bn.bias": bn_mask})
+    MaskSet(model, {"fc1.weight": mask1, "fc2.weight": mask2, "bn.bias": bn_mask}).apply_()
     assert layer_sparsity(model) == {"fc1": 0.25, "fc2": pytest.approx(4 / 6)}
     total = 12 + 3 + 3 + 3 + 6 + 2
     assert count_params(model) == (total - 3 - 4 - 1, total)
     with pytest.raises(ModelError, match="unknown parameter"):
-        apply_masks(model, {"fc9.weight": mask1})
+        MaskSet(model, {"fc9.weight": mask1})
     with pytest.raises(ModelError, match="shape"):
-        apply_masks(model, {"fc1.weight": mask2})
+        MaskSet(model, {"fc1.weight": mask2})

@@ -10,9 +10,9 @@ from autoprune.config import FinetuneConfig, PruneConfig, SGDConfig, TrainConfig
 from autoprune.data import batch_indices
 from autoprune.errors import DivergedError
 from autoprune.models import build_model
-from autoprune.pruning import compute_masks
+from autoprune.pruning import MaskSet, compute_masks
 from autoprune.sparsity import grad_clip_scale
-from autoprune.train import MaskSet, evaluate, make_optimizer, run_phase
+from autoprune.train import PhaseOptions, evaluate, make_optimizer, run_phase
 
 
 def blobs(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +31,7 @@ def test_zeros_stay_zero_through_finetuning_in_weights_grads_and_momentum() -> N
     x, y = blobs()
     model = tiny_model()
     plain = TrainConfig(penalty="none", lr_schedule="constant")
-    run_phase(model, x, y, plain, epochs=1, batch_size=32, generator=torch.Generator().manual_seed(0))
+    run_phase(model, x, y, plain, PhaseOptions(epochs=1, batch_size=32, generator=torch.Generator().manual_seed(0)))
     masks = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.9, "fc2": 0.7, "fc3": 0.3})))
     # momentum that already holds values (as a reused optimizer would) must be cleared where pruned
     settings = TrainConfig(
@@ -54,9 +54,8 @@ def test_zeros_stay_zero_through_finetuning_in_weights_grads_and_momentum() -> N
         assert torch.all(opt.momentum_buffer(p)[m == 0] == 0)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    steps, _ = run_phase(
-        model, x, y, settings, epochs=3, batch_size=32, generator=torch.Generator().manual_seed(1), masks=masks
-    )
+    options = PhaseOptions(epochs=3, batch_size=32, generator=torch.Generator().manual_seed(1), masks=masks)
+    steps, _ = run_phase(model, x, y, settings, options)
     assert steps == 3 * 8
     params = dict(model.named_parameters())
     for name, mask in masks.masks.items():
@@ -100,7 +99,7 @@ def masked_finetune(start, masks, x, y, settings: FinetuneConfig) -> torch.nn.Mo
     """``run_phase`` finetuning of a copy of ``start`` under ``masks``: 2 epochs, batches of 16, batch seed 3."""
     model = copy.deepcopy(start)
     gen = torch.Generator().manual_seed(3)
-    run_phase(model, x, y, settings, epochs=2, batch_size=16, generator=gen, masks=MaskSet(model, masks))
+    run_phase(model, x, y, settings, PhaseOptions(epochs=2, batch_size=16, generator=gen, masks=MaskSet(model, masks)))
     return model
 
 
@@ -148,16 +147,17 @@ def test_masked_momentum_buffers_stay_zero_inside_the_phase() -> None:
     masks = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.8})))
     captured = {}
 
-    def event() -> MaskSet:  # a gradual event at step 5 tightens fc2 too
+    def event(step: int) -> MaskSet | None:  # a gradual event at step 5 tightens fc2 too
+        if step != 5:
+            return None
         new = MaskSet(model, compute_masks(model, PruneConfig(sparsity={"fc1": 0.8, "fc2": 0.5}), current=masks.masks))
         captured["masks"] = new
         return new
 
     settings = FinetuneConfig(lr=0.05, momentum=0.9, lr_schedule="constant")
     gen = torch.Generator().manual_seed(0)
-    _, final = run_phase(
-        model, x, y, settings, epochs=2, batch_size=32, generator=gen, masks=masks, prune_events={5: event}
-    )
+    options = PhaseOptions(epochs=2, batch_size=32, generator=gen, masks=masks, prune=event)
+    _, final = run_phase(model, x, y, settings, options)
     assert final is captured["masks"]
     w = dict(model.named_parameters())
     assert float((w["fc2.weight"] == 0).float().mean()) == pytest.approx(0.5, abs=1e-3)
@@ -170,7 +170,7 @@ def test_training_learns_and_evaluate_counts_exactly() -> None:
     model = tiny_model()
     before = evaluate(model, x, y)
     settings = TrainConfig(lr=0.05, momentum=0.9, lr_schedule="cosine", penalty="none")
-    run_phase(model, x, y, settings, epochs=3, batch_size=64, generator=torch.Generator().manual_seed(0))
+    run_phase(model, x, y, settings, PhaseOptions(epochs=3, batch_size=64, generator=torch.Generator().manual_seed(0)))
     after = evaluate(model, x, y, batch_size=100)  # a batch size that does not divide n
     assert after > max(before, 0.9)
     with torch.no_grad():
@@ -184,7 +184,9 @@ def test_l1_penalty_drives_weights_toward_zero() -> None:
     for lam in (0.0, 3e-3):
         model = tiny_model()
         settings = TrainConfig(lr=0.05, momentum=0.9, lr_schedule="constant", penalty="l1", lambda_max=lam)
-        run_phase(model, x, y, settings, epochs=3, batch_size=32, generator=torch.Generator().manual_seed(0))
+        run_phase(
+            model, x, y, settings, PhaseOptions(epochs=3, batch_size=32, generator=torch.Generator().manual_seed(0))
+        )
         norms[lam] = float(model.fc1.weight.detach().abs().sum())
     assert norms[3e-3] < 0.7 * norms[0.0]
 
@@ -193,7 +195,7 @@ def test_weight_clipping_bounds_every_weight() -> None:
     x, y = blobs()
     model = tiny_model()
     settings = TrainConfig(lr=0.5, momentum=0.9, lr_schedule="constant", penalty="none", weight_clip=0.05)
-    run_phase(model, x, y, settings, epochs=1, batch_size=32, generator=torch.Generator().manual_seed(0))
+    run_phase(model, x, y, settings, PhaseOptions(epochs=1, batch_size=32, generator=torch.Generator().manual_seed(0)))
     for layer in (model.fc1, model.fc2, model.fc3):
         assert float(layer.weight.detach().abs().max()) <= 0.05 + 1e-7
 
@@ -203,7 +205,9 @@ def test_a_diverging_run_raises_with_phase_and_step() -> None:
     model = tiny_model()
     settings = TrainConfig(lr=1e6, momentum=0.9, lr_schedule="constant", penalty="none")
     with pytest.raises(DivergedError) as info:
-        run_phase(model, x, y, settings, epochs=20, batch_size=32, generator=torch.Generator().manual_seed(0))
+        run_phase(
+            model, x, y, settings, PhaseOptions(epochs=20, batch_size=32, generator=torch.Generator().manual_seed(0))
+        )
     assert info.value.phase == "train"
     assert 0 < info.value.step <= 160
     assert "phase 'train' at step" in str(info.value)
@@ -255,17 +259,12 @@ def test_adam_keeps_weights_pruned_mid_phase_at_zero() -> None:
     tight = compute_masks(model, PruneConfig(sparsity={"fc1": 0.9}))
     settings = FinetuneConfig(optimizer="adam", lr=0.01, lr_schedule="constant")
     gen = torch.Generator().manual_seed(0)
-    run_phase(
-        model,
-        x,
-        y,
-        settings,
-        epochs=2,
-        batch_size=16,
-        generator=gen,
-        masks=MaskSet(model, loose),
-        prune_events={5: lambda: MaskSet(model, tight)},
-    )
+
+    def event(step: int) -> MaskSet | None:  # a gradual pruning event at step 5
+        return MaskSet(model, tight) if step == 5 else None
+
+    options = PhaseOptions(epochs=2, batch_size=16, generator=gen, masks=MaskSet(model, loose), prune=event)
+    run_phase(model, x, y, settings, options)
     w, late = model.fc1.weight.detach(), (loose["fc1.weight"] == 1) & (tight["fc1.weight"] == 0)
     assert int(late.sum()) > 0
     assert torch.all(w[tight["fc1.weight"] == 0] == 0)

@@ -16,8 +16,8 @@ from _user_folder import TINY_RESNET, UserFolder, write_user_folder
 
 import autoprune
 from autoprune.config import TrialConfig
-from autoprune.data import read_idx
 from autoprune.errors import ModelError
+from autoprune.idx import read_idx
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 RESNET_LAYERS = ("stem", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "fc")

@@ -2,8 +2,9 @@
 
 - ``criteria``: element-wise importance (magnitude, gradient, Taylor) and the gradient statistics they use.
 - ``allocation``: how many weights each layer keeps (uniform, ERK, global, LAMP, shares), summing exactly.
-- ``masks``: 0/1 masks from scores and counts; ``compute_masks`` and ``planned_params`` for a model and config.
-- ``schedules``: AGP gradual pruning as lists of events.
+- ``masks``: 0/1 masks from scores and counts; ``compute_masks`` and ``planned_params`` for a model and config;
+  ``MaskSet``, masks held on a model; what masks leave (``layer_sparsity``, ``count_params``).
+- ``schedules``: AGP gradual pruning as lists of events; ``PruningSchedule``, one trial's pruning as state.
 - ``channels``: channel groups of any model (Torch-Pruning's dependency graph), their masks, the smaller model.
 - ``structured``: which channels a structured configuration removes.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 from .allocation import (
     ALLOCATIONS,
     capped_proportional,
-    erk_densities,
     global_counts,
     kept_count,
     lamp_scores,
@@ -29,39 +29,38 @@ from .criteria import (
     taylor_importance,
 )
 from .masks import (
-    apply_masks,
+    MaskSet,
     compute_masks,
     count_masks,
     count_params,
     kept_weights,
     layer_sparsity,
+    nonzero_weights,
     per_layer_masks,
     planned_params,
 )
-from .schedules import agp_events, agp_fraction, agp_sparsity, density_at, gradual_event_steps, gradual_plan
+from .schedules import PruningSchedule, agp_events, agp_fraction, agp_sparsity, gradual_event_steps
 from .structured import removed_by_masks, structured_removal, uniform_rate
 
 __all__ = [
     "ALLOCATIONS",
     "CRITERIA",
     "ChannelGraph",
+    "MaskSet",
+    "PruningSchedule",
     "Structure",
     "agp_events",
     "agp_fraction",
     "agp_sparsity",
-    "apply_masks",
     "capped_proportional",
     "channel_graph",
     "compute_masks",
     "count_masks",
     "count_params",
-    "density_at",
-    "erk_densities",
     "global_counts",
     "gradient_importance",
     "gradient_statistics",
     "gradual_event_steps",
-    "gradual_plan",
     "kept_count",
     "kept_weights",
     "lamp_scores",
@@ -69,6 +68,7 @@ __all__ = [
     "layer_scores",
     "layer_sparsity",
     "magnitude_importance",
+    "nonzero_weights",
     "per_layer_masks",
     "planned_params",
     "rebuild",

@@ -33,7 +33,6 @@ __all__ = [
     "capped_proportional",
     "check_rate",
     "check_rates",
-    "erk_densities",
     "global_counts",
     "kept_count",
     "lamp_scores",
@@ -118,14 +117,6 @@ def capped_proportional(weights: Mapping[str, float], caps: Mapping[str, int], t
     targets = dict.fromkeys(weights, 0.0)
     targets.update(_capped_targets(live, caps, float(total)))
     return _round_to_total(targets, caps, total)
-
-
-def erk_densities(shapes: Mapping[str, tuple[int, ...]], density: float) -> dict[str, float]:
-    """ERK per-layer densities (before rounding) for an overall ``density``; see the module docstring."""
-    caps = {n: math.prod(s) for n, s in shapes.items()}
-    weights = {n: sum(s) / math.prod(s) * caps[n] for n, s in shapes.items()}
-    targets = _capped_targets(weights, caps, check_rate("prune.density", density) * sum(caps.values()))
-    return {n: targets[n] / caps[n] for n in shapes}
 
 
 def _capped_targets(weights: Mapping[str, float], caps: Mapping[str, int], total: float) -> dict[str, float]:

@@ -5,7 +5,8 @@ A mask is a 0/1 tensor with the shape, device and dtype of one parameter, keyed 
 ``model.named_parameters()`` (``"fc1.weight"``, ``"rnn.weight_hh_l0"``); the training loop keeps masked entries
 at exactly zero. Scores, counts and rates are keyed by unit name (``fc1``, ``rnn.weight_hh_l0``: see ``units``).
 ``compute_masks`` is the one function that turns a ``PruneConfig`` into masks for a model, and ``planned_params``
-says, before any training, how many nonzero parameters those masks leave.
+says, before any training, how many nonzero parameters those masks leave; ``nonzero_weights``, ``layer_sparsity``
+and ``count_params`` count what they left.
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ from .units import Selection, parameter_paths, prunable_weights
 
 __all__ = [
     "MaskSet",
-    "apply_masks",
     "compute_masks",
     "count_masks",
     "count_params",
     "floor_counts",
     "kept_weights",
     "layer_sparsity",
+    "nonzero_weights",
     "per_layer_masks",
     "planned_params",
 ]
@@ -202,30 +203,24 @@ def compute_masks(
     return masks
 
 
-def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
-    """Multiply each named parameter by its mask, in place."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, mask in masks.items():
-            if name not in params:
-                raise ModelError(f"mask for unknown parameter {name!r}; the model's parameters: {', '.join(params)}")
-            p = params[name]
-            if mask.shape != p.shape:
-                raise ModelError(
-                    f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(p.shape)}; "
-                    "recompute the masks on this model"
-                )
-            p.mul_(mask.to(device=p.device, dtype=p.dtype))
+def nonzero_weights(model: nn.Module, select: Selection | None = None) -> dict[str, int]:
+    """Nonzero entries of each prunable weight tensor, by unit name."""
+    return {name: int(torch.count_nonzero(w)) for name, w in prunable_weights(model, select).items()}
 
 
-def layer_sparsity(model: nn.Module, select: Selection | None = None) -> dict[str, float]:
-    """Fraction of exactly-zero entries of each prunable weight tensor, by unit name."""
-    weights = prunable_weights(model, select)
-    if not weights:
-        return {}
+def layer_sparsity(
+    model: nn.Module, select: Selection | None = None, *, dense_numel: Mapping[str, int] | None = None
+) -> dict[str, float]:
+    """Fraction of each prunable weight tensor's entries that are zero, by unit name.
+
+    ``dense_numel`` (unit name -> entries of the dense tensor) counts the entries structured pruning removed as
+    well: the fraction of the dense tensor's entries that are zero or gone.
+    """
+    nonzero = nonzero_weights(model, select)
+    if dense_numel is None:
+        dense_numel = {name: w.numel() for name, w in prunable_weights(model, select).items()}
     # integer counts divided on the host give exact fractions (0.8, not float32's 0.800000011920929)
-    zeros = torch.stack([(w.detach() == 0).sum().cpu() for w in weights.values()]).tolist()
-    return {name: z / w.numel() for (name, w), z in zip(weights.items(), zeros, strict=True)}
+    return {name: 1.0 - nonzero[name] / numel for name, numel in dense_numel.items()}
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -242,9 +237,14 @@ class MaskSet:
 
     def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         params = dict(model.named_parameters())
-        unknown = sorted(set(masks) - set(params))
-        if unknown:
-            raise KeyError(f"masks name unknown parameters: {unknown}")
+        for name, mask in masks.items():
+            if name not in params:
+                raise ModelError(f"mask for unknown parameter {name!r}; the model's parameters: {', '.join(params)}")
+            if mask.shape != params[name].shape:
+                raise ModelError(
+                    f"mask for {name!r} has shape {tuple(mask.shape)}, the parameter {tuple(params[name].shape)}; "
+                    "recompute the masks on this model"
+                )
         self.masks = dict(masks)
         self.params = [params[name] for name in self.masks]
         self.values = [
