@@ -127,7 +127,7 @@ class LaunchConfig:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
             raise SearchError(f"--seed must be a non-negative integer of 32 bits (at most {MAX_SEED}), got {seed!r}")
         if not isinstance(self.resources, Resources) or not isinstance(self.early_stop, EarlyStop):
-            raise TypeError("resources and early_stop are a Resources and an EarlyStop")
+            raise TypeError("LaunchConfig.resources must be a Resources, and early_stop an EarlyStop")
         if self.address is not None:
             check_address(self.address)
         if self.timeout is not None:
