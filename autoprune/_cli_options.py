@@ -1,4 +1,5 @@
-"""The command line's shared pieces: help that shows flags bare, value enums, options declared once."""
+"""The command line's shared pieces: help that shows flags bare, value enums, options declared once (``search``'s
+launch options among them)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 Sampler = enum.Enum("Sampler", {name: name for name in SAMPLERS}, type=str)  # --sampler [tpe|nsga2|random]
-EarlyStop = enum.Enum("EarlyStop", {name: name for name in EARLY_STOP_MODES}, type=str)  # --early-stop [off|asha]
+EarlyStopMode = enum.Enum("EarlyStopMode", {name: name for name in EARLY_STOP_MODES}, type=str)  # [off|asha]
 
 
 def flag(*names: str, help: str) -> Any:
@@ -86,6 +87,33 @@ VerboseOption = Annotated[bool, flag("--verbose", help="Show Ray's own logs and 
 TimeoutOption = Annotated[
     str | None,
     typer.Option(help="Time budget, e.g. 90s, 15m, 1h30m: no trial starts after it, running ones finish."),
+]
+# `search`'s launch options (api.search builds an autoprune.launchconfig.LaunchConfig of them).
+TrialsOption = Annotated[
+    int | None, typer.Option(help="Number of trials (default: the space's search.trials, else 20).")
+]
+ConcurrentOption = Annotated[
+    int | None, typer.Option(help="Trials at a time (default: as many as the cluster's CPUs/GPUs fit).")
+]
+CpusOption = Annotated[float, typer.Option(help="CPUs per trial; also the trial's torch threads.")]
+GpusOption = Annotated[
+    str,
+    typer.Option(
+        help="GPUs per trial: auto (a share of a GPU where the cluster has GPUs, else the CPU), 0 for the CPU, "
+        "or a number; a fraction (0.25) shares one GPU between trials."
+    ),
+]
+AddressOption = Annotated[
+    str | None,
+    typer.Option(help="Connect to a running Ray cluster: auto or host:port (default: start Ray locally)."),
+]
+SamplerOption = Annotated[
+    Sampler | None, typer.Option(help="Optuna sampler (default: the space's search.sampler, else tpe).")
+]
+SeedOption = Annotated[int, typer.Option(help="Sampler seed; with --concurrent 1 the run is reproducible.")]
+EarlyStopOption = Annotated[
+    EarlyStopMode | None,
+    typer.Option(help="Stop trials that trail those of their size or smaller (default: the space's, else off)."),
 ]
 ReductionOption = Annotated[
     float | None, typer.Option(help="Early stopping: rungs η× apart in epochs; the top 1/η of a rung go on (3).")

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from ._paths import as_path
 from .config import DEFAULT_THREADS
 from .errors import ModelError, SearchError
+from .launchconfig import EarlyStop, LaunchConfig, Resources
 from .space import load_space
 
 if TYPE_CHECKING:
@@ -152,28 +153,20 @@ def search(
     """
     from .raytune import run_search
 
-    if weights is not None:
-        overrides = [*overrides, f"model.weights={json.dumps(str(weights))}"]  # JSON-quoted: YAML reads a string
-    kwargs = {"log": log} if log is not None else {}
-    return run_search(
-        space,
-        run_dir,
+    config = LaunchConfig(  # every option checked here, once, before the space is read
         trials=trials,
-        concurrent=concurrent,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        address=address,
         sampler=sampler,
         seed=seed,
+        resources=Resources(concurrent, cpus_per_trial, gpus_per_trial),
+        early_stop=EarlyStop(early_stop, reduction_factor, grace_period),
+        address=address,
         study_storage=study_storage,
-        overrides=overrides,
-        early_stop=early_stop,
-        reduction_factor=reduction_factor,
-        grace_period=grace_period,
         timeout=timeout,
         verbose=verbose,
-        **kwargs,
     )
+    if weights is not None:
+        overrides = [*overrides, f"model.weights={json.dumps(str(weights))}"]  # JSON-quoted: YAML reads a string
+    return run_search(space, run_dir, config, overrides=overrides, log=log or _stderr)
 
 
 def resume(
@@ -206,23 +199,16 @@ def resume(
     """
     from .raytune import resume_search
 
-    kwargs = {"log": log} if log is not None else {}
-    return resume_search(
-        run_dir,
+    changes = LaunchConfig(  # what is given replaces the search's; the rest stays as run.json has it
         trials=trials,
-        study_storage=study_storage,
+        resources=Resources(concurrent, cpus_per_trial, gpus_per_trial),
+        early_stop=EarlyStop(early_stop, reduction_factor, grace_period),
         address=address,
-        concurrent=concurrent,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        early_stop=early_stop,
-        reduction_factor=reduction_factor,
-        grace_period=grace_period,
+        study_storage=study_storage,
         timeout=timeout,
         verbose=verbose,
-        allow_modules=allow_modules,
-        **kwargs,
     )
+    return resume_search(run_dir, changes, log=log or _stderr, allow_modules=allow_modules)
 
 
 def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None) -> Results:

@@ -3,7 +3,7 @@
 A search begins with the baselines a user would try by hand: each allocation the space declares (global magnitude
 first) at a ladder of overall densities spanning the declared ``prune.density`` range, every other searched leaf
 at its default. They are enqueued into the Optuna study (``study.enqueue_trial``) marked with the user attribute
-``baseline``, so the first ``ask()`` calls (Ray Tune's ``OptunaSearch`` asks once per trial) run them, the sampler
+``baseline``, so the first ``ask()`` calls (the search's searcher asks once per trial) run them, the sampler
 learns from their results, and the front can never be worse than the best of them. They count toward the trials
 requested, and a study is seeded once: a resume runs the baselines still waiting, never the finished ones again.
 

@@ -16,28 +16,35 @@ import typer
 
 from ._bounds import cut
 from ._cli_options import (
+    AddressOption,
     AllowModuleOption,
     Command,
-    EarlyStop,
+    ConcurrentOption,
+    CpusOption,
+    EarlyStopMode,
+    EarlyStopOption,
+    GpusOption,
     GraceOption,
     LaunchJsonOption,
     MaxLatencyOption,
     MaxMacsOption,
     MaxParamsOption,
     ReductionOption,
-    Sampler,
+    SamplerOption,
+    SeedOption,
     SetOption,
     SpaceArgument,
     StorageOption,
     ThreadsOption,
     TimeoutOption,
     TrialSeedOption,
+    TrialsOption,
     VerboseOption,
     app,
     flag,
 )
 from .config import DEFAULT_THREADS
-from .errors import AutoPruneError, first_line
+from .errors import AutoPruneError, disk_full, first_line
 
 
 def _version(value: bool) -> None:
@@ -162,34 +169,16 @@ def _finish_launch(outcome: Any, as_json: bool) -> None:
 def search(
     space: SpaceArgument = None,
     run_dir: Annotated[str, typer.Option("--run-dir", help="New directory for everything the search makes.")] = ...,
-    trials: Annotated[
-        int | None, typer.Option(help="Number of trials (default: the space's search.trials, else 20).")
-    ] = None,
-    concurrent: Annotated[
-        int | None, typer.Option(help="Trials at a time (default: as many as the cluster's CPUs/GPUs fit).")
-    ] = None,
-    cpus_per_trial: Annotated[float, typer.Option(help="CPUs per trial; also the trial's torch threads.")] = 1.0,
-    gpus_per_trial: Annotated[
-        str,
-        typer.Option(
-            help="GPUs per trial: auto (a share of a GPU where the cluster has GPUs, else the CPU), 0 for the CPU, "
-            "or a number; a fraction (0.25) shares one GPU between trials."
-        ),
-    ] = "auto",
-    address: Annotated[
-        str | None,
-        typer.Option(help="Connect to a running Ray cluster: auto or host:port (default: start Ray locally)."),
-    ] = None,
-    sampler: Annotated[
-        Sampler | None, typer.Option(help="Optuna sampler (default: the space's search.sampler, else tpe).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Sampler seed; with --concurrent 1 the run is reproducible.")] = 0,
+    trials: TrialsOption = None,
+    concurrent: ConcurrentOption = None,
+    cpus_per_trial: CpusOption = 1.0,
+    gpus_per_trial: GpusOption = "auto",
+    address: AddressOption = None,
+    sampler: SamplerOption = None,
+    seed: SeedOption = 0,
     study_storage: StorageOption = None,
     set_: SetOption = None,
-    early_stop: Annotated[
-        EarlyStop | None,
-        typer.Option(help="Stop trials that trail those of their size or smaller (default: the space's, else off)."),
-    ] = None,
+    early_stop: EarlyStopOption = None,
     reduction_factor: ReductionOption = None,
     grace_period: GraceOption = None,
     timeout: TimeoutOption = None,
@@ -199,7 +188,7 @@ def search(
     """Search the pipeline with Ray Tune + Optuna (max val accuracy, min nonzero params) and report the front."""
     from .api import search as run
 
-    outcome = run(
+    outcome = run(  # the API builds the one launch configuration (autoprune.launchconfig) and checks it
         space,
         run_dir=run_dir,
         trials=trials,
@@ -236,7 +225,7 @@ def resume(
         str | None, typer.Option(help="GPUs per trial: auto, 0 or a number (default: the search's).")
     ] = None,
     study_storage: StorageOption = None,
-    early_stop: Annotated[EarlyStop | None, typer.Option(help="Early stopping (default: the search's).")] = None,
+    early_stop: Annotated[EarlyStopMode | None, typer.Option(help="Early stopping (default: the search's).")] = None,
     reduction_factor: ReductionOption = None,
     grace_period: GraceOption = None,
     timeout: TimeoutOption = None,
@@ -250,7 +239,7 @@ def resume(
     """
     from .api import resume as run
 
-    outcome = run(
+    outcome = run(  # only what is given changes the search's launch configuration, kept in run.json
         run_dir,
         trials=trials,
         address=address,
@@ -371,19 +360,6 @@ def evaluate(
         )
 
 
-def _disk_full(exc: BaseException) -> bool:
-    import errno
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "disk is full" in str(seen) or "No space left" in str(seen):  # SQLite's and others' wording
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 def _one_line(message: str) -> None:
     typer.secho(f"autoprune: error: {cut(message)}", fg=typer.colors.RED, err=True)  # a value shown may be a file
 
@@ -406,7 +382,7 @@ def main() -> None:
         typer.secho("autoprune: interrupted", fg=typer.colors.RED, err=True)
         sys.exit(130)
     except Exception as exc:
-        if not _disk_full(exc):
+        if not disk_full(exc):
             raise
         _one_line(
             f"no space left on the device ({first_line(exc, 160)}); what was finished is kept: free some space and "

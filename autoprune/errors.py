@@ -1,7 +1,8 @@
 """The exceptions autoprune raises. Every user-facing failure is an ``AutoPruneError``.
 
 The command line turns any ``AutoPruneError`` into one line on stderr and a non-zero exit, so the
-message must stand alone: say what is wrong, the offending value, and how to fix it.
+message must stand alone: say what is wrong, the offending value, and how to fix it. ``first_line`` and
+``disk_full`` read an exception from other code.
 """
 
 from __future__ import annotations
@@ -44,3 +45,17 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message`` (cut at ``limit``): an exception from other code, fit for one line."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from says the disk is full (an OS error, or SQLite's words)."""
+    import errno
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(seen) or "No space left" in str(seen):  # SQLite's and others' wording
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -32,10 +32,12 @@ from ._storage import storage_spec as storage_spec
 from .baselines import CALIBRATION_ATTR, checkpoint_reference
 from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
+from .launchconfig import DEFAULT_SAMPLER as DEFAULT_SAMPLER  # re-exported: the samplers are the ledger's
+from .launchconfig import check_sampler as check_sampler
 from .pareto import SIZE_KEYS
 from .refine import REFINE_ATTR, SIZE_ATTR
 from .rundir import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
-from .space import SAMPLERS
+from .space import SAMPLERS as SAMPLERS  # re-exported: the names make_sampler takes
 
 if TYPE_CHECKING:
     import optuna
@@ -43,7 +45,6 @@ if TYPE_CHECKING:
 
     from .space import SearchSpace
 
-DEFAULT_SAMPLER = "tpe"
 # The values Ray Tune's reports carry (early stopping judges the planned parameter count, whatever the objective);
 # the study's second value is the searched objective's record key (``objective_key``).
 OBJECTIVES = ("val_accuracy", "params_nonzero")
@@ -123,12 +124,6 @@ def check_objective(study: optuna.Study, info: RunInfo, space: SearchSpace) -> N
                 f"{where} says objective {name!r} but this study was searched for {searched!r}; a search keeps its "
                 "objective: restore it, or start a new search in another --run-dir"
             )
-
-
-def check_sampler(name: Any) -> str:
-    if name not in SAMPLERS:
-        raise SearchError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
-    return name
 
 
 def sampler_options(name: str, trials: int) -> dict[str, Any]:
@@ -374,4 +369,4 @@ def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None
     run_dir = Path(run_dir)
     info = RunInfo.read(run_dir)
     study = load_study(info, run_dir, study_storage, read_only=True)
-    return study_results(study, requested=info.trials, run_dir=run_dir)
+    return study_results(study, requested=info.launch.trials, run_dir=run_dir)

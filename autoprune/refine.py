@@ -44,7 +44,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-    from .space import Dim
+    from .space import Dim, SearchSpace
 
 __all__ = [
     "REFINE_ATTR",
@@ -53,6 +53,7 @@ __all__ = [
     "Proposal",
     "RefineSettings",
     "Refiner",
+    "SearchPolicies",
     "propose",
     "propose_size",
     "refine_settings",
@@ -76,6 +77,22 @@ DEFAULT_AFTER = 10
 class RefineSettings:
     every: int  # every N-th new trial is a refinement; 0: never
     after: int  # sampled trials (not baselines, not refinements) that must have finished first
+
+
+@dataclass(frozen=True)
+class SearchPolicies:
+    """What a search does before it asks its sampler for a new trial, passed to its searcher whole: finish a pending
+    calibration (``baselines.Calibration``), else refine the declared sizes and the front (``Refiner``). The
+    defaults do neither; a search takes its space's (``of``)."""
+
+    calibrate: bool = False  # once the probes are done, enqueue the ladder at the values they chose
+    refine: RefineSettings = RefineSettings(every=0, after=DEFAULT_AFTER)  # every N-th new trial refines the front
+    sizes: tuple[float, ...] = ()  # sizes a user will pick at, refined on their own: fractions or parameter counts
+
+    @classmethod
+    def of(cls, space: SearchSpace) -> SearchPolicies:
+        """The policies a space sets: ``search.refine``, ``search.sizes``, and calibration where seeding asks for it."""
+        return cls(calibrate=True, refine=refine_settings(space.refine), sizes=size_targets(space.sizes))
 
 
 def refine_settings(raw: Any) -> RefineSettings:

@@ -37,6 +37,7 @@ from ._paths import check_input_file, find_run_dir
 from ._spacefile import read_text
 from ._trust import check_run_modules, sealed_here
 from .errors import SearchError, first_line
+from .launchconfig import SEARCH_RESOURCES, LaunchConfig
 from .pareto import SIZE_KEYS
 from .space import SearchSpace, document_digest, load_yaml, parse_space
 
@@ -71,14 +72,8 @@ class RunInfo:
     storage: dict[str, Any]  # {"kind": "run-dir"} | {"kind": "rdb", "url": redacted} | {"kind": "journal", "path"}
     space_digest: str
     space_source: str
-    sampler: str
-    seed: int
-    trials: int  # the number of trials the search should end with (counted outcomes)
-    resources: dict[str, Any]  # concurrent, cpus_per_trial, gpus_per_trial
+    launch: LaunchConfig  # the search's options; run.json keeps them at its top level (LaunchConfig.to_record)
     sampler_options: dict[str, Any] = field(default_factory=dict)
-    # {"mode": "off"} | {"mode": "asha", "reduction_factor": η, "grace_period": epochs}; off for runs from before
-    early_stop: dict[str, Any] = field(default_factory=lambda: {"mode": "off"})
-    address: str | None = None
     version: str = ""
     created: str = ""
     launches: list[dict[str, Any]] = field(default_factory=list)
@@ -102,29 +97,43 @@ class RunInfo:
             data = json.loads(path.read_text())
             if not isinstance(data, dict):
                 raise ValueError(f"expected a JSON object, got {type(data).__name__}")
-            known = {f.name for f in dataclasses.fields(cls)}
-            info = cls(**{k: v for k, v in data.items() if k in known})
+            missing = [name for name in _REQUIRED if name not in data]
+            if missing:
+                raise ValueError(f"{missing[0]} is missing")
             for name, kind in _FIELD_TYPES.items():
-                value = getattr(info, name)
+                value = data.get(name, kind())
                 if not isinstance(value, kind) or isinstance(value, bool):
                     raise TypeError(f"{name} is {type(value).__name__} {value!r:.40}")
         except (OSError, ValueError, TypeError) as exc:
             raise SearchError(f"{path} is unreadable or damaged ({type(exc).__name__}: {exc})") from None
-        info.resources = {**_RESOURCE_DEFAULTS, **info.resources}
-        bad = _out_of_bounds(info)
-        if bad is not None:
-            raise SearchError(f"{path}: {bad}; the file was edited or damaged: set it within that in {RUN_FILE}")
-        return info
+        data["resources"] = {**dataclasses.asdict(SEARCH_RESOURCES), **data["resources"]}
+        bad = _out_of_bounds(data)
+        try:
+            if bad is not None:
+                raise SearchError(bad)
+            launch = LaunchConfig.from_record(data)
+        except SearchError as exc:
+            edited = f"{path}: {exc}; the file was edited or damaged: set it within that in {RUN_FILE}"
+            raise SearchError(edited) from None
+        own = {f.name for f in dataclasses.fields(cls)} - {"launch"}
+        return cls(launch=launch, **{k: v for k, v in data.items() if k in own})
+
+    def to_dict(self) -> dict[str, Any]:
+        """run.json's document: the launch configuration's options among the run's own, in the file's order."""
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "launch"}
+        doc.update(self.launch.to_record())
+        return {**{key: doc.pop(key) for key in _ORDER}, **doc}
 
     def write(self, run_dir: Path) -> None:
         with atomic_open(run_dir / RUN_FILE, "w") as fh:
-            fh.write(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+            fh.write(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
+_REQUIRED = ("study_name", "storage", "space_digest", "space_source", "sampler", "seed", "trials", "resources")
+_ORDER = (*_REQUIRED, "sampler_options", "early_stop", "address")  # the order of the keys files have had
 # What the code reading run.json relies on; a hand-edited file fails here, in one line, not later.
 _FIELD_TYPES = {"study_name": str, "storage": dict, "space_digest": str, "sampler": str, "seed": int, "trials": int,
                 "resources": dict, "sampler_options": dict, "launches": list}  # fmt: skip
-_RESOURCE_DEFAULTS = {"concurrent": None, "cpus_per_trial": 1.0, "gpus_per_trial": "auto"}  # search's defaults
 
 
 def _whole(value: Any, low: int, high: int) -> bool:
@@ -146,24 +155,24 @@ def _gpus(value: Any) -> bool:
     return _number(value, 0) and (value <= 1 or value == int(value))
 
 
-def _out_of_bounds(info: RunInfo) -> str | None:
+def _out_of_bounds(data: dict[str, Any]) -> str | None:
     """The first value of a run.json outside the bounds its option has (``search`` wrote it within them), as
     "NAME must be RULE, got VALUE"; None when every one is within. A received file is data: a trial count of 10**30
     would start a search that never ends, text where a number belongs fails as a traceback. The seed may take
-    64 bits: resume folds it into the 32 its samplers take, and runs made before ``--seed`` was held to 32 bits
-    hold such seeds."""
-    concurrent, cpus, gpus = (info.resources[k] for k in _RESOURCE_DEFAULTS)
+    64 bits: runs made before ``--seed`` was held to 32 bits hold such seeds (``LaunchConfig.from_record``)."""
+    concurrent, cpus, gpus = (data["resources"][f.name] for f in dataclasses.fields(SEARCH_RESOURCES))
+    trials, seed, address = data["trials"], data["seed"], data.get("address")
+    early_stop, objective = data.get("early_stop", {"mode": "off"}), data.get("objective", "params")
     checks = (
-        ("trials", info.trials, _whole(info.trials, 1, MAX_TRIALS), f"a whole number from 1 to {MAX_TRIALS:,}"),
-        ("seed", info.seed, _whole(info.seed, 0, INT64_MAX), "a whole number from 0 to 2**63 - 1"),
+        ("trials", trials, _whole(trials, 1, MAX_TRIALS), f"a whole number from 1 to {MAX_TRIALS:,}"),
+        ("seed", seed, _whole(seed, 0, INT64_MAX), "a whole number from 0 to 2**63 - 1"),
         ("resources.concurrent", concurrent, concurrent is None or _whole(concurrent, 1, MAX_TRIALS),
          f"null or a whole number from 1 to {MAX_TRIALS:,}"),
         ("resources.cpus_per_trial", cpus, _number(cpus, 0) and cpus > 0, "a number of CPUs above 0"),
         ("resources.gpus_per_trial", gpus, _gpus(gpus), "auto, a share of one GPU (0 to 1) or a whole number of GPUs"),
-        ("early_stop", info.early_stop, isinstance(info.early_stop, dict), 'an object such as {"mode": "off"}'),
-        ("address", info.address, info.address is None or isinstance(info.address, str), "null or host:port text"),
-        ("objective", info.objective, isinstance(info.objective, str) and info.objective in SIZE_KEYS,
-         " or ".join(SIZE_KEYS)),
+        ("early_stop", early_stop, isinstance(early_stop, dict), 'an object such as {"mode": "off"}'),
+        ("address", address, address is None or isinstance(address, str), "null or host:port text"),
+        ("objective", objective, isinstance(objective, str) and objective in SIZE_KEYS, " or ".join(SIZE_KEYS)),
     )  # fmt: skip
     for name, value, ok, rule in checks:
         if not ok:

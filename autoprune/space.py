@@ -60,14 +60,12 @@ AUTO_SHARES = (0.25, 4.0)  # the log range `prune.shares: auto` searches for eve
 SAMPLERS = ("tpe", "nsga2", "random")  # the values of `search.sampler` and `--sampler`
 
 
-def define_by_run(trial: optuna.Trial, dims: tuple[Dim, ...]) -> None:
-    """Optuna define-by-run space: suggest every searched dimension under its dotted path.
+def define_by_run(trial: optuna.Trial, dims: tuple[Dim, ...]) -> dict[str, Any]:
+    """Optuna define-by-run space: suggest every searched dimension under its dotted path; the values suggested.
 
-    Module level on purpose: bound with ``functools.partial(define_by_run, dims=space.dims)`` it pickles by
-    reference, which Ray Tune needs to restore a search. The cases of a dependent leaf come last, each only when
-    its parent drew its value.
+    The cases of a dependent leaf come last, each only when its parent drew its value.
     """
-    active(dims, lambda dim: dim.suggest(trial))
+    return active(dims, lambda dim: dim.suggest(trial))
 
 
 def active(dims: Iterable[Dim], value: Callable[[Dim], Any]) -> dict[str, Any]:

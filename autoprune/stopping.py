@@ -38,8 +38,8 @@ __all__ = [
     "DEFAULT_REDUCTION_FACTOR",
     "DEFAULT_SIZE_TOLERANCE",
     "Decision",
+    "EarlyStop",
     "ParetoHalving",
-    "early_stop_settings",
     "format_duration",
     "parse_duration",
     "rung_epochs",
@@ -163,9 +163,9 @@ class ParetoHalving:
         )
 
 
-def check_options(reduction_factor: float, grace_period: float) -> None:
-    """One-line errors for bad ``--reduction-factor`` / ``--grace-period`` values."""
-    if (
+def check_options(reduction_factor: float | None, grace_period: float | None) -> None:
+    """One-line errors for bad ``--reduction-factor`` / ``--grace-period`` values (None: not given)."""
+    if reduction_factor is not None and (
         isinstance(reduction_factor, bool)
         or not isinstance(reduction_factor, (int, float))
         or not (math.isfinite(reduction_factor) and reduction_factor > 1)
@@ -173,7 +173,7 @@ def check_options(reduction_factor: float, grace_period: float) -> None:
         raise SearchError(
             f"--reduction-factor must be a number > 1 (e.g. 3: keep the top third), got {reduction_factor!r}"
         )
-    if (
+    if grace_period is not None and (
         isinstance(grace_period, bool)
         or not isinstance(grace_period, (int, float))
         or not (math.isfinite(grace_period) and grace_period > 0)
@@ -181,29 +181,62 @@ def check_options(reduction_factor: float, grace_period: float) -> None:
         raise SearchError(f"--grace-period must be a number of epochs > 0 (e.g. 1), got {grace_period!r}")
 
 
-def early_stop_settings(
-    mode: str | None,
-    reduction_factor: float | None = None,
-    grace_period: float | None = None,
-    *,
-    base: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``early_stop`` entry of run.json from ``--early-stop``, ``--reduction-factor`` and ``--grace-period``;
-    what is not given comes from ``base`` (a resumed run's entry), else the defaults."""
-    base = dict(base or {"mode": DEFAULT_EARLY_STOP})
-    mode = mode if mode is not None else base.get("mode", "off")
-    if mode not in EARLY_STOP_MODES:
-        raise SearchError(f"--early-stop must be one of {', '.join(EARLY_STOP_MODES)}, got {mode!r}")
-    if mode == "off":
-        options = (("--reduction-factor", reduction_factor), ("--grace-period", grace_period))
-        given = [name for name, value in options if value is not None]
-        if given:
-            raise SearchError(f"{given[0]} applies to early stopping, which is off; add --early-stop asha")
-        return {"mode": "off"}
-    factor = base.get("reduction_factor", DEFAULT_REDUCTION_FACTOR) if reduction_factor is None else reduction_factor
-    grace = base.get("grace_period", DEFAULT_GRACE_PERIOD) if grace_period is None else grace_period
-    check_options(factor, grace)
-    return {"mode": mode, "reduction_factor": float(factor), "grace_period": float(grace)}
+@dataclass(frozen=True)
+class EarlyStop:
+    """Early stopping as given (``--early-stop``, ``--reduction-factor``, ``--grace-period``) or as a run keeps it
+    (run.json's ``early_stop``). ``None`` is not given: ``updated`` takes it from the space or the resumed run."""
+
+    mode: str | None = None  # off | asha; None: the space's (a search), the run's (resume), else off
+    reduction_factor: float | None = None  # asha: rungs η× apart, the top 1/η go on; only with asha
+    grace_period: float | None = None  # asha: epochs before the first rung; only with asha
+
+    def __post_init__(self) -> None:
+        if self.mode is not None and self.mode not in EARLY_STOP_MODES:
+            raise SearchError(f"--early-stop must be one of {', '.join(EARLY_STOP_MODES)}, got {self.mode!r}")
+        if self.mode == "off":
+            given = [name for name, value in self._options() if value is not None]
+            if given:
+                raise SearchError(f"{given[0]} applies to early stopping, which is off; add --early-stop asha")
+        check_options(self.reduction_factor, self.grace_period)
+        for name, value in (("reduction_factor", self.reduction_factor), ("grace_period", self.grace_period)):
+            if value is not None:
+                object.__setattr__(self, name, float(value))
+
+    def _options(self) -> tuple[tuple[str, float | None], ...]:
+        return (("--reduction-factor", self.reduction_factor), ("--grace-period", self.grace_period))
+
+    def updated(self, given: EarlyStop) -> EarlyStop:
+        """``given`` over these settings (the space's, or a resumed run's): what it leaves out comes from them,
+        else the defaults. Always a whole setting: a mode, and with asha both of its numbers."""
+        mode = given.mode or self.mode or DEFAULT_EARLY_STOP
+        if mode == "off":
+            return EarlyStop("off", given.reduction_factor, given.grace_period)  # refused if either is given
+        factor = _first(given.reduction_factor, self.reduction_factor, DEFAULT_REDUCTION_FACTOR)
+        return EarlyStop(mode, factor, _first(given.grace_period, self.grace_period, DEFAULT_GRACE_PERIOD))
+
+    def to_dict(self) -> dict[str, Any]:
+        """run.json's ``early_stop``: ``{"mode": "off"}`` or ``{"mode": "asha", "reduction_factor": η,
+        "grace_period": epochs}``."""
+        if self.mode != "asha":
+            return {"mode": "off"}
+        return {"mode": "asha", "reduction_factor": self.reduction_factor, "grace_period": self.grace_period}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> EarlyStop:
+        """run.json's ``early_stop`` back (``{}`` and runs from before it: off)."""
+        mode = raw.get("mode", "off")
+        if mode == "off":
+            return cls("off")
+        return cls().updated(cls(mode, raw.get("reduction_factor"), raw.get("grace_period")))
+
+    def describe(self) -> str:
+        if self.mode != "asha":
+            return "off"
+        return f"asha (reduction factor {self.reduction_factor:g}, grace period {self.grace_period:g})"
+
+
+def _first(*values: float | None) -> float | None:
+    return next((v for v in values if v is not None), None)
 
 
 def _short(n: float) -> str:

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    from autoprune.raytune import run_search
+    from autoprune.api import search
     from autoprune.space import load_space
 
     name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")
@@ -80,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"plain loop: {loop_before:.1f}s")
     with tempfile.TemporaryDirectory(prefix="autoprune-bench-") as tmp:
         t0 = time.perf_counter()
-        outcome = run_search(
+        outcome = search(
             name,
-            Path(tmp) / "run",
+            run_dir=Path(tmp) / "run",
             trials=n,
             concurrent=1,
             cpus_per_trial=args.cpus,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,21 +41,12 @@ def ask(study, dims):
     return trial
 
 
-def tune_searcher(study, dims):
-    """Ray Tune's Optuna searcher as a search builds it, over an in-memory ``study`` (its storage and name)."""
-    import functools
+def tune_searcher(study, space, policies=None):
+    """The Ray Tune searcher a launch builds, over an in-memory ``study`` and ``space``; ``policies``
+    (``refine.SearchPolicies``): none by default, the sampler alone."""
+    from autoprune.raytune._searcher import searcher_class
 
-    from autoprune import ledger
-    from autoprune.raytune._launch import _searcher_class
-    from autoprune.raytune._worker import suggest
-
-    return _searcher_class()(
-        space=functools.partial(suggest, dims=dims),
-        metric=list(ledger.OBJECTIVES),
-        mode=["max", "min"],
-        study_name=study.study_name,
-        storage=study._storage,
-    )
+    return searcher_class()(study, space, policies)
 
 
 def results_of(trials, front=None, *, failed=0, stopped=(), baseline=None):
@@ -77,9 +69,9 @@ def results_of(trials, front=None, *, failed=0, stopped=(), baseline=None):
 
 
 def write_run_json(run_dir: Path, space_digest: str, *, trials: int, **fields: Any) -> RunInfo:
-    """Write ``RUN_DIR/run.json`` as ``search`` would for a run made by hand, without Ray: the study
-    ``autoprune`` in the run's own study.db, space.yaml, TPE, seed 0, one CPU a trial; ``fields`` replace any of
-    those (``RunInfo``'s fields)."""
+    """Write ``RUN_DIR/run.json`` as ``search`` would for a run made by hand, without Ray, in the file's own keys:
+    the study ``autoprune`` in the run's own study.db, space.yaml, TPE, seed 0, one CPU a trial; ``fields`` replace
+    any of those (run.json's keys). Returns the file read back."""
     defaults: dict[str, Any] = {
         "study_name": "autoprune",
         "storage": {"kind": "run-dir"},
@@ -88,6 +80,6 @@ def write_run_json(run_dir: Path, space_digest: str, *, trials: int, **fields: A
         "seed": 0,
         "resources": {"concurrent": None, "cpus_per_trial": 1.0, "gpus_per_trial": "auto"},
     }
-    info = RunInfo(**{**defaults, "space_digest": space_digest, "trials": trials, **fields})
-    info.write(run_dir)
-    return info
+    doc = {**defaults, "space_digest": space_digest, "trials": trials, **fields}
+    (run_dir / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return RunInfo.read(run_dir)

@@ -34,14 +34,14 @@ def prepared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 3-trial search (the real thing: Ray Tune, an Optuna study, models, report)."""
     import ray
 
-    from autoprune.raytune import run_search
+    from autoprune import api
 
     if ray.is_initialized():
         ray.shutdown()
     folder = tmp_path_factory.mktemp("prepared")
     (folder / "space.yaml").write_text(SPACE)
     run_dir = folder / "run"
-    outcome = run_search(folder / "space.yaml", run_dir, trials=3, concurrent=2, seed=0, log=lambda _m: None)
+    outcome = api.search(folder / "space.yaml", run_dir=run_dir, trials=3, concurrent=2, seed=0, log=lambda _m: None)
     assert outcome.results.counted == 3 and outcome.results.front
     return run_dir
 

@@ -194,11 +194,11 @@ def test_a_baseline_that_failed_on_its_own_is_a_result_and_not_run_again(tmp_pat
 
 
 def test_ray_tunes_optuna_searcher_asks_the_seeded_baselines_first() -> None:
-    pytest.importorskip("ray.tune.search.optuna")
+    pytest.importorskip("ray.tune.search")
     sp = space({"densities": 2, "allocations": ["global"]})
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")
     seed_baselines(study, sp, limit=3)
-    searcher = tune_searcher(study, sp.dims)
+    searcher = tune_searcher(study, sp)
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["prune.density"] for c in configs[:2]] == pytest.approx([0.005, 0.32])  # what the workers run
     assert all(c["prune.allocation"] == "global" for c in configs[:2])
@@ -440,14 +440,13 @@ def test_a_probe_that_is_also_a_rung_is_not_run_twice() -> None:
 
 
 def test_ray_tunes_searcher_runs_the_probes_then_the_ladder_at_their_best() -> None:
-    pytest.importorskip("ray.tune.search.optuna")
-    from autoprune.baselines import Calibration
+    pytest.importorskip("ray.tune.search")
+    from autoprune.refine import SearchPolicies
 
     sp = calibrated({"densities": 2, "allocations": ["global"]})
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")
     seed_baselines(study, sp, limit=8)
-    searcher = tune_searcher(study, sp.dims)
-    searcher.calibration = Calibration(sp)
+    searcher = tune_searcher(study, sp, SearchPolicies(calibrate=True))
     configs = [searcher.suggest(f"t{i}") for i in range(4)]  # three probes, then a sampled trial (none waiting)
     assert [c["finetune.lr"] for c in configs[:3]] == pytest.approx([0.01, 10**-2.5, 10**-1.5])
     assert [t.user_attrs.get(TRIAL_ATTR) is None for t in study.trials] == [False, False, False, True]

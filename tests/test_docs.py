@@ -258,11 +258,13 @@ def test_the_space_file_reference_lists_every_key_with_its_default() -> None:
 
 
 def test_the_run_directory_reference_lists_every_field_of_run_json() -> None:
+    from autoprune.launchconfig import LaunchConfig
     from autoprune.rundir import RunInfo
 
     text = (ROOT / "docs" / "reference" / "run-directory.md").read_text()
     documented = [row[0] for row in _rows(_section(text, "## `run.json`"))]
-    assert documented == [f.name for f in dataclasses.fields(RunInfo)]
+    info = RunInfo("autoprune", {"kind": "run-dir"}, "0" * 64, "s.yaml", LaunchConfig(trials=1, sampler="tpe", seed=0))
+    assert documented == list(info.to_dict())  # the keys of the file, the launch configuration's among them
 
 
 def test_the_trial_record_reference_lists_every_key() -> None:

@@ -221,14 +221,14 @@ def test_a_dataset_registered_in_this_process_is_refused_for_a_search(monkeypatc
 
 
 def test_a_search_refuses_a_process_local_model_before_starting_anything(monkeypatch, tmp_path: Path) -> None:
-    from autoprune.raytune import run_search
+    from autoprune import api
 
     monkeypatch.setitem(MODELS, "notebook-mlp", None)
     register_model("notebook-mlp")(lambda num_classes: nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes)))
     space = tmp_path / "space.yaml"
     space.write_text("dataset: {name: digits}\nmodel: {name: notebook-mlp}\nprune: {sparsity: auto}\n")
     with pytest.raises(ModelError, match="registered with register_model in this process only"):
-        run_search(space, tmp_path / "run", trials=1, log=lambda _m: None)
+        api.search(space, run_dir=tmp_path / "run", trials=1, log=lambda _m: None)
     assert not (tmp_path / "run").exists()
 
 

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from autoprune import ledger
 from autoprune.errors import SearchError
+from autoprune.launchconfig import LaunchConfig
 from autoprune.ledger import Outcome
 from autoprune.rundir import RunInfo
 from autoprune.space import define_by_run, parse_space
@@ -175,7 +176,7 @@ def test_storage_records_keep_no_password_and_resolve_back(tmp_path: Path, monke
     url = "postgresql://bob:s3cret@db.example/x"
     rec = ledger.storage_record(url, tmp_path)
     assert rec == {"kind": "rdb", "url": "postgresql://bob:***@db.example/x"}
-    info = RunInfo("s", rec, "0", "s.yaml", "tpe", 0, 1, {})
+    info = RunInfo("s", rec, "0", "s.yaml", LaunchConfig(trials=1, sampler="tpe", seed=0))
     with pytest.raises(SearchError, match="keeps no password"):
         ledger.storage_spec(info, tmp_path, None)
     assert ledger.storage_spec(info, tmp_path, url) == url
@@ -183,7 +184,8 @@ def test_storage_records_keep_no_password_and_resolve_back(tmp_path: Path, monke
     assert journal == {"kind": "journal", "path": "j.log", "in_run_dir": True}
     moved = tmp_path / "moved"
     moved.mkdir()
-    assert ledger.storage_spec(RunInfo("s", journal, "0", "s", "tpe", 0, 1, {}), moved, None) == str(moved / "j.log")
+    info = RunInfo("s", journal, "0", "s", LaunchConfig(trials=1, sampler="tpe", seed=0))
+    assert ledger.storage_spec(info, moved, None) == str(moved / "j.log")
 
 
 def test_a_trial_stopped_early_is_pruned_counted_and_never_on_the_front() -> None:

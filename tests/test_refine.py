@@ -21,6 +21,7 @@ from autoprune.refine import (
     SIZE_ATTR,
     Refiner,
     RefineSettings,
+    SearchPolicies,
     propose,
     propose_size,
     refine_settings,
@@ -217,14 +218,13 @@ def test_no_refinement_when_off_or_when_the_space_searches_no_overall_size() -> 
 
 
 def test_ray_tunes_optuna_searcher_runs_the_refinement_it_enqueues() -> None:
-    pytest.importorskip("ray.tune.search.optuna")
+    pytest.importorskip("ray.tune.search")
     sp = parse_space(SPACE)
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")
     for density, lr in ((0.005, 0.001), (0.08, 0.03)):
         study.enqueue_trial({"prune.density": density, "finetune.lr": lr, "prune.allocation": "lamp"})
         _finish(study, ask(study, sp.dims))
-    searcher = tune_searcher(study, sp.dims)
-    searcher.refiner = Refiner(RefineSettings(every=2, after=0), sp.dims)
+    searcher = tune_searcher(study, sp, SearchPolicies(refine=RefineSettings(every=2, after=0)))
     first, second = searcher.suggest("t0"), searcher.suggest("t1")
     assert first["prune.density"] != pytest.approx(math.sqrt(0.005 * 0.08))  # the sampler's
     assert second["prune.density"] == pytest.approx(math.sqrt(0.005 * 0.08))  # the refinement's

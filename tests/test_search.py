@@ -25,6 +25,7 @@ ray = pytest.importorskip("ray")
 
 from optuna.trial import TrialState  # noqa: E402
 
+from autoprune import api  # noqa: E402
 from autoprune._trust import sealed_here  # noqa: E402
 from autoprune.api import evaluate as evaluate_model  # noqa: E402
 from autoprune.api import pick as pick_model  # noqa: E402
@@ -33,7 +34,6 @@ from autoprune.data import load_datasets  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
 from autoprune.ledger import load_results  # noqa: E402
 from autoprune.pareto import pick_max_params  # noqa: E402
-from autoprune.raytune import resume_search, run_search  # noqa: E402
 from autoprune.rundir import RunInfo  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -94,7 +94,7 @@ def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def finished_run(local_ray, space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "run"
-    outcome = run_search(space_file, run_dir, trials=4, concurrent=2, seed=0, log=lambda _m: None)
+    outcome = api.search(space_file, run_dir=run_dir, trials=4, concurrent=2, seed=0, log=lambda _m: None)
     assert not outcome.interrupted
     return run_dir
 
@@ -206,7 +206,7 @@ def test_extend_reruns_nothing_and_recomputes_the_front(finished_run: Path, tmp_
     # A configuration a user enqueued into the study runs first, with exactly its values.
     wanted = {"train.lambda_max": 1.5e-4, "prune.sparsity.fc1": 0.6, "prune.sparsity.fc2": 0.4, "finetune.lr": 0.02}
     _study(run_dir).enqueue_trial(wanted)
-    outcome = resume_search(run_dir, trials=6, log=lambda _m: None)
+    outcome = api.resume(run_dir, trials=6, log=lambda _m: None)
     study = _study(run_dir)
     assert outcome.ran == 2 and not outcome.interrupted
     assert study.trials[4].params == wanted and study.trials[4].state == TrialState.COMPLETE
@@ -219,9 +219,9 @@ def test_extend_reruns_nothing_and_recomputes_the_front(finished_run: Path, tmp_
     assert len(list((run_dir / "models").iterdir())) == 6
     assert {r["trial"] for r in outcome.results.front} == _brute_force_front(study)
     assert len(json.loads((run_dir / "report" / "report.json").read_text())["trials"]) == 6
-    assert RunInfo.read(run_dir).trials == 6
+    assert RunInfo.read(run_dir).launch.trials == 6
     # Resuming a search that has all its trials runs nothing.
-    assert resume_search(run_dir, log=lambda _m: None).ran == 0
+    assert api.resume(run_dir, log=lambda _m: None).ran == 0
 
 
 def test_resume_refuses_a_changed_space(finished_run: Path, tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_resume_refuses_a_changed_space(finished_run: Path, tmp_path: Path) -> N
     frozen.write_text(frozen.read_text().replace("limit: 600", "limit: 500"))
     listing = sorted(p.name for p in run_dir.rglob("*"))
     with pytest.raises(SearchError, match=r"space\.yaml was changed"):
-        resume_search(run_dir, trials=5, log=lambda _m: None)
+        api.resume(run_dir, trials=5, log=lambda _m: None)
     assert sorted(p.name for p in run_dir.rglob("*")) == listing
     assert len(_study(run_dir).trials) == 4
 
@@ -241,9 +241,9 @@ def test_resume_refuses_a_changed_space(finished_run: Path, tmp_path: Path) -> N
 def test_diverging_trials_are_failed_and_the_search_completes(local_ray, space_file: Path, tmp_path: Path) -> None:
     # Also the other ledger and sampler: a journal file outside the run directory, and NSGA-II.
     run_dir, journal = tmp_path / "diverge", tmp_path / "journal.log"
-    outcome = run_search(
+    outcome = api.search(
         space_file,
-        run_dir,
+        run_dir=run_dir,
         trials=2,
         concurrent=1,
         overrides=["train.lr=1000000.0"],
@@ -268,7 +268,9 @@ def test_diverging_trials_are_failed_and_the_search_completes(local_ray, space_f
 def test_same_seed_suggests_the_same_sequence(local_ray, space_file: Path, tmp_path: Path) -> None:
     runs = []
     for name in ("a", "b"):
-        run_search(space_file, tmp_path / name, trials=3, concurrent=1, seed=7, sampler="random", log=lambda _m: None)
+        api.search(
+            space_file, run_dir=tmp_path / name, trials=3, concurrent=1, seed=7, sampler="random", log=lambda _m: None
+        )
         runs.append([(t.params, t.values) for t in _study(tmp_path / name).trials])
     assert runs[0] == runs[1]
     assert len({json.dumps(p, sort_keys=True) for p, _ in runs[0]}) == 3
@@ -306,7 +308,7 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
     assert 1 <= len(finished_before) < 4
     models_before = {p.name: p.stat().st_mtime_ns for p in (run_dir / "models").glob("trial_*.pt")}
 
-    outcome = resume_search(run_dir, log=lambda _m: None)
+    outcome = api.resume(run_dir, log=lambda _m: None)
     study = _study(run_dir)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 4 and not outcome.interrupted
@@ -385,13 +387,13 @@ def test_a_density_space_runs_its_baselines_first_and_resume_adds_none(local_ray
         tmp_path, "{low: 0.02, high: 0.2, log: true}", "{baselines: {densities: 2, allocations: [global]}}"
     )
     run_dir = tmp_path / "run"
-    run_search(path, run_dir, trials=3, concurrent=1, seed=0, log=lambda _m: None)
+    api.search(path, run_dir=run_dir, trials=3, concurrent=1, seed=0, log=lambda _m: None)
     records = {r["trial"]: r for r in load_results(run_dir).trials}
     assert [records[n].get("baseline") for n in sorted(records)] == ["global@0.02", "global@0.2", None]
     for n in (0, 1):
         assert records[n]["config"]["prune"]["allocation"] == "global"
         assert records[n]["params_nonzero"] == records[n]["params_planned"]
-    resume_search(run_dir, trials=4, log=lambda _m: None)
+    api.resume(run_dir, trials=4, log=lambda _m: None)
     res = load_results(run_dir)
     assert [r.get("baseline") for r in res.trials] == ["global@0.02", "global@0.2", None, None]
     assert res.frame()["baseline"].tolist() == [True, True, False, False]  # the API's DataFrame says so too
@@ -402,7 +404,7 @@ def test_the_ladder_runs_at_the_finetune_lr_its_probes_chose(local_ray, tmp_path
         tmp_path, "{low: 0.02, high: 0.2, log: true}", "{baselines: {densities: 2, allocations: [global]}}"
     )
     run_dir, lines = tmp_path / "run", []
-    run_search(path, run_dir, trials=6, concurrent=1, seed=0, log=lines.append)
+    api.search(path, run_dir=run_dir, trials=6, concurrent=1, seed=0, log=lines.append)
     records = {r["trial"]: r for r in load_results(run_dir).trials}
     probes = [records[n] for n in (0, 1, 2)]
     lrs = [r["config"]["finetune"]["lr"] for r in probes]
@@ -417,7 +419,7 @@ def test_the_ladder_runs_at_the_finetune_lr_its_probes_chose(local_ray, tmp_path
     assert [records[n]["config"]["finetune"]["lr"] for n in (3, 4)] == [best["config"]["finetune"]["lr"]] * 2
     said = [line for line in lines if line.startswith("search: calibration ")]
     assert len(said) == 1 and said[0].startswith(f"search: calibration {verb} finetune.lr={lrs[best['trial']]:.4g} ")
-    resume_search(run_dir, trials=7, log=lines.append)  # the study is calibrated once: resume adds no baseline
+    api.resume(run_dir, trials=7, log=lines.append)  # the study is calibrated once: resume adds no baseline
     res = load_results(run_dir)
     assert [r.get("baseline") is not None for r in res.trials] == [True] * 5 + [False] * 2
     assert [line for line in lines if line.startswith("search: calibration ")] == said
@@ -431,8 +433,8 @@ def test_front_refinement_in_a_real_search_and_after_resume(local_ray, tmp_path:
     path = _density_space(tmp_path, "{low: 0.01, high: 0.3, log: true}", search)
     run_dir, lines = tmp_path / "run", []
     # trials 0-2: baselines; 3: the warm-up; then every second new trial of a launch is a refinement
-    run_search(path, run_dir, trials=6, concurrent=1, seed=0, log=lines.append)
-    resume_search(run_dir, trials=8, log=lines.append)
+    api.search(path, run_dir=run_dir, trials=6, concurrent=1, seed=0, log=lines.append)
+    api.resume(run_dir, trials=8, log=lines.append)
     res = load_results(run_dir)
     assert len(res.trials) == 8
     refined = {r["trial"]: r for r in res.trials if "refined_from" in r}
@@ -454,7 +456,7 @@ def test_declared_sizes_are_refined_to_exactly_in_a_real_search(local_ray, tmp_p
     search = "{baselines: {densities: 2, allocations: [global], calibrate: false}, refine: false, sizes: [0.05]}"
     path = _density_space(tmp_path, "{low: 0.01, high: 0.3, log: true}", search)
     run_dir, lines = tmp_path / "run", []
-    run_search(path, run_dir, trials=4, concurrent=1, seed=0, log=lines.append)
+    api.search(path, run_dir=run_dir, trials=4, concurrent=1, seed=0, log=lines.append)
     res = load_results(run_dir)
     records = {r["trial"]: r for r in res.trials}
     size = int(0.05 * records[0]["params_total"])
@@ -478,8 +480,14 @@ def test_a_dense_start_is_trained_once_kept_for_resume_and_every_trial_starts_fr
     from autoprune.space import load_space
 
     run_dir, lines = tmp_path / "dense", []
-    outcome = run_search(
-        space_file, run_dir, trials=2, concurrent=2, seed=0, overrides=["search.dense_start=2"], log=lines.append
+    outcome = api.search(
+        space_file,
+        run_dir=run_dir,
+        trials=2,
+        concurrent=2,
+        seed=0,
+        overrides=["search.dense_start=2"],
+        log=lines.append,
     )
     assert sum("search: dense start trained 2 epochs" in line for line in lines) == 1
     res = outcome.results
@@ -496,10 +504,10 @@ def test_a_dense_start_is_trained_once_kept_for_resume_and_every_trial_starts_fr
     assert report["dense"]["reference"] == "dense start"
     # Resume starts from the kept model (nothing trained again); a missing file is trained again, and said.
     mtime, lines = kept.stat().st_mtime_ns, []
-    assert resume_search(run_dir, trials=3, log=lines.append).ran == 1
+    assert api.resume(run_dir, trials=3, log=lines.append).ran == 1
     assert kept.stat().st_mtime_ns == mtime and not any("dense start trained" in line for line in lines)
     kept.unlink()
     lines.clear()
-    assert resume_search(run_dir, trials=4, log=lines.append).ran == 1
+    assert api.resume(run_dir, trials=4, log=lines.append).ran == 1
     assert any(line.endswith("dense_start.pt is missing; training the dense start again (2 epochs)") for line in lines)
     assert kept.is_file() and all(t["start"] == "dense start" for t in load_results(run_dir).trials)

@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray")
 from optuna.trial import TrialState  # noqa: E402
 from test_search import _study  # noqa: E402
 
-from autoprune.raytune import resume_search, run_search  # noqa: E402
+from autoprune import api  # noqa: E402
 from autoprune.rundir import RunInfo  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -86,7 +86,7 @@ def test_early_stopping_prunes_trials_outside_the_front_and_resumes_after_a_kill
     before = {t.number: (t.state, t.datetime_complete) for t in _study(run_dir).trials if t.state.is_finished()}
     assert any(state == TrialState.PRUNED for state, _ in before.values())
 
-    outcome = resume_search(run_dir, log=lambda _m: None)  # early stopping comes back from run.json
+    outcome = api.resume(run_dir, log=lambda _m: None)  # early stopping comes back from run.json
     study = _study(run_dir)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -112,7 +112,7 @@ def test_early_stopping_prunes_trials_outside_the_front_and_resumes_after_a_kill
     cut = [t for t in study.trials if t.state == TrialState.FAIL]
     assert all(t.user_attrs["outcome"] == "interrupted" for t in cut)
     info = RunInfo.read(run_dir)
-    assert info.early_stop == {"mode": "asha", "reduction_factor": 3.0, "grace_period": 1.0}
+    assert info.launch.early_stop.to_dict() == {"mode": "asha", "reduction_factor": 3.0, "grace_period": 1.0}
     assert [(launch["kind"], launch["early_stop"]) for launch in info.launches] == [
         ("search", "asha"),
         ("resume", "asha"),
@@ -127,8 +127,14 @@ def test_timeout_starts_no_trial_after_the_budget_and_resume_continues(space_fil
         budget = 12.0
         t0 = datetime.datetime.now()
         start = time.monotonic()
-        outcome = run_search(
-            space_file, run_dir, trials=200, concurrent=2, early_stop="off", timeout=f"{budget:g}s", log=lines.append
+        outcome = api.search(
+            space_file,
+            run_dir=run_dir,
+            trials=200,
+            concurrent=2,
+            early_stop="off",
+            timeout=f"{budget:g}s",
+            log=lines.append,
         )
         elapsed = time.monotonic() - start
         study = _study(run_dir)
@@ -141,7 +147,7 @@ def test_timeout_starts_no_trial_after_the_budget_and_resume_continues(space_fil
         assert any("time budget 12s reached" in line for line in lines)
         assert json.loads((run_dir / "report" / "report.json").read_text())["trials"]
         n = len(trials)
-        more = resume_search(run_dir, trials=n + 2, log=lambda _m: None)
+        more = api.resume(run_dir, trials=n + 2, log=lambda _m: None)
         assert more.ran == 2 and not more.interrupted and not more.timed_out
         assert [t.state for t in _study(run_dir).trials] == [TrialState.COMPLETE] * (n + 2)
     finally:

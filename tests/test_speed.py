@@ -199,12 +199,12 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def latency_run(local_ray, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from autoprune.raytune import run_search
+    from autoprune import api
 
     folder = tmp_path_factory.mktemp("speed")
     (folder / "space.yaml").write_text(SPEED_SPACE)
     run_dir = folder / "run"
-    outcome = run_search(folder / "space.yaml", run_dir, trials=4, concurrent=2, seed=0, log=lambda _m: None)
+    outcome = api.search(folder / "space.yaml", run_dir=run_dir, trials=4, concurrent=2, seed=0, log=lambda _m: None)
     assert outcome.results.counted == 4 and not outcome.interrupted
     return run_dir
 

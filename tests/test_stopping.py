@@ -8,7 +8,7 @@ from _helpers import run_cli
 
 from autoprune.errors import SearchError
 from autoprune.raytune._scheduler import scheduler_class
-from autoprune.stopping import ParetoHalving, early_stop_settings, format_duration, parse_duration, rung_epochs
+from autoprune.stopping import EarlyStop, ParetoHalving, format_duration, parse_duration, rung_epochs
 
 
 def halving(**kw) -> ParetoHalving:
@@ -238,18 +238,22 @@ def test_ray_scheduler_applies_the_decisions():
     assert "b" not in sched.stopped and sched.halving.rungs[0]["9"] == (0.1, 100)
 
 
-def test_early_stop_settings_from_options_and_a_resumed_run():
-    assert early_stop_settings("off") == {"mode": "off"}
-    assert early_stop_settings("asha") == {"mode": "asha", "reduction_factor": 3.0, "grace_period": 1.0}
+def test_early_stop_from_options_and_a_resumed_run():
+    given = EarlyStop()  # nothing given: the space's or the run's, else the defaults
+    assert given.updated(EarlyStop("off")).to_dict() == {"mode": "off"}
+    assert given.updated(EarlyStop("asha")).to_dict() == {"mode": "asha", "reduction_factor": 3.0, "grace_period": 1.0}
     base = {"mode": "asha", "reduction_factor": 2.0, "grace_period": 4.0}
-    assert early_stop_settings(None, base=base) == base  # resume keeps the search's
-    assert early_stop_settings(None, grace_period=2, base=base)["grace_period"] == 2.0
-    assert early_stop_settings("off", base=base) == {"mode": "off"}
-    assert early_stop_settings(None, base={"mode": "off"}) == {"mode": "off"}
+    run = EarlyStop.from_dict(base)
+    assert run.updated(EarlyStop()).to_dict() == base  # resume keeps the search's
+    assert run.updated(EarlyStop(grace_period=2)).grace_period == 2.0
+    assert run.updated(EarlyStop("off")).to_dict() == {"mode": "off"}
+    assert EarlyStop.from_dict({"mode": "off"}).updated(EarlyStop()).to_dict() == {"mode": "off"}
     with pytest.raises(SearchError, match="--early-stop must be one of off, asha, got 'median'"):
-        early_stop_settings("median")
+        EarlyStop("median")
     with pytest.raises(SearchError, match="--reduction-factor applies to early stopping, which is off"):
-        early_stop_settings("off", reduction_factor=2)
+        EarlyStop("off", reduction_factor=2)
+    with pytest.raises(SearchError, match="--grace-period applies to early stopping, which is off"):
+        EarlyStop.from_dict({"mode": "off"}).updated(EarlyStop(grace_period=2))
 
 
 @pytest.mark.parametrize(

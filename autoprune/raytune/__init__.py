@@ -2,8 +2,9 @@
 
 This package is the only place that uses Ray, and it imports Ray only inside the functions that start trials;
 nothing imports it but the command line and the public API. The run directory is ``rundir.py``'s, the study
-``ledger.py``'s. Here: ``run_search`` and ``resume_search`` (this file), Ray's start-up, the searcher that
-records each outcome in the study and one launch of trials (``_launch.py``), and the trial function that runs
+``ledger.py``'s, the options of a launch ``launchconfig.py``'s (a ``LaunchConfig``, taken whole). Here:
+``run_search`` and ``resume_search`` (this file), Ray's start-up and one launch of trials (``_launch.py``), the
+searcher that asks the study and records each outcome in it (``_searcher.py``), and the trial function that runs
 on the workers (``_worker.py``).
 
 Workers write the model files straight into ``models/``: on a multi-node cluster ``--run-dir`` must be on a
@@ -17,35 +18,33 @@ because every new trial is a new Optuna trial, and the sampler sees every earlie
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import secrets
 import sys
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import dense_start, interrupted, ledger, rundir
-from .._bounds import MAX_SEED, check_count, check_threads
+from .._bounds import MAX_SEED
 from .._paths import as_path
 from .._trust import seal
 from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, reference_of, seed_baselines
 from ..errors import SearchError
+from ..launchconfig import DEFAULT_TRIALS, LaunchConfig
 from ..ledger import Results
 from ..preflight import preflight_space
 from ..rundir import RunInfo
 from ..space import SearchSpace, load_space
-from ..stopping import early_stop_settings, format_duration, parse_duration
-from ._launch import check_address, cluster_concurrency, init_ray, launch, resolve_gpus, shutdown_ray
+from ..stopping import format_duration
+from ._launch import Batch, cluster_concurrency, init_ray, launch, shutdown_ray
 
 if TYPE_CHECKING:
     import optuna
 
 __all__ = ["DEFAULT_TRIALS", "LaunchResult", "resume_search", "run_search"]
-
-DEFAULT_TRIALS = 20
 
 Log = Callable[[str], None]
 
@@ -67,19 +66,16 @@ class LaunchResult:
     timed_out: bool = False  # the time budget (--timeout) stopped new trials from starting
 
 
-def _deadline(timeout: float | str | None) -> tuple[float | None, float | None]:
-    """(seconds, time.monotonic() deadline) of ``--timeout``, counted from now."""
-    if timeout is None:
-        return None, None
-    seconds = parse_duration(timeout)
-    return seconds, time.monotonic() + seconds
+def _deadline(timeout: float | None) -> float | None:
+    """The time.monotonic() deadline of ``--timeout`` (seconds), counted from now."""
+    return None if timeout is None else time.monotonic() + timeout
 
 
-def _launched(ran: tuple[int, bool], timeout: float | None, run_dir: Path, log: Log) -> tuple[int, bool]:
+def _launched(ran: tuple[int, bool], cfg: LaunchConfig, run_dir: Path, log: Log) -> tuple[int, bool]:
     started, timed_out = ran
     if timed_out:
         log(
-            f"time budget {format_duration(timeout or 0)} reached: no new trials started; "
+            f"time budget {format_duration(cfg.timeout or 0)} reached: no new trials started; "
             f"continue with `autoprune resume {run_dir}`"
         )
     return started, timed_out
@@ -133,23 +129,6 @@ def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dic
     return reference_of(record)
 
 
-def _check_resources(concurrent: int | None, cpus: float, gpus: float | str, address: str | None) -> None:
-    if concurrent is not None:
-        check_count("--concurrent", concurrent)
-    if not (isinstance(cpus, (int, float)) and math.isfinite(cpus) and cpus > 0):
-        raise SearchError(f"--cpus-per-trial must be > 0, got {cpus!r}")
-    if (address or os.environ.get("RAY_ADDRESS") or "local") == "local":  # this machine; a cluster's: by Ray
-        check_threads("--cpus-per-trial", cpus, SearchError)
-    elif address:  # its form now, before the preflight trial; whether anything answers there, when Ray starts
-        check_address(address, connect=False)
-    if isinstance(gpus, str):
-        gpus = resolve_gpus(gpus, 1.0)  # auto, or a number given as text; only its form is checked here
-    if not (isinstance(gpus, (int, float)) and math.isfinite(gpus) and gpus >= 0):
-        raise SearchError(f"--gpus-per-trial must be >= 0 (fractions share a GPU, e.g. 0.25), got {gpus!r}")
-    if gpus > 1 and gpus != int(gpus):
-        raise SearchError(f"--gpus-per-trial above 1 must be a whole number, got {gpus!r}")
-
-
 def _check_something_to_search(space: SearchSpace, trials: int) -> None:
     """Refuse to run the same fixed configuration many times (every trial would be identical)."""
     if not space.dims and trials > 1:
@@ -162,50 +141,31 @@ def _check_something_to_search(space: SearchSpace, trials: int) -> None:
 def run_search(
     space: str | os.PathLike | None,
     run_dir: str | os.PathLike,
+    config: LaunchConfig | None = None,
     *,
-    trials: int | None = None,
-    concurrent: int | None = None,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float | str = "auto",
-    address: str | None = None,
-    sampler: str | None = None,
-    seed: int = 0,
-    study_storage: str | None = None,
     overrides: Sequence[str] = (),
-    early_stop: str | None = None,
-    reduction_factor: float | None = None,
-    grace_period: float | None = None,
-    timeout: float | str | None = None,
-    verbose: bool = False,
     log: Log = _stderr,
 ) -> LaunchResult:
-    """Start a new search in ``run_dir`` (which must not hold one) and run it to the end.
+    """Start a new search in ``run_dir`` (which must not hold one) and run it to the end, as ``config`` says.
 
-    ``trials`` defaults to the space's ``search.trials``, else 20; ``sampler`` to its ``search.sampler``, else
-    tpe. ``concurrent`` defaults to as many trials as the cluster's CPUs (and GPUs) fit. With ``concurrent=1``
-    the sequence of suggested configurations is reproducible for a given ``seed``. ``early_stop`` is ``off`` or
-    ``asha`` (default: the space's ``search.early_stop``, else off), kept in run.json for resume. After
-    ``timeout`` (seconds, or a duration such as ``"1h30m"``, counted from this call) no new trial starts.
+    What ``config`` leaves None comes from the space's ``search`` section, else the defaults
+    (``LaunchConfig.defaults``: 20 trials, tpe, seed 0, one CPU and ``auto`` GPUs a trial, early stopping off);
+    run.json keeps the result for resume. With ``concurrent=1`` the sequence of suggested configurations is
+    reproducible for a given seed. After ``timeout`` (counted from this call) no new trial starts.
     """
-    import optuna
-
     t0 = time.perf_counter()
-    timeout_s, deadline = _deadline(timeout)
+    given = config if config is not None else LaunchConfig()
+    deadline = _deadline(given.timeout)
     run_dir = as_path(run_dir, "--run-dir", SearchError)
     spec = load_space(space, overrides)
     spec.check_importable()  # a model or dataset the trial workers cannot load: refused before anything exists
-    n = trials if trials is not None else (spec.trials or DEFAULT_TRIALS)
-    check_count("--trials", n)
-    sampler = ledger.check_sampler(sampler or spec.sampler or ledger.DEFAULT_SAMPLER)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise SearchError(f"--seed must be a non-negative integer of 32 bits (at most {MAX_SEED}), got {seed!r}")
-    _check_resources(concurrent, cpus_per_trial, gpus_per_trial, address)
-    _check_something_to_search(spec, n)
-    stopping = early_stop_settings(early_stop or spec.early_stop, reduction_factor, grace_period)
+    cfg = LaunchConfig.defaults(spec).updated(given)
+    cfg.check_machine()
+    _check_something_to_search(spec, cfg.trials)
     rundir.check_new_run_dir(run_dir)
     ledger.quiet_optuna()
     # A storage given by URL or path is opened now: a bad one fails before Ray starts or anything is written.
-    given_storage = ledger.open_storage(study_storage, run_dir) if study_storage is not None else None
+    storage = ledger.open_storage(cfg.study_storage, run_dir) if cfg.study_storage is not None else None
     start = _start_weights(spec)
     reference = _dense_reference(spec, start, log) if start is not None else None
     preflight_space(spec, start)  # the space's default trial on a few samples: what would fail every trial fails here
@@ -213,11 +173,37 @@ def run_search(
     if epochs is not None:  # after the preflight: a space that cannot run fails before this costs anything
         start, reference, seconds = dense_start.train_dense(spec, epochs)
         dense_start.describe(reference, seconds, log)
-    started_ray = init_ray(address, verbose)
+    started_ray = init_ray(cfg.address, cfg.verbose)
+    try:
+        cluster_concurrency(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)  # refused before any file
+        dense = start if epochs is not None else None
+        with _new_run(run_dir, spec, cfg, storage, reference, dense, log) as (info, study, space_yaml):
+            batch = Batch("search", cfg.trials, cfg.seed, deadline=deadline, start=start)
+            ran, timed_out = _launched(launch(run_dir, info, study, space_yaml, batch, log), cfg, run_dir, log)
+            return _finish(run_dir, study, cfg.trials, ran, t0, log, timed_out)
+    finally:
+        if started_ray:
+            shutdown_ray()
+
+
+@contextlib.contextmanager
+def _new_run(
+    run_dir: Path,
+    spec: SearchSpace,
+    cfg: LaunchConfig,
+    storage: optuna.storages.BaseStorage | None,
+    reference: dict[str, Any] | None,
+    dense: dict[str, Any] | None,
+    log: Log,
+) -> Iterator[tuple[RunInfo, optuna.Study, str]]:
+    """Make ``run_dir`` a run, under its lock, held while the caller runs trials: the study (seeded with the
+    baselines), the frozen space, the dense start (``dense``), run.json last. A failure before run.json exists
+    removes what this call created, and nothing else. Yields the run's ``RunInfo``, its study and the frozen space."""
+    import optuna
+
     created: list[Path] = []
     new_study: tuple[str, optuna.storages.BaseStorage] | None = None
     try:
-        cluster_concurrency(cpus_per_trial, gpus_per_trial)  # a trial no node can run: refused before any file
         if not run_dir.exists():
             created.append(run_dir)  # removed on failure only while empty: a racing driver may use it
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,46 +213,28 @@ def run_search(
                 created.append(run_dir / rundir.LOCK_FILE)
             # Again under the lock: a driver that won a race may have made this a run since the first check.
             rundir.check_new_run_dir(run_dir)
-            if study_storage is None:
+            if storage is None:
                 created.append(run_dir / rundir.STUDY_FILE)
-            storage = given_storage if given_storage is not None else ledger.open_storage(None, run_dir)
+                storage = ledger.open_storage(None, run_dir)
             study_name = "autoprune"
-            if study_storage is not None:  # a shared database holds many studies: make the name unique
+            if cfg.study_storage is not None:  # a shared database holds many studies: make the name unique
                 study_name = f"autoprune-{run_dir.resolve().name}-{secrets.token_hex(3)}"
             study = ledger.create_study(storage, study_name, spec, rundir.autoprune_version())
             new_study = (study_name, storage)
             if reference is not None:
                 study.set_user_attr(DENSE_REFERENCE_ATTR, reference)
-            seeded = seed_baselines(study, spec, n)
-            calibrating = study.user_attrs.get(CALIBRATION_ATTR)
-            if calibrating:
-                log(
-                    f"search: the first {len(seeded)} trials calibrate {', '.join(calibrating['leaves'])} for the "
-                    f"baselines: {', '.join(seeded)}; the ladder follows at the best of them (the default unless "
-                    "another beats it by more than one standard error)"
-                )
-            elif seeded:
-                log(f"search: the first {len(seeded)} trials are baselines: {', '.join(seeded)}")
+            _seed(study, spec, cfg.trials, log)
             created.append(run_dir / rundir.SPACE_FILE)
             space_yaml = rundir.freeze_space(run_dir, spec)
-            if epochs is not None and start is not None:
-                created.append(dense_start.save(run_dir, start))
+            if dense is not None:
+                created.append(dense_start.save(run_dir, dense))
             info = RunInfo(
                 study_name=study_name,
-                storage=ledger.storage_record(study_storage, run_dir),
+                storage=ledger.storage_record(cfg.study_storage, run_dir),
                 space_digest=spec.digest,
                 space_source=str(spec.source),
-                sampler=sampler,
-                seed=seed,
-                trials=n,
-                resources={
-                    "concurrent": concurrent,
-                    "cpus_per_trial": cpus_per_trial,
-                    "gpus_per_trial": gpus_per_trial,
-                },
-                sampler_options=ledger.sampler_options(sampler, n),
-                early_stop=stopping,
-                address=address,
+                launch=cfg,
+                sampler_options=ledger.sampler_options(cfg.sampler, cfg.trials),
                 version=rundir.autoprune_version(),
                 created=rundir.now(),
                 seal=seal(spec.digest),  # this user chose the space's modules: resume may import them
@@ -276,139 +244,101 @@ def run_search(
             created.clear()  # the run exists from here on: never remove anything of it
             new_study = None
             (run_dir / rundir.MODELS_DIR).mkdir(exist_ok=True)
-            ran, timed_out = _launched(
-                launch(
-                    run_dir,
-                    info,
-                    storage,
-                    space_yaml,
-                    n_trials=n,
-                    sampler_seed=seed,
-                    kind="search",
-                    verbose=verbose,
-                    log=log,
-                    already=[],
-                    already_counted=0,
-                    deadline=deadline,
-                    start=start,
-                ),
-                timeout_s,
-                run_dir,
-                log,
-            )
-            return _finish(run_dir, study, n, ran, t0, log, timed_out)
+            yield info, study, space_yaml
     except BaseException:
         # Undo a start that failed before run.json existed: what this call created, and nothing else.
-        if new_study is not None and study_storage is not None:
+        if new_study is not None and cfg.study_storage is not None:
             with contextlib.suppress(Exception):
                 optuna.delete_study(study_name=new_study[0], storage=new_study[1])
         for path in reversed(created):
             with contextlib.suppress(OSError):
                 path.rmdir() if path.is_dir() else path.unlink()  # rmdir: only an empty folder
         raise
-    finally:
-        if started_ray:
-            shutdown_ray()
+
+
+def _seed(study: optuna.Study, spec: SearchSpace, trials: int, log: Log) -> None:
+    """Enqueue the space's baselines (and calibration probes) into a new study, and say so."""
+    seeded = seed_baselines(study, spec, trials)
+    calibrating = study.user_attrs.get(CALIBRATION_ATTR)
+    if calibrating:
+        log(
+            f"search: the first {len(seeded)} trials calibrate {', '.join(calibrating['leaves'])} for the "
+            f"baselines: {', '.join(seeded)}; the ladder follows at the best of them (the default unless "
+            "another beats it by more than one standard error)"
+        )
+    elif seeded:
+        log(f"search: the first {len(seeded)} trials are baselines: {', '.join(seeded)}")
 
 
 def resume_search(
     run_dir: str | os.PathLike,
+    changes: LaunchConfig | None = None,
     *,
-    trials: int | None = None,
-    study_storage: str | None = None,
-    address: str | None = None,
-    concurrent: int | None = None,
-    cpus_per_trial: float | None = None,
-    gpus_per_trial: float | None = None,
-    early_stop: str | None = None,
-    reduction_factor: float | None = None,
-    grace_period: float | None = None,
-    timeout: float | str | None = None,
-    verbose: bool = False,
     log: Log = _stderr,
     allow_modules: Collection[str] = (),
 ) -> LaunchResult:
-    """Finish an interrupted search, or extend a finished one to ``trials`` trials in total.
+    """Finish an interrupted search, or extend a finished one to ``changes.trials`` trials in total.
 
-    Trials an interruption left RUNNING are closed as FAIL (outcome ``interrupted``) and replaced (a seeded
-    baseline by itself), their model files set aside in ``models/interrupted/``; finished ones are kept and
-    never re-run; trials enqueued into the study (``study.enqueue_trial``) run first.
-    Resources and early stopping default to those in run.json (given ones replace them there); ``timeout``
-    holds for this call only. The frozen space's digest is checked, and the code it names (``module:function``)
-    is imported only when this user started the run or allows that module (``rundir.read_frozen_space``).
+    The search's options are run.json's, with what ``changes`` sets replacing them there (``LaunchConfig.updated``;
+    its sampler and seed stay the search's); its ``timeout`` holds for this call only. Trials an interruption left
+    RUNNING are closed as FAIL (outcome ``interrupted``) and replaced (a seeded baseline by itself), their model
+    files set aside in ``models/interrupted/``; finished ones are kept and never re-run; trials enqueued into the
+    study (``study.enqueue_trial``) run first. The frozen space's digest is checked, and the code it names
+    (``module:function``) is imported only when this user started the run or allows that module
+    (``rundir.read_frozen_space``).
     """
     t0 = time.perf_counter()
-    timeout_s, deadline = _deadline(timeout)
+    given = changes if changes is not None else LaunchConfig()
+    if given.sampler is not None or given.seed is not None:
+        raise SearchError("a search keeps the sampler and seed it started with; start a new search to change them")
+    deadline = _deadline(given.timeout)
     run_dir = as_path(run_dir, "run_dir", SearchError)
     info = RunInfo.read(run_dir)
-    stopping = early_stop_settings(early_stop, reduction_factor, grace_period, base=info.early_stop)
-    if trials is not None:
-        check_count("--trials", trials)
+    cfg = info.launch.updated(given)
     space, space_yaml = rundir.read_frozen_space(run_dir, info, allow_modules=allow_modules)
     space.check_importable()  # a model or dataset the trial workers cannot load: refused before the study is touched
-    resources = dict(info.resources)
-    overrides = {"concurrent": concurrent, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial}
-    resources.update({key: value for key, value in overrides.items() if value is not None})
-    where = address if address is not None else info.address
-    _check_resources(resources["concurrent"], float(resources["cpus_per_trial"]), resources["gpus_per_trial"], where)
+    cfg.check_machine()
     with rundir.run_lock(run_dir):
-        study = ledger.load_study(info, run_dir, study_storage)
+        study = ledger.load_study(info, run_dir, cfg.study_storage)
         ledger.check_objective(study, info, space)  # before anything is repaired or run
         records, failures, _ = ledger.trial_records(study, run_dir)
         counted = ledger.count_finished(records, failures)
-        target = trials if trials is not None else info.trials
-        missing = target - counted
+        missing = cfg.trials - counted
         started_ray = False
         try:
             if missing > 0:  # connect first: an unreachable cluster must leave the study as it is
-                _check_something_to_search(space, target)
-                try:
-                    started_ray = init_ray(None if where in (None, "local") else where, verbose)
-                except SearchError as exc:
-                    if address is None and where:
-                        raise SearchError(
-                            f"{exc} (this search ran on {where}; use --address local to resume here)"
-                        ) from None
-                    raise
-                cluster_concurrency(float(resources["cpus_per_trial"]), resources["gpus_per_trial"])
+                _check_something_to_search(space, cfg.trials)
+                started_ray = _connect(cfg, asked=given.address is not None)
+                cluster_concurrency(cfg.resources.cpus_per_trial, cfg.resources.gpus_per_trial)
             for line in interrupted.repair(study, run_dir, requeue=missing > 0):  # stale trials, files, baselines
                 log(line)
             if missing <= 0:
-                log(f"resume: {counted} trials finished already (requested {target}); nothing to run")
-                return _finish(run_dir, study, info.trials, 0, t0, log)
+                log(f"resume: {counted} trials finished already (requested {cfg.trials}); nothing to run")
+                return _finish(run_dir, study, info.launch.trials, 0, t0, log)
             start = _start_weights(space)
             if start is None and (kept := dense_start.load_or_train(space, run_dir, log)) is not None:
                 start, reference = kept
                 if reference is not None:
                     study.set_user_attr(DENSE_REFERENCE_ATTR, reference)
-            info.trials = target
-            info.resources = resources
-            info.early_stop = stopping
-            info.address = where
+            info.launch = cfg  # run.json keeps the options given (the launch writes it)
             info.seal = seal(info.space_digest)  # its modules passed read_frozen_space: the next resume needs no flag
             # A new seed per launch: the same seed would make the random sampler repeat the first trials' configs.
-            sampler_seed = (info.seed + len(study.trials)) % (MAX_SEED + 1)  # 32 bits, as the samplers take
-            ran, timed_out = _launched(
-                launch(
-                    run_dir,
-                    info,
-                    study._storage,
-                    space_yaml,
-                    n_trials=missing,
-                    sampler_seed=sampler_seed,
-                    kind="resume",
-                    verbose=verbose,
-                    log=log,
-                    already=records,
-                    already_counted=counted,
-                    deadline=deadline,
-                    start=start,
-                ),
-                timeout_s,
-                run_dir,
-                log,
-            )
+            sampler_seed = (cfg.seed + len(study.trials)) % (MAX_SEED + 1)  # 32 bits, as the samplers take
+            batch = Batch("resume", missing, sampler_seed, deadline, start, tuple(records), counted)
+            ran, timed_out = _launched(launch(run_dir, info, study, space_yaml, batch, log), cfg, run_dir, log)
         finally:
             if started_ray:
                 shutdown_ray()
-        return _finish(run_dir, study, target, ran, t0, log, timed_out)
+        return _finish(run_dir, study, cfg.trials, ran, t0, log, timed_out)
+
+
+def _connect(cfg: LaunchConfig, *, asked: bool) -> bool:
+    """Start or join the Ray of a resumed run (``local``: this machine); whether this call started it. A cluster the
+    search ran on that does not answer any more is refused with the way to resume here instead."""
+    where = cfg.address
+    try:
+        return init_ray(None if where in (None, "local") else where, cfg.verbose)
+    except SearchError as exc:
+        if not asked and where:
+            raise SearchError(f"{exc} (this search ran on {where}; use --address local to resume here)") from None
+        raise

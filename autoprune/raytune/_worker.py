@@ -67,16 +67,12 @@ def trial_device(gpus: float, configured: str) -> str | None:
 
 
 def suggest(trial: optuna.Trial, dims: tuple) -> dict[str, Any]:
-    """Define-by-run space for OptunaSearch: every searched dimension, plus as constants the trial number and,
-    for a seeded baseline, that it is one.
-
-    Module level so that it pickles by reference (bind ``dims`` with ``functools.partial``).
-    """
-    define_by_run(trial, dims)
-    constants: dict[str, Any] = {_NUMBER_KEY: trial.number}
+    """The configuration of a Tune trial: every searched dimension suggested on its Optuna ``trial`` (what the
+    worker runs), plus as constants the trial number and, for a seeded baseline, that it is one."""
+    config: dict[str, Any] = {**define_by_run(trial, dims), _NUMBER_KEY: trial.number}
     if trial.user_attrs.get(BASELINE_ATTR):
-        constants[_BASELINE_KEY] = True
-    return constants
+        config[_BASELINE_KEY] = True
+    return config
 
 
 def is_baseline(trial: Any) -> bool:
