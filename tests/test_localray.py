@@ -12,7 +12,7 @@ from _sockets import descendants, is_loopback, listening
 ray = pytest.importorskip("ray")
 
 from autoprune._localray import ray_start_environment  # noqa: E402
-from autoprune.raytune import run_search  # noqa: E402
+from autoprune.api import search  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -31,7 +31,7 @@ def test_local_search_listens_on_loopback_only(tmp_path: Path, monkeypatch: pyte
             seen.setdefault(pid, []).extend(addresses)
         workers.extend(pid for pid in descendants(os.getpid()) if _name(pid).startswith("ray::"))
 
-    outcome = run_search(space, tmp_path / "run", trials=2, concurrent=1, log=log)
+    outcome = search(space, run_dir=tmp_path / "run", trials=2, concurrent=1, log=log)
     assert outcome.results.counted == 2
     assert workers, "no trial worker was seen while the search ran"
     assert any(_name(pid) == "gcs_server" for pid in seen) and any(_name(pid) == "raylet" for pid in seen)
