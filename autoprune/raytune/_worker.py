@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import rundir
-from ..baselines import TRIAL_ATTR as BASELINE_ATTR
+from .._attrs import BASELINE_ATTR
 from ..dense_start import START_KIND as DENSE_START
 from ..errors import DivergedError, first_line
 from ..ledger import OBJECTIVES, Outcome
