@@ -19,7 +19,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,7 +27,9 @@ from ._bounds import MAX_EPOCHS
 from ._io import atomic_open
 from .baselines import reference_of
 from .errors import ConfigError
-from .space import SearchSpace
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
 
 DENSE_START_FILE = "dense_start.pt"  # in the run directory: the dense model's state_dict
 START_KIND = "dense start"  # a trial record's ``start`` when it began from the search's dense start

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._format import fmt_acc, fmt_share, fmt_sparsity
 from ._io import atomic_open, plain
 from .pareto import LATENCY, MACS, PARAMS
 from .plot import plot_front
@@ -30,28 +31,6 @@ _SPEED_COLUMNS = (MACS, LATENCY, "speedup")  # after the lead columns, where the
 _TAIL_COLUMNS = ("model_path",)
 _DENSE_OF = {PARAMS: "params_total", MACS: "macs_dense", LATENCY: "latency_dense_ms"}  # the dense model's size
 _HEADERS = {MACS: "MACs", LATENCY: "latency ms"}  # the table's column of a searched objective other than params
-_MAX_TABLE_LAYERS = 8  # beyond this the sparsity column shows "+N more" instead of every layer
-
-
-def _fmt_acc(value: Any) -> str:
-    if value is None or not math.isfinite(float(value)):
-        return "-"
-    return f"{float(value):.4f}"
-
-
-def _fmt_share(nonzero: Any, total: Any) -> str:
-    if nonzero is None or not total:
-        return "-"
-    return f"{100.0 * float(nonzero) / float(total):.1f}%"
-
-
-def _fmt_sparsity(layers: dict | None) -> str:
-    if not layers:
-        return "-"
-    items = [f"{name} {100.0 * float(frac):.0f}" for name, frac in layers.items()]
-    if len(items) > _MAX_TABLE_LAYERS:
-        items = [*items[: _MAX_TABLE_LAYERS - 1], f"+{len(items) - _MAX_TABLE_LAYERS + 1} more"]
-    return " ".join(items)
 
 
 def drop_points(record: dict, reference: dict | None) -> float | None:
@@ -84,12 +63,12 @@ def _table_row(
     return [
         label if label is not None else ("-" if trial is None else str(trial)),
         str(record.get("params_nonzero", "-")),
-        _fmt_share(record.get("params_nonzero"), record.get("params_total")),
+        fmt_share(record.get("params_nonzero"), record.get("params_total")),
         *(_fmt_speed(record, column) for column in speed),
-        _fmt_acc(record.get("val_accuracy")),
-        _fmt_acc(record.get("test_accuracy")),
+        fmt_acc(record.get("val_accuracy")),
+        fmt_acc(record.get("test_accuracy")),
         _fmt_drop(record, reference),
-        _fmt_sparsity(record.get("layer_sparsity")),
+        fmt_sparsity(record.get("layer_sparsity")),
     ]
 
 
@@ -171,7 +150,7 @@ def sizes_table(front: Sequence[dict], sizes: Sequence[float], trials: Sequence[
         name = f"  <= {limit} params" + (f" ({100 * size:g}%)" if size <= 1 else "")
         try:
             r = pick_max_params(list(trials) or front, limit)
-            acc = f"val {_fmt_acc(r.get('val_accuracy'))}, test {_fmt_acc(r.get('test_accuracy'))}"
+            acc = f"val {fmt_acc(r.get('val_accuracy'))}, test {fmt_acc(r.get('test_accuracy'))}"
             lines.append(
                 f"{name}: trial {r.get('trial')}, {r['params_nonzero']} params, {acc}{_close_calls(trials, r, limit)}"
             )
@@ -199,7 +178,7 @@ def _close_calls(trials: Sequence[dict], chosen: dict, limit: int) -> str:
     return (
         f"; the largest of {len(close) + 1} models within one standard error ({100 * margin:.2f} pt) of the most "
         f"accurate on validation, trial {top.get('trial', '?')} ({top['params_nonzero']} params, val "
-        f"{_fmt_acc(top['val_accuracy'])})"
+        f"{fmt_acc(top['val_accuracy'])})"
     )
 
 
@@ -216,7 +195,7 @@ def indistinct_note(chosen: dict) -> str | None:
     if margin is None:
         return None
     named = ", ".join(
-        f"{r['trial']} ({r['params_nonzero']} params, val {_fmt_acc(r['val_accuracy'])})" for r in close[:5]
+        f"{r['trial']} ({r['params_nonzero']} params, val {fmt_acc(r['val_accuracy'])})" for r in close[:5]
     )
     more = f" and {len(close) - 5} more" if len(close) > 5 else ""
     within = f"one standard error ({100 * margin:.2f} pt on {chosen['val_samples']} samples)"

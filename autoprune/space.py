@@ -104,7 +104,7 @@ class SearchSpace:
 
     def check_importable(self) -> None:
         """Refuse, before any trial, a model or dataset that Ray's trial workers (other processes) cannot load."""
-        from ._user_data import check_importable as check_dataset
+        from .data import check_importable as check_dataset
         from .models import check_importable as check_model
 
         cfg = self.default_config()
@@ -353,7 +353,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         )
     if space.early_stop is not None and space.early_stop not in EARLY_STOP_MODES:
         raise fail(f"search.early_stop must be one of {', '.join(EARLY_STOP_MODES)}, got {space.early_stop!r}")
-    from .dense_start import dense_epochs  # it builds on this module
+    from .dense_start import dense_epochs  # it imports torch, which loading a space does not need
 
     try:
         dense_epochs(space)
