@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, PROBE_ATTR, RECORD_ATTR
+from ._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR, RECORD_ATTR
 from ._bounds import MAX_RUNGS
 from ._leaves import section_leaf
 from .config import STRUCTURED_ALLOCATIONS
@@ -297,21 +297,6 @@ def _enqueue(study: optuna.Study, baselines: list[Baseline], probe: bool = False
     labels = [b.label for b in baselines]
     study.set_user_attr(BASELINES_ATTR, [*study.user_attrs.get(BASELINES_ATTR, []), *labels])
     return labels
-
-
-REFERENCE_KEYS = ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "flops_dense", "val_samples")
-
-
-def reference_of(record: dict[str, Any]) -> dict[str, Any]:
-    """What a dense trial's record keeps as a search's dense reference (``DENSE_REFERENCE_ATTR``)."""
-    return {k: record[k] for k in REFERENCE_KEYS if k in record}
-
-
-def checkpoint_reference(study: optuna.Study) -> dict[str, Any] | None:
-    """The dense reference of a search from trained weights (``model.weights``, or its dense start), as a record
-    without a trial; its ``reference`` says which (``checkpoint`` or ``dense start``)."""
-    ref = study.user_attrs.get(DENSE_REFERENCE_ATTR)
-    return {"reference": "checkpoint", **ref} if isinstance(ref, dict) and "val_accuracy" in ref else None
 
 
 def seed_baselines(study: optuna.Study, space: SearchSpace, limit: int) -> list[str]:

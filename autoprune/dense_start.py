@@ -25,7 +25,7 @@ import torch
 
 from ._bounds import MAX_EPOCHS
 from ._io import atomic_open
-from .baselines import reference_of
+from ._reference import reference_of
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ def dense_epochs(space: SearchSpace) -> int | None:
 
 def train_dense(space: SearchSpace, epochs: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], float]:
     """Train ``space``'s model densely for ``epochs``: its state_dict (on the CPU), its dense reference
-    (``baselines.reference_of`` its record) and the seconds it took."""
+    (``_reference.reference_of`` its record) and the seconds it took."""
     from .trial import run_trial
 
     cfg = space.default_config()

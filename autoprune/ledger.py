@@ -42,12 +42,12 @@ from ._attrs import (
     VERSION_ATTR,
 )
 from ._paths import PathError, inside_run
+from ._reference import checkpoint_reference, dense_baseline
 from ._storage import STORAGE_ENV as STORAGE_ENV  # re-exported: the storage functions are the ledger's API
 from ._storage import open_storage as open_storage
 from ._storage import redact_url as redact_url
 from ._storage import storage_record as storage_record
 from ._storage import storage_spec as storage_spec
-from .baselines import checkpoint_reference
 from .errors import SearchError
 from .launchconfig import DEFAULT_SAMPLER as DEFAULT_SAMPLER  # re-exported: the samplers are the ledger's
 from .launchconfig import check_sampler as check_sampler
@@ -336,12 +336,6 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
 def count_finished(records: list[dict], failures: list[dict]) -> int:
     """Trials that count toward the number a search asked for."""
     return len(records) + sum(f["outcome"] in COUNTED_OUTCOMES for f in failures)
-
-
-def dense_baseline(records: list[dict]) -> dict[str, Any] | None:
-    """The most accurate trial that did not prune (``prune.enabled: false``), if any."""
-    dense = [r for r in records if not (r.get("config") or {}).get("prune", {}).get("enabled", True)]
-    return max(dense, key=lambda r: r["val_accuracy"]) if dense else None
 
 
 def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None = None) -> Results:

@@ -375,6 +375,23 @@ def write_report(run_dir: str | os.PathLike, results: Results) -> dict[str, Path
     return paths
 
 
+def write_extra_outputs(
+    run_dir: str | os.PathLike,
+    results: Results,
+    *,
+    csv: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+) -> None:
+    """Write the extra copies ``--csv`` (every trial, with ``on_front``) and ``--plot`` ask for, once
+    ``check_extra_outputs`` has allowed them."""
+    if csv is not None:
+        front = {id(r) for r in results.front}
+        write_csv([{**r, "on_front": id(r) in front} for r in results.trials], csv)
+    if plot is not None:
+        title = f"{Path(run_dir).name}: Pareto front"
+        plot_front(results.trials, results.front, plot, baseline=results.baseline, title=title, key=results.key)
+
+
 def _relative_paths(records: Sequence[dict], run_dir: str | os.PathLike) -> list[dict]:
     from .rundir import relative_to_run
 
