@@ -15,14 +15,13 @@ Three rules, each in one place:
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import AutoPruneError
+from .errors import AutoPruneError, disk_full
 
 __all__ = [
     "RUN_OWNED",
@@ -166,7 +165,7 @@ def check_output_file(
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
-        reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc)).lower()
+        reason = "no space left on the device" if disk_full(exc) else (exc.strerror or str(exc)).lower()
         raise error(f"{what} {shown}: cannot create a file in {given.parent} ({reason}); choose a writable folder") \
             from None  # fmt: skip
     os.close(fd)
