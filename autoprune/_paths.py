@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from ._layout import RUN_FILE, RUN_OWNED, STUDY_FILE
 from .errors import AutoPruneError, disk_full
 
 __all__ = [
@@ -34,19 +35,6 @@ __all__ = [
     "run_owned_entry",
 ]
 
-# What a run directory owns (kept in step with the run-directory layout); ``study.db*`` also covers SQLite's
-# -journal/-wal/-shm side files.
-RUN_FILE = "run.json"
-RUN_OWNED = ("run.json", "space.yaml", "study.db", ".lock", "models", "ray", "report")
-_WHAT_IT_IS = {
-    "run.json": "the run's record",
-    "space.yaml": "the frozen search space",
-    "study.db": "the study (the ledger of every trial)",
-    ".lock": "the run's lock",
-    "models": "the trials' models",
-    "ray": "Ray Tune's experiment folders",
-    "report": "the run's report, rewritten by every launch and by `report`",
-}
 MB = 1 << 20
 
 
@@ -100,8 +88,8 @@ def run_owned_entry(resolved: Path, run_dir: Path) -> str | None:
         owned.add(journal)
     if first in owned:
         return first
-    if first.startswith("study.db"):  # SQLite side files
-        return "study.db"
+    if first.startswith(STUDY_FILE):  # SQLite side files
+        return STUDY_FILE
     return None
 
 
@@ -143,7 +131,7 @@ def check_output_file(
         entry = run_owned_entry(resolved, run_dir)
         if entry is not None:
             raise error(
-                f"{what} {shown} is inside {entry} of run directory {run_dir} ({_WHAT_IT_IS.get(entry, 'the study')});"
+                f"{what} {shown} is inside {entry} of run directory {run_dir} ({RUN_OWNED.get(entry, 'the study')});"
                 f" writing there would damage the run: give a file outside, e.g. {example}"
             )
     try:

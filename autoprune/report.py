@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._format import fmt_acc, fmt_share, fmt_sparsity
 from ._io import atomic_open, plain
+from ._layout import REPORT_DIR, relative_to_run
 from .pareto import LATENCY, MACS, PARAMS
 from .plot import plot_front
 
@@ -355,7 +356,7 @@ def write_report(run_dir: str | os.PathLike, results: Results) -> dict[str, Path
     moved or read from another working directory. Returns the paths under the keys ``front_csv``,
     ``trials_csv``, ``json`` and ``plot``.
     """
-    folder = Path(run_dir) / "report"
+    folder = Path(run_dir) / REPORT_DIR
     paths = {
         "front_csv": folder / "front.csv",
         "trials_csv": folder / "trials.csv",
@@ -393,8 +394,6 @@ def write_extra_outputs(
 
 
 def _relative_paths(records: Sequence[dict], run_dir: str | os.PathLike) -> list[dict]:
-    from .rundir import relative_to_run
-
     return [
         {**r, "model_path": relative_to_run(r["model_path"], run_dir)} if r.get("model_path") else r for r in records
     ]
