@@ -4,7 +4,7 @@
 range or choice (``collect``), and a leaf written per value of another (``{by: PARENT, VALUE: LEAF, ...}``,
 ``dependent``): under a fixed parent the case for its value is the leaf; under a parent searched over choices each
 searched case is a ``Dim`` of its own (``finetune.lr[sgd]``) searched only when the parent has that value, and the
-fixed cases are a ``Cases``.
+fixed cases are a ``Cases``. ``--set KEY=VALUE`` fixes one leaf by its dotted key (``apply_override``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from ._bounds import MAX_CHOICES
+from ._spacefile import load_yaml
 from .config import _SECTIONS
 from .errors import ConfigError
 
@@ -135,6 +138,44 @@ def case_of(document: dict[str, Any], parts: list[str], *, where: str) -> tuple[
         f"{where}: {parts[0]}.{parts[1]} has no case {parts[2]!r} (its cases: {given}); set one of those, or the "
         f"whole leaf: --set '{parts[0]}.{parts[1]}={{by: ..., VALUE: ...}}'"
     )
+
+
+def apply_override(document: dict[str, Any], item: str) -> None:
+    """Apply ``--set KEY=VALUE`` to a space file's ``document``: the leaf at the dotted KEY (a known one, or one
+    case of a dependent leaf) becomes the YAML scalar VALUE."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. prune.sparsity.fc1=0.9")
+    try:
+        value = load_yaml(raw, f"--set {key}") if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(
+            f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"
+        ) from None
+    parts = split_key(key)
+    case = case_of(document, parts, where=f"--set {key}")
+    if case is not None:  # one case of a leaf that depends on another: finetune.lr.sgd
+        case[0][case[1]] = value
+        return
+    check_known_path(parts, where=f"--set {key}")
+    node = document
+    for depth, part in enumerate(parts[:-1], start=1):
+        child = node.get(part)
+        where = ".".join(parts[:depth])
+        if child is None or (child == "auto" and where in LAYER_MAPS):
+            # Absent or empty; or `auto` (every layer searched) that a layer set by name replaces, as documented:
+            # one run, one layer pruned.
+            child = {}
+            node[part] = child
+        elif not isinstance(child, dict):  # replacing it would silently drop what the file gave there
+            raise ConfigError(
+                f"--set {key}: {where} is {child!r:.60} ({type(child).__name__}), not a mapping that "
+                f"{parts[depth]} could be set in; make {where} a mapping in the space file or set it whole: "
+                f"--set '{where}={{{parts[depth]}: ...}}'"
+            )
+        node = child
+    node[parts[-1]] = value
 
 
 def section_leaf(path: str, *, where: str) -> list[str]:

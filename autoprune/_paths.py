@@ -15,14 +15,14 @@ Three rules, each in one place:
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import AutoPruneError
+from ._layout import RUN_FILE, RUN_OWNED, STUDY_FILE
+from .errors import AutoPruneError, disk_full
 
 __all__ = [
     "RUN_OWNED",
@@ -35,19 +35,6 @@ __all__ = [
     "run_owned_entry",
 ]
 
-# What a run directory owns (kept in step with the run-directory layout); ``study.db*`` also covers SQLite's
-# -journal/-wal/-shm side files.
-RUN_FILE = "run.json"
-RUN_OWNED = ("run.json", "space.yaml", "study.db", ".lock", "models", "ray", "report")
-_WHAT_IT_IS = {
-    "run.json": "the run's record",
-    "space.yaml": "the frozen search space",
-    "study.db": "the study (the ledger of every trial)",
-    ".lock": "the run's lock",
-    "models": "the trials' models",
-    "ray": "Ray Tune's experiment folders",
-    "report": "the run's report, rewritten by every launch and by `report`",
-}
 MB = 1 << 20
 
 
@@ -101,8 +88,8 @@ def run_owned_entry(resolved: Path, run_dir: Path) -> str | None:
         owned.add(journal)
     if first in owned:
         return first
-    if first.startswith("study.db"):  # SQLite side files
-        return "study.db"
+    if first.startswith(STUDY_FILE):  # SQLite side files
+        return STUDY_FILE
     return None
 
 
@@ -144,7 +131,7 @@ def check_output_file(
         entry = run_owned_entry(resolved, run_dir)
         if entry is not None:
             raise error(
-                f"{what} {shown} is inside {entry} of run directory {run_dir} ({_WHAT_IT_IS.get(entry, 'the study')});"
+                f"{what} {shown} is inside {entry} of run directory {run_dir} ({RUN_OWNED.get(entry, 'the study')});"
                 f" writing there would damage the run: give a file outside, e.g. {example}"
             )
     try:
@@ -166,7 +153,7 @@ def check_output_file(
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
-        reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc)).lower()
+        reason = "no space left on the device" if disk_full(exc) else (exc.strerror or str(exc)).lower()
         raise error(f"{what} {shown}: cannot create a file in {given.parent} ({reason}); choose a writable folder") \
             from None  # fmt: skip
     os.close(fd)

@@ -1,31 +1,29 @@
 """User datasets: a ``module:function`` loader returning ``train_x, train_y, test_x, test_y`` (and optionally its own
-validation split ``val_x, val_y``, e.g. data a trained checkpoint has not seen), checked and converted."""
+validation split ``val_x, val_y``, e.g. data a trained checkpoint has not seen), checked and converted into the
+``RawSplits`` every dataset loader returns. The registry that calls it lives in ``data``."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from ._imports import import_callable
-from .data import BUILTIN_DATASETS, DATASETS, RawSplits
 from .errors import DataError, first_line
 
 
-def check_importable(name: str) -> None:
-    """Refuse a dataset that a fresh process (a Ray trial worker) could not load, before the first trial.
+class RawSplits(NamedTuple):
+    """What a dataset loader returns: normalized CPU tensors before the validation split (or with the loader's own
+    validation split, ``val_x``/``val_y``, which is then used as it is)."""
 
-    A loader registered with ``register_dataset`` in a notebook or script exists only in that process, and a
-    ``__main__:function`` cannot be imported by another one; the fix is a ``module:function`` in a file.
-    """
-    if name.partition(":")[0] == "__main__" or (":" not in name and name in DATASETS and name not in BUILTIN_DATASETS):
-        raise DataError(
-            f"dataset {name!r} exists only in this process (registered in a notebook or script, or __main__); "
-            "Ray trial workers are other processes and cannot load it: write a function that returns train_x, "
-            "train_y, test_x, test_y in a file, e.g. my_data.py in the working folder, and use dataset.name: "
-            "my_data:FUNCTION"
-        )
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    val_x: torch.Tensor | None = None
+    val_y: torch.Tensor | None = None
 
 
 def user_dataset(spec: str) -> RawSplits:

@@ -248,7 +248,7 @@ def refresh_report(
     ``pick``, they replace only a file of that kind that autoprune wrote. Reading writes nothing else: the study
     is opened read-only, and a run directory that cannot be written keeps its report files, as ``log`` says.
     """
-    from .report import check_extra_outputs, plot_front, write_csv, write_report
+    from .report import check_extra_outputs, write_extra_outputs, write_report
 
     run_dir = as_path(run_dir, "run_dir", SearchError)
     check_extra_outputs(run_dir, csv=csv, plot=plot)  # before anything is read or written
@@ -260,12 +260,7 @@ def refresh_report(
             f"note: {Path(run_dir) / 'report'} was not refreshed ({exc.strerror or exc}); --csv FILE and --plot "
             "FILE write the table and the plot elsewhere"
         )
-    if csv is not None:
-        front = {id(r) for r in res.front}
-        write_csv([{**r, "on_front": id(r) in front} for r in res.trials], csv)
-    if plot is not None:
-        title = f"{Path(run_dir).name}: Pareto front"
-        plot_front(res.trials, res.front, plot, baseline=res.baseline, title=title, key=res.key)
+    write_extra_outputs(run_dir, res, csv=csv, plot=plot)
     return res
 
 
@@ -394,13 +389,9 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", allow_modules: C
     """
     from .data import resolve_device
     from .export import load_model as load
-    from .preprocess import Preprocessing, RawInputModel, for_dataset
+    from .preprocess import RawInputModel, stored_preprocessing
 
     loaded = load(path, device=resolve_device(device), allow_modules=allow_modules)
-    if loaded.preprocessing is not None:
-        spec = Preprocessing.from_dict(loaded.preprocessing, where=f"{path}: preprocessing")
-    else:  # written before files stored it: the built-in datasets' preprocessing is known by name
-        dataset = (loaded.config.get("dataset") or {}).get("name", "")
-        spec = for_dataset(str(dataset), loaded.input_shape)
+    spec = stored_preprocessing(loaded.preprocessing, loaded.config, loaded.input_shape, where=f"{path}: preprocessing")
     wrapped = RawInputModel(loaded.model, spec, metrics=loaded.metrics, config=loaded.config, masks=loaded.masks)
     return wrapped.eval()

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR, RECORD_ATTR
 from ._bounds import MAX_RUNGS
 from ._leaves import section_leaf
 from .config import STRUCTURED_ALLOCATIONS
@@ -53,12 +54,8 @@ if TYPE_CHECKING:
     from .space import Dim, SearchSpace
 
 __all__ = [
-    "CALIBRATION_ATTR",
     "DEFAULT_CALIBRATE",
     "DEFAULT_RUNGS",
-    "PROBE_ATTR",
-    "STUDY_ATTR",
-    "TRIAL_ATTR",
     "Baseline",
     "Calibration",
     "calibrate_leaves",
@@ -71,10 +68,6 @@ __all__ = [
 
 DEFAULT_RUNGS = 4
 DEFAULT_CALIBRATE = ("finetune.lr",)  # calibrated when the space searches it
-TRIAL_ATTR = "baseline"  # trial user attribute: the baseline's label, e.g. "global@0.01"
-STUDY_ATTR = "baselines"  # study user attribute: the labels enqueued when the study was seeded
-PROBE_ATTR = "probe"  # trial user attribute of a calibration probe: True
-CALIBRATION_ATTR = "calibration"  # study user attribute: {leaves, limit, done, chosen, summary}
 
 
 @dataclass(frozen=True)
@@ -297,29 +290,13 @@ def probes(space: SearchSpace, leaves: list[str] | None = None) -> list[Baseline
 
 def _enqueue(study: optuna.Study, baselines: list[Baseline], probe: bool = False) -> list[str]:
     for baseline in baselines:
-        attrs: dict[str, Any] = {TRIAL_ATTR: baseline.label}
+        attrs: dict[str, Any] = {BASELINE_ATTR: baseline.label}
         if probe:
             attrs[PROBE_ATTR] = True
         study.enqueue_trial(baseline.params, user_attrs=attrs)
     labels = [b.label for b in baselines]
-    study.set_user_attr(STUDY_ATTR, [*study.user_attrs.get(STUDY_ATTR, []), *labels])
+    study.set_user_attr(BASELINES_ATTR, [*study.user_attrs.get(BASELINES_ATTR, []), *labels])
     return labels
-
-
-DENSE_REFERENCE_ATTR = "dense_reference"  # study attribute: the dense model a search started from, measured as it is
-REFERENCE_KEYS = ("val_accuracy", "test_accuracy", "params_nonzero", "params_total", "flops_dense", "val_samples")
-
-
-def reference_of(record: dict[str, Any]) -> dict[str, Any]:
-    """What a dense trial's record keeps as a search's dense reference (``DENSE_REFERENCE_ATTR``)."""
-    return {k: record[k] for k in REFERENCE_KEYS if k in record}
-
-
-def checkpoint_reference(study: optuna.Study) -> dict[str, Any] | None:
-    """The dense reference of a search from trained weights (``model.weights``, or its dense start), as a record
-    without a trial; its ``reference`` says which (``checkpoint`` or ``dense start``)."""
-    ref = study.user_attrs.get(DENSE_REFERENCE_ATTR)
-    return {"reference": "checkpoint", **ref} if isinstance(ref, dict) and "val_accuracy" in ref else None
 
 
 def seed_baselines(study: optuna.Study, space: SearchSpace, limit: int) -> list[str]:
@@ -329,7 +306,7 @@ def seed_baselines(study: optuna.Study, space: SearchSpace, limit: int) -> list[
     enqueues the ladder once they have finished. A study is seeded once (it remembers the labels as a study
     attribute): seeding it again enqueues nothing.
     """
-    if STUDY_ATTR in study.user_attrs:
+    if BASELINES_ATTR in study.user_attrs:
         return []
     leaves = calibrate_leaves(space)
     probing = probes(space, leaves)
@@ -351,7 +328,7 @@ def _choose(done: list, default: Any) -> tuple[Any, float | None]:
     best = max(done, key=lambda t: (t.values[0], -t.number))
     if default is None or best is default:
         return best, None
-    margin = val_standard_error(default.user_attrs.get("record") or {})
+    margin = val_standard_error(default.user_attrs.get(RECORD_ATTR) or {})
     if margin is not None and best.values[0] - default.values[0] <= margin:
         return default, margin
     return best, None
@@ -376,7 +353,7 @@ def finish_calibration(study: optuna.Study, space: SearchSpace) -> str | None:
         if t.state == optuna.trial.TrialState.COMPLETE and t.values and _leaf_values(space, t.params, leaves)
     ]
     first = probes(space, leaves)
-    default = next((t for t in done if first and t.user_attrs.get(TRIAL_ATTR) == first[0].label), None)
+    default = next((t for t in done if first and t.user_attrs.get(BASELINE_ATTR) == first[0].label), None)
     best, margin = _choose(done, default)
     chosen = _leaf_values(space, best.params, leaves) if best is not None else {}
     ran = [t.params for t in probed if t.params]

@@ -1,7 +1,7 @@
 """Datasets as resident tensors: a registry, Fashion-MNIST (its IDX files read by ``idx``), the stratified split,
 index batches.
 
-A ``module:function`` dataset is loaded and checked by ``_user_data``.
+A ``module:function`` dataset is loaded and checked by ``_user_data``, which also holds ``RawSplits``.
 
 A trial gets a ``Datasets`` whose tensors already live on its device. Batches are index tensors into them
 (``x[idx]``), so an epoch costs no per-sample Python and no DataLoader workers.
@@ -19,11 +19,12 @@ import os
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
 
+from ._user_data import RawSplits, user_dataset
 from .config import DatasetConfig
 from .errors import ConfigError, DataError
 from .idx import read_idx
@@ -73,19 +74,6 @@ class Datasets:
 
 
 _TENSOR_FIELDS = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
-
-
-class RawSplits(NamedTuple):
-    """What a dataset loader returns: normalized CPU tensors before the validation split (or with the loader's own
-    validation split, ``val_x``/``val_y``, which is then used as it is)."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    val_x: torch.Tensor | None = None
-    val_y: torch.Tensor | None = None
 
 
 DatasetLoader = Callable[[DatasetConfig], RawSplits]
@@ -221,6 +209,21 @@ def synthetic(cfg: DatasetConfig) -> RawSplits:
 BUILTIN_DATASETS = frozenset(DATASETS)  # what every process knows; anything registered later is local to it
 
 
+def check_importable(name: str) -> None:
+    """Refuse a dataset that a fresh process (a Ray trial worker) could not load, before the first trial.
+
+    A loader registered with ``register_dataset`` in a notebook or script exists only in that process, and a
+    ``__main__:function`` cannot be imported by another one; the fix is a ``module:function`` in a file.
+    """
+    if name.partition(":")[0] == "__main__" or (":" not in name and name in DATASETS and name not in BUILTIN_DATASETS):
+        raise DataError(
+            f"dataset {name!r} exists only in this process (registered in a notebook or script, or __main__); "
+            "Ray trial workers are other processes and cannot load it: write a function that returns train_x, "
+            "train_y, test_x, test_y in a file, e.g. my_data.py in the working folder, and use dataset.name: "
+            "my_data:FUNCTION"
+        )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Splits and batches
 
@@ -353,7 +356,5 @@ def _load_raw(cfg: DatasetConfig) -> RawSplits:
     if cfg.name in DATASETS:
         return DATASETS[cfg.name](cfg)
     if ":" in cfg.name:
-        from ._user_data import user_dataset
-
         return user_dataset(cfg.name)
     raise DataError(f"unknown dataset {cfg.name!r}; known datasets: {', '.join(sorted(DATASETS))}, or module:function")

@@ -19,15 +19,17 @@ import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._bounds import MAX_EPOCHS
 from ._io import atomic_open
-from .baselines import reference_of
+from ._reference import reference_of
 from .errors import ConfigError
-from .space import SearchSpace
+
+if TYPE_CHECKING:
+    from .space import SearchSpace
 
 DENSE_START_FILE = "dense_start.pt"  # in the run directory: the dense model's state_dict
 START_KIND = "dense start"  # a trial record's ``start`` when it began from the search's dense start
@@ -66,7 +68,7 @@ def dense_epochs(space: SearchSpace) -> int | None:
 
 def train_dense(space: SearchSpace, epochs: int) -> tuple[dict[str, torch.Tensor], dict[str, Any], float]:
     """Train ``space``'s model densely for ``epochs``: its state_dict (on the CPU), its dense reference
-    (``baselines.reference_of`` its record) and the seconds it took."""
+    (``_reference.reference_of`` its record) and the seconds it took."""
     from .trial import run_trial
 
     cfg = space.default_config()

@@ -47,6 +47,15 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
 
 
+_DISK_FULL_WORDS = ("no space", "disk is full", "disk full")  # the OS's, SQLite's and autoprune's wording
+
+
+def says_disk_full(message: str) -> bool:
+    """Whether an error message says the disk is full (for a reason that only its text reached)."""
+    text = message.lower()
+    return any(words in text for words in _DISK_FULL_WORDS)
+
+
 def disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` or an exception it was raised from says the disk is full (an OS error, or SQLite's words)."""
     import errno
@@ -55,7 +64,7 @@ def disk_full(exc: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if "disk is full" in str(seen) or "No space left" in str(seen):  # SQLite's and others' wording
+        if says_disk_full(str(seen)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

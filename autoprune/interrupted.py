@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .baselines import CALIBRATION_ATTR, PROBE_ATTR
-from .baselines import TRIAL_ATTR as BASELINE_ATTR
+from ._attrs import BASELINE_ATTR, CALIBRATION_ATTR, OUTCOME_ATTR, PROBE_ATTR, RECORD_ATTR
 from .ledger import close_stale_trials
 from .rundir import MODELS_DIR
 
@@ -54,7 +53,7 @@ def repair(study: optuna.Study, run_dir: str | os.PathLike, *, requeue: bool) ->
 def _finished_with_record(trial: optuna.trial.FrozenTrial) -> bool:
     from optuna.trial import TrialState
 
-    return trial.state == TrialState.COMPLETE and isinstance(trial.user_attrs.get("record"), dict)
+    return trial.state == TrialState.COMPLETE and isinstance(trial.user_attrs.get(RECORD_ATTR), dict)
 
 
 def _cut_off(trial: optuna.trial.FrozenTrial) -> bool:
@@ -63,7 +62,7 @@ def _cut_off(trial: optuna.trial.FrozenTrial) -> bool:
     from optuna.trial import TrialState
 
     ended = trial.state == TrialState.FAIL or (trial.state == TrialState.COMPLETE and not _finished_with_record(trial))
-    return ended and trial.user_attrs.get("outcome", "interrupted") == "interrupted"
+    return ended and trial.user_attrs.get(OUTCOME_ATTR, "interrupted") == "interrupted"
 
 
 def _names(numbers: Sequence[int], limit: int = 8) -> str:

@@ -23,19 +23,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._attrs import (
+    BASELINE_ATTR,
+    CALIBRATION_ATTR,
+    FAIL_REASON_ATTR,
+    INTERMEDIATE_ATTR,
+    MODEL_PATH_ATTR,
+    OBJECTIVE_ATTR,
+    OUTCOME_ATTR,
+    RECORD_ATTR,
+    REFINE_ATTR,
+    RUNG_ATTR,
+    RUNG_EPOCH_ATTR,
+    SIZE_ATTR,
+    SPACE_ATTR,
+    SPACE_DIGEST_ATTR,
+    STOP_REASON_ATTR,
+    VERSION_ATTR,
+)
 from ._paths import PathError, inside_run
+from ._reference import checkpoint_reference, dense_baseline
 from ._storage import STORAGE_ENV as STORAGE_ENV  # re-exported: the storage functions are the ledger's API
 from ._storage import open_storage as open_storage
 from ._storage import redact_url as redact_url
 from ._storage import storage_record as storage_record
 from ._storage import storage_spec as storage_spec
-from .baselines import CALIBRATION_ATTR, checkpoint_reference
-from .baselines import TRIAL_ATTR as BASELINE_ATTR
 from .errors import SearchError
 from .launchconfig import DEFAULT_SAMPLER as DEFAULT_SAMPLER  # re-exported: the samplers are the ledger's
 from .launchconfig import check_sampler as check_sampler
 from .pareto import SIZE_KEYS
-from .refine import REFINE_ATTR, SIZE_ATTR
 from .rundir import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
 from .space import SAMPLERS as SAMPLERS  # re-exported: the names make_sampler takes
 
@@ -49,8 +65,7 @@ if TYPE_CHECKING:
 # the study's second value is the searched objective's record key (``objective_key``).
 OBJECTIVES = ("val_accuracy", "params_nonzero")
 DIRECTIONS = ("maximize", "minimize")
-OBJECTIVE_ATTR = "objective"  # the study's user attribute: search.objective (absent in studies made before: params)
-# Trial outcomes kept in the study (user attribute "outcome"). The first five count toward the number of trials
+# Trial outcomes kept in the study (user attribute ``OUTCOME_ATTR``). The first five count toward the number of trials
 # a search asked for: a trial stopped early was judged, not lost, and a trial whose process was killed (the OOM
 # killer's SIGKILL) failed like one that raised, so the search goes on to the number asked for. Only trials cut
 # off by an interruption are replaced by resume.
@@ -82,9 +97,9 @@ def create_study(storage: optuna.storages.BaseStorage, name: str, space: SearchS
         warnings.simplefilter("ignore")
         study.set_metric_names([OBJECTIVES[0], SIZE_KEYS[space.objective]])
     study.set_user_attr(OBJECTIVE_ATTR, space.objective)
-    study.set_user_attr("autoprune_version", version)
-    study.set_user_attr("space", space.document)
-    study.set_user_attr("space_digest", space.digest)
+    study.set_user_attr(VERSION_ATTR, version)
+    study.set_user_attr(SPACE_ATTR, space.document)
+    study.set_user_attr(SPACE_DIGEST_ATTR, space.digest)
     return study
 
 
@@ -172,25 +187,25 @@ def record_outcome(study: optuna.Study, trial: optuna.Trial, outcome: Outcome) -
     if outcome.kind == "complete" and outcome.record is not None and outcome.record.get(SIZE_KEYS[objective]) is None:
         why = f"its {SIZE_KEYS[objective]} could not be measured (autoprune trial on its configuration logs why)"
         outcome = Outcome("error", reason=why, attrs=outcome.attrs, intermediate=outcome.intermediate)
-    trial.set_user_attr("outcome", outcome.kind)
+    trial.set_user_attr(OUTCOME_ATTR, outcome.kind)
     for key, value in outcome.attrs.items():
         if value:
             trial.set_user_attr(key, value)
     if outcome.intermediate:
-        trial.set_user_attr("intermediate", outcome.intermediate)
+        trial.set_user_attr(INTERMEDIATE_ATTR, outcome.intermediate)
     if outcome.kind == "pruned":
         if outcome.rung is not None:
-            trial.set_user_attr("rung", outcome.rung[0])
-            trial.set_user_attr("rung_epoch", outcome.rung[1])
-        trial.set_user_attr("stop_reason", outcome.reason or "")
+            trial.set_user_attr(RUNG_ATTR, outcome.rung[0])
+            trial.set_user_attr(RUNG_EPOCH_ATTR, outcome.rung[1])
+        trial.set_user_attr(STOP_REASON_ATTR, outcome.reason or "")
         study.tell(trial, state=TrialState.PRUNED)
     elif outcome.kind == "complete" and outcome.record is not None:
-        trial.set_user_attr("record", outcome.record)
-        trial.set_user_attr("model_path", outcome.model_path)
+        trial.set_user_attr(RECORD_ATTR, outcome.record)
+        trial.set_user_attr(MODEL_PATH_ATTR, outcome.model_path)
         values = [outcome.record[OBJECTIVES[0]], outcome.record[SIZE_KEYS[objective]]]
         study.tell(trial, values, state=TrialState.COMPLETE)
     else:
-        trial.set_user_attr("fail_reason", outcome.reason or "")
+        trial.set_user_attr(FAIL_REASON_ATTR, outcome.reason or "")
         study.tell(trial, state=TrialState.FAIL)
 
 
@@ -204,8 +219,8 @@ def close_stale_trials(study: optuna.Study) -> int:
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in stale:
         # Optuna has no public call to annotate a trial by number; the storage API is the stable way.
-        study._storage.set_trial_user_attr(t._trial_id, "outcome", "interrupted")
-        study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "left running by an interrupted search")
+        study._storage.set_trial_user_attr(t._trial_id, OUTCOME_ATTR, "interrupted")
+        study._storage.set_trial_user_attr(t._trial_id, FAIL_REASON_ATTR, "left running by an interrupted search")
         study.tell(t.number, state=TrialState.FAIL)
     return len(stale)
 
@@ -290,13 +305,13 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
 
     records, failures, running = [], [], 0
     for t in study.get_trials(deepcopy=False):
-        if t.state == TrialState.COMPLETE and isinstance(t.user_attrs.get("record"), dict):
-            rec = {"trial": t.number, **t.user_attrs["record"]}
+        if t.state == TrialState.COMPLETE and isinstance(t.user_attrs.get(RECORD_ATTR), dict):
+            rec = {"trial": t.number, **t.user_attrs[RECORD_ATTR]}
             for attr in (BASELINE_ATTR, REFINE_ATTR, SIZE_ATTR):  # seeded; refined from a trial; to a size
                 if t.user_attrs.get(attr) is not None:
                     rec[attr] = t.user_attrs[attr]
-            if t.user_attrs.get("model_path"):
-                rel = t.user_attrs["model_path"]
+            if t.user_attrs.get(MODEL_PATH_ATTR):
+                rel = t.user_attrs[MODEL_PATH_ATTR]
                 rec["model_path"] = rel
                 if run_dir is not None:
                     try:  # a path from the study is data: it may only name a model of this run
@@ -306,12 +321,12 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
                         rec["model_path_refused"] = rel  # shown by report; pick says why it will not read it
             records.append(rec)
         elif t.state == TrialState.FAIL or t.state == TrialState.COMPLETE:  # COMPLETE without a record: cut off
-            outcome = t.user_attrs.get("outcome", "interrupted")
-            reason = t.user_attrs.get("fail_reason", "the trial did not report its result")
+            outcome = t.user_attrs.get(OUTCOME_ATTR, "interrupted")
+            reason = t.user_attrs.get(FAIL_REASON_ATTR, "the trial did not report its result")
             failures.append({"trial": t.number, "outcome": outcome, "reason": reason})
         elif t.state == TrialState.PRUNED:
-            epoch, _, acc = (t.user_attrs.get("intermediate") or [[None, None, None]])[-1]
-            stop = {"reason": t.user_attrs.get("stop_reason", ""), "rung": t.user_attrs.get("rung")}
+            epoch, _, acc = (t.user_attrs.get(INTERMEDIATE_ATTR) or [[None, None, None]])[-1]
+            stop = {"reason": t.user_attrs.get(STOP_REASON_ATTR, ""), "rung": t.user_attrs.get(RUNG_ATTR)}
             failures.append({"trial": t.number, "outcome": "pruned", **stop, "epoch": epoch, "val_accuracy": acc})
         elif t.state == TrialState.RUNNING:
             running += 1
@@ -321,12 +336,6 @@ def trial_records(study: optuna.Study, run_dir: Path | None = None) -> tuple[lis
 def count_finished(records: list[dict], failures: list[dict]) -> int:
     """Trials that count toward the number a search asked for."""
     return len(records) + sum(f["outcome"] in COUNTED_OUTCOMES for f in failures)
-
-
-def dense_baseline(records: list[dict]) -> dict[str, Any] | None:
-    """The most accurate trial that did not prune (``prune.enabled: false``), if any."""
-    dense = [r for r in records if not (r.get("config") or {}).get("prune", {}).get("enabled", True)]
-    return max(dense, key=lambda r: r["val_accuracy"]) if dense else None
 
 
 def study_results(study: optuna.Study, *, requested: int, run_dir: Path | None = None) -> Results:

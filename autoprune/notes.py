@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .report import _fmt_acc
+from ._format import fmt_acc
 
 # A search from trained weights whose validation split comes out of the training data: said in the log and report.
 CARVED_VALIDATION_NOTE = (
@@ -54,7 +54,7 @@ def finetune_setbacks(records: Sequence[dict], margin: float = SETBACK) -> str |
     return (
         f"note: finetuning lost more than {100 * margin:g} pt of validation accuracy in {len(hit)} of "
         f"{len(records)} trials{among}; worst: trial {worst.get('trial', '?')}, "
-        f"{_fmt_acc(worst['val_accuracy_pruned'])} after pruning, {_fmt_acc(worst['val_accuracy'])} after "
+        f"{fmt_acc(worst['val_accuracy_pruned'])} after pruning, {fmt_acc(worst['val_accuracy'])} after "
         f"finetuning{lr}: its steps are too large for this model; {fix}"
     )
 
@@ -130,8 +130,8 @@ def chance_collapses(records: Sequence[dict]) -> str | None:
     first = hit[0]
     return (
         f"note: {len(hit)} of {len(records)} trials collapsed to chance (validation accuracy at most "
-        f"{_fmt_acc(chance_ceiling(first))}, within {CHANCE_ERRORS:g} standard errors of the "
-        f"{_fmt_acc(_number(first['val_chance']))} that always answering the largest class scores on "
+        f"{fmt_acc(chance_ceiling(first))}, within {CHANCE_ERRORS:g} standard errors of the "
+        f"{fmt_acc(_number(first['val_chance']))} that always answering the largest class scores on "
         f"{first['val_samples']} samples): their updates diverged and they learned nothing; " + "; ".join(causes)
     )
 

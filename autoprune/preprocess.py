@@ -62,6 +62,16 @@ def for_dataset(name: str, input_shape: tuple[int, ...]) -> Preprocessing:
     return Preprocessing(shape)
 
 
+def stored_preprocessing(
+    stored: Any, config: dict[str, Any], input_shape: tuple[int, ...], *, where: str = "preprocessing"
+) -> Preprocessing:
+    """The preprocessing an exported model file needs: the one it stored, or, in a file written before files stored
+    it, the one the built-in dataset its ``config`` names applies (``for_dataset``)."""
+    if stored is not None:
+        return Preprocessing.from_dict(stored, where=where)
+    return for_dataset(str((config.get("dataset") or {}).get("name", "")), input_shape)
+
+
 class Preprocess(nn.Module):
     """Applies a ``Preprocessing`` to a batch of raw inputs (or to one raw sample)."""
 

@@ -38,7 +38,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .baselines import TRIAL_ATTR as BASELINE_ATTR
+from ._attrs import BASELINE_ATTR, RECORD_ATTR, REFINE_ATTR, SIZE_ATTR
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
     from .space import Dim, SearchSpace
 
 __all__ = [
-    "REFINE_ATTR",
-    "SIZE_ATTR",
     "SIZE_DIMS",
     "Proposal",
     "RefineSettings",
@@ -62,8 +60,6 @@ __all__ = [
     "size_targets",
 ]
 
-REFINE_ATTR = "refined_from"  # trial user attribute: the number of the trial whose settings it carries
-SIZE_ATTR = "target_size"  # user attribute of a size refinement: the parameter count it was asked for
 SIZE_SLACK = 0.99  # a size is refined while its best model holds fewer than this fraction of its parameters
 SIZE_DIMS = ("prune.density", "prune.nonzero_params")  # the searched leaves that set a trial's size
 MIN_RATIO = 1.1  # a refinement's size differs from both neighbours' by at least this factor
@@ -168,7 +164,7 @@ def _finished(trials: Sequence[optuna.trial.FrozenTrial], size: str) -> list[opt
 
 def _params(t: optuna.trial.FrozenTrial) -> float:
     """A finished trial's nonzero parameters."""
-    rec = t.user_attrs.get("record")
+    rec = t.user_attrs.get(RECORD_ATTR)
     count = rec.get("params_nonzero") if isinstance(rec, dict) else None
     return float(count) if isinstance(count, (int, float)) and not isinstance(count, bool) else float(t.values[1])
 
@@ -232,7 +228,7 @@ def propose(trials: Sequence[optuna.trial.FrozenTrial], dim: Dim) -> Proposal | 
 def _counts(trials: Sequence[optuna.trial.FrozenTrial]) -> tuple[int, int] | None:
     """(parameters of the dense model, of them in prunable weights), from the first finished trial's record."""
     for t in trials:
-        rec = t.user_attrs.get("record")
+        rec = t.user_attrs.get(RECORD_ATTR)
         counts = (rec.get("params_total"), rec.get("params_prunable")) if isinstance(rec, dict) else (None, None)
         if all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
             return counts  # type: ignore[return-value]

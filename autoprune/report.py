@@ -17,7 +17,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._format import fmt_acc, fmt_share, fmt_sparsity
 from ._io import atomic_open, plain
+from ._layout import REPORT_DIR, relative_to_run
 from .pareto import LATENCY, MACS, PARAMS
 from .plot import plot_front
 
@@ -30,28 +32,6 @@ _SPEED_COLUMNS = (MACS, LATENCY, "speedup")  # after the lead columns, where the
 _TAIL_COLUMNS = ("model_path",)
 _DENSE_OF = {PARAMS: "params_total", MACS: "macs_dense", LATENCY: "latency_dense_ms"}  # the dense model's size
 _HEADERS = {MACS: "MACs", LATENCY: "latency ms"}  # the table's column of a searched objective other than params
-_MAX_TABLE_LAYERS = 8  # beyond this the sparsity column shows "+N more" instead of every layer
-
-
-def _fmt_acc(value: Any) -> str:
-    if value is None or not math.isfinite(float(value)):
-        return "-"
-    return f"{float(value):.4f}"
-
-
-def _fmt_share(nonzero: Any, total: Any) -> str:
-    if nonzero is None or not total:
-        return "-"
-    return f"{100.0 * float(nonzero) / float(total):.1f}%"
-
-
-def _fmt_sparsity(layers: dict | None) -> str:
-    if not layers:
-        return "-"
-    items = [f"{name} {100.0 * float(frac):.0f}" for name, frac in layers.items()]
-    if len(items) > _MAX_TABLE_LAYERS:
-        items = [*items[: _MAX_TABLE_LAYERS - 1], f"+{len(items) - _MAX_TABLE_LAYERS + 1} more"]
-    return " ".join(items)
 
 
 def drop_points(record: dict, reference: dict | None) -> float | None:
@@ -84,12 +64,12 @@ def _table_row(
     return [
         label if label is not None else ("-" if trial is None else str(trial)),
         str(record.get("params_nonzero", "-")),
-        _fmt_share(record.get("params_nonzero"), record.get("params_total")),
+        fmt_share(record.get("params_nonzero"), record.get("params_total")),
         *(_fmt_speed(record, column) for column in speed),
-        _fmt_acc(record.get("val_accuracy")),
-        _fmt_acc(record.get("test_accuracy")),
+        fmt_acc(record.get("val_accuracy")),
+        fmt_acc(record.get("test_accuracy")),
         _fmt_drop(record, reference),
-        _fmt_sparsity(record.get("layer_sparsity")),
+        fmt_sparsity(record.get("layer_sparsity")),
     ]
 
 
@@ -171,7 +151,7 @@ def sizes_table(front: Sequence[dict], sizes: Sequence[float], trials: Sequence[
         name = f"  <= {limit} params" + (f" ({100 * size:g}%)" if size <= 1 else "")
         try:
             r = pick_max_params(list(trials) or front, limit)
-            acc = f"val {_fmt_acc(r.get('val_accuracy'))}, test {_fmt_acc(r.get('test_accuracy'))}"
+            acc = f"val {fmt_acc(r.get('val_accuracy'))}, test {fmt_acc(r.get('test_accuracy'))}"
             lines.append(
                 f"{name}: trial {r.get('trial')}, {r['params_nonzero']} params, {acc}{_close_calls(trials, r, limit)}"
             )
@@ -199,7 +179,7 @@ def _close_calls(trials: Sequence[dict], chosen: dict, limit: int) -> str:
     return (
         f"; the largest of {len(close) + 1} models within one standard error ({100 * margin:.2f} pt) of the most "
         f"accurate on validation, trial {top.get('trial', '?')} ({top['params_nonzero']} params, val "
-        f"{_fmt_acc(top['val_accuracy'])})"
+        f"{fmt_acc(top['val_accuracy'])})"
     )
 
 
@@ -216,7 +196,7 @@ def indistinct_note(chosen: dict) -> str | None:
     if margin is None:
         return None
     named = ", ".join(
-        f"{r['trial']} ({r['params_nonzero']} params, val {_fmt_acc(r['val_accuracy'])})" for r in close[:5]
+        f"{r['trial']} ({r['params_nonzero']} params, val {fmt_acc(r['val_accuracy'])})" for r in close[:5]
     )
     more = f" and {len(close) - 5} more" if len(close) > 5 else ""
     within = f"one standard error ({100 * margin:.2f} pt on {chosen['val_samples']} samples)"
@@ -376,7 +356,7 @@ def write_report(run_dir: str | os.PathLike, results: Results) -> dict[str, Path
     moved or read from another working directory. Returns the paths under the keys ``front_csv``,
     ``trials_csv``, ``json`` and ``plot``.
     """
-    folder = Path(run_dir) / "report"
+    folder = Path(run_dir) / REPORT_DIR
     paths = {
         "front_csv": folder / "front.csv",
         "trials_csv": folder / "trials.csv",
@@ -396,9 +376,24 @@ def write_report(run_dir: str | os.PathLike, results: Results) -> dict[str, Path
     return paths
 
 
-def _relative_paths(records: Sequence[dict], run_dir: str | os.PathLike) -> list[dict]:
-    from .rundir import relative_to_run
+def write_extra_outputs(
+    run_dir: str | os.PathLike,
+    results: Results,
+    *,
+    csv: str | os.PathLike | None = None,
+    plot: str | os.PathLike | None = None,
+) -> None:
+    """Write the extra copies ``--csv`` (every trial, with ``on_front``) and ``--plot`` ask for, once
+    ``check_extra_outputs`` has allowed them."""
+    if csv is not None:
+        front = {id(r) for r in results.front}
+        write_csv([{**r, "on_front": id(r) in front} for r in results.trials], csv)
+    if plot is not None:
+        title = f"{Path(run_dir).name}: Pareto front"
+        plot_front(results.trials, results.front, plot, baseline=results.baseline, title=title, key=results.key)
 
+
+def _relative_paths(records: Sequence[dict], run_dir: str | os.PathLike) -> list[dict]:
     return [
         {**r, "model_path": relative_to_run(r["model_path"], run_dir)} if r.get("model_path") else r for r in records
     ]

@@ -1,6 +1,6 @@
 """The run directory of a search: its layout, ``run.json``, the lock, and the frozen search space.
 
-Everything one search produced lives under one folder::
+Everything one search produced lives under one folder (the names are ``_layout``'s)::
 
     run.json          what was asked for: study name and storage, space digest, sampler, seed, resources, trials,
                       the objective;
@@ -33,6 +33,13 @@ import yaml
 
 from ._bounds import INT64_MAX, MAX_TRIALS
 from ._io import atomic_open
+from ._layout import LOCK_FILE as LOCK_FILE  # re-exported: the layout's names are the run directory's API
+from ._layout import MODELS_DIR as MODELS_DIR
+from ._layout import RAY_DIR as RAY_DIR
+from ._layout import REPORT_DIR as REPORT_DIR
+from ._layout import RUN_FILE as RUN_FILE
+from ._layout import SPACE_FILE as SPACE_FILE
+from ._layout import STUDY_FILE as STUDY_FILE
 from ._paths import check_input_file, find_run_dir
 from ._spacefile import read_text
 from ._trust import check_run_modules, sealed_here
@@ -41,13 +48,6 @@ from .launchconfig import SEARCH_RESOURCES, LaunchConfig
 from .pareto import SIZE_KEYS
 from .space import SearchSpace, document_digest, load_yaml, parse_space
 
-RUN_FILE = "run.json"
-SPACE_FILE = "space.yaml"
-STUDY_FILE = "study.db"
-MODELS_DIR = "models"
-RAY_DIR = "ray"
-REPORT_DIR = "report"
-LOCK_FILE = ".lock"
 RUN_FORMAT = 1
 _MARKERS = (RUN_FILE, SPACE_FILE, STUDY_FILE, MODELS_DIR)  # any of these: the folder held a search
 _MAX_RECORD_BYTES = 16 << 20  # run.json and space.yaml are a few kB; anything this large is not one
@@ -315,11 +315,3 @@ def new_model_path(run_dir: str | os.PathLike, number: int) -> Path:
         raise SearchError(f"{target} exists already; refusing to overwrite it")
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
-
-
-def relative_to_run(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
-    """``path`` relative to the run directory when it lies inside it (report files move with their run)."""
-    try:
-        return str(Path(path).resolve().relative_to(Path(run_dir).resolve()))
-    except ValueError:
-        return str(path)

@@ -31,8 +31,7 @@ from ._leaves import (
     LAYER_MAPS,
     SEARCH_KEYS,
     TOP_LEVEL,
-    case_of,
-    check_known_path,
+    apply_override,
     collect,
     dependent,
     is_searched,
@@ -104,7 +103,7 @@ class SearchSpace:
 
     def check_importable(self) -> None:
         """Refuse, before any trial, a model or dataset that Ray's trial workers (other processes) cannot load."""
-        from ._user_data import check_importable as check_dataset
+        from .data import check_importable as check_dataset
         from .models import check_importable as check_model
 
         cfg = self.default_config()
@@ -161,48 +160,12 @@ def load_space(path: str | Path | None, overrides: Iterable[str] = ()) -> Search
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: a space file must be a YAML mapping, got {type(document).__name__}")
     for item in overrides:
-        _apply_override(document, item)
+        apply_override(document, item)
     model = document.get("model")
     if isinstance(model, dict) and isinstance(model.get("weights"), str) and model["weights"]:
         # The folder autoprune runs in is the one a relative path means, in every trial worker and on resume.
         model["weights"] = str(Path(model["weights"]).expanduser().absolute())
     return parse_space(document, source=source)
-
-
-def _apply_override(document: dict[str, Any], item: str) -> None:
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. prune.sparsity.fc1=0.9")
-    try:
-        value = load_yaml(raw, f"--set {key}") if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(
-            f"--set {key}: cannot parse {raw!r} as a YAML value; quote strings, e.g. {key}='text'"
-        ) from None
-    parts = split_key(key)
-    case = case_of(document, parts, where=f"--set {key}")
-    if case is not None:  # one case of a leaf that depends on another: finetune.lr.sgd
-        case[0][case[1]] = value
-        return
-    check_known_path(parts, where=f"--set {key}")
-    node = document
-    for depth, part in enumerate(parts[:-1], start=1):
-        child = node.get(part)
-        where = ".".join(parts[:depth])
-        if child is None or (child == "auto" and where in LAYER_MAPS):
-            # Absent or empty; or `auto` (every layer searched) that a layer set by name replaces, as documented:
-            # one run, one layer pruned.
-            child = {}
-            node[part] = child
-        elif not isinstance(child, dict):  # replacing it would silently drop what the file gave there
-            raise ConfigError(
-                f"--set {key}: {where} is {child!r:.60} ({type(child).__name__}), not a mapping that "
-                f"{parts[depth]} could be set in; make {where} a mapping in the space file or set it whole: "
-                f"--set '{where}={{{parts[depth]}: ...}}'"
-            )
-        node = child
-    node[parts[-1]] = value
 
 
 def _check_layer_name(mapping: str, name: str, layers: list[str], groups: ChannelGraph | None, fail: Any) -> None:
@@ -353,7 +316,7 @@ def parse_space(document: dict[str, Any], *, source: str = "<space>") -> SearchS
         )
     if space.early_stop is not None and space.early_stop not in EARLY_STOP_MODES:
         raise fail(f"search.early_stop must be one of {', '.join(EARLY_STOP_MODES)}, got {space.early_stop!r}")
-    from .dense_start import dense_epochs  # it builds on this module
+    from .dense_start import dense_epochs  # it imports torch, which loading a space does not need
 
     try:
         dense_epochs(space)

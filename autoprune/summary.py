@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._format import fmt_acc, fmt_share, fmt_sparsity
 from .notes import at_chance
-from .report import _fmt_acc, _fmt_share, _fmt_sparsity
 
 __all__ = ["trial_summary"]
 
@@ -15,7 +15,7 @@ def _speed_lines(record: dict) -> list[str]:
     lines = []
     macs, dense = record.get("macs"), record.get("macs_dense")
     if macs is not None and dense:
-        lines.append(f"MACs as run    {macs} of {dense} per sample ({_fmt_share(macs, dense)})")
+        lines.append(f"MACs as run    {macs} of {dense} per sample ({fmt_share(macs, dense)})")
     ms, dense_ms, batch = record.get("latency_ms"), record.get("latency_dense_ms"), record.get("latency_batch")
     if ms is not None:
         versus = f" against {dense_ms:.3g} ms dense: {dense_ms / ms:.2f}x" if dense_ms else ""
@@ -40,23 +40,23 @@ def trial_summary(record: dict) -> str:
     phases = ", ".join(f"{k} {float(v):.1f}s" for k, v in sec.items())
     dense, eff = record.get("flops_dense"), record.get("flops_effective")
     lines = [
-        f"val accuracy   {_fmt_acc(record.get('val_accuracy'))}"
-        f"  (trained {_fmt_acc(record.get('val_accuracy_trained'))},"
-        f" pruned {_fmt_acc(record.get('val_accuracy_pruned'))})",
-        f"test accuracy  {_fmt_acc(record.get('test_accuracy'))}",
+        f"val accuracy   {fmt_acc(record.get('val_accuracy'))}"
+        f"  (trained {fmt_acc(record.get('val_accuracy_trained'))},"
+        f" pruned {fmt_acc(record.get('val_accuracy_pruned'))})",
+        f"test accuracy  {fmt_acc(record.get('test_accuracy'))}",
         f"parameters     {record.get('params_nonzero')} nonzero of {record.get('params_total')}"
-        f" ({_fmt_share(record.get('params_nonzero'), record.get('params_total'))})",
-        f"sparsity %     {_fmt_sparsity(record.get('layer_sparsity'))}",
+        f" ({fmt_share(record.get('params_nonzero'), record.get('params_total'))})",
+        f"sparsity %     {fmt_sparsity(record.get('layer_sparsity'))}",
     ]
     if dense:
         other = record.get("macs_other") or 0
         rest = f"; {other} more outside them (attention products, weights left dense)" if other else ""
-        lines.append(f"MACs/sample    {eff} of {dense} ({_fmt_share(eff, dense)}) in the pruned weights{rest}")
+        lines.append(f"MACs/sample    {eff} of {dense} ({fmt_share(eff, dense)}) in the pruned weights{rest}")
     lines += _speed_lines(record)
     if at_chance(record):
         lr = "train.lr" if at_chance(record, "val_accuracy_trained") else "finetune.lr"
         lines.append(
-            f"collapsed      no better than chance ({_fmt_acc(record.get('val_chance'))} answering one class):"
+            f"collapsed      no better than chance ({fmt_acc(record.get('val_chance'))} answering one class):"
             f" its updates diverged; lower {lr}"
         )
     if record.get("not_pruned"):

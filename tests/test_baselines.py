@@ -11,7 +11,8 @@ from _helpers import ask, tune_searcher
 from optuna.trial import TrialState
 
 from autoprune import interrupted, ledger
-from autoprune.baselines import STUDY_ATTR, TRIAL_ATTR, ladder, seed_baselines
+from autoprune._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR
+from autoprune.baselines import ladder, seed_baselines
 from autoprune.errors import ConfigError
 from autoprune.ledger import Outcome
 from autoprune.pareto import baseline_front
@@ -119,13 +120,13 @@ def test_seeding_puts_the_ladder_before_sampled_trials_and_marks_it() -> None:
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), sampler=optuna.samplers.TPESampler(seed=0))
     labels = seed_baselines(study, sp, limit=5)  # a budget smaller than the ladder keeps its head
     assert labels == [b.label for b in ladder(sp)[:5]]
-    assert study.user_attrs[STUDY_ATTR] == labels
+    assert study.user_attrs[BASELINES_ATTR] == labels
     assert [t.state for t in study.trials] == [TrialState.WAITING] * 5
     asked = [ask(study, sp.dims) for _ in range(7)]
     for trial, baseline in zip(asked[:5], ladder(sp)[:5], strict=True):
         assert trial.params == pytest.approx(baseline.params)
-        assert study.trials[trial.number].user_attrs[TRIAL_ATTR] == baseline.label
-    assert all(TRIAL_ATTR not in study.trials[t.number].user_attrs for t in asked[5:])  # sampled
+        assert study.trials[trial.number].user_attrs[BASELINE_ATTR] == baseline.label
+    assert all(BASELINE_ATTR not in study.trials[t.number].user_attrs for t in asked[5:])  # sampled
     for i, trial in enumerate(asked):
         ledger.record_outcome(study, trial, Outcome("complete", record=_record(trial, 0.8 + 0.01 * i, 100 + 50 * i)))
     records, _, _ = ledger.trial_records(study)
@@ -171,13 +172,13 @@ def test_resume_never_reruns_a_finished_baseline_and_runs_an_interrupted_one_aga
     assert seed_baselines(study, sp, limit=12) == []
     assert interrupted.repair(study, tmp_path, requeue=True) == []  # a second resume: it waits already
     rest = [ask(study, sp.dims) for _ in range(11)]
-    labels = [study.trials[t.number].user_attrs.get(TRIAL_ATTR) for t in rest]
+    labels = [study.trials[t.number].user_attrs.get(BASELINE_ATTR) for t in rest]
     assert labels == [b.label for b in ladder(sp)[4:]] + [ladder(sp)[3].label, None, None]  # waiting, then sampled
     assert rest[8].params == cut.params == pytest.approx(ladder(sp)[3].params)
     for trial in rest:
         ledger.record_outcome(study, trial, Outcome("complete", record=_record(trial, 0.9, 100)))
     assert interrupted.repair(study, tmp_path, requeue=True) == []  # it finished: never again
-    all_labels = [t.user_attrs.get(TRIAL_ATTR) for t in study.trials if t.user_attrs.get(TRIAL_ATTR)]
+    all_labels = [t.user_attrs.get(BASELINE_ATTR) for t in study.trials if t.user_attrs.get(BASELINE_ATTR)]
     assert len(all_labels) == 13 and len(set(all_labels)) == 12  # each once, the interrupted one twice
     records, _, _ = ledger.trial_records(study)
     assert {r["baseline"] for r in records if r.get("baseline")} == {b.label for b in ladder(sp)}  # every size
@@ -202,7 +203,7 @@ def test_ray_tunes_optuna_searcher_asks_the_seeded_baselines_first() -> None:
     configs = [searcher.suggest(f"t{i}") for i in range(3)]
     assert [c["prune.density"] for c in configs[:2]] == pytest.approx([0.005, 0.32])  # what the workers run
     assert all(c["prune.allocation"] == "global" for c in configs[:2])
-    assert [t.user_attrs.get(TRIAL_ATTR) for t in study.trials] == ["global@0.005", "global@0.32", None]
+    assert [t.user_attrs.get(BASELINE_ATTR) for t in study.trials] == ["global@0.005", "global@0.32", None]
     assert not math.isclose(configs[2]["prune.density"], 0.005)  # then the sampler
 
 
@@ -292,7 +293,7 @@ def _finish(study, trial, acc: float, params: int = 100) -> None:
 
 
 def test_the_ladder_waits_for_the_probes_and_runs_at_the_best_lr() -> None:
-    from autoprune.baselines import CALIBRATION_ATTR, PROBE_ATTR, Calibration, probes
+    from autoprune.baselines import Calibration, probes
 
     sp = calibrated()
     lines: list[str] = []
@@ -312,9 +313,9 @@ def test_the_ladder_waits_for_the_probes_and_runs_at_the_best_lr() -> None:
     assert calibration.before_ask(study) is False
     waiting = [t for t in study.trials if t.state == TrialState.WAITING]
     rungs = ladder(sp, {"finetune.lr": 10**-1.5})[:7]
-    assert [t.user_attrs[TRIAL_ATTR] for t in waiting] == [b.label for b in rungs]
+    assert [t.user_attrs[BASELINE_ATTR] for t in waiting] == [b.label for b in rungs]
     assert all(t.system_attrs["fixed_params"]["finetune.lr"] == pytest.approx(10**-1.5) for t in waiting)
-    assert study.user_attrs[STUDY_ATTR] == labels + [b.label for b in rungs]
+    assert study.user_attrs[BASELINES_ATTR] == labels + [b.label for b in rungs]
     assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == {"finetune.lr": pytest.approx(10**-1.5)}
     assert lines == [
         "search: calibration chose finetune.lr=0.03162 (trial 2, val 0.8500; 0.8000 at 0.01, 0.7000 at 0.003162); "
@@ -322,11 +323,11 @@ def test_the_ladder_waits_for_the_probes_and_runs_at_the_best_lr() -> None:
     ]
     assert calibration.before_ask(study) is False and len(lines) == 1  # once
     rest = [ask(study, sp.dims) for _ in range(8)]
-    assert [study.trials[t.number].user_attrs.get(TRIAL_ATTR) for t in rest] == [b.label for b in rungs] + [None]
+    assert [study.trials[t.number].user_attrs.get(BASELINE_ATTR) for t in rest] == [b.label for b in rungs] + [None]
 
 
 def test_a_tie_between_probes_keeps_the_default_and_a_failed_probe_is_left_out() -> None:
-    from autoprune.baselines import CALIBRATION_ATTR, finish_calibration
+    from autoprune.baselines import finish_calibration
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -343,7 +344,7 @@ def test_a_tie_between_probes_keeps_the_default_and_a_failed_probe_is_left_out()
 
 @pytest.mark.parametrize(("better", "verb", "lr"), [(0.81, "kept the default", 0.01), (0.82, "chose", 10**-1.5)])
 def test_a_probe_must_beat_the_default_by_more_than_one_standard_error(better, verb, lr) -> None:
-    from autoprune.baselines import CALIBRATION_ATTR, finish_calibration
+    from autoprune.baselines import finish_calibration
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -374,7 +375,7 @@ def test_a_probe_must_beat_the_default_by_more_than_one_standard_error(better, v
 
 
 def test_calibration_survives_an_interrupted_search() -> None:
-    from autoprune.baselines import CALIBRATION_ATTR, Calibration
+    from autoprune.baselines import Calibration
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -387,18 +388,18 @@ def test_calibration_survives_an_interrupted_search() -> None:
     calibration = Calibration(sp)
     assert calibration.before_ask(study) is True
     third = ask(study, sp.dims)
-    assert study.trials[third.number].user_attrs[TRIAL_ATTR] == "global@0.04 finetune.lr=0.03162"
+    assert study.trials[third.number].user_attrs[BASELINE_ATTR] == "global@0.04 finetune.lr=0.03162"
     ask(study, sp.dims)  # a sampled trial while the probe runs, then the driver dies: both closed on resume
     assert ledger.close_stale_trials(study) == 2
     assert calibration.before_ask(study) is False  # the failed probe counts as finished
     assert study.user_attrs[CALIBRATION_ATTR]["chosen"] == {"finetune.lr": pytest.approx(10**-2.5)}
-    labels = [t.user_attrs.get(TRIAL_ATTR) for t in study.trials if t.user_attrs.get(TRIAL_ATTR)]
+    labels = [t.user_attrs.get(BASELINE_ATTR) for t in study.trials if t.user_attrs.get(BASELINE_ATTR)]
     assert len(labels) == len(set(labels)) == 3 + 12
     assert interrupted.requeue_baselines(study) == []  # the ladder is chosen: the probe has nothing left to decide
 
 
 def test_an_interrupted_probe_runs_again_and_the_calibration_waits_for_it(tmp_path) -> None:
-    from autoprune.baselines import CALIBRATION_ATTR, PROBE_ATTR, Calibration
+    from autoprune.baselines import Calibration
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -418,7 +419,6 @@ def test_an_interrupted_probe_runs_again_and_the_calibration_waits_for_it(tmp_pa
 
 
 def test_no_calibration_when_the_trials_leave_no_room_for_a_ladder() -> None:
-    from autoprune.baselines import CALIBRATION_ATTR
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -435,7 +435,7 @@ def test_a_probe_that_is_also_a_rung_is_not_run_twice() -> None:
     for i, trial in enumerate([ask(study, sp.dims) for _ in range(3)]):
         _finish(study, trial, 0.7 + 0.1 * (i == 1))
     finish_calibration(study, sp)
-    waiting = [t.user_attrs[TRIAL_ATTR] for t in study.trials if t.state == TrialState.WAITING]
+    waiting = [t.user_attrs[BASELINE_ATTR] for t in study.trials if t.state == TrialState.WAITING]
     assert waiting == ["lamp@0.04"]  # global@0.04 at the chosen lr is probe 1 itself
 
 
@@ -449,19 +449,19 @@ def test_ray_tunes_searcher_runs_the_probes_then_the_ladder_at_their_best() -> N
     searcher = tune_searcher(study, sp, SearchPolicies(calibrate=True))
     configs = [searcher.suggest(f"t{i}") for i in range(4)]  # three probes, then a sampled trial (none waiting)
     assert [c["finetune.lr"] for c in configs[:3]] == pytest.approx([0.01, 10**-2.5, 10**-1.5])
-    assert [t.user_attrs.get(TRIAL_ATTR) is None for t in study.trials] == [False, False, False, True]
+    assert [t.user_attrs.get(BASELINE_ATTR) is None for t in study.trials] == [False, False, False, True]
     for trial, acc in zip(study.trials[:4], (0.7, 0.9, 0.8, 0.5), strict=True):
         _finish(study, optuna.Trial(study, trial._trial_id), acc)
     after = [searcher.suggest(f"t{i}") for i in range(4, 7)]
     assert [c["prune.density"] for c in after[:2]] == pytest.approx([0.005, 0.32])
     assert [c["finetune.lr"] for c in after[:2]] == pytest.approx([10**-2.5] * 2)
-    assert [t.user_attrs.get(TRIAL_ATTR) for t in study.trials[4:]] == ["global@0.005", "global@0.32", None]
+    assert [t.user_attrs.get(BASELINE_ATTR) for t in study.trials[4:]] == ["global@0.005", "global@0.32", None]
 
 
 def test_a_leaf_with_cases_is_calibrated_in_the_case_its_parent_s_probe_selects() -> None:
     """The finetune lr searched over a range per optimizer: the probes take the default optimizer's case, or
     each optimizer's when the optimizer is calibrated too, and the ladder runs at the chosen probe's case."""
-    from autoprune.baselines import CALIBRATION_ATTR, Calibration, calibrate_leaves, probes
+    from autoprune.baselines import Calibration, calibrate_leaves, probes
 
     finetune = {
         "optimizer": {"choices": ["adam", "sgd"]},

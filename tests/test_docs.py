@@ -268,7 +268,7 @@ def test_the_run_directory_reference_lists_every_field_of_run_json() -> None:
 
 
 def test_the_trial_record_reference_lists_every_key() -> None:
-    from autoprune.ledger import BASELINE_ATTR, REFINE_ATTR, SIZE_ATTR
+    from autoprune._attrs import BASELINE_ATTR, REFINE_ATTR, SIZE_ATTR
     from autoprune.result import TrialResult
 
     blank = {f.name: {} if "dict" in str(f.type) else None for f in dataclasses.fields(TrialResult)}

@@ -13,12 +13,11 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from autoprune import ledger
+from autoprune._attrs import REFINE_ATTR, SIZE_ATTR
 from autoprune.baselines import seed_baselines
 from autoprune.errors import ConfigError
 from autoprune.ledger import Outcome
 from autoprune.refine import (
-    REFINE_ATTR,
-    SIZE_ATTR,
     Refiner,
     RefineSettings,
     SearchPolicies,

@@ -54,13 +54,13 @@ def test_a_baseline_is_recorded_as_a_peer_but_never_stopped():
 def test_a_seeded_baseline_is_marked_in_its_tune_config_and_exempt():
     import optuna
 
-    from autoprune.baselines import TRIAL_ATTR
+    from autoprune._attrs import BASELINE_ATTR
     from autoprune.raytune._worker import is_baseline, suggest
     from autoprune.space import load_space
 
     dims = load_space("digits_quick").dims
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.enqueue_trial({"prune.density": 0.01}, user_attrs={TRIAL_ATTR: "global@0.01"})
+    study.enqueue_trial({"prune.density": 0.01}, user_attrs={BASELINE_ATTR: "global@0.01"})
     seeded, sampled = study.ask(), study.ask()
     config = {**suggest(seeded, dims), **seeded.params}
     assert config["prune.density"] == 0.01  # the enqueued value

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import CRITERIA as CRITERION_NAMES
 from ..errors import AutoPruneError, ConfigError, DataError, ModelError
 from .units import prunable_weights
 
@@ -49,11 +50,9 @@ def taylor_importance(weight: Tensor, grad: Tensor | None) -> Tensor:
     return weight.detach().abs() * _need_grad("taylor", weight, grad).detach().abs()
 
 
-CRITERIA: dict[str, Criterion] = {
-    "magnitude": magnitude_importance,
-    "gradient": gradient_importance,
-    "taylor": taylor_importance,
-}
+# The names are config's (it validates a configuration without importing torch); each is ``NAME_importance`` here,
+# so a name without its function fails at import.
+CRITERIA: dict[str, Criterion] = {name: globals()[f"{name}_importance"] for name in CRITERION_NAMES}
 
 
 def gradient_statistics(

@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import dense_start, interrupted, ledger, rundir
+from .._attrs import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR
 from .._bounds import MAX_SEED
 from .._paths import as_path
+from .._reference import reference_of
 from .._trust import seal
-from ..baselines import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR, reference_of, seed_baselines
+from ..baselines import seed_baselines
 from ..errors import SearchError
 from ..launchconfig import DEFAULT_TRIALS, LaunchConfig
 from ..ledger import Results

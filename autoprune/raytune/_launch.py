@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .. import ledger, rundir
 from .._imports import worker_runtime_env
 from .._localray import ray_start_environment
-from ..errors import SearchError, first_line
+from ..errors import SearchError, first_line, says_disk_full
 from ..launchconfig import check_address as check_address_form
 from ..launchconfig import gpu_share
 from ..ledger import OBJECTIVES
@@ -264,8 +264,7 @@ def launch(
     finally:
         searcher.close_open_trials()
     if searcher.stop_reason is not None:
-        full = any(w in searcher.stop_reason.lower() for w in ("no space", "disk is full", "disk full"))
-        fix = "free some space" if full else "fix that"
+        fix = "free some space" if says_disk_full(searcher.stop_reason) else "fix that"
         raise SearchError(
             f"stopped: {searcher.stop_reason}; the finished trials are kept: {fix}, then `autoprune resume {run_dir}`"
         )

@@ -10,7 +10,6 @@ a record, so they can never enter the front. The keys of the reports are the pro
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -22,9 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import rundir
-from ..baselines import TRIAL_ATTR as BASELINE_ATTR
+from .._attrs import BASELINE_ATTR
 from ..dense_start import START_KIND as DENSE_START
-from ..errors import DivergedError, first_line
+from ..errors import DivergedError, disk_full, first_line
 from ..ledger import OBJECTIVES, Outcome
 from ..space import define_by_run
 from ..stopping import rung_epochs
@@ -168,13 +167,8 @@ NO_SPACE = "no space left on the device of the run directory"
 
 def _out_of_space(exc: BaseException, run_dir: str, model: Any) -> bool:
     """Whether saving failed because the disk is full (torch reports it as an opaque write error)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if "no space left" in str(seen).lower():
-            return True
-        seen = seen.__cause__ or seen.__context__
+    if disk_full(exc):
+        return True
     try:
         needed = sum(p.numel() * p.element_size() for p in model.state_dict().values())
         return shutil.disk_usage(run_dir).free < max(16 << 20, 2 * needed)
