@@ -215,7 +215,7 @@ def run_model(name: str, args: argparse.Namespace, root: Path) -> tuple[list[str
             f"| {label} | {r['val_accuracy']:.4f} | {r['test_accuracy']:.4f} | "
             f"{100 * (r['test_accuracy'] - ckpt['test_accuracy']):+.2f} | {r['params']} | {r['macs'] / 1e6:.2f}M | "
             f"{r['latency_ms']:.1f} | {dense_ms / r['latency_ms']:.2f}x | "
-            f"{r.get('file_bytes', 0) / dense_file.stat().st_size:.2f} |"
+            + (f"{r['file_bytes'] / dense_file.stat().st_size:.2f} |" if "file_bytes" in r else " |")
         )
 
     numbers: dict[str, Any] = {"dense_ms": dense_ms, "front": fr, "baselines": []}
