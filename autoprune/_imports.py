@@ -2,7 +2,7 @@
 
 A user's ``my_models.py`` usually sits in the folder autoprune is run from. ``python script.py`` and
 ``python -m`` put that folder on ``sys.path``, a console script does not, so the import here adds it (as uvicorn
-and celery do), and ``worker_runtime_env`` gives Ray's trial workers the same import path.
+and celery do); ``raytune._localray.worker_runtime_env`` gives trial workers the same import path.
 """
 
 from __future__ import annotations
@@ -38,21 +38,6 @@ def _working_folder_on_path() -> str:
     sys.path.insert(0, cwd)
     _ADDED.append(cwd)
     return cwd
-
-
-def worker_runtime_env(address: str | None) -> dict[str, Any] | None:
-    """What ``ray.init(runtime_env=...)`` needs so that trial workers import user modules as the driver does.
-
-    A local run (no ``address``) puts the working folder first on the workers' ``PYTHONPATH``, before whatever
-    ``PYTHONPATH`` the driver has. Ray 2.60 also copies the driver's working folder into its workers' ``sys.path``,
-    through a private job setting; this says it through the public API. On a cluster, None: a folder shared by
-    every node at the same path needs nothing more, anything else travels in the job's own runtime environment
-    (``py_modules`` or ``working_dir``, see README), which a ``runtime_env`` given here would have to merge with.
-    """
-    if address:
-        return None
-    path = [os.getcwd(), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
-    return {"env_vars": {"PYTHONPATH": os.pathsep.join(path)}}
 
 
 def import_callable(spec: str, *, what: str) -> Callable[..., Any]:

@@ -13,13 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune._imports import call_factory, factory_arguments, import_callable, worker_runtime_env
+from autoprune._imports import call_factory, factory_arguments, import_callable
 from autoprune.config import DatasetConfig
 from autoprune.data import DATASETS, load_datasets, register_dataset
 from autoprune.data import check_importable as check_dataset
 from autoprune.errors import DataError, ModelError
 from autoprune.models import MODELS, build_model, register_model
 from autoprune.models import check_importable as check_model
+from autoprune.raytune._localray import worker_runtime_env
 
 FACTORIES = """
 import torch

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import ledger, rundir
-from .._imports import worker_runtime_env
-from .._localray import ray_start_environment
 from ..errors import SearchError, first_line, says_disk_full
 from ..launchconfig import check_address as check_address_form
 from ..launchconfig import gpu_share
@@ -24,6 +22,7 @@ from ..ledger import OBJECTIVES
 from ..refine import SearchPolicies
 from ..rundir import RunInfo
 from ..stopping import EarlyStop, ParetoHalving
+from ._localray import ray_start_environment, worker_runtime_env
 from ._scheduler import scheduler_class
 from ._searcher import searcher_class
 from ._worker import EPOCH_KEY, EPOCHS_KEY, Job, is_baseline, trial_dirname, trial_label, tune_trial
@@ -117,7 +116,7 @@ def _start_watchdog(session_dir: str | None) -> None:
     global _watchdog
     if not session_dir or sys.platform != "linux":
         return
-    script = Path(__file__).resolve().parent.parent / "_watchdog.py"
+    script = Path(__file__).resolve().parent / "_watchdog.py"
     with contextlib.suppress(OSError):
         _watchdog = subprocess.Popen(
             [sys.executable, str(script), session_dir], stdin=subprocess.PIPE, start_new_session=True, close_fds=True

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["LOOPBACK", "ray_start_environment"]
+__all__ = ["LOOPBACK", "ray_start_environment", "worker_runtime_env"]
 
 LOOPBACK = "127.0.0.1"
 _CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -68,3 +68,18 @@ def _env_flag(value: str | None) -> bool:
     if value is None:
         return not sys.platform.startswith(("darwin", "win"))
     return value.lower() in ("1", "true")
+
+
+def worker_runtime_env(address: str | None) -> dict[str, Any] | None:
+    """What ``ray.init(runtime_env=...)`` needs so that trial workers import user modules as the driver does.
+
+    A local run (no ``address``) puts the working folder first on the workers' ``PYTHONPATH``, before whatever
+    ``PYTHONPATH`` the driver has. Ray 2.60 also copies the driver's working folder into its workers' ``sys.path``,
+    through a private job setting; this says it through the public API. On a cluster, None: a folder shared by
+    every node at the same path needs nothing more, anything else travels in the job's own runtime environment
+    (``py_modules`` or ``working_dir``, see README), which a ``runtime_env`` given here would have to merge with.
+    """
+    if address:
+        return None
+    path = [os.getcwd(), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)]
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(path)}}
