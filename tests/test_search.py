@@ -1,7 +1,7 @@
 """The search on a real Ray runtime and a real Optuna study, with tiny budgets (digits, LeNet-300-100, 1 epoch).
 
-One local Ray runtime serves every in-process search of this module; the driver-kill and cluster tests run the
-command line in a subprocess, and stop every process they started by PID.
+Every in-process search of this module runs on the suite's shared local Ray (``local_ray``, conftest.py); the
+driver-kill and cluster tests run the command line in a subprocess, and stop every process they started by PID.
 """
 
 from __future__ import annotations
@@ -77,14 +77,6 @@ def _brute_force_front(study: optuna.Study) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    # address="local": never join a cluster another process on this machine announced in /tmp/ray.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("space") / "tiny.yaml"
     path.write_text(TINY_SPACE)
@@ -92,7 +84,8 @@ def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_run(local_ray, space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished_run(shared_ray, space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    shared_ray.ensure()
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     outcome = run_search(space_file, run_dir, trials=4, concurrent=2, seed=0, log=lambda _m: None)
     assert not outcome.interrupted
@@ -198,7 +191,7 @@ def test_pick_unmet_constraint_names_the_closest_and_writes_nothing(finished_run
     assert picked["trial"] == smallest["trial"]
 
 
-def test_extend_reruns_nothing_and_recomputes_the_front(finished_run: Path, tmp_path: Path) -> None:
+def test_extend_reruns_nothing_and_recomputes_the_front(local_ray, finished_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "extended"
     shutil.copytree(finished_run, run_dir)
     before = {t.number: (t.datetime_complete, t.user_attrs["ray_trial_id"]) for t in _study(run_dir).trials}
@@ -327,7 +320,9 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
     assert [launch["kind"] for launch in RunInfo.read(run_dir).launches] == ["search", "resume"]
 
 
-def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_two_node_cluster(no_shared_ray, space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    # No Ray in this process while the cluster starts: its head would take the node address of this process's
+    # Ray (127.0.0.1 for a local one), which the driver, a process of its own, resolves to the network address.
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
