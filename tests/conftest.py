@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,6 +18,15 @@ import pytest
 # local one on loopback, so the whole suite runs with authentication off, and subprocesses inherit the setting.
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+# Torch's CPU work runs on one thread in the pytest process and in every process it starts (inherited), as a trial
+# of a search does (its threads are its CPUs, one by default). On the 2-core machine the suite is timed on, two
+# OpenMP threads a process wait on each other whenever anything else runs: an epoch of LeNet-300-100 on
+# Fashion-MNIST took 19 to 43 s with two threads and 1.1 to 1.3 s with one, with another search running beside it.
+# A value the environment sets is kept.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+if "torch" in sys.modules:  # imported before this file (a plugin): the variable came too late for it
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 # A search seals its run with a key kept in the user's config folder (autoprune._trust): the suite gets a folder
 # of its own, so running it writes nothing into the home of whoever runs it, and subprocesses share the key.
