@@ -52,6 +52,7 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_counts_as_failed_and_the_search_ends_with_what_was_asked(space: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
     # 2,000 epochs of the tiny space are several seconds of training a trial, so the kill below lands mid-trial.
@@ -125,6 +126,7 @@ def test_a_full_disk_stops_in_one_line_keeps_what_finished_and_resume_works(
         subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
 
 
+@pytest.mark.slow
 def test_racing_drivers_one_wins_and_the_loser_deletes_nothing(space: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "2", "--concurrent", "1")
@@ -151,6 +153,7 @@ def test_racing_drivers_one_wins_and_the_loser_deletes_nothing(space: Path, tmp_
     assert load_results(run_dir).counted == 2
 
 
+@pytest.mark.slow
 def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(
     local_ray, space: Path, tmp_path: Path
 ) -> None:

@@ -64,6 +64,7 @@ def _leaks(folder: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_search_resume_report_on_postgres(no_shared_ray, server, ray_tmp, tmp_path, capsys, monkeypatch) -> None:
     import optuna
 

@@ -277,6 +277,7 @@ def _completed(run_dir: Path) -> dict[int, str]:
     return dict(rows)
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
     cmd = [
@@ -320,6 +321,7 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
     assert [launch["kind"] for launch in RunInfo.read(run_dir).launches] == ["search", "resume"]
 
 
+@pytest.mark.slow
 def test_two_node_cluster(no_shared_ray, space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     # No Ray in this process while the cluster starts: its head would take the node address of this process's
     # Ray (127.0.0.1 for a local one), which the driver, a process of its own, resolves to the network address.
@@ -465,6 +467,7 @@ def test_declared_sizes_are_refined_to_exactly_in_a_real_search(local_ray, tmp_p
     assert code == 0 and f"<= {size} params (5%): trial {best['trial']}, {best['params_nonzero']} params" in out
 
 
+@pytest.mark.slow
 def test_a_dense_start_is_trained_once_kept_for_resume_and_every_trial_starts_from_it(
     local_ray, space_file: Path, tmp_path: Path
 ) -> None:

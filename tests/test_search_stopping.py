@@ -56,6 +56,7 @@ def _states(run_dir: Path) -> dict[int, str]:
     return dict(rows)
 
 
+@pytest.mark.slow
 def test_early_stopping_prunes_trials_outside_the_front_and_resumes_after_a_kill(
     local_ray, space_file: Path, tmp_path: Path
 ) -> None:
@@ -121,6 +122,7 @@ def test_early_stopping_prunes_trials_outside_the_front_and_resumes_after_a_kill
     ]
 
 
+@pytest.mark.slow
 def test_timeout_starts_no_trial_after_the_budget_and_resume_continues(
     local_ray, space_file: Path, tmp_path: Path
 ) -> None:

@@ -52,6 +52,7 @@ def test_a_trial_from_the_checkpoint_says_where_it_started(folder: Path) -> None
     assert "not pruned: " in lines and "pos (" in lines
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_search_pick_and_evaluate_from_a_checkpoint_the_user_then_deletes(folder: Path) -> None:
     run = ["search", "encoder_digits.yaml", "--run-dir", "runs/encoder", "--trials", "2", *TINY, "--json"]
