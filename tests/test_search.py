@@ -92,6 +92,52 @@ def finished_run(shared_ray, space_file: Path, tmp_path_factory: pytest.TempPath
     return run_dir
 
 
+@pytest.mark.slow
+def test_two_node_cluster(no_shared_ray, space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    # No Ray in this process while the cluster starts: its head would take the node address of this process's
+    # Ray (127.0.0.1 for a local one), which the driver, a process of its own, resolves to the network address.
+    # First in the module: the shared Ray starts once, after it.
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        run_dir = tmp_path / "cluster"
+        cmd = [
+            sys.executable,
+            "-m",
+            "autoprune.cli",
+            "search",
+            str(space_file),
+            "--run-dir",
+            str(run_dir),
+            "--trials",
+            "4",
+            "--address",
+            cluster.address,
+        ]
+        driver = subprocess.Popen(
+            cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            _, err = driver.communicate(timeout=120)
+        finally:
+            stop_session(driver)
+        assert driver.returncode == 0, err.decode()
+    finally:
+        cluster.shutdown()
+    study = _study(run_dir)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
+    nodes = {t.user_attrs["node_id"] for t in study.trials}
+    assert len(nodes) == 2, f"all trials ran on one node: {nodes}"
+    code, out, _ = run_cli(["report", str(run_dir), "--json"], capsys, monkeypatch)
+    doc = json.loads(out)
+    assert code == 0 and len(doc["trials"]) == 4 and doc["failed"] == 0
+    assert {r["trial"] for r in doc["front"]} == _brute_force_front(study)
+    assert all(Path(r["model_path"]).is_file() for r in doc["trials"])
+
+
 def test_search_front_equals_brute_force_over_the_study(finished_run: Path) -> None:
     study = _study(finished_run)
     states = [t.state for t in study.trials]
@@ -319,51 +365,6 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
     # models/ holds the finished trials' models only (one a killed trial saved would be in models/interrupted/)
     assert {p.name for p in (run_dir / "models").glob("*.pt")} == {f"trial_{t.number}.pt" for t in complete}
     assert [launch["kind"] for launch in RunInfo.read(run_dir).launches] == ["search", "resume"]
-
-
-@pytest.mark.slow
-def test_two_node_cluster(no_shared_ray, space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    # No Ray in this process while the cluster starts: its head would take the node address of this process's
-    # Ray (127.0.0.1 for a local one), which the driver, a process of its own, resolves to the network address.
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        run_dir = tmp_path / "cluster"
-        cmd = [
-            sys.executable,
-            "-m",
-            "autoprune.cli",
-            "search",
-            str(space_file),
-            "--run-dir",
-            str(run_dir),
-            "--trials",
-            "4",
-            "--address",
-            cluster.address,
-        ]
-        driver = subprocess.Popen(
-            cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        try:
-            _, err = driver.communicate(timeout=120)
-        finally:
-            stop_session(driver)
-        assert driver.returncode == 0, err.decode()
-    finally:
-        cluster.shutdown()
-    study = _study(run_dir)
-    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
-    nodes = {t.user_attrs["node_id"] for t in study.trials}
-    assert len(nodes) == 2, f"all trials ran on one node: {nodes}"
-    code, out, _ = run_cli(["report", str(run_dir), "--json"], capsys, monkeypatch)
-    doc = json.loads(out)
-    assert code == 0 and len(doc["trials"]) == 4 and doc["failed"] == 0
-    assert {r["trial"] for r in doc["front"]} == _brute_force_front(study)
-    assert all(Path(r["model_path"]).is_file() for r in doc["trials"])
 
 
 def _density_space(folder: Path, density: str, search: str) -> Path:
