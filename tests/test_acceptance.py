@@ -7,7 +7,7 @@ import pytest
 from autoprune.space import load_space
 from autoprune.trial import run_trial
 
-pytestmark = pytest.mark.fashion
+pytestmark = [pytest.mark.fashion, pytest.mark.slow]
 
 
 def test_dense_lenet300_reaches_0885_test_accuracy() -> None:

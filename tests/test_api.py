@@ -88,7 +88,7 @@ def test_plain_torch_loader_matches_the_recorded_accuracy(tmp_path: Path, monkey
 
 
 @pytest.mark.ray
-def test_from_python_example_then_evaluate(tmp_path: Path, monkeypatch) -> None:
+def test_from_python_example_then_evaluate(local_ray, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     scope: dict = {}

@@ -30,14 +30,11 @@ SECRET = "Xk9/q2Lm"
 
 
 @pytest.fixture(scope="session")
-def prepared_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished 3-trial search (the real thing: Ray Tune, an Optuna study, models, report)."""
-    import ray
-
+def prepared_run(shared_ray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 3-trial search (the real thing: Ray Tune, an Optuna study, models, report) on the shared Ray."""
     from autoprune import api
 
-    if ray.is_initialized():
-        ray.shutdown()
+    shared_ray.ensure()
     folder = tmp_path_factory.mktemp("prepared")
     (folder / "space.yaml").write_text(SPACE)
     run_dir = folder / "run"

@@ -378,6 +378,7 @@ def test_the_cluster_job_starts_ray_with_the_user_files_then_searches(
     inspect.signature(autoprune.api.search).bind(*args, **kwargs)  # arguments the real search takes
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_readme_quickstart_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for words in _shell_lines(doc_example("quickstart.sh")):

@@ -52,11 +52,12 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_counts_as_failed_and_the_search_ends_with_what_was_asked(space: Path, tmp_path: Path):
     run_dir = tmp_path / "run"
-    # 4,000 epochs of the tiny space are seconds of training a trial, so the kill below lands mid-trial.
-    cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "3", "--concurrent", "1",
-               "--set", "budget.train_epochs=4000")  # fmt: skip
+    # 2,000 epochs of the tiny space are several seconds of training a trial, so the kill below lands mid-trial.
+    cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "2", "--concurrent", "1",
+               "--set", "budget.train_epochs=2000")  # fmt: skip
     driver = subprocess.Popen(
         cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -80,7 +81,7 @@ def test_a_killed_worker_counts_as_failed_and_the_search_ends_with_what_was_aske
     crashed = [line for line in err.splitlines() if "crashed" in line]
     assert len(crashed) == 1 and "failed (crashed)" in crashed[0], err
     results = load_results(run_dir)
-    assert results.counted == 3 == results.requested and len(results.trials) == 2
+    assert results.counted == 2 == results.requested and len(results.trials) == 1
     assert [f["outcome"] for f in results.failures] == ["crashed"]
 
 
@@ -94,17 +95,20 @@ def _mount_tmpfs(folder: Path, size: str) -> bool:
     return done.returncode == 0
 
 
-def test_a_full_disk_stops_in_one_line_keeps_what_finished_and_resume_works(space: Path, tmp_path: Path) -> None:
+def test_a_full_disk_stops_in_one_line_keeps_what_finished_and_resume_works(
+    shared_ray, space: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     disk = tmp_path / "disk"
     if not _mount_tmpfs(disk, "700k"):  # two of these models fit, the third does not
         pytest.skip("cannot mount a tmpfs here (needs root); the full-disk path is not exercised")
-    try:
+    try:  # the command line in this process, on the shared Ray
+        shared_ray.ensure()
         run_dir = disk / "run"
-        cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "4", "--concurrent", "1")
-        done = subprocess.run(cmd, env=driver_env(), capture_output=True, text=True, timeout=300)
-        assert done.returncode == 1, done.stderr
-        assert "Traceback" not in done.stderr and done.stdout == ""
-        (line,) = _error_lines(done.stderr)
+        args = ["search", str(space), "--run-dir", str(run_dir), "--trials", "4", "--concurrent", "1"]
+        code, out, err = run_cli(args, capsys, monkeypatch)
+        assert code == 1, err
+        assert "Traceback" not in err and out == ""
+        (line,) = _error_lines(err)
         assert line.startswith("autoprune: error: stopped:") and f"autoprune resume {run_dir}" in line, line
         assert "no space" in line or "disk is full" in line, line
         kept = load_results(run_dir)
@@ -112,10 +116,8 @@ def test_a_full_disk_stops_in_one_line_keeps_what_finished_and_resume_works(spac
         before = {r["trial"]: Path(r["model_path"]).read_bytes() for r in kept.trials}
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True, timeout=30)  # space freed
-        done = subprocess.run(
-            _cli("resume", str(run_dir)), env=driver_env(), capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stderr
+        code, _, err = run_cli(["resume", str(run_dir)], capsys, monkeypatch)
+        assert code == 0, err
         after = load_results(run_dir)
         assert after.counted == 4 == len(after.trials)
         assert {n: Path(r["model_path"]).read_bytes() for n, r in ((r["trial"], r) for r in after.trials)
@@ -124,6 +126,7 @@ def test_a_full_disk_stops_in_one_line_keeps_what_finished_and_resume_works(spac
         subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
 
 
+@pytest.mark.slow
 def test_racing_drivers_one_wins_and_the_loser_deletes_nothing(space: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "2", "--concurrent", "1")
@@ -150,11 +153,15 @@ def test_racing_drivers_one_wins_and_the_loser_deletes_nothing(space: Path, tmp_
     assert load_results(run_dir).counted == 2
 
 
-def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(space: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(
+    local_ray, space: Path, tmp_path: Path
+) -> None:
     run_dir = tmp_path / "run"
-    # 4,000 epochs of the tiny space are seconds of training a trial, so the kill below lands mid-trial.
-    cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "3", "--concurrent", "1",
-               "--set", "budget.train_epochs=4000")  # fmt: skip
+    # 800 epochs of the tiny space are seconds of training a trial (and resume runs the second), so the kill below,
+    # as soon as the trial's worker process exists, lands mid-trial.
+    cmd = _cli("search", str(space), "--run-dir", str(run_dir), "--trials", "2", "--concurrent", "1",
+               "--set", "budget.train_epochs=800")  # fmt: skip
     driver = subprocess.Popen(cmd, env=driver_env(), start_new_session=True, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     try:
@@ -171,7 +178,7 @@ def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(space:
         stop_session(driver)
     assert gone, f"Ray processes outlived the driver by 30 s: {left}"
     outcome = resume_search(run_dir, log=lambda _m: None)
-    assert outcome.results.counted == 3 and not outcome.interrupted
+    assert outcome.results.counted == 2 and not outcome.interrupted
     assert [f["outcome"] for f in outcome.results.failures] == ["interrupted"]
 
 
@@ -179,9 +186,9 @@ def test_a_killed_driver_leaves_no_ray_process_behind_and_resume_finishes(space:
     ("option", "value", "words"),
     [("--cpus-per-trial", "100000", "CPUs of this machine"), ("--gpus-per-trial", "1", "no node can run a trial")],
 )
-def test_resources_no_node_has_leave_nothing_behind(option, value, words, space, tmp_path, capsys, monkeypatch) -> None:
-    if ray.is_initialized():
-        ray.shutdown()
+def test_resources_no_node_has_leave_nothing_behind(
+    no_shared_ray, option, value, words, space, tmp_path, capsys, monkeypatch
+) -> None:
     children = descendants(os.getpid())
     run_dir = tmp_path / "run"
     code, out, err = run_cli(["search", str(space), "--run-dir", str(run_dir), option, value], capsys, monkeypatch)

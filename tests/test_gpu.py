@@ -87,6 +87,7 @@ def test_one_real_trial_on_cuda() -> None:
     assert 0.5 < record["val_accuracy"] <= 1.0 and record["params_nonzero"] == record["params_planned"]
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_as_a_smoke_test_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     args = ["--device", "cpu", "--quick", "--concurrency", "1,2", "--rounds", "1", "--json", str(out)]

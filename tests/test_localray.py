@@ -17,10 +17,8 @@ from autoprune.raytune._localray import ray_start_environment  # noqa: E402
 pytestmark = pytest.mark.ray
 
 
-def test_local_search_listens_on_loopback_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_search_listens_on_loopback_only(no_shared_ray, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOPRUNE_STUDY_STORAGE", "")  # present but empty: hidden from Ray, restored after
-    if ray.is_initialized():
-        ray.shutdown()
     space = tmp_path / "space.yaml"
     space.write_text(SPACE)
     seen: dict[int, list[str]] = {}

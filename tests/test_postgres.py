@@ -64,11 +64,10 @@ def _leaks(folder: Path) -> list[str]:
     return found
 
 
-def test_search_resume_report_on_postgres(server, ray_tmp, tmp_path, capsys, monkeypatch) -> None:
+@pytest.mark.slow
+def test_search_resume_report_on_postgres(no_shared_ray, server, ray_tmp, tmp_path, capsys, monkeypatch) -> None:
     import optuna
 
-    if (ray := __import__("ray")).is_initialized():
-        ray.shutdown()
     url = server.url()  # unencoded: postgresql://autoprune_test:Xk9/q2#Lm[@zz7@127.0.0.1:PORT/postgres
     space, run_dir = tmp_path / "space.yaml", tmp_path / "run"
     space.write_text(SPACE)

@@ -1,7 +1,7 @@
 """The search on a real Ray runtime and a real Optuna study, with tiny budgets (digits, LeNet-300-100, 1 epoch).
 
-One local Ray runtime serves every in-process search of this module; the driver-kill and cluster tests run the
-command line in a subprocess, and stop every process they started by PID.
+Every in-process search of this module runs on the suite's shared local Ray (``local_ray``, conftest.py); the
+driver-kill and cluster tests run the command line in a subprocess, and stop every process they started by PID.
 """
 
 from __future__ import annotations
@@ -77,14 +77,6 @@ def _brute_force_front(study: optuna.Study) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    # address="local": never join a cluster another process on this machine announced in /tmp/ray.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("space") / "tiny.yaml"
     path.write_text(TINY_SPACE)
@@ -92,11 +84,58 @@ def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished_run(local_ray, space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished_run(shared_ray, space_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    shared_ray.ensure()
     run_dir = tmp_path_factory.mktemp("runs") / "run"
     outcome = api.search(space_file, run_dir=run_dir, trials=4, concurrent=2, seed=0, log=lambda _m: None)
     assert not outcome.interrupted
     return run_dir
+
+
+@pytest.mark.slow
+def test_two_node_cluster(no_shared_ray, space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    # No Ray in this process while the cluster starts: its head would take the node address of this process's
+    # Ray (127.0.0.1 for a local one), which the driver, a process of its own, resolves to the network address.
+    # First in the module: the shared Ray starts once, after it.
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        run_dir = tmp_path / "cluster"
+        cmd = [
+            sys.executable,
+            "-m",
+            "autoprune.cli",
+            "search",
+            str(space_file),
+            "--run-dir",
+            str(run_dir),
+            "--trials",
+            "4",
+            "--address",
+            cluster.address,
+        ]
+        driver = subprocess.Popen(
+            cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            _, err = driver.communicate(timeout=120)
+        finally:
+            stop_session(driver)
+        assert driver.returncode == 0, err.decode()
+    finally:
+        cluster.shutdown()
+    study = _study(run_dir)
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
+    nodes = {t.user_attrs["node_id"] for t in study.trials}
+    assert len(nodes) == 2, f"all trials ran on one node: {nodes}"
+    code, out, _ = run_cli(["report", str(run_dir), "--json"], capsys, monkeypatch)
+    doc = json.loads(out)
+    assert code == 0 and len(doc["trials"]) == 4 and doc["failed"] == 0
+    assert {r["trial"] for r in doc["front"]} == _brute_force_front(study)
+    assert all(Path(r["model_path"]).is_file() for r in doc["trials"])
 
 
 def test_search_front_equals_brute_force_over_the_study(finished_run: Path) -> None:
@@ -198,7 +237,7 @@ def test_pick_unmet_constraint_names_the_closest_and_writes_nothing(finished_run
     assert picked["trial"] == smallest["trial"]
 
 
-def test_extend_reruns_nothing_and_recomputes_the_front(finished_run: Path, tmp_path: Path) -> None:
+def test_extend_reruns_nothing_and_recomputes_the_front(local_ray, finished_run: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "extended"
     shutil.copytree(finished_run, run_dir)
     before = {t.number: (t.datetime_complete, t.user_attrs["ray_trial_id"]) for t in _study(run_dir).trials}
@@ -286,6 +325,7 @@ def _completed(run_dir: Path) -> dict[int, str]:
     return dict(rows)
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "killed"
     cmd = [
@@ -327,48 +367,6 @@ def test_sigkill_of_the_driver_then_resume(local_ray, space_file: Path, tmp_path
     # models/ holds the finished trials' models only (one a killed trial saved would be in models/interrupted/)
     assert {p.name for p in (run_dir / "models").glob("*.pt")} == {f"trial_{t.number}.pt" for t in complete}
     assert [launch["kind"] for launch in RunInfo.read(run_dir).launches] == ["search", "resume"]
-
-
-def test_two_node_cluster(space_file: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    try:
-        cluster.add_node(num_cpus=1)
-        cluster.wait_for_nodes()
-        run_dir = tmp_path / "cluster"
-        cmd = [
-            sys.executable,
-            "-m",
-            "autoprune.cli",
-            "search",
-            str(space_file),
-            "--run-dir",
-            str(run_dir),
-            "--trials",
-            "4",
-            "--address",
-            cluster.address,
-        ]
-        driver = subprocess.Popen(
-            cmd, env=driver_env(), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        try:
-            _, err = driver.communicate(timeout=120)
-        finally:
-            stop_session(driver)
-        assert driver.returncode == 0, err.decode()
-    finally:
-        cluster.shutdown()
-    study = _study(run_dir)
-    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 4
-    nodes = {t.user_attrs["node_id"] for t in study.trials}
-    assert len(nodes) == 2, f"all trials ran on one node: {nodes}"
-    code, out, _ = run_cli(["report", str(run_dir), "--json"], capsys, monkeypatch)
-    doc = json.loads(out)
-    assert code == 0 and len(doc["trials"]) == 4 and doc["failed"] == 0
-    assert {r["trial"] for r in doc["front"]} == _brute_force_front(study)
-    assert all(Path(r["model_path"]).is_file() for r in doc["trials"])
 
 
 def _density_space(folder: Path, density: str, search: str) -> Path:
@@ -472,6 +470,7 @@ def test_declared_sizes_are_refined_to_exactly_in_a_real_search(local_ray, tmp_p
     assert code == 0 and f"<= {size} params (5%): trial {best['trial']}, {best['params_nonzero']} params" in out
 
 
+@pytest.mark.slow
 def test_a_dense_start_is_trained_once_kept_for_resume_and_every_trial_starts_from_it(
     local_ray, space_file: Path, tmp_path: Path
 ) -> None:

@@ -189,17 +189,11 @@ search: {objective: latency}
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    # address="local": never join a cluster another process on this machine announced in /tmp/ray.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def latency_run(local_ray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def latency_run(shared_ray, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("ray")
     from autoprune import api
+
+    shared_ray.ensure()
 
     folder = tmp_path_factory.mktemp("speed")
     (folder / "space.yaml").write_text(SPEED_SPACE)

@@ -1,7 +1,7 @@
 """docs/guides/trained-model.md as a user runs it: train a Transformer with their own script, then trial, search,
 report, pick and evaluate from the checkpoint with the installed ``autoprune`` command, in their folder; the picked
 model reloads after the checkpoint is deleted. And a search whose trials all fail exits
-non-zero with their cause in one line.
+non-zero with their cause in one line (the command line in the test's process, on the suite's shared Ray).
 
 The files are the guide's own blocks (``doc_example``), so the documented workflow is the tested one.
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from _doc_blocks import doc_example
+from _helpers import run_cli
 from _user_folder import console_env, run_console
 
 FILES = ("my_encoder.py", "train_encoder.py", "encoder_digits.yaml")
@@ -51,6 +52,7 @@ def test_a_trial_from_the_checkpoint_says_where_it_started(folder: Path) -> None
     assert "not pruned: " in lines and "pos (" in lines
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_search_pick_and_evaluate_from_a_checkpoint_the_user_then_deletes(folder: Path) -> None:
     run = ["search", "encoder_digits.yaml", "--run-dir", "runs/encoder", "--trials", "2", *TINY, "--json"]
@@ -73,7 +75,9 @@ def test_search_pick_and_evaluate_from_a_checkpoint_the_user_then_deletes(folder
 
 
 @pytest.mark.ray
-def test_a_search_whose_trials_all_fail_exits_non_zero_with_the_cause(tmp_path: Path) -> None:
+def test_a_search_whose_trials_all_fail_exits_non_zero_with_the_cause(
+    local_ray, tmp_path: Path, capsys, monkeypatch
+) -> None:
     space = tmp_path / "space.yaml"
     space.write_text(
         "dataset: {name: digits, limit: 200}\nmodel: {name: lenet-300-100}\n"
@@ -81,8 +85,9 @@ def test_a_search_whose_trials_all_fail_exits_non_zero_with_the_cause(tmp_path: 
         "train: {lr: 1.0e+9, lr_schedule: constant, penalty: none}\n"
         "prune: {allocation: global, density: {low: 0.1, high: 0.5}}\n"
     )
-    done = run_console(["search", "space.yaml", "--run-dir", "run", "--trials", "2"], tmp_path)
-    assert done.returncode == 1, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    monkeypatch.chdir(tmp_path)  # the command line in this process, on the shared Ray
+    code, _, err = run_cli(["search", "space.yaml", "--run-dir", "run", "--trials", "2"], capsys, monkeypatch)
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
     assert last.startswith("autoprune: error: all ") and "trials failed, no model was produced" in last
     assert "NaN or infinite" in last

@@ -90,6 +90,7 @@ def _search_pick_evaluate(
     return doc["trials"], rows
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.fashion
 def test_resnet_search_with_auto_sparsity_pick_and_evaluate(user: UserFolder) -> None:
@@ -109,6 +110,7 @@ def test_resnet_search_with_auto_sparsity_pick_and_evaluate(user: UserFolder) ->
         assert set(trial.params) == {f"prune.sparsity.{layer}" for layer in RESNET_LAYERS}
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_tabular_search_pick_and_evaluate(user: UserFolder) -> None:
     trials, _ = _search_pick_evaluate(user, "tabular.yaml", TINY_TABULAR, concurrent=2, allow=("my_data",))

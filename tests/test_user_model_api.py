@@ -85,10 +85,11 @@ def test_resnet_trial_through_the_api_then_load_model_on_raw_images(user: UserFo
 
 @pytest.mark.ray
 def test_resnet_search_results_pick_and_load_model_through_the_api(
-    user: UserFolder, monkeypatch: pytest.MonkeyPatch
+    no_shared_ray, user: UserFolder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    # The trials run in Ray's worker processes, each in its own trial folder: they must import my_models too.
+    # The trials run in Ray's worker processes, each in its own trial folder: they must import my_models too. The
+    # search starts its own Ray here (no_shared_ray), from the user's folder, as a user's search does.
     launch = autoprune.search(
         "resnet_fashion.yaml", run_dir="runs/api", trials=3, concurrent=1, overrides=TINY_RESNET, log=lambda _m: None
     )
