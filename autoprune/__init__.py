@@ -34,14 +34,15 @@ _EXPORTS = {
     "load_model": "api",
     "load_space": "api",
     # the pieces, for building on
-    "TrialConfig": "config",
-    "SearchSpace": "space",
-    "TrialResult": "trial",
-    "load_datasets": "data",
-    "build_model": "models",
-    "register_model": "models",
-    "pareto_front": "pareto",
-    "save_model": "export",
+    "TrialConfig": "pipeline.config",
+    "SearchSpace": "searching.space",
+    "TrialResult": "pipeline.trial",
+    "load_datasets": "io.data",
+    "register_dataset": "io.data",
+    "build_model": "io.models",
+    "register_model": "io.models",
+    "pareto_front": "searching.pareto",
+    "save_model": "io.export",
     "AutoPruneError": "errors",
 }
 __all__ = [*_EXPORTS, "__version__"]

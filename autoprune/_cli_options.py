@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from ._bounds import INT64_MAX, machine_cpus
-from .space import SAMPLERS
-from .stopping import EARLY_STOP_MODES
+from autoprune.io._bounds import INT64_MAX, machine_cpus
+from autoprune.searching.space import SAMPLERS
+from autoprune.searching.stopping import EARLY_STOP_MODES
 
 
 class _BareHelp:
@@ -88,7 +88,7 @@ TimeoutOption = Annotated[
     str | None,
     typer.Option(help="Time budget, e.g. 90s, 15m, 1h30m: no trial starts after it, running ones finish."),
 ]
-# `search`'s launch options (api.search builds an autoprune.launchconfig.LaunchConfig of them).
+# `search`'s launch options (api.search builds an autoprune.searching.launchconfig.LaunchConfig of them).
 TrialsOption = Annotated[
     int | None, typer.Option(help="Number of trials (default: the space's search.trials, else 20).")
 ]

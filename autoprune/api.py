@@ -29,22 +29,22 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._paths import as_path
-from .config import DEFAULT_THREADS
-from .errors import ModelError, SearchError
-from .launchconfig import EarlyStop, LaunchConfig, Resources
-from .space import load_space
+from autoprune.errors import ModelError, SearchError
+from autoprune.io._paths import as_path
+from autoprune.pipeline.config import DEFAULT_THREADS
+from autoprune.searching.launchconfig import EarlyStop, LaunchConfig, Resources
+from autoprune.searching.space import load_space
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .config import TrialConfig
-    from .data import Datasets
-    from .ledger import Results
-    from .preprocess import RawInputModel
-    from .raytune import LaunchResult
-    from .space import SearchSpace
-    from .trial import TrialResult
+    from autoprune.io.data import Datasets
+    from autoprune.io.preprocess import RawInputModel
+    from autoprune.pipeline.config import TrialConfig
+    from autoprune.pipeline.trial import TrialResult
+    from autoprune.rundir.ledger import Results
+    from autoprune.searching.raytune import LaunchResult
+    from autoprune.searching.space import SearchSpace
 
 __all__ = [
     "evaluate",
@@ -87,11 +87,11 @@ def run_trial(
     weights. ``save`` exports the model to that file. Returns the ``TrialResult``: ``.record()`` is the JSON trial
     record, ``.model`` the pruned model.
     """
-    from ._bounds import check_threads
-    from ._paths import check_output_file
-    from .config import TrialConfig
-    from .space import SearchSpace
-    from .trial import run_trial as run
+    from autoprune.io._bounds import check_threads
+    from autoprune.io._paths import check_output_file
+    from autoprune.pipeline.config import TrialConfig
+    from autoprune.pipeline.trial import run_trial as run
+    from autoprune.searching.space import SearchSpace
 
     if save is not None:  # before the trial runs: a bad path must not cost a whole trial
         check_output_file(save, what="--save", example="model.pt")
@@ -151,7 +151,7 @@ def search(
     trained weights, and the search measures them once as its dense reference. The returned
     ``LaunchResult.results`` holds the front.
     """
-    from .raytune import run_search
+    from autoprune.searching.raytune import run_search
 
     config = LaunchConfig(  # every option checked here, once, before the space is read
         trials=trials,
@@ -197,7 +197,7 @@ def resume(
     ``_trust``), or when the module is in ``allow_modules``: a run directory received from someone else runs
     no code of theirs unless you allow it. A resume so allowed seals the run for the next one.
     """
-    from .raytune import resume_search
+    from autoprune.searching.raytune import resume_search
 
     changes = LaunchConfig(  # what is given replaces the search's; the rest stays as run.json has it
         trials=trials,
@@ -218,7 +218,7 @@ def load_results(run_dir: str | os.PathLike, *, study_storage: str | None = None
     ``.trials`` and ``.front`` are trial records (dicts), ``.failed``, ``.running``, ``.counted`` counts,
     ``.baseline`` the dense trial when the search has one, ``.frame()`` the DataFrame of ``results``.
     """
-    from .ledger import load_results as load
+    from autoprune.rundir.ledger import load_results as load
 
     return load(as_path(run_dir, "run_dir", SearchError), study_storage=study_storage)
 
@@ -248,7 +248,7 @@ def refresh_report(
     ``pick``, they replace only a file of that kind that autoprune wrote. Reading writes nothing else: the study
     is opened read-only, and a run directory that cannot be written keeps its report files, as ``log`` says.
     """
-    from .report import check_extra_outputs, write_extra_outputs, write_report
+    from autoprune.report.render import check_extra_outputs, write_extra_outputs, write_report
 
     run_dir = as_path(run_dir, "run_dir", SearchError)
     check_extra_outputs(run_dir, csv=csv, plot=plot)  # before anything is read or written
@@ -289,11 +289,11 @@ def pick(
     trial, params_nonzero, the bounded key, val_accuracy each), most accurate first: validation cannot rank them.
     The study is only read, and nothing the run names is imported: the model file is copied as data.
     """
-    from ._paths import check_output_file, inside_run
-    from .export import check_model_output, copy_model
-    from .pareto import check_one_rule, indistinct, max_rule
-    from .pareto import pick as pick_record
-    from .rundir import MODELS_DIR
+    from autoprune.io._paths import check_output_file, inside_run
+    from autoprune.io.export import check_model_output, copy_model
+    from autoprune.rundir.directory import MODELS_DIR
+    from autoprune.searching.pareto import check_one_rule, indistinct, max_rule
+    from autoprune.searching.pareto import pick as pick_record
 
     run_dir = as_path(run_dir, "run_dir", SearchError)
     rules = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
@@ -321,7 +321,7 @@ def pick(
     copy_model(source, out, metrics=metrics)  # as data: a model built by a factory is copied, nothing imported
     result = {**chosen, "out": str(out)}
     if res.baseline is not None:  # the dense reference: the checkpoint a search started from, or its dense trial
-        from .report import drop_points
+        from autoprune.report.render import drop_points
 
         result["dense_test_accuracy"] = res.baseline.get("test_accuracy")
         result["drop_points"] = drop_points(chosen, res.baseline)
@@ -339,14 +339,14 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Col
     A model or dataset the file names as ``module:function`` is imported only when its module is in
     ``allow_modules``: a model file received from someone else must not run code by being evaluated.
     """
-    from ._trust import check_allowed
-    from .config import TrialConfig, upgrade_config
-    from .data import load_datasets, resolve_device
-    from .errors import ConfigError
-    from .export import check_runs
-    from .export import load_model as load
-    from .pruning import count_params
-    from .train import evaluate as accuracy
+    from autoprune.errors import ConfigError
+    from autoprune.io._trust import check_allowed
+    from autoprune.io.data import load_datasets, resolve_device
+    from autoprune.io.export import check_runs
+    from autoprune.io.export import load_model as load
+    from autoprune.pipeline.config import TrialConfig, upgrade_config
+    from autoprune.pipeline.train import evaluate as accuracy
+    from autoprune.pruning import count_params
 
     dev = resolve_device(device)
     loaded = load(path, device=dev, allow_modules=allow_modules)
@@ -387,9 +387,9 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu", allow_modules: C
     record. Loading never runs code from the file (``torch.load(weights_only=True)``); a model whose file names
     its factory (``my_models:resnet``) is rebuilt only when that module is in ``allow_modules``.
     """
-    from .data import resolve_device
-    from .export import load_model as load
-    from .preprocess import RawInputModel, stored_preprocessing
+    from autoprune.io.data import resolve_device
+    from autoprune.io.export import load_model as load
+    from autoprune.io.preprocess import RawInputModel, stored_preprocessing
 
     loaded = load(path, device=resolve_device(device), allow_modules=allow_modules)
     spec = stored_preprocessing(loaded.preprocessing, loaded.config, loaded.input_shape, where=f"{path}: preprocessing")

@@ -14,8 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from ._bounds import cut
-from ._cli_options import (
+from autoprune._cli_options import (
     AddressOption,
     AllowModuleOption,
     Command,
@@ -43,13 +42,14 @@ from ._cli_options import (
     app,
     flag,
 )
-from .config import DEFAULT_THREADS
-from .errors import AutoPruneError, disk_full, first_line
+from autoprune.errors import AutoPruneError, disk_full, first_line
+from autoprune.io._bounds import cut
+from autoprune.pipeline.config import DEFAULT_THREADS
 
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from autoprune import __version__
 
         typer.echo(f"autoprune {__version__}")
         raise typer.Exit()
@@ -91,8 +91,8 @@ def trial(
     save: Annotated[Path | None, typer.Option(help="Export the resulting model to this file.")] = None,
 ) -> None:
     """Run one full pipeline (sparse train → prune → finetune → evaluate) with fixed values. No Ray."""
-    from ._paths import check_output_file
-    from .api import load_space, run_trial
+    from autoprune.api import load_space, run_trial
+    from autoprune.io._paths import check_output_file
 
     if save is not None:  # before the note and the trial: a bad path is the one thing to say
         check_output_file(save, what="--save", example="model.pt")
@@ -103,7 +103,7 @@ def trial(
         _log(f"note: {len(active)} searched dimensions not fixed by --set take their defaults: {unset}")
     log, on_epoch = (None, None) if as_json else (_log, None)
     if not as_json and sys.stderr.isatty():  # a live status line only where someone watches it
-        from .progress import TrialProgress
+        from autoprune.searching.progress import TrialProgress
 
         budget = spec.default_config().budget
         status = TrialProgress({"train": budget.train_epochs, "finetune": budget.finetune_epochs}, sys.stderr.write)
@@ -115,7 +115,7 @@ def trial(
     if as_json:
         _print_json(record)
     else:
-        from .summary import trial_summary
+        from autoprune.report.summary import trial_summary
 
         typer.echo(trial_summary(record))
 
@@ -124,9 +124,9 @@ def trial(
 
 
 def _print_front(results: Any, run_dir: Path) -> None:
-    from .notes import front_notes
-    from .report import front_table, sizes_table
-    from .rundir import declared_sizes
+    from autoprune.report.notes import front_notes
+    from autoprune.report.render import front_table, sizes_table
+    from autoprune.rundir.directory import declared_sizes
 
     total = len(results.trials) + results.failed + len(results.stopped)
     counts = {"total": len(results.trials), "failed": results.failed}
@@ -145,8 +145,8 @@ def _print_front(results: Any, run_dir: Path) -> None:
 
 
 def _finish_launch(outcome: Any, as_json: bool) -> None:
-    from .notes import all_failed
-    from .report import report_document
+    from autoprune.report.notes import all_failed
+    from autoprune.report.render import report_document
 
     res = outcome.results
     if as_json:
@@ -186,9 +186,9 @@ def search(
     verbose: VerboseOption = False,
 ) -> None:
     """Search the pipeline with Ray Tune + Optuna (max val accuracy, min nonzero params) and report the front."""
-    from .api import search as run
+    from autoprune.api import search as run
 
-    outcome = run(  # the API builds the one launch configuration (autoprune.launchconfig) and checks it
+    outcome = run(  # the API builds the one launch configuration (autoprune.searching.launchconfig) and checks it
         space,
         run_dir=run_dir,
         trials=trials,
@@ -237,7 +237,7 @@ def resume(
 
     Code the run's space names is imported only if you started the run here, or allow it with --allow-module.
     """
-    from .api import resume as run
+    from autoprune.api import resume as run
 
     outcome = run(  # only what is given changes the search's launch configuration, kept in run.json
         run_dir,
@@ -271,8 +271,8 @@ def report(
     study_storage: StorageOption = None,
 ) -> None:
     """The Pareto front of the study (read only, no code run); refreshes the files in RUN_DIR/report."""
-    from .api import refresh_report
-    from .report import report_document
+    from autoprune.api import refresh_report
+    from autoprune.report.render import report_document
 
     results = refresh_report(run_dir, csv=csv, plot=plot, study_storage=study_storage, log=_log)
     for extra in (csv, plot):
@@ -303,7 +303,7 @@ def pick(
     study_storage: StorageOption = None,
 ) -> None:
     """Choose a model by one rule (or by trial number) and export it as a self-describing file."""
-    from .api import pick as choose
+    from autoprune.api import pick as choose
 
     chosen = choose(
         run_dir,
@@ -327,7 +327,7 @@ def pick(
             f"{chosen['test_accuracy']:.4f}{versus}, {chosen['params_nonzero']} of {chosen['params_total']} params "
             f"-> {out}"
         )
-        from .report import indistinct_note
+        from autoprune.report.render import indistinct_note
 
         note = indistinct_note(chosen)
         if note:
@@ -344,7 +344,7 @@ def evaluate(
     allow_module: AllowModuleOption = None,
 ) -> None:
     """Reload an exported model (safely, weights only) and re-measure it on its dataset's test split."""
-    from .api import evaluate as measure
+    from autoprune.api import evaluate as measure
 
     result = measure(model_file, device=device, allow_modules=allow_module or ())
     if as_json:

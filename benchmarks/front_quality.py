@@ -46,9 +46,9 @@ def say(message: str) -> None:
 
 def _run(args: tuple[str, list[str], dict[str, Any], int]) -> dict[str, Any]:
     """One trial of ``space`` with ``overrides`` and searched values ``params`` (in a worker process)."""
+    from autoprune.pipeline.trial import run_trial
     from autoprune.pruning.units import prunable_weights
-    from autoprune.space import load_space
-    from autoprune.trial import run_trial
+    from autoprune.searching.space import load_space
 
     space, overrides, params, threads = args
     spec = load_space(space, overrides)
@@ -109,7 +109,7 @@ def best_within(records: list[dict], limit: float) -> dict | None:
 def picked(records: list[dict], limit: int) -> dict | None:
     """The model ``autoprune pick --max-params limit`` returns among ``records`` (None when none fits)."""
     from autoprune.errors import SearchError
-    from autoprune.pareto import pick_max_params
+    from autoprune.searching.pareto import pick_max_params
 
     try:
         return pick_max_params(records, limit)
@@ -153,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from autoprune.errors import AutoPruneError
-    from autoprune.ledger import load_results
-    from autoprune.raytune import run_search
-    from autoprune.rundir import check_new_run_dir
-    from autoprune.space import load_space
+    from autoprune.rundir.directory import check_new_run_dir
+    from autoprune.rundir.ledger import load_results
+    from autoprune.searching.raytune import run_search
+    from autoprune.searching.space import load_space
 
     name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")
     trials = args.trials or (12 if args.quick else 60)

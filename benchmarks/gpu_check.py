@@ -42,7 +42,7 @@ def say(message: str) -> None:
 
 def config(space: str, device: str, args: argparse.Namespace) -> Any:
     """The space's default trial on ``device``, shrunk for ``--quick``."""
-    from autoprune.space import load_space
+    from autoprune.searching.space import load_space
 
     sets = [f"device={device}"]
     if args.data_dir:
@@ -61,7 +61,7 @@ def sync(device: str) -> None:
 
 def trials(device: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Part 1: a whole trial of each LeNet on the device."""
-    from autoprune.trial import run_trial
+    from autoprune.pipeline.trial import run_trial
 
     rows = []
     for model, space in SPACES.items():
@@ -90,9 +90,9 @@ def epoch_ratio(device: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from autoprune.data import batch_indices, load_datasets
-    from autoprune.models import build_model
-    from autoprune.train import PhaseOptions, run_phase
+    from autoprune.io.data import batch_indices, load_datasets
+    from autoprune.io.models import build_model
+    from autoprune.pipeline.train import PhaseOptions, run_phase
 
     cfg = config(SPACES["lenet-300-100"], device, args)
     data = load_datasets(cfg.dataset, seed=0, device=device)
@@ -143,7 +143,7 @@ def _one_trial(job: tuple[str, str, bool, str | None]) -> float:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from autoprune.trial import run_trial
+    from autoprune.pipeline.trial import run_trial
 
     torch.set_num_threads(1)
     args = argparse.Namespace(quick=quick, data_dir=data_dir)

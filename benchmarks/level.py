@@ -44,10 +44,10 @@ def _run(args: tuple[str, list[str], bool]) -> dict[str, Any]:
     """One trial of ``space`` with ``overrides`` at its defaults (in a worker process, one thread)."""
     import torch
 
-    from autoprune.data import load_datasets
-    from autoprune.space import load_space
-    from autoprune.train import evaluate
-    from autoprune.trial import run_trial
+    from autoprune.io.data import load_datasets
+    from autoprune.pipeline.train import evaluate
+    from autoprune.pipeline.trial import run_trial
+    from autoprune.searching.space import load_space
 
     space, overrides, train = args
     torch.set_num_threads(1)
@@ -63,10 +63,10 @@ def _run(args: tuple[str, list[str], bool]) -> dict[str, Any]:
 
 def _total(space: str, overrides: list[str]) -> int:
     """The dense model's parameter count (its model built once, in a worker process)."""
-    from autoprune.data import load_datasets
-    from autoprune.models import build_model
+    from autoprune.io.data import load_datasets
+    from autoprune.io.models import build_model
     from autoprune.pruning.masks import count_params
-    from autoprune.space import load_space
+    from autoprune.searching.space import load_space
 
     cfg = load_space(space, overrides).config_for({})
     data = load_datasets(cfg.dataset, seed=cfg.seed)
@@ -95,7 +95,7 @@ def _mean(values: list[float]) -> float:
 
 def _run_all(pool: ProcessPoolExecutor, args: argparse.Namespace, variants: list, seeds: list, sizes: list) -> tuple:
     """Every trial: the dense references first, then each size, variant and seed."""
-    from autoprune.refine import size_count
+    from autoprune.searching.refine import size_count
 
     total = pool.submit(_total, args.space, args.overrides).result()
     counts = [size_count(s, total) for s in sizes]
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from autoprune.errors import AutoPruneError
-    from autoprune.refine import size_targets
-    from autoprune.space import load_space
+    from autoprune.searching.refine import size_targets
+    from autoprune.searching.space import load_space
 
     try:
         variants = ([] if args.no_base else [("base", [])]) + [parse_variant(v) for v in args.variant]

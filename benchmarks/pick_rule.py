@@ -9,7 +9,7 @@ that fit, by their test accuracy (which neither rule sees):
 
 - *most accurate*: the best validation accuracy (the smaller on a tie), ``pick --max-params N --most-accurate``;
 - *pick*: the largest model whose validation accuracy is within one standard error of the most accurate one's,
-  ``pick --max-params N`` (``autoprune.pareto.pick_max_params``).
+  ``pick --max-params N`` (``autoprune.searching.pareto.pick_max_params``).
 
 Prints one line per search and bucket, the test drop from the dense model under each rule, and per bucket how
 often the pick tested better, worse or the same (the same model, or another of equal test accuracy), with the
@@ -36,8 +36,8 @@ def val_samples(record: dict) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from autoprune.ledger import load_results
-    from autoprune.pareto import pick_max_params
+    from autoprune.rundir.ledger import load_results
+    from autoprune.searching.pareto import pick_max_params
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("summaries", nargs="+", help="JSON files written by front_quality.py --json")

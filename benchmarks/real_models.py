@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from autoprune.data import Datasets
+    from autoprune.io.data import Datasets
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("resnet20", "mobilenetv2", "transformer")
@@ -86,15 +86,15 @@ def plural(n: int, word: str) -> str:
 
 def load_data(limit: int) -> Datasets:
     """autoprune's splits of the first ``limit`` Fashion-MNIST training images (and the full test set)."""
-    from autoprune.config import DatasetConfig
-    from autoprune.data import load_datasets
+    from autoprune.io.data import load_datasets
+    from autoprune.pipeline.config import DatasetConfig
 
     return load_datasets(DatasetConfig(name="fashion-mnist", val_fraction=VAL_FRACTION, limit=limit), seed=SEED)
 
 
 def build(name: str, data: Datasets) -> nn.Module:
     """The model as the search's trials build it (the same factory call, so the state_dict keys match)."""
-    from autoprune.models import build_model
+    from autoprune.io.models import build_model
 
     return build_model(f"real_models_nets:{name}", data.input_shape, data.num_classes)
 
@@ -127,7 +127,7 @@ def fit(
 
 def accuracies(model: nn.Module, data: Datasets) -> tuple[float, float]:
     """(validation, test) accuracy, measured as autoprune measures its trials."""
-    from autoprune.train import evaluate
+    from autoprune.pipeline.train import evaluate
 
     return evaluate(model, data.val_x, data.val_y), evaluate(model, data.test_x, data.test_y)
 

@@ -68,8 +68,8 @@ def hypervolume_series(run_dir: Path, started_at: float, ref_accuracy: float) ->
     """(seconds since the search call, hypervolume of every trial finished by then), at each trial's end."""
     import optuna
 
-    from autoprune.ledger import load_results
-    from autoprune.pareto import hypervolume
+    from autoprune.rundir.ledger import load_results
+    from autoprune.searching.pareto import hypervolume
 
     info = json.loads((run_dir / "run.json").read_text())
     study = optuna.load_study(study_name=info["study_name"], storage=f"sqlite:///{run_dir / 'study.db'}")
@@ -93,7 +93,7 @@ def reach_seconds(series: list[tuple[float, float]], target: float) -> float | N
 
 def run_one(space: str, mode: str, seed: int, args: argparse.Namespace, work: Path) -> dict:
     import autoprune
-    from autoprune.pareto import hypervolume
+    from autoprune.searching.pareto import hypervolume
 
     sampler, early_stop, dense = MODES[mode]
     overrides = list(args.set or [])
@@ -155,7 +155,7 @@ def ceiling(rows: list[dict], ref_accuracy: float) -> float | None:
     """The hypervolume of a front as good as every run's best put together: the best validation accuracy any
     run reached, at every size from the smallest front model of any run up to the dense count. No search of the
     same pipeline does much better, so a hypervolume ratio to another run can hardly exceed ceiling / its HV."""
-    from autoprune.pareto import hypervolume
+    from autoprune.searching.pareto import hypervolume
 
     ran = [r for r in rows if r.get("params_smallest") and r.get("best_accuracy") is not None]
     if not ran:

@@ -25,7 +25,7 @@ def draw_configs(space, n: int, seed: int) -> list[dict]:
     """The first ``n`` parameter sets that the random sampler with ``seed`` suggests for ``space``."""
     import optuna
 
-    from autoprune.space import define_by_run
+    from autoprune.searching.space import define_by_run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -39,7 +39,7 @@ def draw_configs(space, n: int, seed: int) -> list[dict]:
 
 
 def run_loop(space, params: list[dict], threads: int) -> float:
-    from autoprune.trial import run_trial
+    from autoprune.pipeline.trial import run_trial
 
     t0 = time.perf_counter()
     for p in params:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from autoprune.api import search
-    from autoprune.space import load_space
+    from autoprune.searching.space import load_space
 
     name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")
     overrides = []

@@ -50,9 +50,9 @@ def worker(space: str, overrides: list[str], threads: int) -> None:
     """Child process: prepare everything, print 'ready', wait for a line on stdin, run one trial, print JSON."""
     import torch
 
-    from autoprune.data import load_datasets
-    from autoprune.space import load_space
-    from autoprune.trial import run_trial
+    from autoprune.io.data import load_datasets
+    from autoprune.pipeline.trial import run_trial
+    from autoprune.searching.space import load_space
 
     torch.set_num_threads(threads)
     cfg = load_space(space, overrides).default_config()

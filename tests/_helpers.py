@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from autoprune import cli
-from autoprune.rundir import RunInfo
+from autoprune.rundir.directory import RunInfo
 
 # The smallest real search: 300 digits, one epoch per phase, one searched rate. Ray tests use it.
 TINY_SPACE = """\
@@ -34,7 +34,7 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.
 
 def ask(study, dims):
     """``study.ask()`` with every searched dimension suggested, as a search's define-by-run space does."""
-    from autoprune.space import define_by_run
+    from autoprune.searching.space import define_by_run
 
     trial = study.ask()
     define_by_run(trial, dims)
@@ -44,15 +44,15 @@ def ask(study, dims):
 def tune_searcher(study, space, policies=None):
     """The Ray Tune searcher a launch builds, over an in-memory ``study`` and ``space``; ``policies``
     (``refine.SearchPolicies``): none by default, the sampler alone."""
-    from autoprune.raytune._searcher import searcher_class
+    from autoprune.searching.raytune._searcher import searcher_class
 
     return searcher_class()(study, space, policies)
 
 
 def results_of(trials, front=None, *, failed=0, stopped=(), baseline=None):
     """A finished run's ``ledger.Results`` over these trial records; the front defaults to their Pareto front."""
-    from autoprune.ledger import Results
-    from autoprune.pareto import pareto_front
+    from autoprune.rundir.ledger import Results
+    from autoprune.searching.pareto import pareto_front
 
     front = pareto_front(trials) if front is None else front
     done = len(trials) + failed + len(stopped)

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 if "torch" in sys.modules:  # imported before this file (a plugin): the variable came too late for it
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-# A search seals its run with a key kept in the user's config folder (autoprune._trust): the suite gets a folder
+# A search seals its run with a key kept in the user's config folder (autoprune.io._trust): the suite gets a folder
 # of its own, so running it writes nothing into the home of whoever runs it, and subprocesses share the key.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="autoprune-tests-config-")
 
@@ -59,7 +59,7 @@ class SharedRay:
     def ensure(self) -> None:
         import ray
 
-        from autoprune.raytune import init_ray
+        from autoprune.searching.raytune import init_ray
 
         if ray.is_initialized():
             return
@@ -77,7 +77,7 @@ class SharedRay:
     def release(self) -> None:
         import ray
 
-        from autoprune.raytune import shutdown_ray
+        from autoprune.searching.raytune import shutdown_ray
 
         if not ray.is_initialized():
             return

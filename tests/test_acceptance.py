@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoprune.space import load_space
-from autoprune.trial import run_trial
+from autoprune.pipeline.trial import run_trial
+from autoprune.searching.space import load_space
 
 pytestmark = [pytest.mark.fashion, pytest.mark.slow]
 

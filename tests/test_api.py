@@ -30,7 +30,7 @@ def test_the_package_lists_its_api_with_docstrings() -> None:
 def test_run_trial_then_load_model_runs_on_raw_digits(tmp_path: Path) -> None:
     from sklearn.datasets import load_digits
 
-    from autoprune.data import DIGITS_TEST_FRACTION, DIGITS_TEST_SEED, stratified_split
+    from autoprune.io.data import DIGITS_TEST_FRACTION, DIGITS_TEST_SEED, stratified_split
 
     result = autoprune.run_trial("digits_quick", overrides=TINY, seed=3, threads=1, save=tmp_path / "m.pt")
     assert result.config["seed"] == 3
@@ -47,8 +47,8 @@ def test_run_trial_then_load_model_runs_on_raw_digits(tmp_path: Path) -> None:
 
 
 def test_a_file_without_stored_preprocessing_gets_its_datasets(tmp_path: Path) -> None:
-    from autoprune.export import load_model as load_file
-    from autoprune.export import save_model
+    from autoprune.io.export import load_model as load_file
+    from autoprune.io.export import save_model
 
     result = autoprune.run_trial("digits_quick", overrides=TINY)
     old = save_model(

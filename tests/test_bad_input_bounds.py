@@ -1,4 +1,4 @@
-"""Bad input at the edge of what autoprune accepts: values past its limits (``autoprune._bounds``), YAML that
+"""Bad input at the edge of what autoprune accepts: values past its limits (``autoprune.io._bounds``), YAML that
 would expand, nest or overflow, files that are not what they claim (a model file's dtypes, shapes and strides; a
 checkpoint given as ``model.weights``) and silent partial successes. Each is one line on stderr naming the
 problem, a non-zero exit, no traceback, and nothing changed: the run directory and the working folder are
@@ -26,8 +26,8 @@ from _helpers import TINY_SPACE as SPACE
 from _helpers import run_cli, write_run_json
 
 import autoprune
-from autoprune._bounds import MAX_MESSAGE
 from autoprune.errors import AutoPruneError
+from autoprune.io._bounds import MAX_MESSAGE
 
 FIXED = SPACE.replace("fc1: {low: 0.5, high: 0.99}", "fc1: 0.9")
 DENSITY = """\
@@ -58,7 +58,7 @@ def _sha(folder: Path) -> dict[str, str]:
 
 def _write_run(run: Path) -> None:
     """A run directory as a search leaves it before its first trial: run.json and the frozen space."""
-    from autoprune.rundir import space_from_text
+    from autoprune.rundir.directory import space_from_text
 
     run.mkdir()
     (run / "models").mkdir()
@@ -101,9 +101,9 @@ def _resource(key: str, value: object) -> Callable[[dict], object]:
 
 def _good_model() -> dict:
     """A model file as ``save_model`` writes it (LeNet-300-100 on digits), as a dict to damage."""
-    from autoprune.config import DatasetConfig, TrialConfig
-    from autoprune.export import save_model
-    from autoprune.models import build_model
+    from autoprune.io.export import save_model
+    from autoprune.io.models import build_model
+    from autoprune.pipeline.config import DatasetConfig, TrialConfig
 
     if not _MODEL:
         torch.manual_seed(0)
@@ -139,7 +139,7 @@ def weights_file(name: str, make: Callable[[], object]) -> Setup:
 
 
 def _lenet_state() -> dict[str, torch.Tensor]:
-    from autoprune.models import build_model
+    from autoprune.io.models import build_model
 
     return build_model("lenet-300-100", (1, 8, 8), 10).state_dict()
 
@@ -504,7 +504,7 @@ def test_the_api_refuses_in_one_line_what_the_command_line_does(call, words: str
 
 def test_views_that_share_no_storage_are_read(tmp_path: Path) -> None:
     """A slice (gaps between its elements) or a channels-last weight is stored in the file: only overlap is refused."""
-    from autoprune.models import read_weights
+    from autoprune.io.models import read_weights
 
     columns = torch.arange(128.0).view(8, 16)[:, :4]
     conv = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)

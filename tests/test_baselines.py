@@ -10,14 +10,14 @@ import pytest
 from _helpers import ask, tune_searcher
 from optuna.trial import TrialState
 
-from autoprune import interrupted, ledger
-from autoprune._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR
-from autoprune.baselines import ladder, seed_baselines
 from autoprune.errors import ConfigError
-from autoprune.ledger import Outcome
-from autoprune.pareto import baseline_front
-from autoprune.report import front_table, report_document
-from autoprune.space import parse_space
+from autoprune.report.render import front_table, report_document
+from autoprune.rundir import interrupted, ledger
+from autoprune.rundir._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR
+from autoprune.rundir.ledger import Outcome
+from autoprune.searching.baselines import ladder, seed_baselines
+from autoprune.searching.pareto import baseline_front
+from autoprune.searching.space import parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -221,7 +221,7 @@ def calibrated(baselines=None):
 
 
 def _dim(spec: dict):
-    from autoprune.space import Dim
+    from autoprune.searching.space import Dim
 
     return Dim("finetune.x", **{k: tuple(v) if k == "choices" else v for k, v in spec.items()})
 
@@ -239,13 +239,13 @@ def _dim(spec: dict):
 def test_probe_values_are_the_default_and_the_midpoints_towards_each_end(spec, values) -> None:
     dim = _dim(spec)
     assert dim.path == "finetune.x"
-    from autoprune.baselines import probe_values
+    from autoprune.searching.baselines import probe_values
 
     assert probe_values(dim) == pytest.approx(values)
 
 
 def test_the_finetune_lr_is_calibrated_by_default_when_searched() -> None:
-    from autoprune.baselines import calibrate_leaves, probes
+    from autoprune.searching.baselines import calibrate_leaves, probes
 
     assert calibrate_leaves(space()) == []  # not searched: nothing to calibrate
     assert calibrate_leaves(calibrated()) == ["finetune.lr"]
@@ -293,7 +293,7 @@ def _finish(study, trial, acc: float, params: int = 100) -> None:
 
 
 def test_the_ladder_waits_for_the_probes_and_runs_at_the_best_lr() -> None:
-    from autoprune.baselines import Calibration, probes
+    from autoprune.searching.baselines import Calibration, probes
 
     sp = calibrated()
     lines: list[str] = []
@@ -327,7 +327,7 @@ def test_the_ladder_waits_for_the_probes_and_runs_at_the_best_lr() -> None:
 
 
 def test_a_tie_between_probes_keeps_the_default_and_a_failed_probe_is_left_out() -> None:
-    from autoprune.baselines import finish_calibration
+    from autoprune.searching.baselines import finish_calibration
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -344,7 +344,7 @@ def test_a_tie_between_probes_keeps_the_default_and_a_failed_probe_is_left_out()
 
 @pytest.mark.parametrize(("better", "verb", "lr"), [(0.81, "kept the default", 0.01), (0.82, "chose", 10**-1.5)])
 def test_a_probe_must_beat_the_default_by_more_than_one_standard_error(better, verb, lr) -> None:
-    from autoprune.baselines import finish_calibration
+    from autoprune.searching.baselines import finish_calibration
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -375,7 +375,7 @@ def test_a_probe_must_beat_the_default_by_more_than_one_standard_error(better, v
 
 
 def test_calibration_survives_an_interrupted_search() -> None:
-    from autoprune.baselines import Calibration
+    from autoprune.searching.baselines import Calibration
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -399,7 +399,7 @@ def test_calibration_survives_an_interrupted_search() -> None:
 
 
 def test_an_interrupted_probe_runs_again_and_the_calibration_waits_for_it(tmp_path) -> None:
-    from autoprune.baselines import Calibration
+    from autoprune.searching.baselines import Calibration
 
     sp = calibrated()
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -427,7 +427,7 @@ def test_no_calibration_when_the_trials_leave_no_room_for_a_ladder() -> None:
 
 
 def test_a_probe_that_is_also_a_rung_is_not_run_twice() -> None:
-    from autoprune.baselines import finish_calibration
+    from autoprune.searching.baselines import finish_calibration
 
     sp = calibrated({"densities": 1, "allocations": ["global", "lamp"]})  # the ladder sits at the middle too
     study = optuna.create_study(directions=list(ledger.DIRECTIONS))
@@ -441,7 +441,7 @@ def test_a_probe_that_is_also_a_rung_is_not_run_twice() -> None:
 
 def test_ray_tunes_searcher_runs_the_probes_then_the_ladder_at_their_best() -> None:
     pytest.importorskip("ray.tune.search")
-    from autoprune.refine import SearchPolicies
+    from autoprune.searching.refine import SearchPolicies
 
     sp = calibrated({"densities": 2, "allocations": ["global"]})
     study = optuna.create_study(directions=list(ledger.DIRECTIONS), study_name="s", storage="sqlite:///:memory:")
@@ -461,7 +461,7 @@ def test_ray_tunes_searcher_runs_the_probes_then_the_ladder_at_their_best() -> N
 def test_a_leaf_with_cases_is_calibrated_in_the_case_its_parent_s_probe_selects() -> None:
     """The finetune lr searched over a range per optimizer: the probes take the default optimizer's case, or
     each optimizer's when the optimizer is calibrated too, and the ladder runs at the chosen probe's case."""
-    from autoprune.baselines import Calibration, calibrate_leaves, probes
+    from autoprune.searching.baselines import Calibration, calibrate_leaves, probes
 
     finetune = {
         "optimizer": {"choices": ["adam", "sgd"]},

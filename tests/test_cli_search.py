@@ -12,7 +12,7 @@ from _helpers import run_cli, write_run_json
 
 import autoprune
 from autoprune.errors import SearchError
-from autoprune.ledger import redact_url
+from autoprune.rundir.ledger import redact_url
 
 
 def one_error_line(err: str) -> str:
@@ -175,9 +175,9 @@ def test_bad_search_options(tmp_path, space_file, capsys, monkeypatch) -> None:
 def _saved_model(path: Path) -> Path:
     import torch
 
-    from autoprune.config import TrialConfig
-    from autoprune.export import save_model
-    from autoprune.models import build_model
+    from autoprune.io.export import save_model
+    from autoprune.io.models import build_model
+    from autoprune.pipeline.config import TrialConfig
 
     torch.manual_seed(0)  # unseeded, an initial weight is exactly 0.0 now and then and the count is one short
     model = build_model("lenet-300-100", (1, 8, 8), 10)
@@ -205,10 +205,10 @@ def test_evaluate_refuses_foreign_and_truncated_files(tmp_path, capsys, monkeypa
 
 
 def test_evaluate_measures_a_saved_model(tmp_path, capsys, monkeypatch) -> None:
-    from autoprune.config import DatasetConfig
-    from autoprune.data import load_datasets
-    from autoprune.export import load_model
-    from autoprune.train import evaluate
+    from autoprune.io.data import load_datasets
+    from autoprune.io.export import load_model
+    from autoprune.pipeline.config import DatasetConfig
+    from autoprune.pipeline.train import evaluate
 
     good = _saved_model(tmp_path / "model.pt")
     code, out, _ = run_cli(["evaluate", str(good), "--json"], capsys, monkeypatch)
@@ -233,7 +233,7 @@ def test_resume_on_an_unreachable_cluster_leaves_the_study_alone(tmp_path, close
     import optuna
     import yaml
 
-    from autoprune.space import parse_space
+    from autoprune.searching.space import parse_space
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

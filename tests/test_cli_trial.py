@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprune.export import load_model
+from autoprune.io.export import load_model
 
 TINY = ["--set", "budget.train_epochs=1", "--set", "budget.finetune_epochs=1"]
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.config import DatasetConfig
-from autoprune.data import (
+from autoprune.errors import DataError
+from autoprune.io.data import (
     DATASETS,
     FASHION_MEAN,
     FASHION_STD,
@@ -20,8 +20,8 @@ from autoprune.data import (
     load_datasets,
     stratified_split,
 )
-from autoprune.errors import DataError
-from autoprune.idx import _decode_idx, read_idx
+from autoprune.io.idx import _decode_idx, read_idx
+from autoprune.pipeline.config import DatasetConfig
 
 REAL_FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 

@@ -10,12 +10,12 @@ import dataclasses
 import pytest
 import torch
 
-from autoprune.dense_start import START_KIND, dense_epochs, train_dense
 from autoprune.errors import ConfigError
-from autoprune.notes import CARVED_VALIDATION_NOTE
-from autoprune.preflight import evaluate_start
-from autoprune.space import load_space
-from autoprune.trial import run_trial
+from autoprune.pipeline.trial import run_trial
+from autoprune.report.notes import CARVED_VALIDATION_NOTE
+from autoprune.searching.dense_start import START_KIND, dense_epochs, train_dense
+from autoprune.searching.preflight import evaluate_start
+from autoprune.searching.space import load_space
 
 TINY = ["dataset.limit=400", "budget.train_epochs=2", "budget.finetune_epochs=1"]
 

@@ -28,7 +28,7 @@ from _doc_blocks import ROOT, all_blocks, blocks, doc_example, doc_files
 from _user_folder import run_console, write_user_folder
 
 import autoprune
-from autoprune.config import _SECTIONS, TrialConfig
+from autoprune.pipeline.config import _SECTIONS, TrialConfig
 
 README_MAX_LINES = 220
 # Programs a shell line of the documentation may start with, besides autoprune itself.
@@ -239,7 +239,7 @@ def _plain(value: object) -> object:
 
 
 def test_the_space_file_reference_lists_every_key_with_its_default() -> None:
-    from autoprune._leaves import SEARCH_KEYS, TOP_LEVEL
+    from autoprune.searching._leaves import SEARCH_KEYS, TOP_LEVEL
 
     text = (ROOT / "docs" / "reference" / "space-file.md").read_text()
     tables = {section: cls() for section, cls in _SECTIONS.items()}
@@ -258,8 +258,8 @@ def test_the_space_file_reference_lists_every_key_with_its_default() -> None:
 
 
 def test_the_run_directory_reference_lists_every_field_of_run_json() -> None:
-    from autoprune.launchconfig import LaunchConfig
-    from autoprune.rundir import RunInfo
+    from autoprune.rundir.directory import RunInfo
+    from autoprune.searching.launchconfig import LaunchConfig
 
     text = (ROOT / "docs" / "reference" / "run-directory.md").read_text()
     documented = [row[0] for row in _rows(_section(text, "## `run.json`"))]
@@ -268,8 +268,8 @@ def test_the_run_directory_reference_lists_every_field_of_run_json() -> None:
 
 
 def test_the_trial_record_reference_lists_every_key() -> None:
-    from autoprune._attrs import BASELINE_ATTR, REFINE_ATTR, SIZE_ATTR
-    from autoprune.result import TrialResult
+    from autoprune.pipeline.result import TrialResult
+    from autoprune.rundir._attrs import BASELINE_ATTR, REFINE_ATTR, SIZE_ATTR
 
     blank = {f.name: {} if "dict" in str(f.type) else None for f in dataclasses.fields(TrialResult)}
     record = TrialResult(**blank).record()
@@ -280,8 +280,8 @@ def test_the_trial_record_reference_lists_every_key() -> None:
 
 
 def test_the_model_file_reference_lists_every_key(tmp_path: Path) -> None:
-    from autoprune._architecture import _LAYERS
-    from autoprune.export import save_model
+    from autoprune.io._architecture import _LAYERS
+    from autoprune.io.export import save_model
 
     path = save_model(
         tmp_path / "m.pt",
@@ -299,15 +299,19 @@ def test_the_model_file_reference_lists_every_key(tmp_path: Path) -> None:
 
 
 def test_the_package_layout_names_every_module() -> None:
+    """Each row of docs/development.md's map is a folder of the package and names every module in it."""
     text = _section((ROOT / "docs" / "development.md").read_text(), "## Package layout")
-    named = {row[0] for row in _rows(text)}
+    rows = {row[0].strip("`"): row[1] for row in _rows(text)}
     package = ROOT / "autoprune"
-    for name in named:
-        assert (package / name).exists(), f"docs/development.md names autoprune/{name}, which does not exist"
-    modules = {p.name for p in package.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
-    folders = {f"{p.name}/" for p in package.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))}
-    missing = sorted((modules | folders) - named)
-    assert not missing, f"docs/development.md's package layout does not name {missing}"
+    folders = {"autoprune/"} | {
+        f"{p.relative_to(package).as_posix()}/" for p in package.rglob("*") if p.is_dir() and p.name != "__pycache__"
+    }
+    assert set(rows) == folders, f"docs/development.md's package layout: {sorted(set(rows) ^ folders)}"
+    for folder, owns in rows.items():
+        where = package if folder == "autoprune/" else package / folder
+        modules = {p.name for p in where.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+        named = set(re.findall(r"`([\w.]+\.py)`", owns)) - {"__init__.py"}
+        assert named == modules, f"docs/development.md's row {folder}: {sorted(named ^ modules)}"
 
 
 # ---------------------------------------------------------------------------------------------- the examples
@@ -338,8 +342,8 @@ def test_a_leaf_that_depends_on_the_searched_optimizer(tmp_path: Path) -> None:
 
 
 def test_the_search_section_example(tmp_path: Path) -> None:
-    from autoprune.baselines import calibrate_leaves, ladder
-    from autoprune.refine import refine_settings
+    from autoprune.searching.baselines import calibrate_leaves, ladder
+    from autoprune.searching.refine import refine_settings
 
     space = _space(tmp_path, "search_section.yaml")
     assert space.trials == 40 and space.sizes == [0.02, 0.05, 10000]

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from autoprune.errors import ModelError
-from autoprune.export import FORMAT, VERSION, load_model, rebuild_architecture, save_model
-from autoprune.models import build_model
+from autoprune.io.export import FORMAT, VERSION, load_model, rebuild_architecture, save_model
+from autoprune.io.models import build_model
 from autoprune.pruning.units import prunable_weights
 
 INPUT = (1, 8, 8)

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune._imports import call_factory, factory_arguments, import_callable
-from autoprune.config import DatasetConfig
-from autoprune.data import DATASETS, load_datasets, register_dataset
-from autoprune.data import check_importable as check_dataset
 from autoprune.errors import DataError, ModelError
-from autoprune.models import MODELS, build_model, register_model
-from autoprune.models import check_importable as check_model
-from autoprune.raytune._localray import worker_runtime_env
+from autoprune.io._imports import call_factory, factory_arguments, import_callable
+from autoprune.io.data import DATASETS, load_datasets, register_dataset
+from autoprune.io.data import check_importable as check_dataset
+from autoprune.io.models import MODELS, build_model, register_model
+from autoprune.io.models import check_importable as check_model
+from autoprune.pipeline.config import DatasetConfig
+from autoprune.searching.raytune._localray import worker_runtime_env
 
 FACTORIES = """
 import torch
@@ -252,7 +252,7 @@ def test_a_model_that_does_not_fit_the_data_is_refused_at_validation(
     user_module: str, tmp_path: Path, factory: str, message: str
 ) -> None:
     from autoprune.errors import ConfigError
-    from autoprune.space import load_space
+    from autoprune.searching.space import load_space
 
     space = tmp_path / "space.yaml"
     space.write_text(f"dataset: {{name: synthetic}}\nmodel: {{name: '{user_module}:{factory}'}}\n")

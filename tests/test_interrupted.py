@@ -12,9 +12,9 @@ import pytest
 from _helpers import TINY_SPACE as SPACE
 from _helpers import run_cli, write_run_json
 
-from autoprune import interrupted, ledger
-from autoprune.ledger import Outcome
-from autoprune.rundir import space_from_text
+from autoprune.rundir import interrupted, ledger
+from autoprune.rundir.directory import space_from_text
+from autoprune.rundir.ledger import Outcome
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from autoprune.errors import SearchError
-from autoprune.launchconfig import EarlyStop, LaunchConfig, Resources
-from autoprune.rundir import RunInfo
-from autoprune.space import parse_space
+from autoprune.rundir.directory import RunInfo
+from autoprune.searching.launchconfig import EarlyStop, LaunchConfig, Resources
+from autoprune.searching.space import parse_space
 
 
 @pytest.mark.parametrize(

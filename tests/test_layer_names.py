@@ -14,10 +14,10 @@ import torch
 import yaml
 
 from autoprune.errors import ConfigError
-from autoprune.export import load_model
-from autoprune.report import front_table, write_csv
-from autoprune.space import define_by_run, load_space, load_yaml, parse_space
-from autoprune.trial import run_trial
+from autoprune.io.export import load_model
+from autoprune.pipeline.trial import run_trial
+from autoprune.report.render import front_table, write_csv
+from autoprune.searching.space import define_by_run, load_space, load_yaml, parse_space
 
 RESIDUAL = """
 import torch

@@ -10,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.config import PruneConfig, TrialConfig
 from autoprune.errors import ConfigError
-from autoprune.measure import count_macs
+from autoprune.pipeline.config import PruneConfig, TrialConfig
+from autoprune.pipeline.measure import count_macs
+from autoprune.pipeline.trial import run_trial
 from autoprune.pruning import compute_masks, planned_params
 from autoprune.pruning.masks import MaskSet, floor_counts
 from autoprune.pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
-from autoprune.trial import run_trial
 
 
 class Encoder(nn.Module):
@@ -260,7 +260,7 @@ def test_a_size_without_rates_or_allocation_is_refused_not_ignored() -> None:
 
 
 def test_a_space_names_its_globs_as_a_list_or_one_string_and_is_told_when_they_match_nothing() -> None:
-    from autoprune.space import parse_space
+    from autoprune.searching.space import parse_space
 
     def space(include: object) -> dict:
         prune = {"allocation": "global", "density": 0.1, "include": include}
@@ -275,7 +275,7 @@ def test_a_space_names_its_globs_as_a_list_or_one_string_and_is_told_when_they_m
 
 
 def test_a_model_the_mac_count_cannot_follow_still_prunes_and_the_log_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    import autoprune.trial as trial_module
+    import autoprune.pipeline.trial as trial_module
     from autoprune.errors import ModelError
 
     def refuse(*_args: object) -> None:

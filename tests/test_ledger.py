@@ -11,12 +11,12 @@ import pytest
 from _helpers import write_run_json
 from optuna.trial import TrialState
 
-from autoprune import ledger
 from autoprune.errors import SearchError
-from autoprune.launchconfig import LaunchConfig
-from autoprune.ledger import Outcome
-from autoprune.rundir import RunInfo
-from autoprune.space import define_by_run, parse_space
+from autoprune.rundir import ledger
+from autoprune.rundir.directory import RunInfo
+from autoprune.rundir.ledger import Outcome
+from autoprune.searching.launchconfig import LaunchConfig
+from autoprune.searching.space import define_by_run, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -154,7 +154,7 @@ def test_load_results_reads_a_run_directory_without_ray(tmp_path: Path) -> None:
     write_run_json(tmp_path, space.digest, trials=2, space_source="s.yaml", resources={})
     res = ledger.load_results(tmp_path)
     assert [r["trial"] for r in res.trials] == [0] and res.requested == 2 and res.run_dir == tmp_path
-    code = "import autoprune.ledger, autoprune.rundir, autoprune.api, sys; print('ray' in sys.modules)"
+    code = "import autoprune.rundir.ledger, autoprune.rundir.directory, autoprune.api, sys; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

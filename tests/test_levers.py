@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune import train, trial
-from autoprune.config import (
+from autoprune.errors import ConfigError
+from autoprune.pipeline import train, trial
+from autoprune.pipeline.config import (
     BudgetConfig,
     DatasetConfig,
     FinetuneConfig,
@@ -20,9 +21,8 @@ from autoprune.config import (
     TrainConfig,
     TrialConfig,
 )
-from autoprune.errors import ConfigError
-from autoprune.notes import finetune_setbacks
-from autoprune.trial import run_trial
+from autoprune.pipeline.trial import run_trial
+from autoprune.report.notes import finetune_setbacks
 
 
 def cfg(**sections) -> TrialConfig:

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from autoprune.errors import SearchError
-from autoprune.pareto import (
+from autoprune.searching.pareto import (
     dominates,
     hypervolume,
     indistinct,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autoprune._paths import PathError, check_input_file, check_output_file, inside_run
+from autoprune.io._paths import PathError, check_input_file, check_output_file, inside_run
 
 
 @pytest.fixture

@@ -22,10 +22,13 @@ import pytest
 import yaml
 from _helpers import TINY_SPACE, ask, run_cli, write_run_json
 
-from autoprune import api, data, ledger, rundir
-from autoprune._trust import seal
-from autoprune.space import document_digest, load_space, load_yaml
-from autoprune.trial import run_trial
+from autoprune import api
+from autoprune.io import data
+from autoprune.io._trust import seal
+from autoprune.pipeline.trial import run_trial
+from autoprune.rundir import directory as rundir
+from autoprune.rundir import ledger
+from autoprune.searching.space import document_digest, load_space, load_yaml
 
 EVILMOD = """\
 import pathlib

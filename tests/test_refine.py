@@ -12,12 +12,13 @@ from _helpers import ask, tune_searcher
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from autoprune import ledger
-from autoprune._attrs import REFINE_ATTR, SIZE_ATTR
-from autoprune.baselines import seed_baselines
 from autoprune.errors import ConfigError
-from autoprune.ledger import Outcome
-from autoprune.refine import (
+from autoprune.report.render import front_table
+from autoprune.rundir import ledger
+from autoprune.rundir._attrs import REFINE_ATTR, SIZE_ATTR
+from autoprune.rundir.ledger import Outcome
+from autoprune.searching.baselines import seed_baselines
+from autoprune.searching.refine import (
     Refiner,
     RefineSettings,
     SearchPolicies,
@@ -26,8 +27,7 @@ from autoprune.refine import (
     refine_settings,
     size_targets,
 )
-from autoprune.report import front_table
-from autoprune.space import Dim, parse_space
+from autoprune.searching.space import Dim, parse_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -291,8 +291,8 @@ def test_a_size_is_passed_over_when_it_is_held_or_cannot_be_asked_for() -> None:
 
 
 def test_a_proposed_size_is_what_a_real_trial_keeps_for_each_exact_allocation() -> None:
-    from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrialConfig
-    from autoprune.trial import run_trial
+    from autoprune.pipeline.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrialConfig
+    from autoprune.pipeline.trial import run_trial
 
     def trial(allocation: str, density: float) -> Any:
         return run_trial(
@@ -369,7 +369,7 @@ def test_sizes_need_a_space_that_searches_the_overall_size() -> None:
 def test_the_report_reads_the_declared_sizes_of_a_run_as_data(tmp_path) -> None:
     import os
 
-    from autoprune.rundir import SPACE_FILE, declared_sizes
+    from autoprune.rundir.directory import SPACE_FILE, declared_sizes
 
     assert declared_sizes(tmp_path) == ()  # no frozen space
     (tmp_path / SPACE_FILE).write_text("model: {name: 'evil:module'}\nsearch: {sizes: [0.02, 13330]}\n")

@@ -59,13 +59,15 @@ def _imports(path: Path) -> set[str]:
 
 def test_one_home_for_ray_and_small_modules() -> None:
     sources = sorted((ROOT / "autoprune").rglob("*.py"))
-    adapter = ROOT / "autoprune" / "raytune"
+    adapter = ROOT / "autoprune" / "searching" / "raytune"
     for path in sources:
         imported = _imports(path)
         if adapter not in path.parents:
             assert not any(m == "ray" or m.startswith("ray.") for m in imported), f"{path.name} imports Ray"
             if path.name not in ("cli.py", "api.py"):
-                assert not any(m.startswith("autoprune.raytune") for m in imported), f"{path.name} imports raytune"
+                assert not any(m.startswith("autoprune.searching.raytune") for m in imported), (
+                    f"{path.name} imports raytune"
+                )
         lines = len(path.read_text().splitlines())
         assert lines <= 400, f"{path.relative_to(ROOT)} has {lines} lines"
 

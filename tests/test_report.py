@@ -9,10 +9,8 @@ import pandas as pd
 import pytest
 from _helpers import results_of
 
-from autoprune.notes import at_chance, chance_collapses, finetune_setbacks, front_notes
-from autoprune.pareto import hypervolume, pareto_front
-from autoprune.progress import Progress, TrialProgress
-from autoprune.report import (
+from autoprune.report.notes import at_chance, chance_collapses, finetune_setbacks, front_notes
+from autoprune.report.render import (
     front_table,
     indistinct_note,
     plot_front,
@@ -21,7 +19,9 @@ from autoprune.report import (
     write_csv,
     write_report,
 )
-from autoprune.summary import trial_summary
+from autoprune.report.summary import trial_summary
+from autoprune.searching.pareto import hypervolume, pareto_front
+from autoprune.searching.progress import Progress, TrialProgress
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -353,7 +353,7 @@ def test_search_progress_pickles_without_the_callers_log():
     import threading
 
     ray = pytest.importorskip("ray")
-    from autoprune.raytune._launch import _started_callback
+    from autoprune.searching.raytune._launch import _started_callback
 
     class Widget:  # a log that holds a lock, as a notebook widget or a logger would
         def __init__(self) -> None:

@@ -26,15 +26,15 @@ ray = pytest.importorskip("ray")
 from optuna.trial import TrialState  # noqa: E402
 
 from autoprune import api  # noqa: E402
-from autoprune._trust import sealed_here  # noqa: E402
 from autoprune.api import evaluate as evaluate_model  # noqa: E402
 from autoprune.api import pick as pick_model  # noqa: E402
-from autoprune.config import TrialConfig  # noqa: E402
-from autoprune.data import load_datasets  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
-from autoprune.ledger import load_results  # noqa: E402
-from autoprune.pareto import pick_max_params  # noqa: E402
-from autoprune.rundir import RunInfo  # noqa: E402
+from autoprune.io._trust import sealed_here  # noqa: E402
+from autoprune.io.data import load_datasets  # noqa: E402
+from autoprune.pipeline.config import TrialConfig  # noqa: E402
+from autoprune.rundir.directory import RunInfo  # noqa: E402
+from autoprune.rundir.ledger import load_results  # noqa: E402
+from autoprune.searching.pareto import pick_max_params  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -474,9 +474,9 @@ def test_declared_sizes_are_refined_to_exactly_in_a_real_search(local_ray, tmp_p
 def test_a_dense_start_is_trained_once_kept_for_resume_and_every_trial_starts_from_it(
     local_ray, space_file: Path, tmp_path: Path
 ) -> None:
-    from autoprune.models import read_weights
-    from autoprune.preflight import evaluate_start
-    from autoprune.space import load_space
+    from autoprune.io.models import read_weights
+    from autoprune.searching.preflight import evaluate_start
+    from autoprune.searching.space import load_space
 
     run_dir, lines = tmp_path / "dense", []
     outcome = api.search(

@@ -19,7 +19,7 @@ from optuna.trial import TrialState  # noqa: E402
 from test_search import _study  # noqa: E402
 
 from autoprune import api  # noqa: E402
-from autoprune.rundir import RunInfo  # noqa: E402
+from autoprune.rundir.directory import RunInfo  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

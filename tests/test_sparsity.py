@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from autoprune.sparsity import (
+from autoprune.pipeline.sparsity import (
     add_group_lasso_grad_,
     add_l1_grad_,
     clip_weights_,

@@ -13,13 +13,13 @@ from _helpers import run_cli
 from _user_folder import doc_example
 from torch import nn
 
-from autoprune.config import MeasureConfig, TrialConfig
 from autoprune.errors import ConfigError, SearchError
-from autoprune.pareto import LATENCY, pareto_front, pick
-from autoprune.space import load_space, parse_space
-from autoprune.speed import measure_latency
-from autoprune.summary import trial_summary
-from autoprune.trial import run_trial
+from autoprune.pipeline.config import MeasureConfig, TrialConfig
+from autoprune.pipeline.speed import measure_latency
+from autoprune.pipeline.trial import run_trial
+from autoprune.report.summary import trial_summary
+from autoprune.searching.pareto import LATENCY, pareto_front, pick
+from autoprune.searching.space import load_space, parse_space
 
 SPEED_KEYS = (
     "macs",
@@ -157,7 +157,7 @@ def test_the_front_and_the_pick_rules_take_the_size_key() -> None:
 def test_a_trial_that_could_not_measure_the_objective_fails_in_the_study() -> None:
     import optuna
 
-    from autoprune.ledger import Outcome, create_study, record_outcome, study_objective
+    from autoprune.rundir.ledger import Outcome, create_study, record_outcome, study_objective
 
     study = create_study(optuna.storages.InMemoryStorage(), "s", parse_space(_space(objective="latency")), "0")
     assert study_objective(study) == "latency" and study.metric_names == ["val_accuracy", "latency_ms"]
@@ -207,8 +207,8 @@ def latency_run(shared_ray, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_latency_search_ranks_reports_and_picks_by_latency(
     latency_run: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    from autoprune.ledger import load_results
-    from autoprune.rundir import RunInfo
+    from autoprune.rundir.directory import RunInfo
+    from autoprune.rundir.ledger import load_results
 
     results = load_results(latency_run)
     assert results.objective == "latency" and RunInfo.read(latency_run).objective == "latency"

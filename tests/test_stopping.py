@@ -7,8 +7,8 @@ import pytest
 from _helpers import run_cli
 
 from autoprune.errors import SearchError
-from autoprune.raytune._scheduler import scheduler_class
-from autoprune.stopping import EarlyStop, ParetoHalving, format_duration, parse_duration, rung_epochs
+from autoprune.searching.raytune._scheduler import scheduler_class
+from autoprune.searching.stopping import EarlyStop, ParetoHalving, format_duration, parse_duration, rung_epochs
 
 
 def halving(**kw) -> ParetoHalving:
@@ -54,9 +54,9 @@ def test_a_baseline_is_recorded_as_a_peer_but_never_stopped():
 def test_a_seeded_baseline_is_marked_in_its_tune_config_and_exempt():
     import optuna
 
-    from autoprune._attrs import BASELINE_ATTR
-    from autoprune.raytune._worker import is_baseline, suggest
-    from autoprune.space import load_space
+    from autoprune.rundir._attrs import BASELINE_ATTR
+    from autoprune.searching.raytune._worker import is_baseline, suggest
+    from autoprune.searching.space import load_space
 
     dims = load_space("digits_quick").dims
     study = optuna.create_study(directions=["maximize", "minimize"])
@@ -273,7 +273,7 @@ def test_bad_stopping_options_fail_in_one_line_before_anything_starts(args, mess
 
 def test_a_space_can_ask_for_early_stopping():
     from autoprune.errors import ConfigError
-    from autoprune.space import load_space, parse_space
+    from autoprune.searching.space import load_space, parse_space
 
     assert load_space("digits_quick").early_stop is None
     assert load_space("digits_quick", ["search.early_stop=asha"]).early_stop == "asha"

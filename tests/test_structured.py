@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from autoprune import load_model, run_trial
-from autoprune.config import PruneConfig, TrialConfig
 from autoprune.errors import ConfigError
-from autoprune.models import build_model
+from autoprune.io.models import build_model
+from autoprune.pipeline.config import PruneConfig, TrialConfig
 from autoprune.pruning import (
     channel_graph,
     compute_masks,
@@ -239,7 +239,7 @@ def _source(cls: type) -> str:
 def test_an_unstructured_file_stores_no_mask_that_its_weights_already_say(tmp_path) -> None:
     model = nn.Sequential(OrderedDict(fc1=nn.Linear(8, 16), act=nn.ReLU(), fc2=nn.Linear(16, 4)))
     masks = compute_masks(model, PruneConfig(sparsity={"fc1": 0.75}))
-    from autoprune.export import save_model
+    from autoprune.io.export import save_model
 
     out = save_model(tmp_path / "m.pt", model, masks=masks, config={}, metrics={}, input_shape=(8,), num_classes=4)
     raw = torch.load(out, weights_only=True)

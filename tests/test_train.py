@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autoprune.config import FinetuneConfig, PruneConfig, SGDConfig, TrainConfig
-from autoprune.data import batch_indices
 from autoprune.errors import DivergedError
-from autoprune.models import build_model
+from autoprune.io.data import batch_indices
+from autoprune.io.models import build_model
+from autoprune.pipeline.config import FinetuneConfig, PruneConfig, SGDConfig, TrainConfig
+from autoprune.pipeline.sparsity import grad_clip_scale
+from autoprune.pipeline.train import PhaseOptions, evaluate, make_optimizer, run_phase
 from autoprune.pruning import MaskSet, compute_masks
-from autoprune.sparsity import grad_clip_scale
-from autoprune.train import PhaseOptions, evaluate, make_optimizer, run_phase
 
 
 def blobs(n: int = 256, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,14 +6,14 @@ import json
 import pytest
 import torch
 
-import autoprune.trial as trial_module
-from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrainConfig, TrialConfig
+import autoprune.pipeline.trial as trial_module
 from autoprune.errors import ConfigError, DivergedError
-from autoprune.models import build_model
+from autoprune.io.models import build_model
+from autoprune.pipeline.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrainConfig, TrialConfig
+from autoprune.pipeline.result import CLOCK_KEYS
+from autoprune.pipeline.trial import IntermediateResult, run_trial
 from autoprune.pruning import count_params
 from autoprune.pruning.units import prunable_weights
-from autoprune.result import CLOCK_KEYS
-from autoprune.trial import IntermediateResult, run_trial
 
 
 def cfg(**sections) -> TrialConfig:
@@ -159,7 +159,7 @@ def test_a_user_model_from_module_function_is_pruned_and_exported(tmp_path, monk
         cfg(model=ModelConfig(name="user_nets:make"), prune=PruneConfig(sparsity={"body.0": 0.8, "head": 0.5}))
     )
     assert result.layer_sparsity == pytest.approx({"body.0": 0.8, "head": 0.5}, abs=0.002)
-    from autoprune.export import load_model
+    from autoprune.io.export import load_model
 
     loaded = load_model(result.save(tmp_path / "m.pt"), allow_modules=["user_nets"])
     x = torch.randn(5, 1, 8, 8)
@@ -168,7 +168,7 @@ def test_a_user_model_from_module_function_is_pruned_and_exported(tmp_path, monk
 
 
 def test_one_device_resolver_for_trials_and_data() -> None:
-    from autoprune.data import resolve_device
+    from autoprune.io.data import resolve_device
 
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected and resolve_device(None).type == expected

@@ -7,7 +7,7 @@ from urllib.parse import quote, quote_plus
 import pytest
 from sqlalchemy.engine import make_url
 
-from autoprune._urls import StorageURLError, is_url, parse_storage_url, redact_url, scrub
+from autoprune.rundir._urls import StorageURLError, is_url, parse_storage_url, redact_url, scrub
 
 SECRET = "Xk9/q2#L[m@s%t?v"  # every character that breaks a naive parser: / # [ @ % ?
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from _helpers import run_cli
 
-from autoprune.config import TrialConfig
 from autoprune.errors import ModelError
-from autoprune.export import load_model
-from autoprune.models import build_model
-from autoprune.trial import run_trial
+from autoprune.io.export import load_model
+from autoprune.io.models import build_model
+from autoprune.pipeline.config import TrialConfig
+from autoprune.pipeline.trial import run_trial
 
 BASE = {
     "dataset": {"name": "digits", "limit": 500},
@@ -184,7 +184,7 @@ def test_a_search_whose_trial_cannot_run_is_refused_before_it_starts(
 
 def test_the_api_takes_weights_for_a_config_or_a_space(trained: tuple[Path, dict]) -> None:
     import autoprune
-    from autoprune.space import parse_space
+    from autoprune.searching.space import parse_space
 
     path, record = trained
     cfg = _config(model={"name": "lenet-300-100"}, budget={"train_epochs": 0})

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from .allocation import (
+from autoprune.pruning.allocation import (
     ALLOCATIONS,
     capped_proportional,
     global_counts,
@@ -19,8 +19,8 @@ from .allocation import (
     lamp_scores,
     layer_counts,
 )
-from .channels import ChannelGraph, Structure, channel_graph, rebuild, removed_channels, shrink
-from .criteria import (
+from autoprune.pruning.channels import ChannelGraph, Structure, channel_graph, rebuild, removed_channels, shrink
+from autoprune.pruning.criteria import (
     CRITERIA,
     gradient_importance,
     gradient_statistics,
@@ -28,7 +28,7 @@ from .criteria import (
     magnitude_importance,
     taylor_importance,
 )
-from .masks import (
+from autoprune.pruning.masks import (
     MaskSet,
     compute_masks,
     count_masks,
@@ -39,8 +39,8 @@ from .masks import (
     per_layer_masks,
     planned_params,
 )
-from .schedules import PruningSchedule, agp_events, agp_fraction, agp_sparsity, gradual_event_steps
-from .structured import removed_by_masks, structured_removal, uniform_rate
+from autoprune.pruning.schedules import PruningSchedule, agp_events, agp_fraction, agp_sparsity, gradual_event_steps
+from autoprune.pruning.structured import removed_by_masks, structured_removal, uniform_rate
 
 __all__ = [
     "ALLOCATIONS",

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ModelError
+from autoprune.errors import ModelError
 
 if TYPE_CHECKING:
-    from .channels import ChannelGraph
+    from autoprune.pruning.channels import ChannelGraph
 
 
 def _quiet(fn: Callable) -> Callable:
@@ -35,7 +35,7 @@ def _quiet(fn: Callable) -> Callable:
 def _dependency_graph(model: nn.Module, example: Tensor):
     import torch_pruning as tp
 
-    from ._recurrent import RECURRENT_PRUNERS
+    from autoprune.pruning._recurrent import RECURRENT_PRUNERS
 
     return tp.DependencyGraph().build_dependency(
         model, example_inputs=example, customized_pruners=dict(RECURRENT_PRUNERS)

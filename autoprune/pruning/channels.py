@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ModelError
-from ._depgraph import Structure, _dependency_graph, _quiet, rebuild, shrink
+from autoprune.errors import ConfigError, ModelError
+from autoprune.pruning._depgraph import Structure, _dependency_graph, _quiet, rebuild, shrink
 
 __all__ = [
     "ChannelGraph",

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import CRITERIA as CRITERION_NAMES
-from ..errors import AutoPruneError, ConfigError, DataError, ModelError
-from .units import prunable_weights
+from autoprune.errors import AutoPruneError, ConfigError, DataError, ModelError
+from autoprune.pipeline.config import CRITERIA as CRITERION_NAMES
+from autoprune.pruning.units import prunable_weights
 
 Criterion = Callable[[Tensor, "Tensor | None"], Tensor]
 

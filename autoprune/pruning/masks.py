@@ -17,13 +17,13 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..config import PruneConfig
-from ..errors import ConfigError, ModelError
-from .allocation import check_rates, kept_count, layer_counts, ranked
-from .channels import ChannelGraph
-from .criteria import layer_scores
-from .structured import structured_removal, uniform_rate
-from .units import Selection, parameter_paths, prunable_weights
+from autoprune.errors import ConfigError, ModelError
+from autoprune.pipeline.config import PruneConfig
+from autoprune.pruning.allocation import check_rates, kept_count, layer_counts, ranked
+from autoprune.pruning.channels import ChannelGraph
+from autoprune.pruning.criteria import layer_scores
+from autoprune.pruning.structured import structured_removal, uniform_rate
+from autoprune.pruning.units import Selection, parameter_paths, prunable_weights
 
 __all__ = [
     "MaskSet",

@@ -14,11 +14,11 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
-from ..config import PruneConfig
-from ..errors import ConfigError
-from .channels import ChannelGraph
-from .criteria import gradient_statistics
-from .masks import MaskSet, compute_masks, kept_weights
+from autoprune.errors import ConfigError
+from autoprune.pipeline.config import PruneConfig
+from autoprune.pruning.channels import ChannelGraph
+from autoprune.pruning.criteria import gradient_statistics
+from autoprune.pruning.masks import MaskSet, compute_masks, kept_weights
 
 __all__ = ["PruningSchedule", "agp_events", "agp_fraction", "agp_sparsity", "gradual_event_steps"]
 

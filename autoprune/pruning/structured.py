@@ -15,8 +15,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
-from .channels import ChannelGraph, removed_channels
+from autoprune.errors import ConfigError
+from autoprune.pruning.channels import ChannelGraph, removed_channels
 
 
 def structured_removal(
