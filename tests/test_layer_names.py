@@ -16,7 +16,8 @@ import yaml
 from autoprune.errors import ConfigError
 from autoprune.io.export import load_model
 from autoprune.pipeline.trial import run_trial
-from autoprune.report.render import front_table, write_csv
+from autoprune.report.render import front_table
+from autoprune.report.trials_csv import write_csv
 from autoprune.searching.space import define_by_run, load_space, load_yaml, parse_space
 
 RESIDUAL = """

@@ -16,10 +16,10 @@ from autoprune.report.render import (
     plot_front,
     report_document,
     sizes_table,
-    write_csv,
     write_report,
 )
 from autoprune.report.summary import trial_summary
+from autoprune.report.trials_csv import write_csv
 from autoprune.searching.pareto import hypervolume, pareto_front
 from autoprune.searching.progress import Progress, TrialProgress
 
@@ -88,6 +88,19 @@ def test_a_dense_baseline_on_the_front_is_marked_in_its_row():
     lines = front_table(front, total=len(trials), baseline=trials[-1]).splitlines()
     assert lines[2 + len(front)].startswith("99 dense ")
     assert lines[-1].startswith("dense (99)")
+
+
+def test_the_speed_up_column_shows_only_where_a_model_can_run_faster():
+    # a model pruned weight by weight runs its dense tensors: its measured speed-up is 1x give or take noise
+    timed = [{**t, "latency_ms": 1.1, "latency_dense_ms": 1.0, "speedup": 1.0 / 1.1} for t in make_trials(8)]
+    front = pareto_front(timed)
+    assert "speed-up" not in front_table(front).splitlines()[1].split()
+    shrunk = [{**r, "config": {**r["config"], "prune": {"enabled": True, "structured": True}}} for r in front]
+    header = front_table(shrunk).splitlines()[1].split()
+    assert "speed-up" in header and "0.91x" in front_table(shrunk)
+    assert "speed-up" in front_table(front, key="latency_ms").splitlines()[1].split()  # speed is the objective
+    dense = [{**r, "config": {"prune": {"enabled": False, "structured": True}}} for r in front]
+    assert "speed-up" not in front_table(dense).splitlines()[1].split()
 
 
 def test_front_table_of_an_empty_search():

@@ -1,4 +1,5 @@
-"""Rendering of a search's results: terminal table, CSV, JSON document (the plot is ``plot.py``'s; live
+"""Rendering of a search's results: terminal table, JSON document, the report's files (the CSV is
+``trials_csv.py``'s, the plot ``plot.py``'s; live
 progress lines are ``progress.py``'s; what ``autoprune trial`` prints, ``summary.py``'s).
 
 Everything here reads records and the front computed by ``pareto.py``; nothing is decided here. pandas and
@@ -17,19 +18,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoprune.io._io import atomic_open, plain
+from autoprune.io._io import atomic_open
 from autoprune.report._format import fmt_acc, fmt_share, fmt_sparsity
 from autoprune.report.plot import plot_front
+from autoprune.report.trials_csv import LEAD_COLUMNS, plain_value, write_csv
 from autoprune.rundir._layout import REPORT_DIR, relative_to_run
 from autoprune.searching.pareto import LATENCY, MACS, PARAMS
 
 if TYPE_CHECKING:
     from autoprune.rundir.ledger import Results
 
-# Column groups of the CSV, in this order; within a group columns keep their first-seen order.
-_LEAD_COLUMNS = ("trial", "val_accuracy", "test_accuracy", "params_nonzero", "params_total")
-_SPEED_COLUMNS = (MACS, LATENCY, "speedup")  # after the lead columns, where the records have them
-_TAIL_COLUMNS = ("model_path",)
 _DENSE_OF = {PARAMS: "params_total", MACS: "macs_dense", LATENCY: "latency_dense_ms"}  # the dense model's size
 _HEADERS = {MACS: "MACs", LATENCY: "latency ms"}  # the table's column of a searched objective other than params
 
@@ -73,6 +71,12 @@ def _table_row(
     ]
 
 
+def _shrunk(record: dict) -> bool:
+    """Whether the record's model was pruned channel by channel (smaller tensors), not weight by weight."""
+    prune = (record.get("config") or {}).get("prune") or {}
+    return bool(prune.get("enabled", True) and prune.get("structured"))
+
+
 def front_table(
     front: Sequence[dict],
     *,
@@ -85,8 +89,8 @@ def front_table(
     a terminal.
 
     Columns: trial number, nonzero parameters, their share of the dense count, the objective (MACs or latency
-    in ms) when it is not parameters, the speed-up over the dense model where measured, validation and test
-    accuracy, the
+    in ms) when it is not parameters, the speed-up over the dense model where measured and where it can differ
+    from 1x (the search's objective is speed, or a front model lost channels), validation and test accuracy, the
     test accuracy against the dense reference's in points, and the zero fraction of each layer in percent.
     ``total`` is the number of finished trials; ``baseline`` (the dense reference: the checkpoint a search started
     from, else its best dense trial) is shown under a rule when given, and marked ``dense`` where it is on the
@@ -99,8 +103,8 @@ def front_table(
     if failed:
         title += f", {failed} failed"
     speed = [key] if key in _HEADERS else []
-    if any(r.get("speedup") is not None for r in front):
-        speed.append("speedup")
+    if any(r.get("speedup") is not None for r in front) and (key != PARAMS or any(map(_shrunk, front))):
+        speed.append("speedup")  # a model pruned weight by weight runs as fast as the dense one: no column of noise
     header = ["trial", "params", "% dense", *(_HEADERS.get(c, "speed-up") for c in speed)]
     header += ["val acc", "test acc", "vs dense", "sparsity % (per layer)"]
     dense = baseline.get("trial") if baseline is not None else None
@@ -212,11 +216,6 @@ def indistinct_note(chosen: dict) -> str | None:
     )
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, paths to strings, non-finite floats to None."""
-    return plain(value, where="record", json_safe=True, strict=False)
-
-
 def report_document(results: Results) -> dict:
     """The ``report --json`` document of a run's results: ``{"front": [...], "trials": [...], "failed": N,
     "stopped": [...], "baseline_front": [...], "calibration": str | None, "dense": record | None}``, JSON-safe,
@@ -230,10 +229,12 @@ def report_document(results: Results) -> dict:
     from autoprune.searching.pareto import baseline_front
 
     trials = list(results.trials)
-    document = {"front": _plain(list(results.front)), "trials": _plain(trials), "failed": int(results.failed)}
+    document = {"front": plain_value(list(results.front)), "trials": plain_value(trials), "failed": int(results.failed)}
     calibration = results.calibration if isinstance(results.calibration, str) else None
-    document.update(stopped=_plain(list(results.stopped)), baseline_front=_plain(baseline_front(trials, results.key)))
-    document.update(calibration=calibration, dense=_plain(results.baseline))
+    document.update(
+        stopped=plain_value(list(results.stopped)), baseline_front=plain_value(baseline_front(trials, results.key))
+    )
+    document.update(calibration=calibration, dense=plain_value(results.baseline))
     return document if results.objective == "params" else {**document, "objective": results.objective}
 
 
@@ -255,64 +256,6 @@ def front_hypervolume(front: Sequence[dict], key: str = PARAMS) -> dict[str, Any
         "x": f"log10({key})",
         "y": "val_accuracy",
     }
-
-
-def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
-    elif isinstance(value, (list, tuple)):
-        out[prefix] = json.dumps(_plain(value))  # one cell; lists have no natural column split
-    else:
-        out[prefix] = _plain(value)
-
-
-def _flat_record(record: dict) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in record.items():
-        if key == "layer_sparsity":
-            _flatten(value, "sparsity", flat)
-        else:
-            _flatten(value, key, flat)
-    return flat
-
-
-def _column_group(column: str) -> int:
-    if column in _LEAD_COLUMNS:
-        return 0
-    if column in _SPEED_COLUMNS:
-        return 1
-    if column in _TAIL_COLUMNS:
-        return 6
-    for rank, prefix in ((3, "seconds."), (4, "sparsity."), (5, "config.")):
-        if column.startswith(prefix):
-            return rank
-    return 2  # flops, intermediate accuracies and any other scalar
-
-
-def write_csv(records: Sequence[dict], path: str | os.PathLike) -> None:
-    """Write one row per record with flat columns, atomically.
-
-    Columns: trial, val_accuracy, test_accuracy, params_nonzero, params_total, macs, latency_ms and speedup where
-    the records have them, the other scalars (flops_*,
-    val_accuracy_trained, ...), ``seconds.<phase>``, ``sparsity.<layer>``, the configuration as dotted
-    columns (``config.train.lr``), then model_path.
-    """
-    import pandas as pd
-
-    rows = [_flat_record(r) for r in records]
-    seen: dict[str, None] = dict.fromkeys(_LEAD_COLUMNS)
-    for row in rows:
-        seen.update(dict.fromkeys(row))
-    columns = sorted(seen, key=_column_group)  # stable: first-seen order within a group
-    frame = pd.DataFrame(rows, columns=columns)
-    for col in columns:
-        # Integer columns with gaps would turn into floats ("7.0"); the nullable integer type keeps them whole.
-        values = [row[col] for row in rows if row.get(col) is not None]
-        if values and len(values) < len(rows) and all(type(v) is int for v in values):
-            frame[col] = frame[col].astype("Int64")
-    with atomic_open(Path(path), "w") as fh:
-        frame.to_csv(fh, index=False)
 
 
 def check_extra_outputs(
@@ -343,7 +286,7 @@ def check_extra_outputs(
             head = b""
         ours = head.startswith(b"\x89PNG") and f"Software\0{SOFTWARE}".encode() in head
         if what == "--csv":
-            ours = head.startswith(",".join(_LEAD_COLUMNS).encode())
+            ours = head.startswith(",".join(LEAD_COLUMNS).encode())
         if not ours:
             raise SearchError(f"refusing to overwrite {path}: not an autoprune {kind}; choose another {what} file")
 
