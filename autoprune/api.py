@@ -292,23 +292,24 @@ def pick(
     from autoprune.io._paths import check_output_file, inside_run
     from autoprune.io.export import check_model_output, copy_model
     from autoprune.rundir.directory import MODELS_DIR
-    from autoprune.searching.pareto import check_one_rule, indistinct, max_rule
+    from autoprune.searching.pareto import PickRule, indistinct
     from autoprune.searching.pareto import pick as pick_record
 
     run_dir = as_path(run_dir, "run_dir", SearchError)
-    rules = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
-    bound = max_rule(**rules)
-    rules.update(min_accuracy=min_accuracy, knee=knee, trial=trial)
-    check_one_rule(**rules)
-    if most_accurate and bound is None:
-        raise SearchError(
-            "--most-accurate chooses among the models within --max-params N; give --max-params (or --max-macs)"
-        )
+    rule = PickRule(  # checked here, before anything is read
+        max_params=max_params,
+        max_macs=max_macs,
+        max_latency_ms=max_latency_ms,
+        min_accuracy=min_accuracy,
+        knee=knee,
+        trial=trial,
+        most_accurate=most_accurate,
+    )
     # Checked before anything is read: never into a run's own files (another trial's model), never a folder.
     check_output_file(out, what="--out", protected_dirs=[run_dir], example="model.pt", error=SearchError)
     out = check_model_output(out)
     res = load_results(run_dir, study_storage=study_storage)
-    chosen = pick_record(res.trials, **rules, most_accurate=most_accurate, key=res.key)
+    chosen = pick_record(res.trials, rule, key=res.key)
     if chosen.get("model_path_refused"):  # raises: the study names a file outside this run's models/
         inside_run(run_dir, chosen["model_path_refused"], what="model_path", under=MODELS_DIR, error=SearchError)
     source = chosen.get("model_path")
@@ -325,9 +326,10 @@ def pick(
 
         result["dense_test_accuracy"] = res.baseline.get("test_accuracy")
         result["drop_points"] = drop_points(chosen, res.baseline)
-    if bound is not None:
-        keys = dict.fromkeys(("trial", "params_nonzero", bound[0], "val_accuracy"))
-        close = indistinct(res.trials, chosen, bound[1], key=bound[0])[0]
+    if rule.bound is not None:
+        bounded, limit = rule.bound
+        keys = dict.fromkeys(("trial", "params_nonzero", bounded, "val_accuracy"))
+        close = indistinct(res.trials, chosen, limit, key=bounded)[0]
         result["indistinct"] = [{k: r.get(k) for k in keys} for r in close]
     return result
 

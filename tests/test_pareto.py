@@ -8,6 +8,7 @@ import pytest
 
 from autoprune.errors import SearchError
 from autoprune.searching.pareto import (
+    PickRule,
     dominates,
     hypervolume,
     indistinct,
@@ -174,10 +175,10 @@ def test_pick_max_params_takes_the_largest_model_validation_cannot_tell_from_the
     ]
     assert [r["trial"] for r in pareto_front(records)] == [6, 1, 5]
     assert pick_max_params(records, 13_000)["trial"] == 4
-    assert pick(records, max_params=13_000)["trial"] == 4
+    assert pick(records, PickRule(max_params=13_000))["trial"] == 4
     assert [r["trial"] for r in indistinct(records, records[3], 13_000)[0]] == [1, 6, 2]  # the most accurate first
     assert pick_max_params(records, 13_000, most_accurate=True)["trial"] == 1
-    assert pick(records, max_params=13_000, most_accurate=True)["trial"] == 1
+    assert pick(records, PickRule(max_params=13_000, most_accurate=True))["trial"] == 1
     assert pick_max_params(records, 11_999)["trial"] == 1  # trials 2 and 4 do not fit
     assert pick_max_params(records, 9_999)["trial"] == 6
     # Records that do not say their validation split's size: the most accurate, as before they did.
@@ -228,15 +229,15 @@ def test_pick_rejects_bad_constraints_and_empty_fronts():
 
 def test_pick_takes_exactly_one_rule_and_any_finished_trial_by_number() -> None:
     records = [rec(0, 100, 0.9), rec(1, 50, 0.8), rec(2, 200, 0.85)]  # trial 2 is dominated
-    assert pick(records, trial=2) is records[2]
-    assert pick(records, knee=True)["trial"] in (0, 1)
-    assert pick(records, max_params=60) is records[1]
-    assert pick(records, min_accuracy=0.85) is records[0]
+    assert pick(records, PickRule(trial=2)) is records[2]
+    assert pick(records, PickRule(knee=True))["trial"] in (0, 1)
+    assert pick(records, PickRule(max_params=60)) is records[1]
+    assert pick(records, PickRule(min_accuracy=0.85)) is records[0]
     with pytest.raises(SearchError, match=r"trial 7 is not a finished trial of this search; finished trials: 0, 1, 2"):
-        pick(records, trial=7)
+        pick(records, PickRule(trial=7))
     with pytest.raises(SearchError, match=r"exactly one of .* \(got --knee, --trial\)"):
-        pick(records, knee=True, trial=1)
+        PickRule(knee=True, trial=1)
     with pytest.raises(SearchError, match=r"\(got none\)"):
-        pick(records)
+        PickRule()
     with pytest.raises(SearchError, match="no finished trials yet"):
-        pick([], trial=0)
+        pick([], PickRule(trial=0))

@@ -18,7 +18,7 @@ from autoprune.pipeline.config import MeasureConfig, TrialConfig
 from autoprune.pipeline.speed import measure_latency
 from autoprune.pipeline.trial import run_trial
 from autoprune.report.summary import trial_summary
-from autoprune.searching.pareto import LATENCY, pareto_front, pick
+from autoprune.searching.pareto import LATENCY, PickRule, pareto_front, pick
 from autoprune.searching.space import load_space, parse_space
 
 SPEED_KEYS = (
@@ -141,17 +141,19 @@ def test_the_front_and_the_pick_rules_take_the_size_key() -> None:
     records = [_record(0, 0.90, 100, 2.0), _record(1, 0.95, 50, 3.0), _record(2, 0.80, 200, 1.0)]
     assert [r["trial"] for r in pareto_front(records)] == [1]  # by parameters trial 1 beats both
     assert [r["trial"] for r in pareto_front(records, LATENCY)] == [2, 0, 1]  # by latency each is best somewhere
-    assert pick(records, max_latency_ms=2.5)["trial"] == 0
-    assert pick(records, knee=True, key=LATENCY)["trial"] == 0  # log latency: 2 ms is the bend between 1 and 3
-    assert pick(records, min_accuracy=0.85, key=LATENCY)["trial"] == 0
+    assert pick(records, PickRule(max_latency_ms=2.5))["trial"] == 0
+    assert (
+        pick(records, PickRule(knee=True), key=LATENCY)["trial"] == 0
+    )  # log latency: 2 ms is the bend between 1 and 3
+    assert pick(records, PickRule(min_accuracy=0.85), key=LATENCY)["trial"] == 0
     with pytest.raises(SearchError, match=r"--max-latency-ms must be a non-negative number of milliseconds, got -1"):
-        pick(records, max_latency_ms=-1)
+        pick(records, PickRule(max_latency_ms=-1))
     with pytest.raises(SearchError, match=r"no front model has latency_ms <= 0.5; the smallest is trial 2 with 1 ms"):
-        pick(records, max_latency_ms=0.5)
+        pick(records, PickRule(max_latency_ms=0.5))
     with pytest.raises(SearchError, match=r"no finished trial recorded macs"):
-        pick(records, max_macs=10)
+        pick(records, PickRule(max_macs=10))
     with pytest.raises(SearchError, match=r"exactly one of .*\(got --max-params, --max-latency-ms\)"):
-        pick(records, max_params=10, max_latency_ms=1.0)
+        PickRule(max_params=10, max_latency_ms=1.0)
 
 
 def test_a_trial_that_could_not_measure_the_objective_fails_in_the_study() -> None:

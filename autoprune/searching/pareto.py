@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -269,89 +270,78 @@ def pick_min_accuracy(front: Sequence[dict], min_accuracy: float, key: str = PAR
     return fits[0]
 
 
-def max_rule(
-    max_params: int | None = None, max_macs: int | None = None, max_latency_ms: float | None = None
-) -> tuple[str, float] | None:
-    """The record key and the limit of the ``--max-*`` rule given (``check_one_rule`` allows one), else None."""
-    given = ((PARAMS, max_params), (MACS, max_macs), (LATENCY, max_latency_ms))
-    return next(((key, limit) for key, limit in given if limit is not None), None)
+@dataclass(frozen=True, kw_only=True)
+class PickRule:
+    """Exactly one way to choose a model of a search, checked where it is built (the command line or the API).
 
-
-def check_one_rule(
-    *,
-    max_params: int | None = None,
-    max_macs: int | None = None,
-    max_latency_ms: float | None = None,
-    min_accuracy: float | None = None,
-    knee: bool = False,
-    trial: int | None = None,
-) -> None:
-    """Refuse anything but exactly one pick rule."""
-    given = {
-        "--max-params": max_params is not None,
-        "--max-macs": max_macs is not None,
-        "--max-latency-ms": max_latency_ms is not None,
-        "--min-accuracy": min_accuracy is not None,
-        "--knee": knee,
-        "--trial": trial is not None,
-    }
-    rules = [name for name, on in given.items() if on]
-    if len(rules) != 1:
-        raise SearchError(
-            "give exactly one of --max-params N, --max-macs N, --max-latency-ms MS, --min-accuracy A, --knee, "
-            f"--trial N (got {', '.join(rules) or 'none'})"
-        )
-    whole, number = (int, np.integer), (int, float, np.integer, np.floating)  # checked before any file is read
-    for name, value, kinds in (
-        ("--max-params", max_params, whole),
-        ("--max-macs", max_macs, whole),
-        ("--trial", trial, whole),
-        ("--max-latency-ms", max_latency_ms, number),
-        ("--min-accuracy", min_accuracy, number),
-    ):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
-            kind = "a whole number" if kinds is whole else "a number"
-            raise SearchError(f"{name} must be {kind}, got {value!r}")
-
-
-def pick(
-    records: Sequence[dict],
-    *,
-    max_params: int | None = None,
-    max_macs: int | None = None,
-    max_latency_ms: float | None = None,
-    min_accuracy: float | None = None,
-    knee: bool = False,
-    trial: int | None = None,
-    most_accurate: bool = False,
-    key: str = PARAMS,
-) -> dict:
-    """One record chosen by exactly one rule: a bound on parameters, MACs or latency (``pick_at_most``;
-    ``most_accurate`` as there), an accuracy or the knee (on the front of ``records`` over ``key``, the searched
-    objective's), or a trial number (any finished trial, on the front or not).
+    ``max_params``, ``max_macs``, ``max_latency_ms``: the largest model within one standard error of the most
+    accurate one under that bound (``pick_at_most``), or with ``most_accurate`` that one; ``min_accuracy``: the
+    smallest front model at least that accurate on validation; ``knee``: the front's best trade-off; ``trial``: any
+    finished trial, by number.
     """
-    rule = max_rule(max_params, max_macs, max_latency_ms)
-    check_one_rule(
-        max_params=max_params,
-        max_macs=max_macs,
-        max_latency_ms=max_latency_ms,
-        min_accuracy=min_accuracy,
-        knee=knee,
-        trial=trial,
-    )
+
+    max_params: int | None = None
+    max_macs: int | None = None
+    max_latency_ms: float | None = None
+    min_accuracy: float | None = None
+    knee: bool = False
+    trial: int | None = None
+    most_accurate: bool = False
+
+    def __post_init__(self) -> None:
+        given = {
+            "--max-params": self.max_params is not None,
+            "--max-macs": self.max_macs is not None,
+            "--max-latency-ms": self.max_latency_ms is not None,
+            "--min-accuracy": self.min_accuracy is not None,
+            "--knee": self.knee,
+            "--trial": self.trial is not None,
+        }
+        rules = [name for name, on in given.items() if on]
+        if len(rules) != 1:
+            raise SearchError(
+                "give exactly one of --max-params N, --max-macs N, --max-latency-ms MS, --min-accuracy A, --knee, "
+                f"--trial N (got {', '.join(rules) or 'none'})"
+            )
+        whole, number = (int, np.integer), (int, float, np.integer, np.floating)  # checked before any file is read
+        for name, value, kinds in (
+            ("--max-params", self.max_params, whole),
+            ("--max-macs", self.max_macs, whole),
+            ("--trial", self.trial, whole),
+            ("--max-latency-ms", self.max_latency_ms, number),
+            ("--min-accuracy", self.min_accuracy, number),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kinds)):
+                kind = "a whole number" if kinds is whole else "a number"
+                raise SearchError(f"{name} must be {kind}, got {value!r}")
+        if self.most_accurate and self.bound is None:
+            raise SearchError(
+                "--most-accurate chooses among the models within --max-params N; give --max-params (or --max-macs, "
+                "--max-latency-ms)"
+            )
+
+    @property
+    def bound(self) -> tuple[str, float] | None:
+        """The record key and the limit of a ``--max-*`` rule, else None."""
+        given = ((PARAMS, self.max_params), (MACS, self.max_macs), (LATENCY, self.max_latency_ms))
+        return next(((key, limit) for key, limit in given if limit is not None), None)
+
+
+def pick(records: Sequence[dict], rule: PickRule, *, key: str = PARAMS) -> dict:
+    """The record ``rule`` chooses: by a bound (``pick_at_most``), an accuracy or the knee (on the front of
+    ``records`` over ``key``, the searched objective's), or a trial number (any finished trial, on the front or not).
+    """
     if not records:
         raise SearchError("no finished trials yet; nothing to pick")
-    if trial is not None:
-        if isinstance(trial, bool) or not isinstance(trial, (int, np.integer)):
-            raise SearchError(f"--trial must be a trial number, got {trial!r}")
-        found = [r for r in records if r.get("trial") == trial]
+    if rule.trial is not None:
+        found = [r for r in records if r.get("trial") == rule.trial]
         if not found:
             numbers = sorted(r["trial"] for r in records if r.get("trial") is not None)
             shown = ", ".join(map(str, numbers[:20])) + (" ..." if len(numbers) > 20 else "")
-            raise SearchError(f"trial {trial} is not a finished trial of this search; finished trials: {shown}")
+            raise SearchError(f"trial {rule.trial} is not a finished trial of this search; finished trials: {shown}")
         return found[0]
-    if rule is not None:
-        return pick_at_most(records, rule[1], key=rule[0], most_accurate=most_accurate)
-    if min_accuracy is not None:
-        return pick_min_accuracy(records, min_accuracy, key)
+    if rule.bound is not None:
+        return pick_at_most(records, rule.bound[1], key=rule.bound[0], most_accurate=rule.most_accurate)
+    if rule.min_accuracy is not None:
+        return pick_min_accuracy(records, rule.min_accuracy, key)
     return knee_point(records, key)
