@@ -1,11 +1,11 @@
 """The search on Ray Tune: Ray Tune schedules pipeline trials, Optuna suggests them, the study keeps the ledger.
 
 This package is the only place that uses Ray, and it imports Ray only inside the functions that start trials;
-nothing imports it but the command line and the public API. The run directory is ``rundir.py``'s, the study
-``ledger.py``'s, the options of a launch ``launchconfig.py``'s (a ``LaunchConfig``, taken whole). Here:
-``run_search`` and ``resume_search`` (this file), Ray's start-up and one launch of trials (``_launch.py``), the
-searcher that asks the study and records each outcome in it (``_searcher.py``), and the trial function that runs
-on the workers (``_worker.py``).
+nothing imports it but the command line and the public API. The run directory is ``rundir/directory.py``'s, the
+study ``rundir/ledger.py``'s, the options of a launch ``searching/launchconfig.py``'s (a ``LaunchConfig``, taken
+whole). Here: ``run_search`` and ``resume_search`` (this file), Ray's start-up and one launch of trials
+(``_launch.py``), the searcher that asks the study and records each outcome in it (``_searcher.py``), and the
+trial function that runs on the workers (``_worker.py``).
 
 Workers write the model files straight into ``models/``: on a multi-node cluster ``--run-dir`` must be on a
 filesystem every node mounts at the same path, and autoprune must be installed on every node.
