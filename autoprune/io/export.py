@@ -28,6 +28,7 @@ from autoprune.errors import ModelError, first_line
 from autoprune.io._architecture import describe_architecture, rebuild_architecture
 from autoprune.io._bounds import INT64_MAX
 from autoprune.io._io import atomic_open, plain
+from autoprune.io._packbits import file_shape, pack_mask, unpack_mask
 from autoprune.io._paths import as_path, check_output_file
 from autoprune.io._trust import check_allowed
 from autoprune.io.models import check_fits, load_torch_data
@@ -52,45 +53,6 @@ class LoadedModel:
     input_shape: tuple[int, ...]
     num_classes: int
     preprocessing: dict | None = None  # raw input -> model input (``preprocess.Preprocessing``); None: not stored
-
-
-# ---------------------------------------------------------------------------------------------- masks
-
-
-def _pack(mask: Tensor) -> dict[str, Any]:
-    """A bool mask as bits, eight to a byte: a mask costs 1/32 of its float32 weight."""
-    flat = mask.detach().to("cpu", torch.bool).flatten()
-    padded = torch.zeros(-(-flat.numel() // 8) * 8, dtype=torch.uint8)
-    padded[: flat.numel()] = flat
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-    bits = (padded.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
-    return {"shape": list(mask.shape), "bits": bits}
-
-
-def _shape(value: Any, where: str, *, low: int) -> tuple[int, ...]:
-    """A shape read from a file: a non-empty list of whole numbers from ``low`` within 64 bits, else one line."""
-    if (
-        not isinstance(value, (list, tuple))
-        or not value
-        or not all(isinstance(s, int) and not isinstance(s, bool) and low <= s <= INT64_MAX for s in value)
-    ):
-        raise ModelError(f"{where} must be a list of whole numbers >= {low}, got {value!r:.80}")
-    return tuple(value)
-
-
-def _unpack(packed: Any, where: str) -> Tensor:
-    if not isinstance(packed, dict) or not isinstance(packed.get("bits"), Tensor) or "shape" not in packed:
-        raise ModelError(f"{where}: damaged mask entry")
-    shape = _shape(packed["shape"], f"{where}: damaged mask entry: shape", low=0)
-    n = 1
-    for s in shape:
-        n *= int(s)
-    bits = packed["bits"]
-    if bits.dtype != torch.uint8 or bits.dim() != 1 or bits.numel() != -(-n // 8):
-        raise ModelError(f"{where}: damaged mask entry (size does not match shape {list(shape)})")
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=bits.device)
-    flat = ((bits.unsqueeze(1) >> shifts) & 1).flatten()[:n]
-    return flat.to(torch.bool).view(shape)
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -154,50 +116,8 @@ def save_model(
     rebuilds its shapes from the factory's dense model.
     """
     path = check_model_output(path)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    param_names = {name for name, _ in model.named_parameters()}
-    packed_masks, derived = {}, []
-    for name, mask in (masks or {}).items():
-        if name not in param_names or name not in state:
-            raise ModelError(
-                f"mask {name!r} names no parameter of the model; mask keys are parameter names such as "
-                f"{next(iter(sorted(param_names)), 'fc1.weight')!r}"
-            )
-        if tuple(mask.shape) != tuple(state[name].shape):
-            raise ModelError(
-                f"mask {name!r} has shape {list(mask.shape)} but the parameter is {list(state[name].shape)}"
-            )
-        keep = mask.to(device=state[name].device) != 0
-        state[name] = state[name] * keep
-        if bool(torch.equal(keep, state[name] != 0)):
-            derived.append(name)  # the mask is the weight's own nonzero pattern: nothing to store
-        else:
-            packed_masks[name] = _pack(keep)
-    state = {k: v.cpu() for k, v in state.items()}
-
-    architecture: Any = describe_architecture(model)
-    if architecture is not None:
-        with torch.device("meta"):
-            expected = _shapes(rebuild_architecture(architecture))
-    else:
-        factory = _factory_name(config)
-        if factory is None:
-            kinds = ", ".join(sorted({type(m).__name__ for m in model.children()})) or type(model).__name__
-            raise ModelError(
-                f"cannot describe the architecture of {type(model).__name__} ({kinds}) and config model.name "
-                "is not module:function; use an nn.Sequential of Linear/Conv2d/BatchNorm/ReLU/pooling/Flatten/"
-                "Dropout layers, or a model factory module:function"
-            )
-        from autoprune.io.models import build_model
-
-        dense = build_model(factory, tuple(input_shape), int(num_classes))
-        architecture = {"factory": factory}
-        if structure:
-            from autoprune.pruning.channels import Structure, rebuild
-
-            rebuild(dense, Structure.from_data(structure), tuple(input_shape))
-            architecture["structure"] = Structure.from_data(structure).to_data()
-        expected = _shapes(dense)
+    state, packed_masks, derived = _masked_state(model, masks)
+    architecture, expected = _architecture_of(model, config, tuple(input_shape), int(num_classes), structure)
     problem = _mismatch(expected, {k: tuple(v.shape) for k, v in state.items()})
     if problem:
         raise ModelError(f"cannot save {path}: the weights would not load into the rebuilt architecture ({problem})")
@@ -219,6 +139,62 @@ def save_model(
     with atomic_open(path) as fh:
         torch.save(document, fh)
     return path
+
+
+def _masked_state(
+    model: nn.Module, masks: dict[str, Tensor] | None
+) -> tuple[dict[str, Tensor], dict[str, Any], list[str]]:
+    """The model's state on the CPU with ``masks`` applied, the masks to store (packed), and the names of those
+    that equal the weight's own nonzero pattern (not stored)."""
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    param_names = {name for name, _ in model.named_parameters()}
+    packed_masks, derived = {}, []
+    for name, mask in (masks or {}).items():
+        if name not in param_names or name not in state:
+            raise ModelError(
+                f"mask {name!r} names no parameter of the model; mask keys are parameter names such as "
+                f"{next(iter(sorted(param_names)), 'fc1.weight')!r}"
+            )
+        if tuple(mask.shape) != tuple(state[name].shape):
+            raise ModelError(
+                f"mask {name!r} has shape {list(mask.shape)} but the parameter is {list(state[name].shape)}"
+            )
+        keep = mask.to(device=state[name].device) != 0
+        state[name] = state[name] * keep
+        if bool(torch.equal(keep, state[name] != 0)):
+            derived.append(name)  # the mask is the weight's own nonzero pattern: nothing to store
+        else:
+            packed_masks[name] = pack_mask(keep)
+    return {k: v.cpu() for k, v in state.items()}, packed_masks, derived
+
+
+def _architecture_of(
+    model: nn.Module, config: dict, input_shape: tuple[int, ...], num_classes: int, structure: list | None
+) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """What rebuilds ``model`` (a layer-by-layer description, or its factory plus the channels removed) and the
+    parameter shapes that rebuilding gives."""
+    architecture: Any = describe_architecture(model)
+    if architecture is not None:
+        with torch.device("meta"):
+            return architecture, _shapes(rebuild_architecture(architecture))
+    factory = _factory_name(config)
+    if factory is None:
+        kinds = ", ".join(sorted({type(m).__name__ for m in model.children()})) or type(model).__name__
+        raise ModelError(
+            f"cannot describe the architecture of {type(model).__name__} ({kinds}) and config model.name "
+            "is not module:function; use an nn.Sequential of Linear/Conv2d/BatchNorm/ReLU/pooling/Flatten/"
+            "Dropout layers, or a model factory module:function"
+        )
+    from autoprune.io.models import build_model
+
+    dense = build_model(factory, input_shape, num_classes)
+    architecture = {"factory": factory}
+    if structure:
+        from autoprune.pruning.channels import Structure, rebuild
+
+        rebuild(dense, Structure.from_data(structure), input_shape)
+        architecture["structure"] = Structure.from_data(structure).to_data()
+    return architecture, _shapes(dense)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -250,7 +226,7 @@ def _document(path: Path, device: str | torch.device) -> dict[str, Any]:
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ModelError(f"{path} is damaged: state_dict is not a mapping of tensors")
     # Read as data: what the file says is checked before it sizes or builds anything.
-    _shape(data["input_shape"], f"{path} is damaged: input_shape", low=1)
+    file_shape(data["input_shape"], f"{path} is damaged: input_shape", low=1)
     num_classes = data["num_classes"]
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= INT64_MAX:
         raise ModelError(f"{path} is damaged: num_classes must be a whole number >= 1, got {num_classes!r:.80}")
@@ -271,7 +247,7 @@ def load_model(
     path = as_path(path, "model file", ModelError)
     data = _document(path, device)
     state = data["state_dict"]
-    input_shape = _shape(data["input_shape"], f"{path} is damaged: input_shape", low=1)
+    input_shape = file_shape(data["input_shape"], f"{path} is damaged: input_shape", low=1)
     num_classes = data["num_classes"]
 
     architecture = data["architecture"]
@@ -315,7 +291,7 @@ def load_model(
         raise ModelError(f"{path} is damaged: masks is not a mapping")
     params = dict(model.named_parameters())
     for name, packed in data["masks"].items():
-        mask = _unpack(packed, f"{path}: mask {name!r}")
+        mask = unpack_mask(packed, f"{path}: mask {name!r}")
         if name not in params or tuple(params[name].shape) != tuple(mask.shape):
             raise ModelError(f"{path} is damaged: mask {name!r} does not match a parameter")
         masks[name] = mask.to(params[name].device)
@@ -377,7 +353,7 @@ def copy_model(source: str | os.PathLike, out: str | os.PathLike, *, metrics: di
     if not isinstance(data["masks"], dict):
         raise ModelError(f"{source} is damaged: masks is not a mapping")
     for name, packed in data["masks"].items():
-        mask = _unpack(packed, f"{source}: mask {name!r}")
+        mask = unpack_mask(packed, f"{source}: mask {name!r}")
         if name not in data["state_dict"] or tuple(data["state_dict"][name].shape) != tuple(mask.shape):
             raise ModelError(f"{source} is damaged: mask {name!r} does not match a tensor")
     out = check_model_output(out)
