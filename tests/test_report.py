@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from _helpers import results_of
 
+from autoprune.report._format import SPARSITY_WIDTH, fmt_sparsity
 from autoprune.report.notes import at_chance, chance_collapses, finetune_setbacks, front_notes
 from autoprune.report.render import (
     front_table,
@@ -101,6 +102,22 @@ def test_the_speed_up_column_shows_only_where_a_model_can_run_faster():
     assert "speed-up" in front_table(front, key="latency_ms").splitlines()[1].split()  # speed is the objective
     dense = [{**r, "config": {"prune": {"enabled": False, "structured": True}}} for r in front]
     assert "speed-up" not in front_table(dense).splitlines()[1].split()
+
+
+def test_the_sparsity_column_keeps_to_its_width_and_a_trial_summary_names_every_layer():
+    assert fmt_sparsity({"fc1": 0.974, "fc2": 0.9, "fc3": 0.5}) == "fc1 97 fc2 90 fc3 50"  # short names: all shown
+    layers = {f"encoder.layers.{i}.self_attn.in_proj_weight": 0.5 + i / 100 for i in range(6)} | {"head": 0.1}
+    cell = fmt_sparsity(layers)
+    shown = cell.count("encoder.layers.")
+    assert len(cell) <= SPARSITY_WIDTH and 1 <= shown < 6 and cell.endswith(f"+{7 - shown} more")
+    assert cell.startswith("encoder.layers.0.self_attn.in_proj_weight 50")
+    assert fmt_sparsity({"x" * 80: 0.5, "y": 0.2}) == f"{'x' * 80} 50 +1 more"  # one layer even when it is longer
+
+    lines = trial_summary({"layer_sparsity": layers, "seconds": {}}).splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("sparsity %"))
+    block = [lines[first]] + [line for line in lines[first + 1 :] if line.startswith(" " * 15)]
+    assert len(block) > 1 and all(len(line) <= 115 for line in block)
+    assert " ".join(block).split()[2:] == " ".join(f"{n} {100 * v:.0f}" for n, v in layers.items()).split()
 
 
 def test_front_table_of_an_empty_search():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoprune.report._format import fmt_acc, fmt_share, fmt_sparsity
+from autoprune.report._format import fmt_acc, fmt_share, wrap_sparsity
 from autoprune.report.notes import at_chance
 
 __all__ = ["trial_summary"]
@@ -46,8 +46,9 @@ def trial_summary(record: dict) -> str:
         f"test accuracy  {fmt_acc(record.get('test_accuracy'))}",
         f"parameters     {record.get('params_nonzero')} nonzero of {record.get('params_total')}"
         f" ({fmt_share(record.get('params_nonzero'), record.get('params_total'))})",
-        f"sparsity %     {fmt_sparsity(record.get('layer_sparsity'))}",
     ]
+    sparsity = wrap_sparsity(record.get("layer_sparsity"))
+    lines += [f"sparsity %     {sparsity[0]}", *(f"{'':15}{more}" for more in sparsity[1:])]
     if dense:
         other = record.get("macs_other") or 0
         rest = f"; {other} more outside them (attention products, weights left dense)" if other else ""
