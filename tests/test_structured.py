@@ -4,6 +4,7 @@ the planned count exact, and an exported smaller model that reloads as data into
 from __future__ import annotations
 
 import copy
+import re
 from collections import OrderedDict
 
 import pytest
@@ -159,6 +160,18 @@ def test_what_is_not_pruned_is_said_attention_width_and_normalised_channels() ->
     assert list(graph.groups) == ["encoder.layers.0.linear1"]  # the feed-forward width
     line = graph.kept_whole_line()
     assert line is not None and "LayerNorm" in line and "MultiheadAttention" in line
+
+
+def test_a_density_below_what_whole_channels_allow_is_refused_with_the_least_that_works() -> None:
+    model = Attention()  # its attention and embedding widths are kept whole: most weights cannot go
+    graph = channel_graph(model, SHAPE)
+    cfg = PruneConfig(structured=True, allocation="uniform", density=0.05)
+    with pytest.raises(ConfigError, match=r"give prune\.density (0\.\d+) or more") as refused:
+        compute_masks(model, cfg, graph=graph)
+    least = float(re.search(r"prune\.density (0\.\d+)", str(refused.value)).group(1))
+    compute_masks(model, PruneConfig(structured=True, allocation="uniform", density=least), graph=graph)
+    with pytest.raises(ConfigError, match="or more"):
+        compute_masks(model, PruneConfig(structured=True, allocation="uniform", density=least - 0.002), graph=graph)
 
 
 def test_per_layer_rates_and_the_output_layer_on_a_bn_cnn() -> None:

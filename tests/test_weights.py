@@ -177,7 +177,7 @@ def test_a_search_whose_trial_cannot_run_is_refused_before_it_starts(
     code, out, err = run_cli(["search", str(space), "--run-dir", str(tmp_path / "run")], capsys, monkeypatch)
     assert code == 1 and out == ""
     [line] = err.strip().splitlines()
-    assert "the space's trial fails before the search starts" in line
+    assert "the space's trial (its default values) fails before the search starts" in line
     assert "the batch norm statistics are not set up" in line
     assert not (tmp_path / "run").exists()  # refused before Ray or any file
 

@@ -10,6 +10,7 @@ the output layer keeps its outputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -75,9 +76,12 @@ def uniform_rate(graph: ChannelGraph, model: nn.Module, weights: Mapping[str, Te
     top = max(g.channels for g in graph.groups.values())
     floor = kept_prunable(graph, model, weights, 1.0 - 1.0 / (2 * top))
     if kept < floor:
+        total = sum(w.numel() for w in weights.values())
+        least = math.ceil(1000 * floor / total) / 1000
         raise ConfigError(
-            f"structured pruning keeps at least {floor} of the prunable weights (one channel in each group), "
-            f"more than the {kept} asked; raise the density"
+            f"structured pruning keeps at least {floor} of the {total} prunable weights (one channel in each group, "
+            f"the groups it cannot prune whole), more than the {kept} asked: give prune.density {least} or more "
+            f"(prune.nonzero_params {floor - kept} more)"
         )
     lo, hi = 0.0, 1.0 - 1.0 / (2 * top)  # kept_prunable falls as the rate rises
     for _ in range(40):

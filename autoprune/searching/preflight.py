@@ -82,8 +82,8 @@ def preflight(
         return
     except Exception as exc:  # user code runs here: whatever it raises is the cause
         raise SearchError(
-            f"the space's trial fails before the search starts ({first_line(exc)}); every trial would fail the "
-            "same way: fix that, then search (autoprune trial SPACE runs one trial with its log)"
+            f"the space's trial (its default values) fails before the search starts ({first_line(exc)}): fix that, "
+            "then search (autoprune trial SPACE runs that trial with its log)"
         ) from None
     key = SIZE_KEYS[objective]
     if result.record()[key] is None:
