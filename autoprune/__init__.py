@@ -34,7 +34,7 @@ _EXPORTS = {
     "load_model": "api",
     "load_space": "api",
     # the pieces, for building on
-    "TrialConfig": "pipeline.config",
+    "TrialConfig": "config",
     "SearchSpace": "searching.space",
     "TrialResult": "pipeline.trial",
     "load_datasets": "io.data",

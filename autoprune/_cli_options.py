@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-from autoprune.io._bounds import INT64_MAX, machine_cpus
+from autoprune._bounds import INT64_MAX, machine_cpus
 from autoprune.searching.space import SAMPLERS
 from autoprune.searching.stopping import EARLY_STOP_MODES
 

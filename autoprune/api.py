@@ -29,21 +29,21 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoprune.config import DEFAULT_THREADS
 from autoprune.errors import ModelError, SearchError
 from autoprune.io._paths import as_path
-from autoprune.pipeline.config import DEFAULT_THREADS
 from autoprune.searching.launchconfig import EarlyStop, LaunchConfig, Resources
 from autoprune.searching.space import load_space
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from autoprune.config import TrialConfig
     from autoprune.io.data import Datasets
     from autoprune.io.preprocess import RawInputModel
-    from autoprune.pipeline.config import TrialConfig
     from autoprune.pipeline.trial import TrialResult
+    from autoprune.raytune import LaunchResult
     from autoprune.rundir.ledger import Results
-    from autoprune.searching.raytune import LaunchResult
     from autoprune.searching.space import SearchSpace
 
 __all__ = [
@@ -87,9 +87,9 @@ def run_trial(
     weights. ``save`` exports the model to that file. Returns the ``TrialResult``: ``.record()`` is the JSON trial
     record, ``.model`` the pruned model.
     """
-    from autoprune.io._bounds import check_threads
+    from autoprune._bounds import check_threads
+    from autoprune.config import TrialConfig
     from autoprune.io._paths import check_output_file
-    from autoprune.pipeline.config import TrialConfig
     from autoprune.pipeline.trial import run_trial as run
     from autoprune.searching.space import SearchSpace
 
@@ -151,7 +151,7 @@ def search(
     trained weights, and the search measures them once as its dense reference. The returned
     ``LaunchResult.results`` holds the front.
     """
-    from autoprune.searching.raytune import run_search
+    from autoprune.raytune import run_search
 
     config = LaunchConfig(  # every option checked here, once, before the space is read
         trials=trials,
@@ -197,7 +197,7 @@ def resume(
     ``_trust``), or when the module is in ``allow_modules``: a run directory received from someone else runs
     no code of theirs unless you allow it. A resume so allowed seals the run for the next one.
     """
-    from autoprune.searching.raytune import resume_search
+    from autoprune.raytune import resume_search
 
     changes = LaunchConfig(  # what is given replaces the search's; the rest stays as run.json has it
         trials=trials,
@@ -341,12 +341,12 @@ def evaluate(path: str | os.PathLike, *, device: str = "cpu", allow_modules: Col
     A model or dataset the file names as ``module:function`` is imported only when its module is in
     ``allow_modules``: a model file received from someone else must not run code by being evaluated.
     """
+    from autoprune.config import TrialConfig, upgrade_config
     from autoprune.errors import ConfigError
     from autoprune.io._trust import check_allowed
     from autoprune.io.data import load_datasets, resolve_device
     from autoprune.io.export import check_runs
     from autoprune.io.export import load_model as load
-    from autoprune.pipeline.config import TrialConfig, upgrade_config
     from autoprune.pipeline.train import evaluate as accuracy
     from autoprune.pruning import count_params
 

@@ -14,6 +14,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from autoprune._bounds import cut
 from autoprune._cli_options import (
     AddressOption,
     AllowModuleOption,
@@ -42,9 +43,8 @@ from autoprune._cli_options import (
     app,
     flag,
 )
+from autoprune.config import DEFAULT_THREADS
 from autoprune.errors import AutoPruneError, disk_full, first_line
-from autoprune.io._bounds import cut
-from autoprune.pipeline.config import DEFAULT_THREADS
 
 
 def _version(value: bool) -> None:

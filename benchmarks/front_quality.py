@@ -153,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from autoprune.errors import AutoPruneError
+    from autoprune.raytune import run_search
     from autoprune.rundir.directory import check_new_run_dir
     from autoprune.rundir.ledger import load_results
-    from autoprune.searching.raytune import run_search
     from autoprune.searching.space import load_space
 
     name = args.space or ("digits_quick" if args.quick else "lenet300_fashion")

@@ -86,8 +86,8 @@ def plural(n: int, word: str) -> str:
 
 def load_data(limit: int) -> Datasets:
     """autoprune's splits of the first ``limit`` Fashion-MNIST training images (and the full test set)."""
+    from autoprune.config import DatasetConfig
     from autoprune.io.data import load_datasets
-    from autoprune.pipeline.config import DatasetConfig
 
     return load_datasets(DatasetConfig(name="fashion-mnist", val_fraction=VAL_FRACTION, limit=limit), seed=SEED)
 

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from autoprune.config import DatasetConfig, PruneConfig, TrainConfig
 from autoprune.io.data import load_datasets
 from autoprune.io.models import build_model
-from autoprune.pipeline.config import DatasetConfig, PruneConfig, TrainConfig
 from autoprune.pipeline.train import PhaseOptions, run_phase
 from autoprune.pruning import MaskSet, compute_masks
 from autoprune.pruning.units import prunable_weights

@@ -44,7 +44,7 @@ def ask(study, dims):
 def tune_searcher(study, space, policies=None):
     """The Ray Tune searcher a launch builds, over an in-memory ``study`` and ``space``; ``policies``
     (``refine.SearchPolicies``): none by default, the sampler alone."""
-    from autoprune.searching.raytune._searcher import searcher_class
+    from autoprune.raytune._searcher import searcher_class
 
     return searcher_class()(study, space, policies)
 

@@ -59,7 +59,7 @@ class SharedRay:
     def ensure(self) -> None:
         import ray
 
-        from autoprune.searching.raytune import init_ray
+        from autoprune.raytune import init_ray
 
         if ray.is_initialized():
             return
@@ -77,7 +77,7 @@ class SharedRay:
     def release(self) -> None:
         import ray
 
-        from autoprune.searching.raytune import shutdown_ray
+        from autoprune.raytune import shutdown_ray
 
         if not ray.is_initialized():
             return

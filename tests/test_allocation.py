@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from autoprune.config import PruneConfig
 from autoprune.errors import ConfigError
 from autoprune.io.models import build_model
-from autoprune.pipeline.config import PruneConfig
 from autoprune.pruning import (
     MaskSet,
     PruningSchedule,

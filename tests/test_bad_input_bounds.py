@@ -1,4 +1,4 @@
-"""Bad input at the edge of what autoprune accepts: values past its limits (``autoprune.io._bounds``), YAML that
+"""Bad input at the edge of what autoprune accepts: values past its limits (``autoprune._bounds``), YAML that
 would expand, nest or overflow, files that are not what they claim (a model file's dtypes, shapes and strides; a
 checkpoint given as ``model.weights``) and silent partial successes. Each is one line on stderr naming the
 problem, a non-zero exit, no traceback, and nothing changed: the run directory and the working folder are
@@ -26,8 +26,8 @@ from _helpers import TINY_SPACE as SPACE
 from _helpers import run_cli, write_run_json
 
 import autoprune
+from autoprune._bounds import MAX_MESSAGE
 from autoprune.errors import AutoPruneError
-from autoprune.io._bounds import MAX_MESSAGE
 
 FIXED = SPACE.replace("fc1: {low: 0.5, high: 0.99}", "fc1: 0.9")
 DENSITY = """\
@@ -101,9 +101,9 @@ def _resource(key: str, value: object) -> Callable[[dict], object]:
 
 def _good_model() -> dict:
     """A model file as ``save_model`` writes it (LeNet-300-100 on digits), as a dict to damage."""
+    from autoprune.config import DatasetConfig, TrialConfig
     from autoprune.io.export import save_model
     from autoprune.io.models import build_model
-    from autoprune.pipeline.config import DatasetConfig, TrialConfig
 
     if not _MODEL:
         torch.manual_seed(0)

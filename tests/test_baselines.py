@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 from autoprune.errors import ConfigError
 from autoprune.report.render import front_table, report_document
 from autoprune.rundir import interrupted, ledger
-from autoprune.rundir._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR
 from autoprune.rundir.ledger import Outcome
+from autoprune.searching._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR
 from autoprune.searching.baselines import ladder, seed_baselines
 from autoprune.searching.pareto import baseline_front
 from autoprune.searching.space import parse_space

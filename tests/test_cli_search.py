@@ -175,9 +175,9 @@ def test_bad_search_options(tmp_path, space_file, capsys, monkeypatch) -> None:
 def _saved_model(path: Path) -> Path:
     import torch
 
+    from autoprune.config import TrialConfig
     from autoprune.io.export import save_model
     from autoprune.io.models import build_model
-    from autoprune.pipeline.config import TrialConfig
 
     torch.manual_seed(0)  # unseeded, an initial weight is exactly 0.0 now and then and the count is one short
     model = build_model("lenet-300-100", (1, 8, 8), 10)
@@ -205,9 +205,9 @@ def test_evaluate_refuses_foreign_and_truncated_files(tmp_path, capsys, monkeypa
 
 
 def test_evaluate_measures_a_saved_model(tmp_path, capsys, monkeypatch) -> None:
+    from autoprune.config import DatasetConfig
     from autoprune.io.data import load_datasets
     from autoprune.io.export import load_model
-    from autoprune.pipeline.config import DatasetConfig
     from autoprune.pipeline.train import evaluate
 
     good = _saved_model(tmp_path / "model.pt")

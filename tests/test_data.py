@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from autoprune.config import DatasetConfig
 from autoprune.errors import DataError
 from autoprune.io.data import (
     DATASETS,
@@ -21,7 +22,6 @@ from autoprune.io.data import (
     stratified_split,
 )
 from autoprune.io.idx import _decode_idx, read_idx
-from autoprune.pipeline.config import DatasetConfig
 
 REAL_FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
 

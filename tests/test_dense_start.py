@@ -10,9 +10,9 @@ import dataclasses
 import pytest
 import torch
 
+from autoprune.config import CARVED_VALIDATION_NOTE
 from autoprune.errors import ConfigError
 from autoprune.pipeline.trial import run_trial
-from autoprune.report.notes import CARVED_VALIDATION_NOTE
 from autoprune.searching.dense_start import START_KIND, dense_epochs, train_dense
 from autoprune.searching.preflight import evaluate_start
 from autoprune.searching.space import load_space

@@ -28,7 +28,7 @@ from _doc_blocks import ROOT, all_blocks, blocks, doc_example, doc_files
 from _user_folder import run_console, write_user_folder
 
 import autoprune
-from autoprune.pipeline.config import _SECTIONS, TrialConfig
+from autoprune.config import _SECTIONS, TrialConfig
 
 README_MAX_LINES = 220
 # Programs a shell line of the documentation may start with, besides autoprune itself.
@@ -269,7 +269,7 @@ def test_the_run_directory_reference_lists_every_field_of_run_json() -> None:
 
 def test_the_trial_record_reference_lists_every_key() -> None:
     from autoprune.pipeline.result import TrialResult
-    from autoprune.rundir._attrs import BASELINE_ATTR, REFINE_ATTR, SIZE_ATTR
+    from autoprune.searching._attrs import BASELINE_ATTR, REFINE_ATTR, SIZE_ATTR
 
     blank = {f.name: {} if "dict" in str(f.type) else None for f in dataclasses.fields(TrialResult)}
     record = TrialResult(**blank).record()
@@ -299,19 +299,21 @@ def test_the_model_file_reference_lists_every_key(tmp_path: Path) -> None:
 
 
 def test_the_package_layout_names_every_module() -> None:
-    """Each row of docs/development.md's map is a folder of the package and names every module in it."""
+    """Each row of docs/development.md's map is a folder of the package (the root in two rows: below every folder
+    and above them) and, together, its rows name every module in it."""
     text = _section((ROOT / "docs" / "development.md").read_text(), "## Package layout")
-    rows = {row[0].strip("`"): row[1] for row in _rows(text)}
+    rows: dict[str, set[str]] = {}
+    for folder, owns in re.findall(r"^\| `([^`]+)`[^|]* \| (.*?) \|$", text, flags=re.M):
+        rows.setdefault(folder, set()).update(re.findall(r"`([\w.]+\.py)`", owns))
     package = ROOT / "autoprune"
     folders = {"autoprune/"} | {
         f"{p.relative_to(package).as_posix()}/" for p in package.rglob("*") if p.is_dir() and p.name != "__pycache__"
     }
     assert set(rows) == folders, f"docs/development.md's package layout: {sorted(set(rows) ^ folders)}"
-    for folder, owns in rows.items():
+    for folder, named in rows.items():
         where = package if folder == "autoprune/" else package / folder
         modules = {p.name for p in where.glob("*.py") if p.name not in ("__init__.py", "__main__.py")}
-        named = set(re.findall(r"`([\w.]+\.py)`", owns)) - {"__init__.py"}
-        assert named == modules, f"docs/development.md's row {folder}: {sorted(named ^ modules)}"
+        assert named - {"__init__.py"} == modules, f"docs/development.md's row {folder}: {sorted(named ^ modules)}"
 
 
 # ---------------------------------------------------------------------------------------------- the examples

@@ -21,9 +21,9 @@ from _sockets import descendants
 
 ray = pytest.importorskip("ray")
 
+from autoprune.raytune import resume_search  # noqa: E402
 from autoprune.rundir import directory as rundir  # noqa: E402
 from autoprune.rundir.ledger import load_results  # noqa: E402
-from autoprune.searching.raytune import resume_search  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

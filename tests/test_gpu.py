@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from autoprune.config import TrialConfig
 from autoprune.errors import ConfigError, SearchError
-from autoprune.pipeline.config import TrialConfig
 from autoprune.pipeline.trial import cuda_settings, run_trial
-from autoprune.searching.raytune._launch import TRIALS_PER_GPU, resolve_gpus
+from autoprune.raytune._launch import TRIALS_PER_GPU, resolve_gpus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def test_auto_gives_each_trial_a_share_of_a_gpu_where_the_cluster_has_gpus() -> 
 
 
 def test_a_trial_with_a_gpu_share_runs_on_cuda_and_one_without_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from autoprune.searching.raytune._worker import trial_device
+    from autoprune.raytune._worker import trial_device
 
     assert trial_device(gpus=0.0, configured="auto") == "cpu"
     assert trial_device(gpus=0.125, configured="auto") is None  # the config's auto: cuda where the trial has one

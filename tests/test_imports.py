@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
+from autoprune.config import DatasetConfig
 from autoprune.errors import DataError, ModelError
 from autoprune.io._imports import call_factory, factory_arguments, import_callable
 from autoprune.io.data import DATASETS, load_datasets, register_dataset
 from autoprune.io.data import check_importable as check_dataset
 from autoprune.io.models import MODELS, build_model, register_model
 from autoprune.io.models import check_importable as check_model
-from autoprune.pipeline.config import DatasetConfig
-from autoprune.searching.raytune._localray import worker_runtime_env
+from autoprune.raytune._localray import worker_runtime_env
 
 FACTORIES = """
 import torch

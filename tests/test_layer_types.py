@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from autoprune.config import PruneConfig, TrialConfig
 from autoprune.errors import ConfigError
-from autoprune.pipeline.config import PruneConfig, TrialConfig
 from autoprune.pipeline.measure import count_macs
 from autoprune.pipeline.trial import run_trial
 from autoprune.pruning import compute_masks, planned_params

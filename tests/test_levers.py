@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autoprune.errors import ConfigError
-from autoprune.pipeline import train, trial
-from autoprune.pipeline.config import (
+from autoprune.config import (
     BudgetConfig,
     DatasetConfig,
     FinetuneConfig,
@@ -21,6 +19,8 @@ from autoprune.pipeline.config import (
     TrainConfig,
     TrialConfig,
 )
+from autoprune.errors import ConfigError
+from autoprune.pipeline import train, trial
 from autoprune.pipeline.trial import run_trial
 from autoprune.report.notes import finetune_setbacks
 

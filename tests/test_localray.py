@@ -12,7 +12,7 @@ from _sockets import descendants, is_loopback, listening
 ray = pytest.importorskip("ray")
 
 from autoprune.api import search  # noqa: E402
-from autoprune.searching.raytune._localray import ray_start_environment  # noqa: E402
+from autoprune.raytune._localray import ray_start_environment  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

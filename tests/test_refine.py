@@ -15,8 +15,8 @@ from optuna.trial import TrialState, create_trial
 from autoprune.errors import ConfigError
 from autoprune.report.render import front_table
 from autoprune.rundir import ledger
-from autoprune.rundir._attrs import REFINE_ATTR, SIZE_ATTR
 from autoprune.rundir.ledger import Outcome
+from autoprune.searching._attrs import REFINE_ATTR, SIZE_ATTR
 from autoprune.searching.baselines import seed_baselines
 from autoprune.searching.refine import (
     Refiner,
@@ -291,7 +291,7 @@ def test_a_size_is_passed_over_when_it_is_held_or_cannot_be_asked_for() -> None:
 
 
 def test_a_proposed_size_is_what_a_real_trial_keeps_for_each_exact_allocation() -> None:
-    from autoprune.pipeline.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrialConfig
+    from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrialConfig
     from autoprune.pipeline.trial import run_trial
 
     def trial(allocation: str, density: float) -> Any:

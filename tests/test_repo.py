@@ -59,17 +59,40 @@ def _imports(path: Path) -> set[str]:
 
 def test_one_home_for_ray_and_small_modules() -> None:
     sources = sorted((ROOT / "autoprune").rglob("*.py"))
-    adapter = ROOT / "autoprune" / "searching" / "raytune"
+    adapter = ROOT / "autoprune" / "raytune"
     for path in sources:
         imported = _imports(path)
         if adapter not in path.parents:
             assert not any(m == "ray" or m.startswith("ray.") for m in imported), f"{path.name} imports Ray"
             if path.name not in ("cli.py", "api.py"):
-                assert not any(m.startswith("autoprune.searching.raytune") for m in imported), (
-                    f"{path.name} imports raytune"
-                )
+                assert not any(m.startswith("autoprune.raytune") for m in imported), f"{path.name} imports raytune"
         lines = len(path.read_text().splitlines())
         assert lines <= 400, f"{path.relative_to(ROOT)} has {lines} lines"
+
+
+# The package's parts from the bottom up: a module imports only from its own part and those before it. The root's
+# modules stand below every folder (config, errors, limits, the version) or above them all (api, cli).
+LAYERS = ("pruning", "io", "pipeline", "searching", "rundir", "report", "raytune")
+_FOUNDATION = {"autoprune", "autoprune.config", "autoprune.errors", "autoprune._bounds"}
+
+
+def _layer(module: str) -> int:
+    if module in _FOUNDATION:
+        return 0
+    part = module.split(".")[1]
+    return LAYERS.index(part) + 1 if part in LAYERS else len(LAYERS) + 1
+
+
+def test_the_folders_stand_in_layers() -> None:
+    paths = {_module_name(p): p for p in sorted((ROOT / "autoprune").rglob("*.py"))}
+    assert {_module_name(p).split(".")[1] for p in (ROOT / "autoprune").glob("*/__init__.py")} == set(LAYERS)
+    upward = [
+        f"{name} -> {target}"
+        for name, path in paths.items()
+        for target in sorted(_package_imports(path, set(paths)))
+        if _layer(target) > _layer(name)
+    ]
+    assert not upward, f"imports from a layer above (docs/development.md, Package layout): {upward}"
 
 
 def test_no_function_over_80_lines() -> None:

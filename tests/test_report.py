@@ -383,7 +383,7 @@ def test_search_progress_pickles_without_the_callers_log():
     import threading
 
     ray = pytest.importorskip("ray")
-    from autoprune.searching.raytune._launch import _started_callback
+    from autoprune.raytune._launch import _started_callback
 
     class Widget:  # a log that holds a lock, as a notebook widget or a logger would
         def __init__(self) -> None:

@@ -28,10 +28,10 @@ from optuna.trial import TrialState  # noqa: E402
 from autoprune import api  # noqa: E402
 from autoprune.api import evaluate as evaluate_model  # noqa: E402
 from autoprune.api import pick as pick_model  # noqa: E402
+from autoprune.config import TrialConfig  # noqa: E402
 from autoprune.errors import SearchError  # noqa: E402
 from autoprune.io._trust import sealed_here  # noqa: E402
 from autoprune.io.data import load_datasets  # noqa: E402
-from autoprune.pipeline.config import TrialConfig  # noqa: E402
 from autoprune.rundir.directory import RunInfo  # noqa: E402
 from autoprune.rundir.ledger import load_results  # noqa: E402
 from autoprune.searching.pareto import pick_max_params  # noqa: E402

@@ -8,8 +8,8 @@ import optuna
 import pytest
 import yaml
 
+from autoprune.config import TrialConfig, upgrade_config
 from autoprune.errors import ConfigError
-from autoprune.pipeline.config import TrialConfig, upgrade_config
 from autoprune.searching.space import builtin_spaces, define_by_run, load_space, parse_space
 
 SHIPPED = sorted(builtin_spaces())

@@ -13,8 +13,8 @@ from _helpers import run_cli
 from _user_folder import doc_example
 from torch import nn
 
+from autoprune.config import MeasureConfig, TrialConfig
 from autoprune.errors import ConfigError, SearchError
-from autoprune.pipeline.config import MeasureConfig, TrialConfig
 from autoprune.pipeline.speed import measure_latency
 from autoprune.pipeline.trial import run_trial
 from autoprune.report.summary import trial_summary

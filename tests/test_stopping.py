@@ -7,7 +7,7 @@ import pytest
 from _helpers import run_cli
 
 from autoprune.errors import SearchError
-from autoprune.searching.raytune._scheduler import scheduler_class
+from autoprune.raytune._scheduler import scheduler_class
 from autoprune.searching.stopping import EarlyStop, ParetoHalving, format_duration, parse_duration, rung_epochs
 
 
@@ -54,8 +54,8 @@ def test_a_baseline_is_recorded_as_a_peer_but_never_stopped():
 def test_a_seeded_baseline_is_marked_in_its_tune_config_and_exempt():
     import optuna
 
-    from autoprune.rundir._attrs import BASELINE_ATTR
-    from autoprune.searching.raytune._worker import is_baseline, suggest
+    from autoprune.raytune._worker import is_baseline, suggest
+    from autoprune.searching._attrs import BASELINE_ATTR
     from autoprune.searching.space import load_space
 
     dims = load_space("digits_quick").dims

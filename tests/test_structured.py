@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from autoprune import load_model, run_trial
+from autoprune.config import PruneConfig, TrialConfig
 from autoprune.errors import ConfigError
 from autoprune.io.models import build_model
-from autoprune.pipeline.config import PruneConfig, TrialConfig
 from autoprune.pruning import (
     channel_graph,
     compute_masks,

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from autoprune.config import FinetuneConfig, PruneConfig, SGDConfig, TrainConfig
 from autoprune.errors import DivergedError
 from autoprune.io.data import batch_indices
 from autoprune.io.models import build_model
-from autoprune.pipeline.config import FinetuneConfig, PruneConfig, SGDConfig, TrainConfig
 from autoprune.pipeline.sparsity import grad_clip_scale
 from autoprune.pipeline.train import PhaseOptions, evaluate, make_optimizer, run_phase
 from autoprune.pruning import MaskSet, compute_masks

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import autoprune.pipeline.trial as trial_module
+from autoprune.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrainConfig, TrialConfig
 from autoprune.errors import ConfigError, DivergedError
 from autoprune.io.models import build_model
-from autoprune.pipeline.config import BudgetConfig, DatasetConfig, ModelConfig, PruneConfig, TrainConfig, TrialConfig
 from autoprune.pipeline.result import CLOCK_KEYS
 from autoprune.pipeline.trial import IntermediateResult, run_trial
 from autoprune.pruning import count_params

@@ -15,9 +15,9 @@ import torch
 from _user_folder import TINY_RESNET, UserFolder, write_user_folder
 
 import autoprune
+from autoprune.config import TrialConfig
 from autoprune.errors import ModelError
 from autoprune.io.idx import read_idx
-from autoprune.pipeline.config import TrialConfig
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 RESNET_LAYERS = ("stem", "layer1.0.conv1", "layer1.0.conv2", "layer1.1.conv1", "layer1.1.conv2", "fc")

@@ -10,10 +10,10 @@ import pytest
 import torch
 from _helpers import run_cli
 
+from autoprune.config import TrialConfig
 from autoprune.errors import ModelError
 from autoprune.io.export import load_model
 from autoprune.io.models import build_model
-from autoprune.pipeline.config import TrialConfig
 from autoprune.pipeline.trial import run_trial
 
 BASE = {

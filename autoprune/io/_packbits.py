@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from autoprune._bounds import INT64_MAX
 from autoprune.errors import ModelError
-from autoprune.io._bounds import INT64_MAX
 
 
 def pack_mask(mask: Tensor) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from autoprune.errors import AutoPruneError, disk_full
-from autoprune.rundir._layout import RUN_FILE, RUN_OWNED, STUDY_FILE
+from autoprune.io._layout import RUN_FILE, RUN_OWNED, STUDY_FILE
 
 __all__ = [
     "RUN_OWNED",

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoprune.config import DatasetConfig
 from autoprune.errors import ConfigError, DataError
 from autoprune.io._user_data import RawSplits, user_dataset
 from autoprune.io.idx import read_idx
-from autoprune.pipeline.config import DatasetConfig
 
 DEFAULT_FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MEAN = 0.2860

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from autoprune._bounds import INT64_MAX
 from autoprune.errors import ModelError, first_line
 from autoprune.io._architecture import describe_architecture, rebuild_architecture
-from autoprune.io._bounds import INT64_MAX
 from autoprune.io._io import atomic_open, plain
 from autoprune.io._packbits import file_shape, pack_mask, unpack_mask
 from autoprune.io._paths import as_path, check_output_file

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autoprune._bounds import check_tree
 from autoprune.errors import ModelError, first_line
-from autoprune.io._bounds import check_tree
 from autoprune.io._imports import call_factory, factory_arguments, import_callable
 from autoprune.io._paths import check_input_file
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from autoprune.config import TrialConfig
 from autoprune.errors import ConfigError
-from autoprune.pipeline.config import TrialConfig
 
 
 def check_phase_one(cfg: TrialConfig, train_epochs: int) -> None:

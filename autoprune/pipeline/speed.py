@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune.config import MeasureConfig
 from autoprune.errors import ConfigError, first_line
-from autoprune.pipeline.config import MeasureConfig
 from autoprune.pipeline.measure import Macs, count_macs
 
 __all__ = ["Speed", "SpeedProbe", "latency_batches", "measure_latency"]

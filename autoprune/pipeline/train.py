@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoprune.config import FinetuneConfig, SGDConfig, TrainConfig
 from autoprune.errors import DivergedError
 from autoprune.io.data import batch_indices
-from autoprune.pipeline.config import FinetuneConfig, SGDConfig, TrainConfig
 from autoprune.pipeline.sparsity import (
     add_group_lasso_grad_,
     add_l1_grad_,

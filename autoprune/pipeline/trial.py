@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoprune._bounds import machine_cpus
+from autoprune.config import CARVED_VALIDATION_NOTE, SGDConfig, TrialConfig
 from autoprune.errors import ModelError
-from autoprune.io._bounds import machine_cpus
 from autoprune.io.data import Datasets, load_datasets, resolve_device
 from autoprune.io.models import build_model, load_weights, read_weights
 from autoprune.io.preprocess import for_dataset
 from autoprune.pipeline._trial_checks import check_layers, check_phase_one
-from autoprune.pipeline.config import SGDConfig, TrialConfig
 from autoprune.pipeline.measure import Macs, count_macs
 from autoprune.pipeline.result import TrialResult as TrialResult  # re-exported: what run_trial returns
 from autoprune.pipeline.result import majority_share
@@ -53,7 +53,6 @@ from autoprune.pruning import (
 )
 from autoprune.pruning.channels import ChannelGraph
 from autoprune.pruning.units import Selection, not_pruned, not_pruned_line, parameter_paths, prunable_weights
-from autoprune.report.notes import CARVED_VALIDATION_NOTE
 
 REPORT_VAL_SAMPLES = 2048  # validation samples measured for an intermediate result
 _REPORT_SUBSET_SEED = 0

@@ -25,8 +25,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from autoprune.config import ALLOCATIONS
 from autoprune.errors import ConfigError, ModelError
-from autoprune.pipeline.config import ALLOCATIONS
 
 __all__ = [
     "ALLOCATIONS",

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from autoprune.config import CRITERIA as CRITERION_NAMES
 from autoprune.errors import AutoPruneError, ConfigError, DataError, ModelError
-from autoprune.pipeline.config import CRITERIA as CRITERION_NAMES
 from autoprune.pruning.units import prunable_weights
 
 Criterion = Callable[[Tensor, "Tensor | None"], Tensor]

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from autoprune.config import PruneConfig
 from autoprune.errors import ConfigError, ModelError
-from autoprune.pipeline.config import PruneConfig
 from autoprune.pruning.allocation import check_rates, kept_count, layer_counts, ranked
 from autoprune.pruning.channels import ChannelGraph
 from autoprune.pruning.criteria import layer_scores

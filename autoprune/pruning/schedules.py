@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 
+from autoprune.config import PruneConfig
 from autoprune.errors import ConfigError
-from autoprune.pipeline.config import PruneConfig
 from autoprune.pruning.channels import ChannelGraph
 from autoprune.pruning.criteria import gradient_statistics
 from autoprune.pruning.masks import MaskSet, compute_masks, kept_weights

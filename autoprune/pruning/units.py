@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
+from autoprune.config import check_globs
 from autoprune.errors import ConfigError
-from autoprune.pipeline.config import check_globs
 
 __all__ = ["Selection", "not_pruned", "not_pruned_line", "parameter_paths", "prunable_weights"]
 

@@ -7,14 +7,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from autoprune.config import CARVED_VALIDATION_NOTE
 from autoprune.report._format import fmt_acc
-
-# A search from trained weights whose validation split comes out of the training data: said in the log and report.
-CARVED_VALIDATION_NOTE = (
-    "note: the validation split is carved from the training data (dataset.val_fraction), which the checkpoint may "
-    "have trained on: validation accuracy can read high and choose worse models; have the dataset loader return "
-    "val_x/val_y held out from the checkpoint's training"
-)
 
 
 def carved_validation(trials: Sequence[dict]) -> bool:

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprune.io._io import atomic_open
+from autoprune.io._layout import REPORT_DIR, relative_to_run
 from autoprune.report._format import fmt_acc, fmt_share, fmt_sparsity
 from autoprune.report.plot import plot_front
 from autoprune.report.trials_csv import LEAD_COLUMNS, plain_value, write_csv
-from autoprune.rundir._layout import REPORT_DIR, relative_to_run
 from autoprune.searching.pareto import LATENCY, MACS, PARAMS
 
 if TYPE_CHECKING:

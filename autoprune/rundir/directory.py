@@ -31,20 +31,20 @@ from typing import Any
 
 import yaml
 
+from autoprune._bounds import INT64_MAX, MAX_TRIALS
 from autoprune.errors import SearchError, first_line
-from autoprune.io._bounds import INT64_MAX, MAX_TRIALS
 from autoprune.io._io import atomic_open
-from autoprune.io._paths import check_input_file, find_run_dir
-from autoprune.io._trust import check_run_modules, sealed_here
-from autoprune.rundir._layout import (
+from autoprune.io._layout import (
     LOCK_FILE as LOCK_FILE,  # re-exported: the layout's names are the run directory's API
 )
-from autoprune.rundir._layout import MODELS_DIR as MODELS_DIR
-from autoprune.rundir._layout import RAY_DIR as RAY_DIR
-from autoprune.rundir._layout import REPORT_DIR as REPORT_DIR
-from autoprune.rundir._layout import RUN_FILE as RUN_FILE
-from autoprune.rundir._layout import SPACE_FILE as SPACE_FILE
-from autoprune.rundir._layout import STUDY_FILE as STUDY_FILE
+from autoprune.io._layout import MODELS_DIR as MODELS_DIR
+from autoprune.io._layout import RAY_DIR as RAY_DIR
+from autoprune.io._layout import REPORT_DIR as REPORT_DIR
+from autoprune.io._layout import RUN_FILE as RUN_FILE
+from autoprune.io._layout import SPACE_FILE as SPACE_FILE
+from autoprune.io._layout import STUDY_FILE as STUDY_FILE
+from autoprune.io._paths import check_input_file, find_run_dir
+from autoprune.io._trust import check_run_modules, sealed_here
 from autoprune.searching._spacefile import read_text
 from autoprune.searching.launchconfig import SEARCH_RESOURCES, LaunchConfig
 from autoprune.searching.pareto import SIZE_KEYS

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from autoprune.rundir._attrs import BASELINE_ATTR, CALIBRATION_ATTR, OUTCOME_ATTR, PROBE_ATTR, RECORD_ATTR
 from autoprune.rundir.directory import MODELS_DIR
 from autoprune.rundir.ledger import close_stale_trials
+from autoprune.searching._attrs import BASELINE_ATTR, CALIBRATION_ATTR, OUTCOME_ATTR, PROBE_ATTR, RECORD_ATTR
 
 if TYPE_CHECKING:
     import optuna

@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import SearchError
 from autoprune.io._paths import PathError, inside_run
-from autoprune.rundir._attrs import (
+from autoprune.rundir._storage import (
+    STORAGE_ENV as STORAGE_ENV,  # re-exported: the storage functions are the ledger's API
+)
+from autoprune.rundir._storage import open_storage as open_storage
+from autoprune.rundir._storage import redact_url as redact_url
+from autoprune.rundir._storage import storage_record as storage_record
+from autoprune.rundir._storage import storage_spec as storage_spec
+from autoprune.rundir.directory import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
+from autoprune.searching._attrs import (
     BASELINE_ATTR,
     CALIBRATION_ATTR,
     FAIL_REASON_ATTR,
@@ -43,14 +51,6 @@ from autoprune.rundir._attrs import (
     STOP_REASON_ATTR,
     VERSION_ATTR,
 )
-from autoprune.rundir._storage import (
-    STORAGE_ENV as STORAGE_ENV,  # re-exported: the storage functions are the ledger's API
-)
-from autoprune.rundir._storage import open_storage as open_storage
-from autoprune.rundir._storage import redact_url as redact_url
-from autoprune.rundir._storage import storage_record as storage_record
-from autoprune.rundir._storage import storage_spec as storage_spec
-from autoprune.rundir.directory import MODELS_DIR, RUN_FILE, STUDY_FILE, RunInfo
 from autoprune.searching._reference import checkpoint_reference, dense_baseline
 from autoprune.searching.launchconfig import (
     DEFAULT_SAMPLER as DEFAULT_SAMPLER,  # re-exported: the samplers are the ledger's

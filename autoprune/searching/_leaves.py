@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from autoprune._bounds import MAX_CHOICES
+from autoprune.config import _SECTIONS
 from autoprune.errors import ConfigError
-from autoprune.io._bounds import MAX_CHOICES
-from autoprune.pipeline.config import _SECTIONS
 from autoprune.searching._spacefile import load_yaml
 
 if TYPE_CHECKING:

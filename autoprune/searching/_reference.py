@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from autoprune.rundir._attrs import DENSE_REFERENCE_ATTR
+from autoprune.searching._attrs import DENSE_REFERENCE_ATTR
 
 if TYPE_CHECKING:
     import optuna

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
+from autoprune._bounds import YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_NODES, check_tree, too_many_values
 from autoprune.errors import AutoPruneError, ConfigError, first_line
-from autoprune.io._bounds import YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_NODES, check_tree, too_many_values
 
 DEFAULT_SPACE = "digits_quick"
 

@@ -29,8 +29,8 @@ def model_layers(base: dict[str, Any], fail: Any, *, structured: bool) -> tuple[
     if dataset in _INPUT_SHAPES:
         shape, classes = _INPUT_SHAPES[dataset], _NUM_CLASSES[dataset]
     else:  # a user dataset: its shape is known only by loading it
+        from autoprune.config import DatasetConfig
         from autoprune.io.data import load_datasets
-        from autoprune.pipeline.config import DatasetConfig
 
         try:
             data = load_datasets(DatasetConfig(**base.get("dataset", {})), seed=0, device="cpu")

@@ -42,10 +42,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autoprune._bounds import MAX_RUNGS
+from autoprune.config import STRUCTURED_ALLOCATIONS
 from autoprune.errors import ConfigError
-from autoprune.io._bounds import MAX_RUNGS
-from autoprune.pipeline.config import STRUCTURED_ALLOCATIONS
-from autoprune.rundir._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR, RECORD_ATTR
+from autoprune.searching._attrs import BASELINE_ATTR, BASELINES_ATTR, CALIBRATION_ATTR, PROBE_ATTR, RECORD_ATTR
 from autoprune.searching._leaves import section_leaf
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from autoprune._bounds import MAX_EPOCHS
 from autoprune.errors import ConfigError
-from autoprune.io._bounds import MAX_EPOCHS
 from autoprune.io._io import atomic_open
 from autoprune.searching._reference import reference_of
 

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from autoprune._bounds import MAX_SEED, check_count, check_threads
 from autoprune.errors import SearchError
-from autoprune.io._bounds import MAX_SEED, check_count, check_threads
 from autoprune.searching.space import SAMPLERS
 from autoprune.searching.stopping import EarlyStop, parse_duration
 

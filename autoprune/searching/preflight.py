@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from autoprune.config import TrialConfig
 from autoprune.errors import DivergedError, SearchError, first_line
 from autoprune.io.data import load_datasets
-from autoprune.pipeline.config import TrialConfig
 from autoprune.pipeline.trial import run_trial
 from autoprune.searching.pareto import SIZE_KEYS
 

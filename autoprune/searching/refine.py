@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import ConfigError
-from autoprune.rundir._attrs import BASELINE_ATTR, RECORD_ATTR, REFINE_ATTR, SIZE_ATTR
+from autoprune.searching._attrs import BASELINE_ATTR, RECORD_ATTR, REFINE_ATTR, SIZE_ATTR
 
 if TYPE_CHECKING:
     import optuna

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from autoprune._bounds import MAX_TRIALS
+from autoprune.config import _SECTIONS, TrialConfig
 from autoprune.errors import ConfigError
-from autoprune.io._bounds import MAX_TRIALS
-from autoprune.pipeline.config import _SECTIONS, TrialConfig
 from autoprune.searching._leaves import (
     LAYER_MAPS,
     SEARCH_KEYS,

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import first_line
+from autoprune.raytune._worker import NO_SPACE, outcome_of, suggest
 from autoprune.rundir import ledger
 from autoprune.searching.baselines import Calibration
-from autoprune.searching.raytune._worker import NO_SPACE, outcome_of, suggest
 from autoprune.searching.refine import Refiner, SearchPolicies
 
 if TYPE_CHECKING:

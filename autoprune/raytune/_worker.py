@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import DivergedError, disk_full, first_line
 from autoprune.rundir import directory as rundir
-from autoprune.rundir._attrs import BASELINE_ATTR
 from autoprune.rundir.ledger import OBJECTIVES, Outcome
+from autoprune.searching._attrs import BASELINE_ATTR
 from autoprune.searching.dense_start import START_KIND as DENSE_START
 from autoprune.searching.space import define_by_run
 from autoprune.searching.stopping import rung_epochs

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
+from autoprune._bounds import INT64_MAX, MAX_BATCH, MAX_EPOCHS, MAX_REPEATS
 from autoprune.errors import ConfigError
-from autoprune.io._bounds import INT64_MAX, MAX_BATCH, MAX_EPOCHS, MAX_REPEATS
 
 LR_SCHEDULES = ("constant", "step", "cosine", "cosine_restarts")
 FINETUNE_OPTIMIZERS = ("sgd", "adam")
@@ -51,6 +51,14 @@ def _check_number(
         raise ConfigError(f"{where} must be {'>' if low_open else '>='} {low}, got {value!r}")
     if high is not None and (value >= high if high_open else value > high):
         raise ConfigError(f"{where} must be {'<' if high_open else '<='} {high}, got {value!r}")
+
+
+# A search from trained weights whose validation split comes out of the training data: said in the log and report.
+CARVED_VALIDATION_NOTE = (
+    "note: the validation split is carved from the training data (dataset.val_fraction), which the checkpoint may "
+    "have trained on: validation accuracy can read high and choose worse models; have the dataset loader return "
+    "val_x/val_y held out from the checkpoint's training"
+)
 
 
 @dataclass(frozen=True)

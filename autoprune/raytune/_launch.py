@@ -15,16 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoprune.errors import SearchError, first_line, says_disk_full
-from autoprune.rundir import directory as rundir
-from autoprune.rundir import ledger
-from autoprune.rundir.directory import RunInfo
-from autoprune.rundir.ledger import OBJECTIVES
-from autoprune.searching.launchconfig import check_address as check_address_form
-from autoprune.searching.launchconfig import gpu_share
-from autoprune.searching.raytune._localray import ray_start_environment, worker_runtime_env
-from autoprune.searching.raytune._scheduler import scheduler_class
-from autoprune.searching.raytune._searcher import searcher_class
-from autoprune.searching.raytune._worker import (
+from autoprune.raytune._localray import ray_start_environment, worker_runtime_env
+from autoprune.raytune._scheduler import scheduler_class
+from autoprune.raytune._searcher import searcher_class
+from autoprune.raytune._worker import (
     EPOCH_KEY,
     EPOCHS_KEY,
     Job,
@@ -33,6 +27,12 @@ from autoprune.searching.raytune._worker import (
     trial_label,
     tune_trial,
 )
+from autoprune.rundir import directory as rundir
+from autoprune.rundir import ledger
+from autoprune.rundir.directory import RunInfo
+from autoprune.rundir.ledger import OBJECTIVES
+from autoprune.searching.launchconfig import check_address as check_address_form
+from autoprune.searching.launchconfig import gpu_share
 from autoprune.searching.refine import SearchPolicies
 from autoprune.searching.stopping import EarlyStop, ParetoHalving
 

@@ -27,21 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from autoprune._bounds import MAX_SEED
 from autoprune.errors import SearchError
-from autoprune.io._bounds import MAX_SEED
 from autoprune.io._paths import as_path
 from autoprune.io._trust import seal
+from autoprune.raytune._launch import Batch, cluster_concurrency, init_ray, launch, shutdown_ray
 from autoprune.rundir import directory as rundir
 from autoprune.rundir import interrupted, ledger
-from autoprune.rundir._attrs import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR
 from autoprune.rundir.directory import RunInfo
 from autoprune.rundir.ledger import Results
 from autoprune.searching import dense_start
+from autoprune.searching._attrs import CALIBRATION_ATTR, DENSE_REFERENCE_ATTR
 from autoprune.searching._reference import reference_of
 from autoprune.searching.baselines import seed_baselines
 from autoprune.searching.launchconfig import DEFAULT_TRIALS, LaunchConfig
 from autoprune.searching.preflight import preflight_space
-from autoprune.searching.raytune._launch import Batch, cluster_concurrency, init_ray, launch, shutdown_ray
 from autoprune.searching.space import SearchSpace, load_space
 from autoprune.searching.stopping import format_duration
 
@@ -119,7 +119,7 @@ def _start_weights(space: SearchSpace) -> dict[str, Any] | None:
 
 def _dense_reference(space: SearchSpace, start: dict[str, Any], log: Log) -> dict[str, Any]:
     """The checkpoint measured as it is on the search's splits; refuses weights that do not fit, before any trial."""
-    from autoprune.report.notes import CARVED_VALIDATION_NOTE
+    from autoprune.config import CARVED_VALIDATION_NOTE
     from autoprune.searching.preflight import evaluate_start
 
     cfg = space.default_config()
