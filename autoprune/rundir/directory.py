@@ -1,6 +1,6 @@
 """The run directory of a search: its layout, ``run.json``, the lock, and the frozen search space.
 
-Everything one search produced lives under one folder (the names are ``_layout``'s)::
+Everything one search produced lives under one folder (the names are ``io._layout``'s)::
 
     run.json          what was asked for: study name and storage, space digest, sampler, seed, resources, trials,
                       the objective;
